@@ -1,0 +1,110 @@
+"""Artefacts carto writes (scores, manifests, weights): provenance, atomic writes, checked reads.
+
+Every artefact is a Parquet file whose key-value metadata holds `carto.provenance`, a JSON object
+with the carto version, the kind of artefact, its inputs (with sizes or digests), and every
+parameter that produced it. No timestamps: the same inputs and parameters give byte-identical files.
+Files are written under a temporary name and renamed, so a crash never leaves half a file behind a
+name carto reported as written, and a previous good file is replaced only by a complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from carto_cli import __version__
+from carto_cli.errors import OptionError, ScoresFormatError
+
+PROVENANCE_KEY = "carto.provenance"
+SIDECAR_SUFFIX = ".json"
+
+# Columns a file must have to be read back as each kind of artefact.
+REQUIRED = {
+    "scores": ("sample_id", "difficulty", "memorization", "forget_events", "n_seen", "quadrant"),
+    "manifest": ("sample_id", "keep", "quadrant"),
+    "weights": ("sample_id", "weight", "quadrant"),
+}
+
+
+def provenance(kind: str, *, inputs: list[dict[str, Any]], parameters: dict[str, Any], **extra: Any) -> dict:
+    """The provenance record of an artefact: what made it, from what, with which settings."""
+    return {"tool": "carto", "carto_version": __version__, "kind": kind, "inputs": inputs,
+            "parameters": parameters, **extra}
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ensure_not_input(out: Path, inputs: list[Path], option: str = "--out") -> None:
+    """Refuse to write over a file the user passed in: nothing the user passed in is modified."""
+    for path in inputs:
+        if path.exists() and out.exists() and os.path.samefile(out, path):
+            raise OptionError(f"{option} {out} is also an input; choose another output path")
+        if path.is_dir() and out.resolve().is_relative_to(path.resolve()) and out.suffix == ".parquet":
+            raise OptionError(
+                f"{option} {out} is inside the log directory {path}, where it would be read as a "
+                "log part next time; write it elsewhere"
+            )
+
+
+def write(df: pl.DataFrame, path: Path, prov: dict, *, sidecar: bool = False) -> None:
+    """Write `df` with its provenance atomically (and a `<path>.json` sidecar when asked)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = df.to_arrow()
+    meta = {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
+    table = table.replace_schema_metadata(meta)
+    _atomic(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    if sidecar:
+        text = json.dumps(prov, indent=2, sort_keys=True) + "\n"
+        _atomic(Path(f"{path}{SIDECAR_SUFFIX}"), lambda fh: fh.write(text.encode()))
+
+
+def read(path: Path, kind: str) -> tuple[pl.DataFrame, dict]:
+    """Read an artefact of `kind`, checking it is one carto wrote. Raises ScoresFormatError."""
+    option = {"scores": "--scores"}.get(kind, "input")
+    if not path.exists():
+        hint = "run `carto score LOGS` first" if kind == "scores" else f"pass a {kind} file"
+        raise ScoresFormatError(f"{path}: no such file; {hint} (or pass {option} PATH)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ScoresFormatError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); "
+                                f"pass a {kind} file written by carto") from None
+    raw = (table.schema.metadata or {}).get(PROVENANCE_KEY.encode())
+    prov = json.loads(raw) if raw else None
+    if not prov or prov.get("kind") != kind:
+        found = prov.get("kind") if prov else "no carto provenance"
+        raise ScoresFormatError(
+            f"{path}: not a carto {kind} file ({found}); pass the output of `carto "
+            f"{'score' if kind == 'scores' else kind}`"
+        )
+    missing = [c for c in REQUIRED[kind] if c not in table.column_names]
+    if missing:
+        raise ScoresFormatError(f"{path}: {kind} file lacks column(s) {', '.join(missing)}; "
+                                "re-create it with this carto version")
+    return pl.from_arrow(table), prov
+
+
+def _atomic(path: Path, write_to) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write_to(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

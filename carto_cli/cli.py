@@ -1,0 +1,410 @@
+"""The `carto` command line: a thin layer that parses options, calls the core, and prints.
+
+Output for people goes to stderr through Rich; data (`--json`) goes to stdout; artefacts to files.
+Every CartoError becomes one `Error: ...` line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from carto_cli import __version__, artifacts, export, logs, quadrants, schema, scoring
+from carto_cli.errors import CartoError, OptionError
+from carto_cli.shim import LOG_DIR_ENV
+
+app = typer.Typer(
+    name="carto",
+    help="Generative data cartography: find the training samples a model memorizes, from its logs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+logs_app = typer.Typer(help="Inspect training logs.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+if not err.is_terminal:  # pipes and files: Rich would assume 80 columns and truncate the tables
+    err.width = 120
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
+ScoresOption = Annotated[Path, typer.Option("--scores", help="Scores file written by `carto score`.")]
+
+
+def _cli_errors(fn: Callable) -> Callable:
+    """Turn domain errors (and engine errors about the data) into one line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CartoError as exc:
+            err.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except pl.exceptions.PolarsError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            err.print(
+                f"[bold red]Error:[/] reading the logs failed: {escape(first)}; "
+                "check the parts named above, or pass --skip-corrupt",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"carto {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """carto: per-sample difficulty and memorization from training logs; prune and weight exports."""
+
+
+@contextmanager
+def _progress(description: str, total: int | None = None):
+    """A Rich progress bar on stderr (drawn only on a terminal); yields an advance() callable."""
+    columns = [SpinnerColumn(), TextColumn("{task.description}")]
+    if total is not None:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    columns.append(TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda *_: progress.advance(task)
+
+
+def _emit_json(payload: dict) -> None:
+    typer.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------------------- log
+
+
+@app.command(
+    "log",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+@_cli_errors
+def log_command(
+    command: Annotated[list[str], typer.Argument(help="The training command, after `--`.", show_default=False)],
+    log_dir: Annotated[Path, typer.Option("--log-dir", help="Where the shim writes parts.")] = Path("logs"),
+) -> None:
+    """Run a training command with CARTO_LOG_DIR set, then summarise what it logged.
+
+    Example: carto log -- python train.py --epochs 4
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    before = set(log_dir.rglob(f"*{schema.PART_SUFFIX}"))
+    env = {**os.environ, LOG_DIR_ENV: str(log_dir)}
+    err.print(f"carto log: {LOG_DIR_ENV}={escape(str(log_dir))}")
+    try:
+        rc = subprocess.call(command, env=env)
+    except FileNotFoundError:
+        raise OptionError(f"command not found: {command[0]}; give the training command after `--`") from None
+    except KeyboardInterrupt:
+        rc = 130
+    if rc < 0:  # killed by a signal: report it the way a shell does
+        rc = 128 - rc
+    new = sorted(set(log_dir.rglob(f"*{schema.PART_SUFFIX}")) - before)
+    new = [p for p in new if not schema.is_temporary_name(p.name)]
+    if not new:
+        err.print(
+            f"[yellow]carto log: no parts were written to {escape(str(log_dir))}; does the training "
+            "script create a CartoLogger() and close it?[/]"
+        )
+    else:
+        summary = logs.summarize(logs.open_logs(new))
+        err.print(_summary_line(f"carto log: wrote to {log_dir}", summary))
+    if rc:
+        err.print(f"carto log: the training command exited with status {rc}")
+    raise typer.Exit(rc)
+
+
+def _summary_line(prefix: str, s: dict) -> str:
+    epochs = f"epochs {s['epoch_range'][0]}..{s['epoch_range'][1]}" if s["epoch_range"] else "no epochs"
+    return (
+        f"{escape(prefix)}: {s['parts']:,} part(s), {s['rows']:,} rows, {s['samples']:,} samples, "
+        f"{s['epochs']} epoch(s) ({epochs}), {s['ranks']} rank(s)"
+    )
+
+
+@logs_app.command("summary")
+@_cli_errors
+def logs_summary(
+    paths: Annotated[list[Path], typer.Argument(help="Log directories or part files.", show_default=False)],
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Parts, rows, samples, epochs and ranks of a log."""
+    logset = _open(paths, skip_corrupt)
+    summary = logs.summarize(logset)
+    if as_json:
+        _emit_json(summary)
+    else:
+        err.print(_summary_line(", ".join(map(str, paths)), summary))
+
+
+def _open(paths: list[Path], skip_corrupt: bool) -> logs.LogSet:
+    found = logs.discover(paths)
+    with _progress("checking log parts", total=len(found)) as advance:
+        logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance)
+    for path, why in logset.skipped:
+        err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
+    return logset
+
+
+# --------------------------------------------------------------------------------------- score
+
+
+@app.command("score")
+@_cli_errors
+def score_command(
+    paths: Annotated[list[Path], typer.Argument(help="Log directories or part files.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Scores file to write.")] = Path("scores.parquet"),
+    early_epochs: Annotated[
+        int, typer.Option("--early-epochs", help="Difficulty is the mean loss over epochs < K.")
+    ] = 2,
+    correct_from: Annotated[
+        str, typer.Option("--correct-from", help="Correctness: log | loss | tail | acc.")
+    ] = "log",
+    threshold: Annotated[
+        str | None,
+        typer.Option(help="Threshold for loss/tail (<) or acc (>=): a number or a percentile like p50."),
+    ] = None,
+    never_learned: Annotated[
+        str, typer.Option("--never-learned", help="Memorization of never-learned samples: zero | max | exclude.")
+    ] = "zero",
+    d_quantile: Annotated[float, typer.Option("--d-quantile", help="Difficulty threshold quantile.")] = 0.5,
+    m_quantile: Annotated[float, typer.Option("--m-quantile", help="Memorization threshold quantile.")] = 0.5,
+    d_threshold: Annotated[
+        float | None, typer.Option("--d-threshold", help="Absolute difficulty threshold (overrides the quantile).")
+    ] = None,
+    m_threshold: Annotated[
+        float | None, typer.Option("--m-threshold", help="Absolute memorization threshold (overrides the quantile).")
+    ] = None,
+    nonfinite: Annotated[
+        str, typer.Option("--nonfinite", help="Rows with NaN/inf loss: drop (and report) | error.")
+    ] = "drop",
+    method: Annotated[str, typer.Option("--method", help="Forget-event counting: auto | bitmask | general.")] = "auto",
+    skip_corrupt: Annotated[
+        bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts (with a warning) instead of failing.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Score every sample: difficulty, forget events, memorization, quadrant."""
+    params = scoring.ScoreParams(
+        early_epochs=early_epochs,
+        never_learned=never_learned,
+        correct_from=correct_from,
+        threshold=threshold,
+        nonfinite=nonfinite,
+        method=method,
+    )
+    artifacts.ensure_not_input(out, paths)
+    logset = _open(paths, skip_corrupt)
+    with _progress(f"scoring {logset.num_rows:,} rows"):
+        result = scoring.score(logset, params)
+        thresholds = quadrants.resolve_thresholds(
+            result.scores,
+            difficulty_quantile=d_quantile,
+            memorization_quantile=m_quantile,
+            difficulty_threshold=d_threshold,
+            memorization_threshold=m_threshold,
+        )
+        scores = quadrants.assign(result.scores, thresholds)
+    prov = artifacts.provenance(
+        "scores",
+        inputs=[{"path": str(p)} for p in paths],
+        parameters={
+            "early_epochs": early_epochs,
+            "correct_from": correct_from,
+            "threshold": threshold,
+            "never_learned": never_learned,
+            "nonfinite": nonfinite,
+            "method": method,
+            "d_quantile": d_quantile,
+            "m_quantile": m_quantile,
+            "d_threshold": d_threshold,
+            "m_threshold": m_threshold,
+        },
+        parts={"count": len(logset.parts), "rows": logset.num_rows, "sha256": logset.digest(),
+               "skipped": [str(p) for p, _ in logset.skipped]},
+        correctness_rule=result.rule.describe(),
+        thresholds=thresholds.as_dict(),
+        method_used=result.method,
+        rows_dropped_nonfinite=result.rows_dropped_nonfinite,
+    )
+    artifacts.write(scores, out, prov)
+    table = quadrants.summary(scores)
+    for note in result.notes:
+        err.print(f"[yellow]Warning:[/] {escape(note)}")
+    if as_json:
+        _emit_json({"out": str(out), "samples": scores.height, "rows": result.rows_used,
+                    "parts": len(logset.parts), "quadrants": table, **{k: prov[k] for k in (
+                        "correctness_rule", "thresholds", "method_used", "rows_dropped_nonfinite")}})
+        return
+    _print_score_report(scores, result, thresholds, table, len(logset.parts), never_learned, early_epochs)
+    err.print(f"wrote {escape(str(out))}")
+
+
+def _print_score_report(scores, result, thresholds, table, n_parts, never_learned, early_epochs) -> None:
+    learned = int(scores["ever_learned"].sum())
+    err.print(
+        f"carto score: {scores.height:,} samples from {result.rows_used:,} presentations in {n_parts:,} part(s); "
+        f"{learned:,} ever learned"
+    )
+    err.print(
+        f"correct = {escape(result.rule.describe())}; difficulty = mean loss over epochs < {early_epochs}; "
+        f"memorization = forget events / transitions (never-learned: {never_learned})",
+        soft_wrap=True,
+    )
+    d_q = f" (q{thresholds.difficulty_quantile:.2f})" if thresholds.difficulty_quantile is not None else ""
+    m_q = f" (q{thresholds.memorization_quantile:.2f})" if thresholds.memorization_quantile is not None else ""
+    err.print(
+        f"high difficulty: > {_fmt(thresholds.difficulty, 4)}{d_q}; "
+        f"high memorization: > {_fmt(thresholds.memorization, 4)}{m_q}"
+    )
+    grid = Table(header_style="bold", caption="difficulty, memorization, forgets: means per quadrant")
+    for name, justify in (("quadrant", "left"), ("samples", "right"), ("share", "right"),
+                          ("difficulty", "right"), ("memorization", "right"),
+                          ("forgets", "right"), ("action", "left")):
+        grid.add_column(name, justify=justify)
+    for row in table:
+        grid.add_row(row["quadrant"], f"{row['samples']:,}", f"{100 * row['share']:.1f}%",
+                     _fmt(row["mean_difficulty"]), _fmt(row["mean_memorization"]),
+                     _fmt(row["mean_forget_events"], 2), row["action"])
+    err.print(grid)
+
+
+# --------------------------------------------------------------------------------------- prune
+
+
+@app.command("prune")
+@_cli_errors
+def prune_command(
+    frac: Annotated[float, typer.Option("--frac", help="Fraction of samples to remove, in [0, 1).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Manifest to write.")] = Path("manifest.parquet"),
+    scores_path: ScoresOption = Path("scores.parquet"),
+    by: Annotated[str, typer.Option("--by", help="Ranking: memorization | quadrant | difficulty | random.")] = "memorization",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --by random.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Write a manifest that removes the fraction FRAC of samples ranked most memorization-prone."""
+    export.prune_count(0, frac)  # validate --frac before reading anything
+    artifacts.ensure_not_input(out, [scores_path])
+    scores, scores_prov = artifacts.read(scores_path, "scores")
+    manifest = export.prune_manifest(scores, frac=frac, by=by, seed=seed)
+    n_pruned = int((~manifest["keep"]).sum())
+    prov = artifacts.provenance(
+        "manifest",
+        inputs=[{"path": str(scores_path), "sha256": artifacts.file_digest(scores_path),
+                 "provenance": scores_prov}],
+        parameters={"frac": frac, "by": by, "seed": seed if by == "random" else None},
+        samples=manifest.height,
+        pruned=n_pruned,
+    )
+    artifacts.write(manifest, out, prov, sidecar=True)
+    pruned_by_quadrant = (
+        manifest.filter(~pl.col("keep"))
+        .with_columns(pl.col("quadrant").fill_null(quadrants.UNPLACED))
+        .group_by("quadrant").len().sort("quadrant")
+    )
+    counts = {row[0]: row[1] for row in pruned_by_quadrant.iter_rows()}
+    if as_json:
+        _emit_json({"out": str(out), "samples": manifest.height, "pruned": n_pruned, "kept": manifest.height - n_pruned,
+                    "by": by, "pruned_by_quadrant": counts})
+        return
+    share = n_pruned / manifest.height if manifest.height else 0.0
+    detail = ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
+    err.print(f"carto prune: removing {n_pruned:,} of {manifest.height:,} samples ({100 * share:.1f}%) by {by}")
+    err.print(f"pruned by quadrant: {detail}")
+    err.print(f"wrote {escape(str(out))} and {escape(str(out))}{artifacts.SIDECAR_SUFFIX}")
+
+
+# --------------------------------------------------------------------------------------- weights
+
+
+@app.command("weights")
+@_cli_errors
+def weights_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("weights.parquet"),
+    scores_path: ScoresOption = Path("scores.parquet"),
+    stable_easy: Annotated[float, typer.Option("--stable-easy", help="Multiplier of stable-easy samples.")] = 1.0,
+    ambiguous_hard: Annotated[float, typer.Option("--ambiguous-hard", help="Multiplier of ambiguous-hard samples.")] = 2.0,
+    hotspot_memorized: Annotated[
+        float, typer.Option("--hotspot-memorized", help="Multiplier of hotspot-memorized samples.")
+    ] = 0.5,
+    noisy_outlier: Annotated[float, typer.Option("--noisy-outlier", help="Multiplier of noisy-outlier samples.")] = 0.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Write per-sample weights from quadrant multipliers, normalised to mean 1."""
+    multipliers = {
+        quadrants.STABLE_EASY: stable_easy,
+        quadrants.AMBIGUOUS_HARD: ambiguous_hard,
+        quadrants.HOTSPOT: hotspot_memorized,
+        quadrants.NOISY_OUTLIER: noisy_outlier,
+    }
+    artifacts.ensure_not_input(out, [scores_path])
+    scores, scores_prov = artifacts.read(scores_path, "scores")
+    weights = export.sample_weights(scores, multipliers)
+    prov = artifacts.provenance(
+        "weights",
+        inputs=[{"path": str(scores_path), "sha256": artifacts.file_digest(scores_path),
+                 "provenance": scores_prov}],
+        parameters={"multipliers": multipliers, "unplaced": export.DEFAULT_MULTIPLIERS[quadrants.UNPLACED],
+                    "normalisation": "mean 1 over all samples"},
+        samples=weights.height,
+    )
+    artifacts.write(weights, out, prov, sidecar=True)
+    per_quadrant = (
+        weights.with_columns(pl.col("quadrant").fill_null(quadrants.UNPLACED))
+        .group_by("quadrant")
+        .agg(pl.len().alias("samples"), pl.col("multiplier").first(), pl.col("weight").first())
+    )
+    rows = {r["quadrant"]: r for r in per_quadrant.iter_rows(named=True)}
+    if as_json:
+        _emit_json({"out": str(out), "samples": weights.height, "quadrants": rows})
+        return
+    grid = Table(header_style="bold")
+    for name in ("quadrant", "samples", "multiplier", "weight"):
+        grid.add_column(name, justify="left" if name == "quadrant" else "right")
+    for name in (*quadrants.QUADRANTS, quadrants.UNPLACED):
+        if name in rows:
+            r = rows[name]
+            grid.add_row(name, f"{r['samples']:,}", f"{r['multiplier']:g}", f"{r['weight']:.4f}")
+    err.print(f"carto weights: {weights.height:,} samples, weights normalised to mean 1")
+    err.print(grid)
+    err.print(f"wrote {escape(str(out))} and {escape(str(out))}{artifacts.SIDECAR_SUFFIX}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

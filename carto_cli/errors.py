@@ -1,0 +1,38 @@
+"""Domain errors. The core raises these; the CLI turns each into one `Error: ...` line and exit 1.
+
+Every message names the file, column or option at fault and says how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class CartoError(Exception):
+    """Base class for every error carto reports to a user."""
+
+
+class LogFormatError(CartoError):
+    """A training log part (or the set of parts) breaks the log contract."""
+
+
+class ScoresFormatError(CartoError):
+    """A file passed as scores, manifest or weights is not one carto wrote."""
+
+
+class OptionError(CartoError):
+    """An option value is out of range or inconsistent with the data."""
+
+
+class MissingDependencyError(CartoError):
+    """An optional dependency (an extra) is not installed."""
+
+
+def require_torch():
+    """Import torch, or raise a MissingDependencyError with the install hint."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - exercised only without torch
+        raise MissingDependencyError(
+            "torch is not installed; the logging shim and samplers need it: "
+            "pip install 'carto-cli[torch]'"
+        ) from exc
+    return torch

@@ -1,0 +1,258 @@
+"""Reading logs: find the finished parts, check them against the log contract, scan them lazily.
+
+Only Parquet footers are read to validate a part (schema, row count, null counts from the column
+statistics), so opening a log of thousands of parts costs milliseconds per part, not a data pass.
+
+What counts as bad input, and what happens:
+- a path that does not exist, a directory with no parts, a file that is not Parquet: error.
+- a truncated or otherwise unreadable part: error naming it, or, with `skip_corrupt=True`, the part
+  is left out and reported in `LogSet.skipped` (the CLI prints a warning naming each one).
+- a required column missing or of the wrong kind, null values in a required column: error naming
+  the file and the column.
+Hidden files and unfinished parts (`.tmp`) are never read: the shim renames a part only when whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from carto_cli import schema
+from carto_cli.errors import LogFormatError
+
+# Polars dtypes every part is cast to on scan (sample_id is decided per log set, see `scan`).
+SCAN_DTYPES = {
+    schema.EPOCH: pl.Int64,
+    schema.STEP: pl.Int64,
+    schema.LOSS: pl.Float64,
+    schema.CORRECT: pl.Boolean,
+    schema.TOKEN_ACC: pl.Float64,
+    schema.TAIL_LOSS: pl.Float64,
+    schema.N_TOKENS: pl.Int64,
+    schema.RANK: pl.Int64,
+}
+
+
+@dataclass(frozen=True)
+class LogPart:
+    """One finished part file, as its footer describes it."""
+
+    path: Path
+    num_rows: int
+    size_bytes: int
+    arrow_schema: pa.Schema
+    null_counts: dict[str, int | None]  # per known column; None where statistics are missing
+
+    @property
+    def columns(self) -> set[str]:
+        return set(self.arrow_schema.names)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        raw = self.arrow_schema.metadata or {}
+        return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"carto.")}
+
+
+@dataclass
+class LogSet:
+    """The parts that make up one log, in a stable order, and those that were skipped."""
+
+    parts: list[LogPart]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def num_rows(self) -> int:
+        return sum(p.num_rows for p in self.parts)
+
+    def has_column(self, name: str) -> bool:
+        """True when every part has the column."""
+        return all(name in p.columns for p in self.parts)
+
+    def digest(self) -> str:
+        """sha256 over (path, size, rows) of every part: identifies exactly which data was scored."""
+        h = hashlib.sha256()
+        for p in self.parts:
+            h.update(f"{p.path}\0{p.size_bytes}\0{p.num_rows}\n".encode())
+        return h.hexdigest()
+
+
+def discover(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files and directories (recursively) into part paths, sorted, temporary names skipped."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise LogFormatError(f"{path}: no such file or directory; pass a log directory or part file")
+        if path.is_dir():
+            parts = sorted(
+                p
+                for p in path.rglob(f"*{schema.PART_SUFFIX}")
+                if p.is_file() and not any(schema.is_temporary_name(x) for x in p.relative_to(path).parts)
+            )
+            if not parts:
+                raise LogFormatError(
+                    f"{path}: no finished log parts (*{schema.PART_SUFFIX}) in this directory; "
+                    "check the path, or that training ran with the carto logger"
+                )
+            found.extend(parts)
+        else:
+            found.append(path)
+    # The same part named twice (a directory and a file in it) is read once.
+    unique = sorted(set(found), key=str)
+    return unique
+
+
+def inspect_part(path: Path) -> LogPart:
+    """Read and check one part's footer. Raises LogFormatError naming the file and the fix."""
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LogFormatError(
+            f"{path}: not a readable Parquet file ({_first_line(exc)}); "
+            "if it is a truncated part, remove it or pass --skip-corrupt"
+        ) from None
+    arrow_schema = pf.schema_arrow
+    for name in schema.REQUIRED_COLUMNS:
+        if name not in arrow_schema.names:
+            raise LogFormatError(
+                f"{path}: required column '{name}' is missing (has: {', '.join(arrow_schema.names)}); "
+                f"log parts need {', '.join(schema.REQUIRED_COLUMNS)}"
+            )
+    for name, kind in schema.COLUMN_KINDS.items():
+        if name in arrow_schema.names:
+            dtype = arrow_schema.field(name).type
+            if schema.column_kind(dtype) != kind:
+                raise LogFormatError(
+                    f"{path}: column '{name}' has type {dtype}, expected {kind}; "
+                    "write it with that type (see the log contract in README.md)"
+                )
+    meta = pf.metadata
+    null_counts: dict[str, int | None] = {}
+    for name in schema.COLUMN_KINDS:
+        if name not in arrow_schema.names:
+            continue
+        idx = arrow_schema.names.index(name)
+        total: int | None = 0
+        for rg in range(meta.num_row_groups):
+            stats = meta.row_group(rg).column(idx).statistics
+            if stats is None or not stats.has_null_count:
+                total = None
+                break
+            total += stats.null_count
+        null_counts[name] = total
+    return LogPart(
+        path=path,
+        num_rows=meta.num_rows,
+        size_bytes=path.stat().st_size,
+        arrow_schema=arrow_schema,
+        null_counts=null_counts,
+    )
+
+
+def open_logs(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    skip_corrupt: bool = False,
+    on_part: Callable[[Path], None] | None = None,
+) -> LogSet:
+    """Discover and check every part. `on_part` is called once per part (for a progress bar)."""
+    logset = LogSet(parts=[])
+    for path in discover(paths):
+        try:
+            part = inspect_part(path)
+        except LogFormatError as exc:
+            if skip_corrupt and "not a readable Parquet file" in str(exc):
+                logset.skipped.append((path, str(exc)))
+                continue
+            raise
+        finally:
+            if on_part is not None:
+                on_part(path)
+        logset.parts.append(part)
+    if not logset.parts:
+        raise LogFormatError(
+            f"{', '.join(map(str, paths))}: every part was skipped as unreadable; nothing to score"
+        )
+    _check_sample_id_types(logset.parts)
+    _check_required_nulls(logset.parts)
+    return logset
+
+
+def sample_id_dtype(parts: Iterable[LogPart]) -> pl.DataType:
+    """UInt64 when every part stores unsigned ids, else Int64 (see `_check_sample_id_types`)."""
+    unsigned = [pa.types.is_unsigned_integer(p.arrow_schema.field(schema.SAMPLE_ID).type) for p in parts]
+    return pl.UInt64 if all(unsigned) else pl.Int64
+
+
+def scan(logset: LogSet, columns: Sequence[str]) -> pl.LazyFrame:
+    """A lazy frame over every part with `columns`, each cast to one dtype across parts.
+
+    Optional columns a part lacks read as nulls; unknown columns are ignored.
+    """
+    dtypes = {schema.SAMPLE_ID: sample_id_dtype(logset.parts), **SCAN_DTYPES}
+    wanted = {name: dtypes[name] for name in columns}
+    return pl.scan_parquet(
+        [str(p.path) for p in logset.parts],
+        schema=wanted,
+        missing_columns="insert",
+        extra_columns="ignore",
+        cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),
+    )
+
+
+def _check_sample_id_types(parts: list[LogPart]) -> None:
+    """Mixing uint64 ids with signed ids cannot be cast losslessly: refuse, naming both files."""
+    u64 = [p for p in parts if p.arrow_schema.field(schema.SAMPLE_ID).type == pa.uint64()]
+    signed = [p for p in parts if pa.types.is_signed_integer(p.arrow_schema.field(schema.SAMPLE_ID).type)]
+    if u64 and signed:
+        raise LogFormatError(
+            f"{u64[0].path}: column 'sample_id' is uint64 but it is signed in {signed[0].path}; "
+            "write sample_id with one integer type in every part"
+        )
+
+
+def _check_required_nulls(parts: list[LogPart]) -> None:
+    """Required columns may not hold nulls. Uses footer statistics; reads the column where absent."""
+    for part in parts:
+        for name in schema.REQUIRED_COLUMNS:
+            count = part.null_counts.get(name)
+            if count is None:
+                column = pq.read_table(part.path, columns=[name]).column(0)
+                count = column.null_count
+            if count:
+                raise LogFormatError(
+                    f"{part.path}: column '{name}' has {count} null value(s); "
+                    f"every row needs a {name} (drop those rows when writing the part)"
+                )
+
+
+def summarize(logset: LogSet) -> dict[str, object]:
+    """Parts, rows, distinct samples, epochs and ranks of a log set (one pass over two columns)."""
+    lf = scan(logset, [schema.SAMPLE_ID, schema.EPOCH, schema.RANK])
+    stats = lf.select(
+        samples=pl.col(schema.SAMPLE_ID).n_unique(),
+        epochs=pl.col(schema.EPOCH).unique().sort().implode(),
+        ranks=pl.col(schema.RANK).drop_nulls().unique().sort().implode(),
+    )
+    row = stats.collect().row(0, named=True)
+    return {
+        "parts": len(logset.parts),
+        "rows": logset.num_rows,
+        "samples": row["samples"],
+        "epochs": len(row["epochs"]),
+        "epoch_range": [min(row["epochs"]), max(row["epochs"])] if row["epochs"] else None,
+        "ranks": len(row["ranks"]) or 1,
+        "skipped": [str(p) for p, _ in logset.skipped],
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

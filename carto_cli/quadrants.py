@@ -1,0 +1,134 @@
+"""Quadrants: split samples by (difficulty, memorization) thresholds (GenDataCarto, Sec. "data map").
+
+| quadrant          | difficulty | memorization | suggested action          |
+|-------------------|------------|--------------|---------------------------|
+| stable-easy       | low        | low          | keep                      |
+| ambiguous-hard    | high       | low          | up-weight (gamma > 1)     |
+| hotspot-memorized | low        | high         | down-weight (alpha < 1)   |
+| noisy-outlier     | high       | high         | prune                     |
+
+"High" means strictly above the threshold. By default each threshold is a quantile of the scored
+samples' values (`nearest` interpolation, so it is a value that occurs); an absolute threshold
+overrides it. With many samples at memorization 0 the median is 0 and "high memorization" means
+"at least one forget event". A sample with a null difficulty (no early presentation) or a null
+memorization (`--never-learned exclude`) gets no quadrant (null): it is counted as `unplaced`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from carto_cli.errors import OptionError
+
+STABLE_EASY = "stable-easy"
+AMBIGUOUS_HARD = "ambiguous-hard"
+HOTSPOT = "hotspot-memorized"
+NOISY_OUTLIER = "noisy-outlier"
+UNPLACED = "unplaced"  # label used in summaries for samples with a null quadrant
+
+QUADRANTS = (STABLE_EASY, AMBIGUOUS_HARD, HOTSPOT, NOISY_OUTLIER)
+ACTIONS = {
+    STABLE_EASY: "keep",
+    AMBIGUOUS_HARD: "up-weight",
+    HOTSPOT: "down-weight",
+    NOISY_OUTLIER: "prune",
+    UNPLACED: "keep",
+}
+QUADRANT_DTYPE = pl.String  # plain strings in files: readable by any Parquet reader
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    difficulty: float | None
+    memorization: float | None
+    difficulty_quantile: float | None
+    memorization_quantile: float | None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "difficulty": self.difficulty,
+            "memorization": self.memorization,
+            "difficulty_quantile": self.difficulty_quantile,
+            "memorization_quantile": self.memorization_quantile,
+        }
+
+
+def resolve_thresholds(
+    scores: pl.DataFrame,
+    *,
+    difficulty_quantile: float = 0.5,
+    memorization_quantile: float = 0.5,
+    difficulty_threshold: float | None = None,
+    memorization_threshold: float | None = None,
+) -> Thresholds:
+    """Absolute thresholds where given, else quantiles over the samples that can be placed."""
+    for name, q in (("--d-quantile", difficulty_quantile), ("--m-quantile", memorization_quantile)):
+        if not 0 <= q <= 1:
+            raise OptionError(f"{name} must be in [0, 1]; got {q}")
+    placeable = scores.filter(pl.col("difficulty").is_not_null() & pl.col("memorization").is_not_null())
+
+    def pick(column: str, absolute: float | None, q: float) -> tuple[float | None, float | None]:
+        if absolute is not None:
+            return float(absolute), None
+        value = placeable[column].quantile(q, interpolation="nearest")
+        return (None if value is None else float(value)), q
+
+    d, dq = pick("difficulty", difficulty_threshold, difficulty_quantile)
+    m, mq = pick("memorization", memorization_threshold, memorization_quantile)
+    return Thresholds(d, m, dq, mq)
+
+
+def assign(scores: pl.DataFrame, thresholds: Thresholds) -> pl.DataFrame:
+    """Add a `quadrant` column (null for samples that cannot be placed)."""
+    if thresholds.difficulty is None or thresholds.memorization is None:
+        return scores.with_columns(quadrant=pl.lit(None, dtype=QUADRANT_DTYPE))
+    high_d = pl.col("difficulty") > thresholds.difficulty
+    high_m = pl.col("memorization") > thresholds.memorization
+    quadrant = (
+        pl.when(pl.col("difficulty").is_null() | pl.col("memorization").is_null())
+        .then(None)
+        .when(high_d & high_m)
+        .then(pl.lit(NOISY_OUTLIER))
+        .when(high_d)
+        .then(pl.lit(AMBIGUOUS_HARD))
+        .when(high_m)
+        .then(pl.lit(HOTSPOT))
+        .otherwise(pl.lit(STABLE_EASY))
+    )
+    return scores.with_columns(quadrant=quadrant.cast(QUADRANT_DTYPE))
+
+
+def summary(scores: pl.DataFrame) -> list[dict[str, object]]:
+    """One row per quadrant (plus `unplaced` when any): samples, share, mean scores, action."""
+    total = scores.height
+    counts = (
+        scores.with_columns(pl.col("quadrant").fill_null(UNPLACED))
+        .group_by("quadrant")
+        .agg(
+            pl.len().alias("samples"),
+            pl.col("difficulty").mean().alias("mean_difficulty"),
+            pl.col("memorization").mean().alias("mean_memorization"),
+            pl.col("forget_events").mean().alias("mean_forget_events"),
+        )
+    )
+    by_name = {row["quadrant"]: row for row in counts.iter_rows(named=True)}
+    rows = []
+    for name in (*QUADRANTS, UNPLACED):
+        row = by_name.get(name)
+        if row is None and name == UNPLACED:
+            continue
+        samples = row["samples"] if row else 0
+        rows.append(
+            {
+                "quadrant": name,
+                "samples": samples,
+                "share": samples / total if total else 0.0,
+                "mean_difficulty": row["mean_difficulty"] if row else None,
+                "mean_memorization": row["mean_memorization"] if row else None,
+                "mean_forget_events": row["mean_forget_events"] if row else None,
+                "action": ACTIONS[name],
+            }
+        )
+    return rows

@@ -1,0 +1,82 @@
+"""Feed carto's exports to the next training run: a torch Subset from a manifest, a weighted sampler
+from a weights file.
+
+    from carto_cli.sampling import kept_subset, weighted_sampler
+    train_set = kept_subset(train_set, "manifest.parquet")              # drop pruned samples
+    loader = DataLoader(train_set, sampler=weighted_sampler("weights.parquet", len(train_set)))
+
+`sample_ids` maps dataset index -> sample_id; by default index i is sample_id i (as when the
+training loop logged the dataset index). Samples absent from the file are kept, with weight 1
+(the mean weight), so a file scored on part of the data never silently drops the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from carto_cli import artifacts
+from carto_cli.errors import OptionError, require_torch
+
+
+def _ids(sample_ids: Sequence[int] | None, size: int | None) -> np.ndarray:
+    if sample_ids is not None:
+        return np.asarray(sample_ids, dtype=np.int64)
+    if size is None:
+        raise OptionError("pass the dataset size or its sample_ids")
+    return np.arange(size, dtype=np.int64)
+
+
+def _lookup(ids: np.ndarray, keys: np.ndarray, values: np.ndarray, default: Any) -> np.ndarray:
+    """values[keys == id] for each id, `default` where the id is not in keys."""
+    order = np.argsort(keys, kind="stable")
+    keys, values = keys[order], values[order]
+    pos = np.clip(np.searchsorted(keys, ids), 0, max(len(keys) - 1, 0))
+    found = (keys[pos] == ids) if len(keys) else np.zeros(len(ids), dtype=bool)
+    out = np.full(len(ids), default, dtype=values.dtype)
+    out[found] = values[pos[found]]
+    return out
+
+
+def kept_indices(manifest: str | Path, size: int | None = None, *, sample_ids: Sequence[int] | None = None) -> list[int]:
+    """Dataset indices whose sample the manifest keeps (or does not mention)."""
+    df, _ = artifacts.read(Path(manifest), "manifest")
+    ids = _ids(sample_ids, size)
+    keep = _lookup(ids, df["sample_id"].to_numpy().astype(np.int64), df["keep"].to_numpy(), True)
+    return np.flatnonzero(keep).tolist()
+
+
+def kept_subset(dataset: Any, manifest: str | Path, *, sample_ids: Sequence[int] | None = None) -> Any:
+    """`torch.utils.data.Subset` of `dataset` without the samples the manifest prunes."""
+    torch = require_torch()
+    return torch.utils.data.Subset(dataset, kept_indices(manifest, len(dataset), sample_ids=sample_ids))
+
+
+def sample_weight_array(weights: str | Path, size: int | None = None, *, sample_ids: Sequence[int] | None = None) -> np.ndarray:
+    """The weight of each dataset index (1.0 where the file does not mention the sample)."""
+    df, _ = artifacts.read(Path(weights), "weights")
+    ids = _ids(sample_ids, size)
+    return _lookup(ids, df["sample_id"].to_numpy().astype(np.int64), df["weight"].to_numpy(), 1.0)
+
+
+def weighted_sampler(
+    weights: str | Path,
+    size: int | None = None,
+    *,
+    sample_ids: Sequence[int] | None = None,
+    num_samples: int | None = None,
+    replacement: bool = True,
+    generator: Any = None,
+) -> Any:
+    """`torch.utils.data.WeightedRandomSampler` drawing each index in proportion to its weight."""
+    torch = require_torch()
+    w = sample_weight_array(weights, size, sample_ids=sample_ids)
+    return torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(w, dtype=torch.double),
+        num_samples=num_samples or len(w),
+        replacement=replacement,
+        generator=generator,
+    )

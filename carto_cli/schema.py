@@ -1,0 +1,96 @@
+"""The log contract: what a training log part is. Written once; the shim writes it, the reader checks it.
+
+A log is a directory (or list) of Parquet files, one file per finished *part*, many parts per run,
+one writer per data-parallel rank. Each row is one *presentation* of one training sample:
+
+| column      | type                      | required | meaning                                                  |
+|-------------|---------------------------|----------|----------------------------------------------------------|
+| sample_id   | int64 or uint64 (any int) | yes      | stable id of the training sample (its index in the data) |
+| epoch       | integer                   | yes      | 0-based pass index over the data                         |
+| step        | integer                   | yes      | global optimizer step at which the sample was presented  |
+| loss        | float                     | yes      | mean token negative log-likelihood of the sample (nats)  |
+| correct     | bool                      | yes      | whether the sample counted as learned at this presentation|
+| token_acc   | float                     | no       | share of target tokens the greedy prediction got right   |
+| tail_loss   | float                     | no       | mean of the k largest token losses of the sample (nats)  |
+| n_tokens    | integer                   | no       | number of target (non-ignored) tokens                    |
+| rank        | integer                   | no       | data-parallel rank of the writer                         |
+
+Other columns are allowed and ignored. A part is written under a temporary name (hidden, ending in
+`.tmp`) and renamed when complete, so a reader never sees a half-written part and ignores temporary
+names. Run metadata is stored in the Parquet key-value metadata under the keys in `META_*`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SAMPLE_ID = "sample_id"
+EPOCH = "epoch"
+STEP = "step"
+LOSS = "loss"
+CORRECT = "correct"
+TOKEN_ACC = "token_acc"
+TAIL_LOSS = "tail_loss"
+N_TOKENS = "n_tokens"
+RANK = "rank"
+
+REQUIRED_COLUMNS = (SAMPLE_ID, EPOCH, STEP, LOSS, CORRECT)
+OPTIONAL_COLUMNS = (TOKEN_ACC, TAIL_LOSS, N_TOKENS, RANK)
+
+# The schema the shim writes. Readers accept any integer width for the integer columns and any
+# float width for the float columns (see `column_kind`).
+LOG_SCHEMA = pa.schema(
+    [
+        pa.field(SAMPLE_ID, pa.int64(), nullable=False),
+        pa.field(EPOCH, pa.int32(), nullable=False),
+        pa.field(STEP, pa.int64(), nullable=False),
+        pa.field(LOSS, pa.float32(), nullable=False),
+        pa.field(CORRECT, pa.bool_(), nullable=False),
+        pa.field(TOKEN_ACC, pa.float32()),
+        pa.field(TAIL_LOSS, pa.float32()),
+        pa.field(N_TOKENS, pa.int32()),
+        pa.field(RANK, pa.int32()),
+    ]
+)
+
+# What kind of Arrow type each known column must have on read.
+COLUMN_KINDS = {
+    SAMPLE_ID: "integer",
+    EPOCH: "integer",
+    STEP: "integer",
+    LOSS: "float",
+    CORRECT: "bool",
+    TOKEN_ACC: "float",
+    TAIL_LOSS: "float",
+    N_TOKENS: "integer",
+    RANK: "integer",
+}
+
+# Parquet key-value metadata written by the shim (all values are strings).
+META_PREFIX = "carto."
+META_VERSION = "carto.version"
+META_RANK = "carto.rank"
+META_WORLD_SIZE = "carto.world_size"
+META_RUN_ID = "carto.run_id"
+META_STARTED = "carto.started_at"
+META_CORRECT_RULE = "carto.correct_rule"
+META_TAIL_K = "carto.tail_k"
+
+PART_SUFFIX = ".parquet"
+TMP_SUFFIX = ".tmp"
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for names a reader must skip: hidden files and unfinished (`.tmp`) parts."""
+    return name.startswith(".") or name.startswith("_") or name.endswith(TMP_SUFFIX)
+
+
+def column_kind(dtype: pa.DataType) -> str | None:
+    """Classify an Arrow type as 'integer', 'float' or 'bool' (None for anything else)."""
+    if pa.types.is_integer(dtype):
+        return "integer"
+    if pa.types.is_floating(dtype):
+        return "float"
+    if pa.types.is_boolean(dtype):
+        return "bool"
+    return None

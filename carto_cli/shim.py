@@ -1,0 +1,424 @@
+"""The logging shim: record every training sample's loss and correctness into Parquet parts.
+
+    from carto_cli import CartoLogger
+
+    with CartoLogger("logs/") as log:            # or CartoLogger() with $CARTO_LOG_DIR set
+        for step, (ids, x, y) in enumerate(loader):
+            logits = model(x)                     # (B, T, V), logits[:, t] scores y[:, t]
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+            log.record(ids, epoch=epoch, step=step, logits=logits, labels=y)
+            ...
+
+What `record` does, and what it costs the training loop:
+- With `logits` (B, T, V) and `labels` (B, T) it computes, per sample and on the logits' device,
+  the mean token loss, the greedy token accuracy, the number of target tokens and the *tail loss*
+  (mean of the `tail_k` largest token losses). Logits are upcast to fp32 in chunks of samples
+  (`chunk_bytes` at a time), never all at once.
+- The per-sample results (a few (B,) tensors) are copied device -> pinned host memory with
+  `non_blocking=True`; a background thread waits for the copy, converts and writes. `record`
+  never synchronises host and device.
+- The queue between the loop and the writer thread holds at most `max_pending` batches; when it is
+  full `record` waits (back-pressure) instead of letting memory grow.
+- Rows go into a part file once `rows_per_part` rows are buffered, and on `flush()`. A part is
+  written under a hidden `.tmp` name, fsynced and renamed, so a reader only ever sees whole parts.
+  A SIGKILL loses at most the rows recorded since the last flush or part rotation.
+
+The default correctness rule (`correct` not given): greedy token accuracy >= `correct_threshold`
+(0.5), i.e. the model, fed the true prefix, predicts at least half of the sample's target tokens.
+`carto score --correct-from loss|tail|acc` can re-derive correctness from the logged columns.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from carto_cli import __version__, schema
+from carto_cli.errors import CartoError, OptionError, require_torch
+
+LOG_DIR_ENV = "CARTO_LOG_DIR"
+DEFAULT_TAIL_K = 8
+DEFAULT_CORRECT_THRESHOLD = 0.5
+
+
+@dataclass
+class _Batch:
+    """One `record` call in flight: host tensors (maybe still being copied) and the copy's event."""
+
+    epoch: int
+    step: int
+    rule: str  # the correctness rule behind this batch's `correct` column
+    columns: dict[str, Any]  # column name -> host torch tensor or numpy array, each (B,)
+    ready: Any = None  # torch.cuda.Event to wait on, or None when already on the host
+
+
+@dataclass
+class _Flush:
+    done: threading.Event
+
+
+_STOP = object()
+
+
+def _resolve_rank(rank: int | None) -> tuple[int, int]:
+    """(rank, world_size): explicit rank, else torch.distributed when initialised, else $RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if rank is not None:
+        return rank, world
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", "0")), world
+
+
+class CartoLogger:
+    """Per-sample training-dynamics logger writing the carto log contract (see `carto_cli.schema`).
+
+    Args:
+        out_dir: directory for the parts; defaults to `$CARTO_LOG_DIR` (set by `carto log`).
+        rank: data-parallel rank of this writer; defaults to torch.distributed, then `$RANK`, then 0.
+        rows_per_part: rotate to a new part file after this many rows.
+        max_pending: batches that may wait for the writer thread before `record` blocks.
+        tail_k: how many of the largest token losses make the tail loss.
+        correct_threshold: token-accuracy threshold of the default correctness rule.
+        ignore_index: label value that marks a position with no target (as in cross_entropy).
+        chunk_bytes: upper bound on the fp32 logits materialised at once by the logits path.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str] | None = None,
+        *,
+        rank: int | None = None,
+        rows_per_part: int = 1_000_000,
+        max_pending: int = 256,
+        tail_k: int = DEFAULT_TAIL_K,
+        correct_threshold: float = DEFAULT_CORRECT_THRESHOLD,
+        ignore_index: int = -100,
+        chunk_bytes: int = 256 * 2**20,
+    ) -> None:
+        if out_dir is None:
+            out_dir = os.environ.get(LOG_DIR_ENV)
+            if not out_dir:
+                raise OptionError(
+                    f"CartoLogger: no out_dir given and ${LOG_DIR_ENV} is not set; "
+                    "pass out_dir= or run under `carto log -- CMD`"
+                )
+        if rows_per_part < 1 or max_pending < 1 or tail_k < 1:
+            raise OptionError("CartoLogger: rows_per_part, max_pending and tail_k must be >= 1")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world_size = _resolve_rank(rank)
+        self.rows_per_part = rows_per_part
+        self.tail_k = tail_k
+        self.correct_threshold = correct_threshold
+        self.ignore_index = ignore_index
+        self.chunk_bytes = chunk_bytes
+        self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        self.parts_written: list[Path] = []
+        self.rows_written = 0
+        self._correct_rule = f"token_acc>={correct_threshold}"
+        self._seq = 0
+        self._buffer: list[_Batch] = []
+        self._buffered_rows = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._writer_loop, name="carto-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    # ------------------------------------------------------------------ the training-loop side
+
+    def record(
+        self,
+        sample_ids: Any,
+        *,
+        epoch: int,
+        step: int,
+        logits: Any = None,
+        labels: Any = None,
+        loss: Any = None,
+        correct: Any = None,
+        token_acc: Any = None,
+        tail_loss: Any = None,
+        n_tokens: Any = None,
+    ) -> None:
+        """Record one presentation of each sample in a batch.
+
+        Either `logits` (B, T, V) with `labels` (B, T), from which every column is computed, or
+        precomputed per-sample `loss` (B,) with `correct` (B,) (or `token_acc`, from which the
+        default rule derives `correct`), logged as given. `epoch` and `step` are Python ints.
+        """
+        self._raise_if_failed()
+        if self._closed:
+            raise CartoError("CartoLogger.record called after close()")
+        torch = require_torch()
+        if (logits is None) == (loss is None):
+            raise OptionError("CartoLogger.record: pass either logits= and labels=, or loss=")
+        if logits is not None:
+            if labels is None:
+                raise OptionError("CartoLogger.record: logits= needs labels= (B, T)")
+            columns = self._from_logits(torch, logits, labels)
+            rule = self._correct_rule
+        else:
+            columns, rule = self._from_values(torch, loss, correct, token_acc, tail_loss, n_tokens)
+        columns[schema.SAMPLE_ID] = sample_ids
+        n = None
+        for name, value in columns.items():
+            size = len(value) if not hasattr(value, "shape") else int(value.shape[0])
+            if n is None:
+                n = size
+            elif size != n:
+                raise OptionError(
+                    f"CartoLogger.record: {name} has {size} rows but the batch has {n}; "
+                    "every per-sample argument must have the same length"
+                )
+        self._put(self._to_host(torch, int(epoch), int(step), rule, columns))
+
+    def flush(self) -> None:
+        """Block until every row recorded so far is in a finished part on disk."""
+        self._raise_if_failed()
+        if self._closed:
+            return
+        done = threading.Event()
+        self._put(_Flush(done))
+        while not done.wait(0.1):
+            if not self._thread.is_alive():
+                break
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        """Flush, stop the writer thread. Idempotent; also runs at interpreter exit."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            if self._thread.is_alive():
+                self._put(_STOP)
+                self._thread.join()
+            atexit.unregister(self.close)
+        self._raise_if_failed()
+
+    def __enter__(self) -> CartoLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ per-sample statistics
+
+    def _from_logits(self, torch: Any, logits: Any, labels: Any) -> dict[str, Any]:
+        """Per-sample loss, token accuracy, tail loss and token count, on the logits' device."""
+        if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
+            raise OptionError(
+                f"CartoLogger.record: logits must be (B, T, V) and labels (B, T); got "
+                f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+            )
+        B, T, V = logits.shape
+        with torch.no_grad():
+            labels = labels.to(logits.device)
+            valid = labels != self.ignore_index  # (B, T)
+            safe = labels.masked_fill(~valid, 0).long()  # (B, T)
+            tok_loss = torch.empty((B, T), dtype=torch.float32, device=logits.device)
+            tok_hit = torch.empty((B, T), dtype=torch.bool, device=logits.device)
+            rows = max(1, self.chunk_bytes // max(1, T * V * 4))
+            for lo in range(0, B, rows):
+                hi = min(B, lo + rows)
+                chunk = logits[lo:hi].detach().float()  # (b, T, V): the only fp32 copy
+                tok_loss[lo:hi] = torch.nn.functional.cross_entropy(
+                    chunk.reshape(-1, V), safe[lo:hi].reshape(-1), reduction="none"
+                ).view(hi - lo, T)
+                tok_hit[lo:hi] = chunk.argmax(dim=-1) == safe[lo:hi]
+                del chunk
+            n_tok = valid.sum(dim=1)  # (B,)
+            denom = n_tok.clamp_min(1).float()
+            nan = torch.full_like(denom, float("nan"))
+            loss = torch.where(n_tok > 0, (tok_loss * valid).sum(dim=1) / denom, nan)
+            acc = torch.where(n_tok > 0, (tok_hit & valid).sum(dim=1) / denom, nan)
+            k = min(self.tail_k, T)
+            masked = tok_loss.masked_fill(~valid, float("-inf"))
+            top = masked.topk(k, dim=1).values  # (B, k); -inf where fewer than k targets
+            top = top.masked_fill(torch.isinf(top), 0.0)
+            tail = torch.where(n_tok > 0, top.sum(dim=1) / n_tok.clamp(1, k).float(), nan)
+            correct = (acc >= self.correct_threshold) & (n_tok > 0)
+        return {
+            schema.LOSS: loss,
+            schema.CORRECT: correct,
+            schema.TOKEN_ACC: acc,
+            schema.TAIL_LOSS: tail,
+            schema.N_TOKENS: n_tok.int(),
+        }
+
+    def _from_values(
+        self, torch: Any, loss: Any, correct: Any, token_acc: Any, tail_loss: Any, n_tokens: Any
+    ) -> tuple[dict[str, Any], str]:
+        columns = {schema.LOSS: loss}
+        for name, value in (
+            (schema.TOKEN_ACC, token_acc),
+            (schema.TAIL_LOSS, tail_loss),
+            (schema.N_TOKENS, n_tokens),
+        ):
+            if value is not None:
+                columns[name] = value
+        if correct is not None:
+            columns[schema.CORRECT] = correct
+            return columns, "given"
+        if token_acc is None:
+            raise OptionError(
+                "CartoLogger.record: with loss= pass correct= (B,) bool, or token_acc= so the "
+                f"default rule token_acc>={self.correct_threshold} can derive it"
+            )
+        acc = token_acc if torch.is_tensor(token_acc) else torch.as_tensor(token_acc)
+        columns[schema.CORRECT] = acc >= self.correct_threshold
+        return columns, self._correct_rule
+
+    def _to_host(
+        self, torch: Any, epoch: int, step: int, rule: str, columns: dict[str, Any]
+    ) -> _Batch:
+        """Start device -> pinned-host copies without waiting for them; copy host data defensively."""
+        host: dict[str, Any] = {}
+        on_cuda = False
+        for name, value in columns.items():
+            if torch.is_tensor(value):
+                value = value.detach().reshape(-1)
+                if value.is_cuda:
+                    pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+                    pinned.copy_(value, non_blocking=True)
+                    host[name] = pinned
+                    on_cuda = True
+                else:
+                    host[name] = value.to("cpu", copy=True)
+            else:
+                host[name] = np.array(value).reshape(-1)
+        ready = None
+        if on_cuda:
+            ready = torch.cuda.Event()
+            ready.record()
+        return _Batch(epoch=epoch, step=step, rule=rule, columns=host, ready=ready)
+
+    # ------------------------------------------------------------------ the writer-thread side
+
+    def _put(self, item: object) -> None:
+        """Queue an item, waiting while the queue is full (back-pressure) but not on a dead writer."""
+        while True:
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                self._raise_if_failed()
+                if not self._thread.is_alive():
+                    raise CartoError("CartoLogger: the writer thread has stopped") from None
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise CartoError(
+                f"CartoLogger: writing parts to {self.out_dir} failed: {self._error}"
+            ) from self._error
+
+    def _writer_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is _STOP:
+                    return
+                if self._error is None:
+                    if isinstance(item, _Flush):
+                        self._write_part()
+                    else:
+                        self._buffer.append(item)
+                        self._buffered_rows += len(item.columns[schema.SAMPLE_ID])
+                        if self._buffered_rows >= self.rows_per_part:
+                            self._write_part()
+            except BaseException as exc:  # reported to the training loop on its next call
+                self._error = exc
+            finally:
+                if isinstance(item, _Flush):
+                    item.done.set()
+
+    def _batch_table(self, batch: _Batch) -> dict[str, np.ndarray]:
+        if batch.ready is not None:
+            batch.ready.synchronize()
+        arrays = {}
+        for name, value in batch.columns.items():
+            arrays[name] = value.numpy() if hasattr(value, "numpy") else value
+        n = len(arrays[schema.SAMPLE_ID])
+        arrays[schema.EPOCH] = np.full(n, batch.epoch, dtype=np.int32)
+        arrays[schema.STEP] = np.full(n, batch.step, dtype=np.int64)
+        arrays[schema.RANK] = np.full(n, self.rank, dtype=np.int32)
+        return arrays
+
+    def _write_part(self) -> None:
+        if not self._buffer:
+            return
+        tables = [self._batch_table(b) for b in self._buffer]
+        columns = []
+        for field in schema.LOG_SCHEMA:
+            # Optional columns a batch did not give are nulls; NaN stays NaN (the reader reports it).
+            pieces = [
+                pa.array(t[field.name], type=field.type)
+                if field.name in t
+                else pa.nulls(len(t[schema.SAMPLE_ID]), type=field.type)
+                for t in tables
+            ]
+            columns.append(pa.concat_arrays(pieces))
+        rules = ",".join(sorted({b.rule for b in self._buffer}))
+        table = pa.Table.from_arrays(columns, schema=self._part_schema(rules))
+        final = self.out_dir / f"part-r{self.rank:05d}-{self.run_id}-{self._seq:06d}{schema.PART_SUFFIX}"
+        tmp = self.out_dir / f".{final.name}{schema.TMP_SUFFIX}"
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.out_dir)
+        self._seq += 1
+        self.parts_written.append(final)
+        self.rows_written += table.num_rows
+        self._buffer = []
+        self._buffered_rows = 0
+
+    def _part_schema(self, rules: str) -> pa.Schema:
+        meta = {
+            schema.META_VERSION: __version__,
+            schema.META_RANK: str(self.rank),
+            schema.META_WORLD_SIZE: str(self.world_size),
+            schema.META_RUN_ID: self.run_id,
+            schema.META_STARTED: self.started_at,
+            schema.META_CORRECT_RULE: rules,
+            schema.META_TAIL_K: str(self.tail_k),
+            "carto.host": socket.gethostname(),
+        }
+        return schema.LOG_SCHEMA.with_metadata(meta)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,246 @@
+"""A tiny GPT: a causal byte-level language model and its training loop, in plain PyTorch.
+
+    from carto_cli.tinygpt import GPT, GPTConfig, train_epochs
+
+    model = GPT(GPTConfig(block_size=128, n_layer=2, n_head=4, n_embd=64))
+    with CartoLogger("logs/") as log:
+        stats = train_epochs(model, samples, epochs=6, batch_size=32, lr=3e-3, seed=0, logger=log)
+
+The model follows karpathy/nanoGPT `model.py` (https://github.com/karpathy/nanoGPT), itself GPT-2
+(Radford et al., 2019, "Language Models are Unsupervised Multitask Learners"): token + learned
+position embeddings, pre-LayerNorm blocks of causal self-attention and a 4x MLP, a final LayerNorm
+and an output head tied to the token embedding. It exists to produce real training dynamics for
+carto (sample logs, tests, examples), not to be a good language model. Needs torch (the extra).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256  # bytes
+    block_size: int = 128  # longest context the model sees
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    dropout: float = 0.0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.n_embd % config.n_head:
+            raise ValueError(f"n_embd {config.n_embd} is not a multiple of n_head {config.n_head}")
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # each (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying (Press & Wolf, 2017)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the residual projections: std 0.02 / sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        """Number of parameters (the tied embedding / head counted once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, V) for byte ids `idx` (B, T); logits[:, t] predicts the byte after idx[:, t]."""
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)  # (B, T, C)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    @torch.no_grad()
+    def generate_greedy(self, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """Extend `idx` (B, T) by `max_new_tokens` argmax bytes; returns (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            context = idx[:, -self.config.block_size :]  # (B, <= block_size)
+            logits = self(context)[:, -1, :]  # (B, V): the next byte only
+            idx = torch.cat([idx, logits.argmax(dim=-1, keepdim=True)], dim=1)  # (B, T + 1)
+        return idx
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def train_epochs(
+    model: GPT,
+    train_samples: np.ndarray | torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    logger=None,
+    progress: Callable[[int, int], None] | None = None,
+    weight_decay: float = 0.1,
+    warmup_frac: float = 0.05,
+    min_lr_frac: float = 0.1,
+    grad_clip: float = 1.0,
+) -> dict[str, float]:
+    """Train `model` on `train_samples` (N, T + 1) byte rows for `epochs` full passes with AdamW.
+
+    Each epoch presents every row exactly once, in an order drawn from a torch.Generator seeded with
+    `seed` (the last batch may be short). A row's index in `train_samples` is its sample_id. The
+    learning rate warms up linearly over the first `warmup_frac` of the steps, then follows a cosine
+    down to `min_lr_frac * lr` (as in nanoGPT's `train.py`).
+
+    With `logger` (a `CartoLogger`), every step records its samples with the logits of the training
+    forward pass itself, before the update: no extra forward. `progress(step, total)` is called
+    after each step (step counts from 1). Returns steps, final_train_loss (mean over the last
+    epoch's batches), seconds and tokens_per_s.
+    """
+    device = next(model.parameters()).device
+    data = torch.as_tensor(np.asarray(train_samples), dtype=torch.long)  # (N, T + 1), on the host
+    n = data.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = epochs * steps_per_epoch
+    optimizer = _adamw(model, lr=lr, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    warmup = max(1, round(warmup_frac * total_steps))
+
+    model.train()
+    step = 0
+    tokens = 0
+    epoch_loss = torch.zeros((), device=device)
+    t0 = time.perf_counter()
+    for epoch in range(epochs):
+        epoch_loss.zero_()
+        order = torch.randperm(n, generator=generator)  # (N,)
+        for lo in range(0, n, batch_size):
+            ids = order[lo : lo + batch_size]  # (B,) the batch's sample_ids
+            batch = data[ids].to(device, non_blocking=True)  # (B, T + 1)
+            x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each: y is x shifted by one
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_steps, warmup, lr, min_lr_frac)
+            logits = model(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            if logger is not None:
+                logger.record(ids, epoch=epoch, step=step, logits=logits, labels=y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            epoch_loss += loss.detach() * len(ids)
+            tokens += y.numel()
+            step += 1
+            if progress is not None:
+                progress(step, total_steps)
+    seconds = time.perf_counter() - t0
+    return {
+        "steps": step,
+        "final_train_loss": (epoch_loss / n).item() if epochs > 0 else float("nan"),
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
+    }
+
+
+@torch.no_grad()
+def eval_loss(model: GPT, samples: np.ndarray | torch.Tensor, *, batch_size: int = 256) -> float:
+    """Mean token cross-entropy (nats) of `model` on byte rows `samples` (N, T + 1)."""
+    device = next(model.parameters()).device
+    data = torch.as_tensor(np.asarray(samples), dtype=torch.long)  # (N, T + 1)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device)
+    for lo in range(0, data.shape[0], batch_size):
+        batch = data[lo : lo + batch_size].to(device)  # (B, T + 1)
+        logits = model(batch[:, :-1])  # (B, T, V)
+        total += F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+    model.train(was_training)
+    return (total / max(1, data[:, 1:].numel())).item()
+
+
+def _lr_at(step: int, total_steps: int, warmup: int, lr: float, min_lr_frac: float) -> float:
+    """Linear warm-up to `lr` over `warmup` steps, then cosine decay to `min_lr_frac * lr`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))  # 1 -> 0
+    return lr * (min_lr_frac + (1.0 - min_lr_frac) * coeff)
+
+
+def _adamw(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases or LayerNorm gains), as in nanoGPT."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny hand-made logs whose scores are known by hand.
+
+`HAND_LOG` lists each sample's presentations as (epoch, step, loss, correct); `EXPECTED` gives the
+scores worked out by hand from the definitions in carto_cli/scoring.py (early_epochs=2). The rows
+are spread over two ranks and three files in scrambled order, as a real multi-rank log would be.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+# sample_id -> [(epoch, step, loss, correct), ...]
+HAND_LOG = {
+    # learned at epoch 1, forgotten at 2, relearned at 3: one forget event in 3 transitions
+    1: [(0, 1, 2.0, False), (1, 11, 1.0, True), (2, 21, 1.5, False), (3, 31, 0.5, True)],
+    # always correct: no forget event
+    2: [(0, 2, 0.5, True), (1, 12, 0.4, True), (2, 22, 0.3, True), (3, 32, 0.2, True)],
+    # never learned: forget events 0; memorization depends on --never-learned
+    3: [(0, 3, 3.0, False), (1, 13, 3.0, False), (2, 23, 3.0, False), (3, 33, 3.0, False)],
+    # flips every epoch: two forget events in 3 transitions
+    4: [(0, 4, 1.0, True), (1, 14, 2.0, False), (2, 24, 1.0, True), (3, 34, 2.0, False)],
+    # first seen at epoch 2: no early presentation, so difficulty is null
+    5: [(2, 25, 0.7, True), (3, 35, 0.9, False)],
+    # seen in epochs 0 and 2 only (a gap): the two presentations are consecutive
+    6: [(0, 6, 0.6, True), (2, 26, 1.2, False)],
+    # presented twice in epoch 1 (steps 12 and 15): ordered by step
+    7: [(0, 7, 1.0, True), (1, 17, 1.0, True), (1, 18, 2.0, False), (2, 27, 2.0, False)],
+    # two presentations at the same step 8: a tie is ordered incorrect first, so no forget event
+    8: [(0, 8, 1.0, True), (0, 8, 1.0, False), (1, 18, 1.0, True)],
+}
+
+EXPECTED = {
+    # sample: (difficulty, forget_events, n_seen, n_correct, first_learned_epoch, memorization[zero])
+    1: (1.5, 1, 4, 2, 1, 1 / 3),
+    2: (0.45, 0, 4, 4, 0, 0.0),
+    3: (3.0, 0, 4, 0, None, 0.0),
+    4: (1.5, 2, 4, 2, 0, 2 / 3),
+    5: (None, 1, 2, 1, 2, 1.0),
+    6: (0.6, 1, 2, 1, 0, 1.0),
+    7: (4 / 3, 1, 4, 2, 0, 1 / 3),
+    8: (1.0, 0, 3, 2, 0, 0.0),
+}
+
+
+def hand_rows() -> list[dict]:
+    rows = []
+    for sid, presentations in HAND_LOG.items():
+        for epoch, step, loss, correct in presentations:
+            rows.append(
+                {"sample_id": sid, "epoch": epoch, "step": step, "loss": loss, "correct": correct,
+                 "token_acc": 0.9 if correct else 0.1, "tail_loss": loss * 2}
+            )
+    return rows
+
+
+def write_parts(directory: Path, rows: list[dict], *, n_files: int = 3, seed: int = 0,
+                schema: dict | None = None) -> list[Path]:
+    """Scramble rows, deal them to two ranks and `n_files` files, write each as a part."""
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_files):
+        chunk = [dict(r, rank=j % 2) for j, r in enumerate(rows[i::n_files])]
+        if not chunk:
+            continue
+        path = directory / f"part-r{i % 2:05d}-test-{i:06d}.parquet"
+        pl.DataFrame(chunk, schema=schema).write_parquet(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def hand_log(tmp_path: Path) -> Path:
+    """A log directory holding HAND_LOG, scrambled over two ranks and three files."""
+    log_dir = tmp_path / "logs"
+    write_parts(log_dir, hand_rows())
+    return log_dir
