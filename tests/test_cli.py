@@ -1,0 +1,288 @@
+"""Every command through the CLI runner, with the exact lines a user sees, and every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from carto_cli import __version__
+from carto_cli.cli import app
+from conftest import hand_rows, write_parts
+
+runner = CliRunner()
+
+
+def run(*args: str, cwd: Path | None = None):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def tree_digest(path: Path) -> str:
+    """A digest of every file under path (names and bytes): proves inputs are not modified."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        h.update(str(p).encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def scored(hand_log: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "scores.parquet"
+    result = run("score", hand_log, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+# ------------------------------------------------------------------ the happy paths
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.stdout == f"carto {__version__}\n"
+
+
+def test_score_prints_the_quadrant_table_and_writes_scores(hand_log: Path, tmp_path: Path) -> None:
+    before = tree_digest(hand_log)
+    out = tmp_path / "scores.parquet"
+    result = run("score", hand_log, "--out", out)
+    assert result.exit_code == 0
+    lines = result.stderr.splitlines()
+    assert lines[0] == "carto score: 8 samples from 27 presentations in 3 part(s); 7 ever learned"
+    assert lines[1] == (
+        "correct = logged correct; difficulty = mean loss over epochs < 2; "
+        "memorization = forget events / transitions (never-learned: zero)"
+    )
+    # placed: difficulties 1.5, .45, 3, 1.5, .6, 4/3, 1 -> median 1.333..; memorizations median 1/3
+    assert lines[2] == "high difficulty: > 1.3333 (q0.50); high memorization: > 0.3333 (q0.50)"
+    table = "\n".join(lines[3:])
+    # high d (> 4/3): samples 1, 3, 4; high m (> 1/3): samples 4, 6; sample 5 has no difficulty
+    assert "│ stable-easy       │       3 │ 37.5% │      0.928 │        0.111 │    0.33 │ keep        │" in table
+    assert "│ ambiguous-hard    │       2 │ 25.0% │      2.250 │        0.167 │    0.50 │ up-weight   │" in table
+    assert "│ hotspot-memorized │       1 │ 12.5% │      0.600 │        1.000 │    1.00 │ down-weight │" in table
+    assert "│ noisy-outlier     │       1 │ 12.5% │      1.500 │        0.667 │    2.00 │ prune       │" in table
+    assert "│ unplaced          │       1 │ 12.5% │" in table
+    assert lines[-1] == f"wrote {out}"
+    scores = pl.read_parquet(out)
+    assert scores.height == 8 and scores["sample_id"].to_list() == list(range(1, 9))
+    assert tree_digest(hand_log) == before  # nothing the user passed in is modified
+
+
+def test_score_json_summary_on_stdout(hand_log: Path, tmp_path: Path) -> None:
+    result = run("score", hand_log, "--out", tmp_path / "s.parquet", "--json")
+    payload = json.loads(result.stdout)
+    assert payload["samples"] == 8 and payload["rows"] == 27 and payload["parts"] == 3
+    assert payload["method_used"] == "bitmask"
+    assert [q["quadrant"] for q in payload["quadrants"]] == [
+        "stable-easy", "ambiguous-hard", "hotspot-memorized", "noisy-outlier", "unplaced"
+    ]
+    assert sum(q["samples"] for q in payload["quadrants"]) == 8
+
+
+def test_score_is_byte_identical_across_runs(hand_log: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    run("score", hand_log, "--out", a)
+    run("score", hand_log, "--out", b)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_prune_writes_a_deterministic_manifest_with_provenance(scored: Path, tmp_path: Path) -> None:
+    out = tmp_path / "manifest.parquet"
+    result = run("prune", "--frac", "0.25", "--scores", scored, "--out", out)
+    assert result.exit_code == 0
+    assert result.stderr.splitlines() == [
+        "carto prune: removing 2 of 8 samples (25.0%) by memorization",
+        "pruned by quadrant: hotspot-memorized 1, unplaced 1",
+        f"wrote {out} and {out}.json",
+    ]
+    manifest = pl.read_parquet(out)
+    # memorization 1.0 and one forget event: samples 5 and 6; then difficulty ascending with nulls
+    # last, so 6 (0.6) ranks first, then 5 (null)
+    assert manifest.filter(~pl.col("keep"))["sample_id"].to_list() == [5, 6]
+    assert manifest.filter(~pl.col("keep"))["prune_rank"].to_list() == [1, 0]
+    sidecar = json.loads(Path(f"{out}.json").read_text())
+    assert sidecar["kind"] == "manifest" and sidecar["parameters"]["frac"] == 0.25
+    assert sidecar["inputs"][0]["provenance"]["kind"] == "scores"
+    meta = json.loads(pq.read_schema(out).metadata[b"carto.provenance"])
+    assert meta == sidecar
+    again = tmp_path / "again.parquet"
+    run("prune", "--frac", "0.25", "--scores", scored, "--out", again)
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize("by", ["memorization", "quadrant", "difficulty", "random"])
+def test_prune_rankings(scored: Path, tmp_path: Path, by: str) -> None:
+    out = tmp_path / f"{by}.parquet"
+    result = run("prune", "--frac", "0.5", "--scores", scored, "--out", out, "--by", by, "--json")
+    payload = json.loads(result.stdout)
+    assert payload["pruned"] == 4 and payload["kept"] == 4 and payload["by"] == by
+
+
+def test_prune_zero_keeps_everything(scored: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.parquet"
+    run("prune", "--frac", "0", "--scores", scored, "--out", out)
+    assert pl.read_parquet(out)["keep"].all()
+
+
+def test_weights_table_and_file(scored: Path, tmp_path: Path) -> None:
+    out = tmp_path / "weights.parquet"
+    result = run("weights", "--scores", scored, "--out", out)
+    assert result.exit_code == 0
+    lines = result.stderr.splitlines()
+    assert lines[0] == "carto weights: 8 samples, weights normalised to mean 1"
+    weights = pl.read_parquet(out)
+    assert weights["weight"].mean() == pytest.approx(1.0)
+    # raw multipliers 3x1 + 2x2 + 1x0.5 + 1x0 + 1x1 (unplaced) = 8.5 over 8: weight = m * 8 / 8.5
+    assert weights.filter(pl.col("quadrant") == "ambiguous-hard")["weight"].to_list() == pytest.approx([16 / 8.5] * 2)
+    assert "│ noisy-outlier     │       1 │          0 │ 0.0000 │" in result.stderr
+
+
+def test_logs_summary(hand_log: Path) -> None:
+    result = run("logs", "summary", hand_log, "--json")
+    payload = json.loads(result.stdout)
+    assert payload == {"parts": 3, "rows": 27, "samples": 8, "epochs": 4, "epoch_range": [0, 3],
+                       "ranks": 2, "skipped": []}
+
+
+TRAIN_SCRIPT = """
+import sys
+from carto_cli import CartoLogger
+with CartoLogger() as log:
+    for epoch in range(2):
+        log.record([0, 1, 2], epoch=epoch, step=epoch, loss=[1.0, 2.0, 3.0], correct=[True, False, True])
+print("trained")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_log_runs_the_command_and_passes_its_exit_status(tmp_path: Path, capfd, status: int) -> None:
+    log_dir = tmp_path / "logs"
+    result = run("log", "--log-dir", log_dir, "--", sys.executable, "-c", TRAIN_SCRIPT, str(status))
+    assert result.exit_code == status
+    assert "trained" in capfd.readouterr().out  # the child's output goes straight through
+    assert f"carto log: wrote to {log_dir}: 1 part(s), 6 rows, 3 samples, 2 epoch(s) (epochs 0..1), 1 rank(s)" in result.stderr
+    if status:
+        assert f"the training command exited with status {status}" in result.stderr
+
+
+def test_log_warns_when_nothing_was_logged(tmp_path: Path) -> None:
+    result = run("log", "--log-dir", tmp_path / "logs", "--", sys.executable, "-c", "pass")
+    assert result.exit_code == 0
+    assert "no parts were written" in result.stderr
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 1
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    assert_one_line_error(run("score", tmp_path / "nope"), "nope: no such file or directory")
+
+
+def test_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run("score", tmp_path / "empty"), "no finished log parts")
+
+
+def test_file_that_is_not_parquet(tmp_path: Path) -> None:
+    bad = tmp_path / "notes.parquet"
+    bad.write_text("hello")
+    assert_one_line_error(run("score", bad), str(bad), "not a readable Parquet file")
+
+
+def test_truncated_part_fails_naming_it_or_is_skipped_with_a_warning(hand_log: Path, tmp_path: Path) -> None:
+    part = sorted(hand_log.glob("*.parquet"))[0]
+    truncated = hand_log / "part-r00000-cut-000000.parquet"
+    truncated.write_bytes(part.read_bytes()[:-40])
+    assert_one_line_error(run("score", hand_log, "--out", tmp_path / "s.parquet"), str(truncated), "--skip-corrupt")
+    result = run("score", hand_log, "--out", tmp_path / "s.parquet", "--skip-corrupt")
+    assert result.exit_code == 0
+    assert result.stderr.splitlines()[0].startswith(f"Warning: skipped {truncated}: ")
+
+
+def test_missing_required_column(tmp_path: Path) -> None:
+    rows = [{k: v for k, v in r.items() if k != "step"} for r in hand_rows()]
+    [part, *_] = write_parts(tmp_path / "logs", rows)
+    assert_one_line_error(run("score", tmp_path / "logs"), "required column 'step' is missing")
+
+
+def test_mistyped_required_column(tmp_path: Path) -> None:
+    rows = [dict(r, loss=str(r["loss"])) for r in hand_rows()]
+    write_parts(tmp_path / "logs", rows)
+    assert_one_line_error(run("score", tmp_path / "logs"), "column 'loss' has type large_string, expected float")
+
+
+def test_null_sample_ids(tmp_path: Path) -> None:
+    rows = hand_rows()
+    rows[0]["sample_id"] = None
+    write_parts(tmp_path / "logs", rows, n_files=1)
+    assert_one_line_error(run("score", tmp_path / "logs"), "column 'sample_id' has 1 null value(s)")
+
+
+def test_nonfinite_losses_are_reported(tmp_path: Path) -> None:
+    rows = hand_rows()
+    rows[0]["loss"] = float("nan")
+    rows[1]["loss"] = float("inf")
+    write_parts(tmp_path / "logs", rows)
+    result = run("score", tmp_path / "logs", "--out", tmp_path / "s.parquet")
+    assert result.exit_code == 0
+    assert "Warning: dropped 2 row(s) with a NaN or infinite loss" in result.stderr
+    assert_one_line_error(run("score", tmp_path / "logs", "--nonfinite", "error"), "2 row(s) have a NaN")
+
+
+@pytest.mark.parametrize("frac", ["-0.1", "1", "1.5", "nan"])
+def test_frac_outside_range(scored: Path, frac: str) -> None:
+    assert_one_line_error(run("prune", "--frac", frac, "--scores", scored), "--frac must be in [0, 1)")
+
+
+def test_scores_file_that_is_not_one(hand_log: Path, tmp_path: Path) -> None:
+    part = sorted(hand_log.glob("*.parquet"))[0]
+    assert_one_line_error(run("prune", "--frac", "0.1", "--scores", part, "--out", tmp_path / "m.parquet"),
+                          "not a carto scores file")
+    text = tmp_path / "scores.txt"
+    text.write_text("sample_id,score\n")
+    assert_one_line_error(run("weights", "--scores", text, "--out", tmp_path / "w.parquet"),
+                          "not a readable Parquet file")
+    assert_one_line_error(run("weights", "--scores", tmp_path / "absent.parquet"), "run `carto score LOGS` first")
+
+
+def test_output_may_not_overwrite_an_input(scored: Path, hand_log: Path) -> None:
+    before = tree_digest(scored)
+    assert_one_line_error(run("prune", "--frac", "0.1", "--scores", scored, "--out", scored), "is also an input")
+    assert tree_digest(scored) == before
+    assert_one_line_error(run("score", hand_log, "--out", hand_log / "scores.parquet"), "inside the log directory")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--correct-from", "argmax"], "--correct-from must be one of log, loss, tail, acc"),
+        (["--never-learned", "1000"], "--never-learned must be one of zero, max, exclude"),
+        (["--d-quantile", "2"], "--d-quantile must be in [0, 1]"),
+        (["--correct-from", "loss", "--threshold", "low"], "--threshold must be a number or a percentile"),
+    ],
+)
+def test_bad_score_options(hand_log: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_one_line_error(run("score", hand_log, "--out", tmp_path / "s.parquet", *args), fragment)
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for command in ("carto log", "carto score", "carto prune", "carto weights", "carto logs summary"):
+        assert f"{command} " in readme, command

@@ -1,0 +1,126 @@
+"""Quadrants, prune manifests and weights: invariants (Hypothesis) and documented tie-breaking."""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from carto_cli import export, quadrants
+from carto_cli.errors import OptionError
+
+
+def scores_frame(rows: list[tuple]) -> pl.DataFrame:
+    """rows of (difficulty, memorization, forget_events); sample_id is the position."""
+    return pl.DataFrame(
+        {
+            "sample_id": list(range(len(rows))),
+            "difficulty": [r[0] for r in rows],
+            "memorization": [r[1] for r in rows],
+            "forget_events": [r[2] for r in rows],
+        },
+        schema={"sample_id": pl.Int64, "difficulty": pl.Float64, "memorization": pl.Float64,
+                "forget_events": pl.Int64},
+    )
+
+
+maybe = lambda s: st.one_of(st.none(), s)  # noqa: E731
+score_rows = st.lists(
+    st.tuples(maybe(st.floats(0, 10)), maybe(st.floats(0, 1)), st.integers(0, 5)), min_size=0, max_size=40
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=score_rows, dq=st.floats(0, 1), mq=st.floats(0, 1))
+def test_quadrants_partition_the_placeable_samples(rows, dq, mq) -> None:
+    scores = scores_frame(rows)
+    t = quadrants.resolve_thresholds(scores, difficulty_quantile=dq, memorization_quantile=mq)
+    placed = quadrants.assign(scores, t)
+    assert placed.height == scores.height
+    placeable = placed.filter(pl.col("difficulty").is_not_null() & pl.col("memorization").is_not_null())
+    assert placeable["quadrant"].null_count() == 0
+    assert set(placeable["quadrant"]) <= set(quadrants.QUADRANTS)
+    unplaceable = placed.height - placeable.height
+    assert placed["quadrant"].null_count() == unplaceable
+    table = quadrants.summary(placed)
+    assert sum(r["samples"] for r in table) == scores.height
+    if scores.height:
+        assert math.isclose(sum(r["share"] for r in table), 1.0)
+    for row in placed.filter(pl.col("quadrant").is_not_null()).iter_rows(named=True):
+        high_d, high_m = row["difficulty"] > t.difficulty, row["memorization"] > t.memorization
+        expected = {(False, False): quadrants.STABLE_EASY, (True, False): quadrants.AMBIGUOUS_HARD,
+                    (False, True): quadrants.HOTSPOT, (True, True): quadrants.NOISY_OUTLIER}
+        assert row["quadrant"] == expected[(high_d, high_m)]
+
+
+def test_absolute_thresholds_override_quantiles() -> None:
+    scores = scores_frame([(1.0, 0.0, 0), (2.0, 0.5, 1), (3.0, 1.0, 1)])
+    t = quadrants.resolve_thresholds(scores, difficulty_threshold=2.5, memorization_threshold=0.25)
+    assert (t.difficulty, t.memorization, t.difficulty_quantile) == (2.5, 0.25, None)
+    placed = quadrants.assign(scores, t)
+    assert placed["quadrant"].to_list() == [quadrants.STABLE_EASY, quadrants.HOTSPOT, quadrants.NOISY_OUTLIER]
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=score_rows, frac=st.floats(0, 0.999), by=st.sampled_from(export.PRUNE_BY), seed=st.integers(0, 99))
+def test_prune_removes_floor_frac_and_keeps_every_sample_listed(rows, frac, by, seed) -> None:
+    scores = quadrants.assign(scores_frame(rows), quadrants.resolve_thresholds(scores_frame(rows)))
+    manifest = export.prune_manifest(scores, frac=frac, by=by, seed=seed)
+    assert manifest["sample_id"].to_list() == list(range(len(rows)))
+    assert int((~manifest["keep"]).sum()) == math.floor(frac * len(rows))
+    assert sorted(manifest["prune_rank"].to_list()) == list(range(len(rows)))
+    again = export.prune_manifest(scores, frac=frac, by=by, seed=seed)
+    assert again.equals(manifest)
+
+
+def test_prune_zero_keeps_all() -> None:
+    scores = quadrants.assign(scores_frame([(1.0, 1.0, 1)] * 5), quadrants.resolve_thresholds(scores_frame([(1.0, 1.0, 1)] * 5)))
+    assert export.prune_manifest(scores, frac=0.0)["keep"].all()
+
+
+def test_memorization_ranking_tie_breaks() -> None:
+    # id: (difficulty, memorization, forget_events)
+    scores = scores_frame([
+        (1.0, 0.5, 1),   # 0
+        (1.0, 0.5, 2),   # 1: same rate, more forget events -> before 0
+        (0.5, 0.5, 1),   # 2: same rate and events as 0, easier -> before 0
+        (None, 0.9, 1),  # 3: highest rate -> first even without a difficulty
+        (2.0, None, 0),  # 4: excluded (null memorization) -> last
+        (2.0, 0.0, 0),   # 5
+    ])
+    order = export.prune_order(scores, by="memorization")["sample_id"].to_list()
+    assert order == [3, 1, 2, 0, 5, 4]
+
+
+def test_quadrant_ranking_prunes_outliers_then_hotspots() -> None:
+    scores = scores_frame([(0.1, 0.0, 0), (0.1, 0.9, 2), (9.0, 0.0, 0), (9.0, 0.8, 2)])
+    scores = quadrants.assign(scores, quadrants.resolve_thresholds(scores, difficulty_threshold=1, memorization_threshold=0.5))
+    order = export.prune_order(scores, by="quadrant")["sample_id"].to_list()
+    assert order == [3, 1, 2, 0]
+
+
+def test_random_ranking_depends_on_the_seed_only() -> None:
+    scores = scores_frame([(1.0, 0.0, 0)] * 50)
+    a = export.prune_order(scores, by="random", seed=1)["sample_id"].to_list()
+    b = export.prune_order(scores.reverse(), by="random", seed=1)["sample_id"].to_list()
+    c = export.prune_order(scores, by="random", seed=2)["sample_id"].to_list()
+    assert a == b and a != c and sorted(a) == list(range(50))
+
+
+def test_weights_normalise_to_mean_one_and_refuse_all_zero() -> None:
+    scores = quadrants.assign(
+        scores_frame([(0.1, 0.0, 0), (0.1, 0.9, 2), (9.0, 0.0, 0), (9.0, 0.8, 2), (None, 0.0, 0)]),
+        quadrants.Thresholds(1.0, 0.5, None, None),
+    )
+    w = export.sample_weights(scores)
+    # multipliers 1, 0.5, 2, 0, 1 (unplaced): mean 0.9
+    assert w["weight"].to_list() == pytest.approx([1 / 0.9, 0.5 / 0.9, 2 / 0.9, 0.0, 1 / 0.9])
+    assert w["weight"].mean() == pytest.approx(1.0)
+    zero = {q: 0.0 for q in (*quadrants.QUADRANTS, quadrants.UNPLACED)}
+    with pytest.raises(OptionError, match="every sample would get weight 0"):
+        export.sample_weights(scores, zero)
+    with pytest.raises(OptionError, match="finite number >= 0"):
+        export.sample_weights(scores, {quadrants.HOTSPOT: -1.0})

@@ -1,0 +1,213 @@
+"""The logging shim: what it computes from logits, what it writes, and what survives a crash."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from carto_cli import CartoLogger, logs, schema
+from carto_cli.errors import CartoError, OptionError
+
+
+def read_log(path: Path) -> pl.DataFrame:
+    return pl.concat([pl.read_parquet(p.path) for p in logs.open_logs([path]).parts]).sort(
+        ["step", "sample_id"]
+    )
+
+
+def reference_stats(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+    """Per-sample statistics computed one sample at a time in float64, the obvious way."""
+    out = []
+    for b in range(logits.shape[0]):
+        keep = labels[b] != -100
+        lg, y = logits[b][keep].double(), labels[b][keep]
+        if len(y) == 0:
+            out.append(None)
+            continue
+        tok = torch.nn.functional.cross_entropy(lg, y, reduction="none")
+        top = tok.sort(descending=True).values[:k]
+        out.append({"loss": tok.mean().item(), "token_acc": (lg.argmax(-1) == y).double().mean().item(),
+                    "tail_loss": top.mean().item(), "n_tokens": len(y)})
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk_bytes", [1, 256 * 2**20])
+def test_logits_path_matches_reference(tmp_path: Path, dtype, chunk_bytes: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 12, 11, generator=g).to(dtype)  # (B, T, V)
+    labels = torch.randint(0, 11, (5, 12), generator=g)  # (B, T)
+    labels[1, :9] = -100  # 3 targets: fewer than k, the tail is their mean
+    labels[2, :] = -100  # no target at all
+    labels[3, ::2] = -100
+    with CartoLogger(tmp_path, tail_k=4, chunk_bytes=chunk_bytes) as log:
+        log.record(torch.arange(100, 105), epoch=0, step=7, logits=logits, labels=labels)
+    got = read_log(tmp_path).sort("sample_id")
+    ref = reference_stats(logits.float(), labels, k=4)
+    assert got["sample_id"].to_list() == list(range(100, 105))
+    assert set(got["step"]) == {7} and set(got["epoch"]) == {0} and set(got["rank"]) == {0}
+    for row, want in zip(got.iter_rows(named=True), ref):
+        if want is None:  # an empty sample is logged with NaN loss (the reader drops and reports it)
+            assert np.isnan(row["loss"]) and row["n_tokens"] == 0 and row["correct"] is False
+            continue
+        for name in ("loss", "token_acc", "tail_loss"):
+            assert row[name] == pytest.approx(want[name], rel=1e-5), name
+        assert row["n_tokens"] == want["n_tokens"]
+        assert row["correct"] == (want["token_acc"] >= 0.5)
+
+
+def test_correct_rule_threshold_and_metadata(tmp_path: Path) -> None:
+    logits = torch.zeros(2, 4, 3)
+    logits[:, :, 1] = 5.0  # greedy prediction is always token 1
+    labels = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]])  # accuracies 0.75 and 0.25
+    with CartoLogger(tmp_path, correct_threshold=0.7) as log:
+        log.record([0, 1], epoch=0, step=0, logits=logits, labels=labels)
+    got = read_log(tmp_path).sort("sample_id")
+    assert got["token_acc"].to_list() == [0.75, 0.25]
+    assert got["correct"].to_list() == [True, False]
+    meta = logs.open_logs([tmp_path]).parts[0].metadata
+    assert meta[schema.META_CORRECT_RULE] == "token_acc>=0.7"
+    assert meta[schema.META_RANK] == "0"
+    assert meta[schema.META_TAIL_K] == "8"
+
+
+def test_precomputed_values_are_logged_as_given(tmp_path: Path) -> None:
+    with CartoLogger(tmp_path) as log:
+        log.record(np.array([3, 4]), epoch=1, step=9, loss=torch.tensor([0.25, 2.5]), correct=[True, False])
+        log.record([5], epoch=1, step=10, loss=[1.0], token_acc=[0.6])
+    got = read_log(tmp_path)
+    assert got.select("sample_id", "loss", "correct").rows() == [(3, 0.25, True), (4, 2.5, False), (5, 1.0, True)]
+    assert got["tail_loss"].null_count() == 3  # not given: null, not invented
+    assert got["token_acc"].to_list()[:2] == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "either logits= and labels=, or loss="),
+        ({"loss": [1.0]}, "pass correct="),
+        ({"logits": torch.zeros(1, 2, 3)}, "needs labels="),
+        ({"loss": [1.0, 2.0], "correct": [True, False]}, "has 1 rows but the batch has 2"),
+        ({"logits": torch.zeros(1, 2), "labels": torch.zeros(1, 2)}, r"\(B, T, V\)"),
+    ],
+)
+def test_record_rejects_inconsistent_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
+    with CartoLogger(tmp_path) as log, pytest.raises(OptionError, match=message):
+        log.record([0], epoch=0, step=0, **kwargs)
+
+
+def test_out_dir_from_environment_and_rank_from_env(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("CARTO_LOG_DIR", str(tmp_path / "env"))
+    monkeypatch.setenv("RANK", "3")
+    with CartoLogger() as log:
+        log.record([1], epoch=0, step=0, loss=[1.0], correct=[True])
+    [part] = logs.open_logs([tmp_path / "env"]).parts
+    assert part.path.name.startswith("part-r00003-")
+    assert read_log(tmp_path / "env")["rank"].to_list() == [3]
+    monkeypatch.delenv("CARTO_LOG_DIR")
+    with pytest.raises(OptionError, match="CARTO_LOG_DIR"):
+        CartoLogger()
+
+
+def test_flush_makes_every_recorded_row_a_finished_part_and_parts_rotate(tmp_path: Path) -> None:
+    log = CartoLogger(tmp_path, rows_per_part=4)
+    for step in range(3):
+        log.record([step * 3, step * 3 + 1, step * 3 + 2], epoch=0, step=step, loss=[1.0] * 3, correct=[True] * 3)
+    log.flush()
+    # 9 rows: one part rotated at 6 rows (the batch that crossed 4), one flushed with 3
+    assert len(log.parts_written) == 2 and log.rows_written == 9
+    assert read_log(tmp_path).height == 9
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    log.close()
+    log.close()  # idempotent
+    with pytest.raises(CartoError, match="after close"):
+        log.record([1], epoch=0, step=9, loss=[1.0], correct=[True])
+
+
+def test_writer_failure_reaches_the_training_loop(tmp_path: Path, monkeypatch) -> None:
+    log = CartoLogger(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", broken)
+    log.record([1], epoch=0, step=0, loss=[1.0], correct=[True])
+    with pytest.raises(CartoError, match="disk full"):
+        log.flush()
+    with pytest.raises(CartoError, match="disk full"):
+        log.close()
+
+
+def test_record_blocks_when_the_queue_is_full(tmp_path: Path) -> None:
+    """Back-pressure: a stalled writer makes record() wait instead of buffering without bound."""
+    log = CartoLogger(tmp_path, max_pending=2)
+    gate = threading.Event()
+    original = log._write_part
+
+    def stalled() -> None:
+        gate.wait()
+        original()
+
+    log._write_part = stalled
+    log.rows_per_part = 1  # every batch triggers a (stalled) part write
+    done = []
+
+    def producer() -> None:
+        for step in range(6):
+            log.record([step], epoch=0, step=step, loss=[1.0], correct=[True])
+            done.append(step)
+
+    t = threading.Thread(target=producer)
+    t.start()
+    time.sleep(0.5)
+    # one batch is held by the writer, two wait in the queue, the fourth record() blocks
+    assert len(done) <= 3
+    assert log._queue.qsize() <= 2
+    gate.set()
+    t.join(timeout=10)
+    assert len(done) == 6
+    log.close()
+    assert read_log(tmp_path).height == 6
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from carto_cli import CartoLogger
+    log = CartoLogger(sys.argv[1], rows_per_part=1000)
+    for step in range(5):
+        log.record(list(range(step * 10, step * 10 + 10)), epoch=0, step=step, loss=[1.0] * 10, correct=[True] * 10)
+    log.flush()
+    for step in range(5, 8):   # recorded after the last flush: may be lost by a SIGKILL
+        log.record(list(range(step * 10, step * 10 + 10)), epoch=0, step=step, loss=[1.0] * 10, correct=[True] * 10)
+    print("flushed", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_sigkill_loses_only_rows_after_the_last_flush(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(log_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "flushed"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # a half-written part left by a crash is invisible to readers
+    (log_dir / ".part-r00000-crash-000009.parquet.tmp").write_bytes(b"PAR1 half a part")
+    got = read_log(log_dir)
+    assert got.height == 50
+    assert sorted(got["sample_id"]) == list(range(50))
