@@ -30,6 +30,7 @@ REQUIRED = {
     "scores": ("sample_id", "difficulty", "memorization", "forget_events", "n_seen", "quadrant"),
     "manifest": ("sample_id", "keep", "quadrant"),
     "weights": ("sample_id", "weight", "quadrant"),
+    "state": ("sample_id", "n_seen", "forget_events", "last_step", "last_correct"),
 }
 
 
@@ -52,23 +53,28 @@ def ensure_not_input(out: Path, inputs: list[Path], option: str = "--out") -> No
     for path in inputs:
         if path.exists() and out.exists() and os.path.samefile(out, path):
             raise OptionError(f"{option} {out} is also an input; choose another output path")
-        if path.is_dir() and out.resolve().is_relative_to(path.resolve()) and out.suffix == ".parquet":
+        if path.is_dir() and out.resolve().is_relative_to(path.resolve()):
             raise OptionError(
-                f"{option} {out} is inside the log directory {path}, where it would be read as a "
-                "log part next time; write it elsewhere"
+                f"{option} {out} is inside the input directory {path}, where it would be read as "
+                "input next time; write it elsewhere"
             )
 
 
-def write(df: pl.DataFrame, path: Path, prov: dict, *, sidecar: bool = False) -> None:
-    """Write `df` with its provenance atomically (and a `<path>.json` sidecar when asked)."""
+def write(frame: pl.DataFrame | pl.LazyFrame, path: Path, prov: dict, *, sidecar: bool = False) -> None:
+    """Write `frame` (streamed, in order) with its provenance atomically, and a `<path>.json`
+    sidecar when asked. The provenance goes into the file's key-value metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = df.to_arrow()
     meta = {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
-    table = table.replace_schema_metadata(meta)
-    _atomic(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    _atomic(path, lambda tmp: frame.lazy().sink_parquet(tmp, compression="zstd", metadata=meta))
     if sidecar:
         text = json.dumps(prov, indent=2, sort_keys=True) + "\n"
-        _atomic(Path(f"{path}{SIDECAR_SUFFIX}"), lambda fh: fh.write(text.encode()))
+        _atomic(Path(f"{path}{SIDECAR_SUFFIX}"), lambda tmp: tmp.write_text(text))
+
+
+def read_provenance(path: Path) -> dict | None:
+    """The provenance record of a carto artefact, or None when the file has none."""
+    raw = (pq.read_metadata(path).metadata or {}).get(PROVENANCE_KEY.encode())
+    return json.loads(raw) if raw else None
 
 
 def read(path: Path, kind: str) -> tuple[pl.DataFrame, dict]:
@@ -78,12 +84,11 @@ def read(path: Path, kind: str) -> tuple[pl.DataFrame, dict]:
         hint = "run `carto score LOGS` first" if kind == "scores" else f"pass a {kind} file"
         raise ScoresFormatError(f"{path}: no such file; {hint} (or pass {option} PATH)")
     try:
+        prov = read_provenance(path)
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ScoresFormatError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); "
                                 f"pass a {kind} file written by carto") from None
-    raw = (table.schema.metadata or {}).get(PROVENANCE_KEY.encode())
-    prov = json.loads(raw) if raw else None
     if not prov or prov.get("kind") != kind:
         found = prov.get("kind") if prov else "no carto provenance"
         raise ScoresFormatError(
@@ -98,12 +103,15 @@ def read(path: Path, kind: str) -> tuple[pl.DataFrame, dict]:
 
 
 def _atomic(path: Path, write_to) -> None:
+    """Run `write_to(tmp)` on a hidden temporary name next to `path`, fsync, then rename."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            write_to(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write_to(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

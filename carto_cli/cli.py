@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from carto_cli import __version__, artifacts, export, logs, quadrants, schema, scoring
+from carto_cli import __version__, artifacts, buckets, engines, export, logs, pipeline, quadrants, schema, scoring
 from carto_cli.errors import CartoError, OptionError
 from carto_cli.shim import LOG_DIR_ENV
 
@@ -169,6 +169,29 @@ def logs_summary(
         err.print(_summary_line(", ".join(map(str, paths)), summary))
 
 
+@logs_app.command("bucketize")
+@_cli_errors
+def logs_bucketize(
+    paths: Annotated[list[Path], typer.Argument(help="Log directories or part files.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the bucketed log.")],
+    n_buckets: Annotated[int, typer.Option("--buckets", help="Number of buckets (sample_id mod N).")] = 64,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Rewrite a log as bucket=<sample_id mod N>/ parts, so scoring can go one bucket at a time."""
+    artifacts.ensure_not_input(out, paths)
+    logset = _open(paths, skip_corrupt)
+    with _progress(f"bucketizing {logset.num_rows:,} rows"):
+        rows = buckets.bucketize(logset, out, n_buckets)
+    if as_json:
+        _emit_json({"out": str(out), "buckets": n_buckets, "rows": sum(rows.values()),
+                    "largest_bucket_rows": max(rows.values(), default=0)})
+        return
+    largest = max(rows.values(), default=0)
+    err.print(f"carto logs bucketize: {sum(rows.values()):,} rows into {len(rows)} non-empty of {n_buckets} "
+              f"buckets (largest {largest:,} rows) in {escape(str(out))}")
+
+
 def _open(paths: list[Path], skip_corrupt: bool) -> logs.LogSet:
     found = logs.discover(paths)
     with _progress("checking log parts", total=len(found)) as advance:
@@ -214,6 +237,13 @@ def score_command(
     skip_corrupt: Annotated[
         bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts (with a warning) instead of failing.")
     ] = False,
+    update: Annotated[
+        bool, typer.Option("--update", help="Fold only parts new since the last --update run into its saved state.")
+    ] = False,
+    engine: Annotated[str, typer.Option("--engine", help="Where to run: local | ray.")] = "local",
+    address: Annotated[
+        str | None, typer.Option("--address", help="Ray cluster address (default: start a local instance).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score every sample: difficulty, forget events, memorization, quadrant."""
@@ -225,76 +255,49 @@ def score_command(
         nonfinite=nonfinite,
         method=method,
     )
+    placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
+    if engine not in engines.ENGINES:
+        raise OptionError(f"--engine must be one of {', '.join(engines.ENGINES)}; got '{engine}'")
     artifacts.ensure_not_input(out, paths)
     logset = _open(paths, skip_corrupt)
-    with _progress(f"scoring {logset.num_rows:,} rows"):
-        result = scoring.score(logset, params)
-        thresholds = quadrants.resolve_thresholds(
-            result.scores,
-            difficulty_quantile=d_quantile,
-            memorization_quantile=m_quantile,
-            difficulty_threshold=d_threshold,
-            memorization_threshold=m_threshold,
-        )
-        scores = quadrants.assign(result.scores, thresholds)
-    prov = artifacts.provenance(
-        "scores",
-        inputs=[{"path": str(p)} for p in paths],
-        parameters={
-            "early_epochs": early_epochs,
-            "correct_from": correct_from,
-            "threshold": threshold,
-            "never_learned": never_learned,
-            "nonfinite": nonfinite,
-            "method": method,
-            "d_quantile": d_quantile,
-            "m_quantile": m_quantile,
-            "d_threshold": d_threshold,
-            "m_threshold": m_threshold,
-        },
-        parts={"count": len(logset.parts), "rows": logset.num_rows, "sha256": logset.digest(),
-               "skipped": [str(p) for p, _ in logset.skipped]},
-        correctness_rule=result.rule.describe(),
-        thresholds=thresholds.as_dict(),
-        method_used=result.method,
-        rows_dropped_nonfinite=result.rows_dropped_nonfinite,
-    )
-    artifacts.write(scores, out, prov)
-    table = quadrants.summary(scores)
-    for note in result.notes:
-        err.print(f"[yellow]Warning:[/] {escape(note)}")
+    groups = buckets.bucket_groups(logset)
+    with _progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
+        run = pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths], placement=placement,
+                                 engine=engine, address=address, update=update, on_bucket=advance)
+    for note in run.notes:
+        err.print(f"[yellow]Note:[/] {escape(note)}" if note.startswith(("folded", "no saved"))
+                  else f"[yellow]Warning:[/] {escape(note)}")
     if as_json:
-        _emit_json({"out": str(out), "samples": scores.height, "rows": result.rows_used,
-                    "parts": len(logset.parts), "quadrants": table, **{k: prov[k] for k in (
-                        "correctness_rule", "thresholds", "method_used", "rows_dropped_nonfinite")}})
+        _emit_json({"out": str(out), "samples": run.samples, "rows": run.rows, "parts": run.parts,
+                    "quadrants": run.table, "correctness_rule": run.rule.describe(),
+                    "thresholds": run.thresholds.as_dict(), "method_used": run.method,
+                    "rows_dropped_nonfinite": run.rows_dropped_nonfinite, "engine": run.engine,
+                    "buckets": run.buckets})
         return
-    _print_score_report(scores, result, thresholds, table, len(logset.parts), never_learned, early_epochs)
+    _print_score_report(run, never_learned, early_epochs)
     err.print(f"wrote {escape(str(out))}")
 
 
-def _print_score_report(scores, result, thresholds, table, n_parts, never_learned, early_epochs) -> None:
-    learned = int(scores["ever_learned"].sum())
+def _print_score_report(run: pipeline.ScoreRun, never_learned: str, early_epochs: int) -> None:
+    where = f" ({run.buckets} buckets, {run.engine} engine)" if run.buckets or run.engine != "local" else ""
     err.print(
-        f"carto score: {scores.height:,} samples from {result.rows_used:,} presentations in {n_parts:,} part(s); "
-        f"{learned:,} ever learned"
+        f"carto score: {run.samples:,} samples from {run.rows:,} presentations in {run.parts:,} part(s)"
+        f"{where}; {run.ever_learned:,} ever learned"
     )
     err.print(
-        f"correct = {escape(result.rule.describe())}; difficulty = mean loss over epochs < {early_epochs}; "
-        f"memorization = forget events / transitions (never-learned: {never_learned})",
-        soft_wrap=True,
+        f"correct = {escape(run.rule.describe())}; difficulty = mean loss over epochs < {early_epochs}; "
+        f"memorization = forget events / transitions (never-learned: {never_learned})"
     )
-    d_q = f" (q{thresholds.difficulty_quantile:.2f})" if thresholds.difficulty_quantile is not None else ""
-    m_q = f" (q{thresholds.memorization_quantile:.2f})" if thresholds.memorization_quantile is not None else ""
-    err.print(
-        f"high difficulty: > {_fmt(thresholds.difficulty, 4)}{d_q}; "
-        f"high memorization: > {_fmt(thresholds.memorization, 4)}{m_q}"
-    )
+    t = run.thresholds
+    d_q = f" (q{t.difficulty_quantile:.2f})" if t.difficulty_quantile is not None else ""
+    m_q = f" (q{t.memorization_quantile:.2f})" if t.memorization_quantile is not None else ""
+    err.print(f"high difficulty: > {_fmt(t.difficulty, 4)}{d_q}; high memorization: > {_fmt(t.memorization, 4)}{m_q}")
     grid = Table(header_style="bold", caption="difficulty, memorization, forgets: means per quadrant")
     for name, justify in (("quadrant", "left"), ("samples", "right"), ("share", "right"),
                           ("difficulty", "right"), ("memorization", "right"),
                           ("forgets", "right"), ("action", "left")):
         grid.add_column(name, justify=justify)
-    for row in table:
+    for row in run.table:
         grid.add_row(row["quadrant"], f"{row['samples']:,}", f"{100 * row['share']:.1f}%",
                      _fmt(row["mean_difficulty"]), _fmt(row["mean_memorization"]),
                      _fmt(row["mean_forget_events"], 2), row["action"])

@@ -192,15 +192,19 @@ def sample_id_dtype(parts: Iterable[LogPart]) -> pl.DataType:
 
 
 def scan(logset: LogSet, columns: Sequence[str]) -> pl.LazyFrame:
-    """A lazy frame over every part with `columns`, each cast to one dtype across parts.
+    """A lazy frame over every part of a checked log set (see `scan_paths`)."""
+    return scan_paths([str(p.path) for p in logset.parts], columns, sample_id_dtype=sample_id_dtype(logset.parts))
+
+
+def scan_paths(paths: Sequence[str], columns: Sequence[str], *, sample_id_dtype: pl.DataType) -> pl.LazyFrame:
+    """A lazy frame over the parts at `paths` with `columns`, each cast to one dtype across parts.
 
     Optional columns a part lacks read as nulls; unknown columns are ignored.
     """
-    dtypes = {schema.SAMPLE_ID: sample_id_dtype(logset.parts), **SCAN_DTYPES}
-    wanted = {name: dtypes[name] for name in columns}
+    dtypes = {schema.SAMPLE_ID: sample_id_dtype, **SCAN_DTYPES}
     return pl.scan_parquet(
-        [str(p.path) for p in logset.parts],
-        schema=wanted,
+        list(paths),
+        schema={name: dtypes[name] for name in columns},
         missing_columns="insert",
         extra_columns="ignore",
         cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),

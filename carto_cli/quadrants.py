@@ -56,7 +56,7 @@ class Thresholds:
 
 
 def resolve_thresholds(
-    scores: pl.DataFrame,
+    scores: pl.DataFrame | pl.LazyFrame,
     *,
     difficulty_quantile: float = 0.5,
     memorization_quantile: float = 0.5,
@@ -67,20 +67,28 @@ def resolve_thresholds(
     for name, q in (("--d-quantile", difficulty_quantile), ("--m-quantile", memorization_quantile)):
         if not 0 <= q <= 1:
             raise OptionError(f"{name} must be in [0, 1]; got {q}")
-    placeable = scores.filter(pl.col("difficulty").is_not_null() & pl.col("memorization").is_not_null())
+    placeable = scores.lazy().filter(pl.col("difficulty").is_not_null() & pl.col("memorization").is_not_null())
+    wanted = {}
+    if difficulty_threshold is None:
+        wanted["difficulty"] = pl.col("difficulty").quantile(difficulty_quantile, interpolation="nearest")
+    if memorization_threshold is None:
+        wanted["memorization"] = pl.col("memorization").quantile(memorization_quantile, interpolation="nearest")
+    found = placeable.select(**wanted).collect().row(0, named=True) if wanted else {}
 
-    def pick(column: str, absolute: float | None, q: float) -> tuple[float | None, float | None]:
+    def value(column: str, absolute: float | None) -> float | None:
         if absolute is not None:
-            return float(absolute), None
-        value = placeable[column].quantile(q, interpolation="nearest")
-        return (None if value is None else float(value)), q
+            return float(absolute)
+        return None if found[column] is None else float(found[column])
 
-    d, dq = pick("difficulty", difficulty_threshold, difficulty_quantile)
-    m, mq = pick("memorization", memorization_threshold, memorization_quantile)
-    return Thresholds(d, m, dq, mq)
+    return Thresholds(
+        value("difficulty", difficulty_threshold),
+        value("memorization", memorization_threshold),
+        None if difficulty_threshold is not None else difficulty_quantile,
+        None if memorization_threshold is not None else memorization_quantile,
+    )
 
 
-def assign(scores: pl.DataFrame, thresholds: Thresholds) -> pl.DataFrame:
+def assign(scores: pl.DataFrame | pl.LazyFrame, thresholds: Thresholds) -> pl.DataFrame | pl.LazyFrame:
     """Add a `quadrant` column (null for samples that cannot be placed)."""
     if thresholds.difficulty is None or thresholds.memorization is None:
         return scores.with_columns(quadrant=pl.lit(None, dtype=QUADRANT_DTYPE))
@@ -100,11 +108,11 @@ def assign(scores: pl.DataFrame, thresholds: Thresholds) -> pl.DataFrame:
     return scores.with_columns(quadrant=quadrant.cast(QUADRANT_DTYPE))
 
 
-def summary(scores: pl.DataFrame) -> list[dict[str, object]]:
+def summary(scores: pl.DataFrame | pl.LazyFrame) -> list[dict[str, object]]:
     """One row per quadrant (plus `unplaced` when any): samples, share, mean scores, action."""
-    total = scores.height
     counts = (
-        scores.with_columns(pl.col("quadrant").fill_null(UNPLACED))
+        scores.lazy()
+        .with_columns(pl.col("quadrant").fill_null(UNPLACED))
         .group_by("quadrant")
         .agg(
             pl.len().alias("samples"),
@@ -112,7 +120,9 @@ def summary(scores: pl.DataFrame) -> list[dict[str, object]]:
             pl.col("memorization").mean().alias("mean_memorization"),
             pl.col("forget_events").mean().alias("mean_forget_events"),
         )
+        .collect()
     )
+    total = int(counts["samples"].sum())
     by_name = {row["quadrant"]: row for row in counts.iter_rows(named=True)}
     rows = []
     for name in (*QUADRANTS, UNPLACED):

@@ -42,7 +42,7 @@ import polars as pl
 
 from carto_cli import schema
 from carto_cli.errors import LogFormatError, OptionError
-from carto_cli.logs import LogSet, scan
+from carto_cli.logs import LogSet, sample_id_dtype, scan, scan_paths
 
 CORRECT_SOURCES = ("log", "loss", "tail", "acc")
 NEVER_LEARNED = ("zero", "max", "exclude")
@@ -80,9 +80,8 @@ class CorrectnessRule:
         if self.source == "log":
             return pl.col(schema.CORRECT)
         column = pl.col(_RULE_COLUMN[self.source])
-        if self.source == "acc":
-            return column >= self.threshold
-        return column < self.threshold
+        passed = column >= self.threshold if self.source == "acc" else column < self.threshold
+        return passed & column.is_not_nan()  # Polars orders NaN above every number: never learned
 
     def describe(self) -> str:
         if self.source == "log":
@@ -146,8 +145,69 @@ def parse_threshold(spec: str, *, option: str = "--threshold") -> tuple[float | 
     return value, None
 
 
+@dataclass(frozen=True)
+class Kernel:
+    """Everything needed to reduce any subset of a log's parts to per-sample state.
+
+    Plain data, so that an engine can ship it to a worker (see `carto_cli.engines`).
+    """
+
+    rule: CorrectnessRule
+    early_epochs: int
+    method: str  # "bitmask" or "general"
+    drop_nonfinite: bool
+    sample_id_dtype: str  # "Int64" or "UInt64"
+
+    def frame(self, paths: list[str]) -> pl.LazyFrame:
+        """sample_id, epoch, step, loss, correct (the rule applied) of the parts at `paths`."""
+        columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, schema.CORRECT]
+        if self.rule.source != "log":
+            columns.append(_RULE_COLUMN[self.rule.source])
+        lf = scan_paths(paths, columns, sample_id_dtype=getattr(pl, self.sample_id_dtype))
+        if self.drop_nonfinite:
+            lf = lf.filter(pl.col(schema.LOSS).is_finite())
+        return lf.with_columns(self.rule.expr().alias(schema.CORRECT)).select(columns[:5])
+
+    def state(self, paths: list[str]) -> tuple[pl.DataFrame, int]:
+        """Per-sample state of the parts at `paths`, and how many samples the general path counted."""
+        return segment_state(self.frame(paths), early_epochs=self.early_epochs, method=self.method)
+
+
+@dataclass
+class Plan:
+    """What `prepare` decided about a log set, and what the user must be told about it."""
+
+    kernel: Kernel
+    rows_dropped_nonfinite: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
 def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set."""
+    plan = prepare(logset, params)
+    state, samples_general = plan.kernel.state([str(p.path) for p in logset.parts])
+    return finish(state, plan, params, samples_general)
+
+
+def finish(state: pl.DataFrame, plan: Plan, params: ScoreParams, samples_general: int) -> ScoreResult:
+    """Scores from a (merged) state, with the facts a user must be told about them."""
+    scores = finalize(state, never_learned=params.never_learned)
+    return ScoreResult(
+        scores=scores,
+        rule=plan.kernel.rule,
+        rows_used=int(scores["n_seen"].sum()),
+        rows_dropped_nonfinite=plan.rows_dropped_nonfinite,
+        method=plan.kernel.method,
+        samples_general=samples_general,
+        notes=plan.notes,
+    )
+
+
+def prepare(logset: LogSet, params: ScoreParams) -> Plan:
+    """Check the rule's column, count non-finite losses, resolve the rule, pick the method.
+
+    The checks are one cheap pass over (epoch, step, loss) of every part of `logset`.
+    """
     column = _RULE_COLUMN.get(params.correct_from)
     if column is not None and not logset.has_column(column):
         missing = next(p.path for p in logset.parts if column not in p.columns)
@@ -156,15 +216,20 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
             "log with the logits path of the shim, or use --correct-from log"
         )
     needed = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, schema.CORRECT]
-    if column is not None and column not in needed:
+    if column is not None:
         needed.append(column)
     lf = scan(logset, needed)
 
-    epochs, nonfinite, rule_nulls = _preflight(lf, column)
+    epochs, nonfinite, rule_nulls, max_loss = _preflight(lf, column)
     if column is not None and rule_nulls:
         raise LogFormatError(
             f"column '{column}' has {rule_nulls} null value(s) in the logs, needed by "
             f"--correct-from {params.correct_from}; use --correct-from log"
+        )
+    if max_loss is not None and max_loss > _MAX_ABS_LOSS:
+        raise LogFormatError(
+            f"column 'loss' holds values up to {max_loss:.3g}; carto expects a per-sample mean negative "
+            f"log-likelihood in nats (|loss| <= {_MAX_ABS_LOSS:.0e}): check what the training loop logs"
         )
     notes = []
     if nonfinite:
@@ -176,90 +241,186 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
         notes.append(f"dropped {nonfinite} row(s) with a NaN or infinite loss")
         lf = lf.filter(pl.col(schema.LOSS).is_finite())
 
-    rule = _resolve_rule(lf, params)
-    lf = lf.with_columns(rule.expr().alias(schema.CORRECT))
-    if column is not None:
-        # A derived rule on a NaN column value (e.g. token_acc of an empty sample) is not learned.
-        lf = lf.with_columns(pl.col(schema.CORRECT).fill_null(False))
-
     method = params.method
     bitmask_ok, why_not = _bitmask_applies(epochs)
     if method == "bitmask" and not bitmask_ok:
         raise OptionError(f"--method bitmask does not apply to these logs: {why_not}; use --method auto")
     if method == "auto":
         method = "bitmask" if bitmask_ok else "general"
-
-    early = pl.col(schema.EPOCH) < params.early_epochs
-    aggregates = [
-        pl.len().alias("n_seen"),
-        pl.col(schema.CORRECT).sum().alias("n_correct"),
-        _exact_mean(pl.col(schema.LOSS).filter(early)).alias("difficulty"),
-        _exact_mean(pl.col(schema.LOSS)).alias("mean_loss"),
-        pl.col(schema.EPOCH).filter(pl.col(schema.CORRECT)).min().alias("first_learned_epoch"),
-    ]
-    samples_general = 0
-    if method == "bitmask":
-        bit = pl.lit(2, dtype=pl.UInt64).pow(pl.col(schema.EPOCH).cast(pl.UInt64))
-        per_sample = lf.group_by(schema.SAMPLE_ID).agg(
-            *aggregates,
-            bit.bitwise_or().alias("_seen"),
-            bit.filter(pl.col(schema.CORRECT)).bitwise_or().fill_null(0).alias("_corr"),
-            pl.col(schema.EPOCH).min().alias("_emin"),
-            pl.col(schema.EPOCH).max().alias("_emax"),
-        ).collect()
-        seen, corr = pl.col("_seen"), pl.col("_corr")
-        simple = (pl.col("n_seen") == seen.bitwise_count_ones()) & (
-            seen.bitwise_count_ones() == pl.col("_emax") - pl.col("_emin") + 1
-        )
-        per_sample = per_sample.with_columns(
-            pl.when(simple)
-            .then((corr & ~(corr // 2) & (seen // 2)).bitwise_count_ones().cast(pl.Int64))
-            .alias("forget_events"),
-        )
-        irregular = per_sample.filter(pl.col("forget_events").is_null()).select(schema.SAMPLE_ID)
-        samples_general = irregular.height
-        if samples_general:
-            recount = _forget_events_general(lf.join(irregular.lazy(), on=schema.SAMPLE_ID, how="semi"))
-            per_sample = per_sample.join(recount.collect(), on=schema.SAMPLE_ID, how="left", suffix="_g")
-            per_sample = per_sample.with_columns(
-                pl.coalesce("forget_events", "forget_events_g").alias("forget_events")
-            )
-    else:
-        per_sample = (
-            lf.group_by(schema.SAMPLE_ID)
-            .agg(*aggregates)
-            .join(_forget_events_general(lf), on=schema.SAMPLE_ID, how="left")
-            .collect()
-        )
-
-    scores = per_sample.with_columns(
-        pl.col("n_correct").cast(pl.Int64),
-        pl.col("n_seen").cast(pl.Int64),
-        (pl.col("n_correct") > 0).alias("ever_learned"),
-    ).with_columns(memorization=_memorization(params.never_learned))
-    scores = scores.select(SCORE_COLUMNS).sort(schema.SAMPLE_ID)
-    return ScoreResult(
-        scores=scores,
-        rule=rule,
-        rows_used=int(scores["n_seen"].sum()),
-        rows_dropped_nonfinite=nonfinite if params.nonfinite == "drop" else 0,
+    kernel = Kernel(
+        rule=_resolve_rule(lf, params),
+        early_epochs=params.early_epochs,
         method=method,
-        samples_general=samples_general,
-        notes=notes,
+        drop_nonfinite=bool(nonfinite),
+        sample_id_dtype=str(sample_id_dtype(logset.parts)),
     )
+    return Plan(kernel, nonfinite if params.nonfinite == "drop" else 0, notes)
 
+
+# ----------------------------------------------------------------------------- per-sample state
+#
+# The kernel reduces a *segment* of presentations (any set of rows, e.g. one bucket of samples or
+# the parts that arrived since the last run) to one row of state per sample. The state is
+# associative in time: `merge_states(earlier, later)` gives exactly the state of the union, so
+# buckets can be reduced independently and new parts folded into a saved state.
+
+STATE_COLUMNS = (
+    "sample_id",
+    "n_seen",
+    "n_correct",
+    "n_early",
+    "loss_sum",  # fixed point, units of 2^-32 nats
+    "early_sum",
+    "first_learned_epoch",
+    "first_step",
+    "first_epoch",
+    "first_correct",
+    "last_step",
+    "last_epoch",
+    "last_correct",
+    "forget_events",
+)
 
 # Losses are summed in fixed point (units of 2^-32 nats, far below float32's resolution) so that a
 # mean does not depend on the order in which files, threads and row groups were summed: the same
 # logs always give bit-identical scores, and quadrant boundaries never flip on rounding noise.
 _FIXED_POINT = 2.0**32
+_MAX_ABS_LOSS = 1e9
 
 
-def _exact_mean(values: pl.Expr) -> pl.Expr:
-    """Order-independent mean of a float column (null for no values)."""
+def _fixed_sum(values: pl.Expr) -> pl.Expr:
+    """Exact, order-independent sum of a float column in fixed point (0 for no values)."""
     total = (values * _FIXED_POINT).round().cast(pl.Int128).sum()
-    count = values.count()
-    return pl.when(count > 0).then(total.cast(pl.Float64) / _FIXED_POINT / count)
+    return total.cast(pl.Int64, strict=True)
+
+
+def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[pl.DataFrame, int]:
+    """One row of state per sample of the segment, and how many samples the general path counted."""
+    early = pl.col(schema.EPOCH) < early_epochs
+    correct = pl.col(schema.CORRECT)
+    order_free = [
+        pl.len().cast(pl.Int64).alias("n_seen"),
+        correct.sum().cast(pl.Int64).alias("n_correct"),
+        early.sum().cast(pl.Int64).alias("n_early"),
+        _fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
+        _fixed_sum(pl.col(schema.LOSS).filter(early)).alias("early_sum"),
+        pl.col(schema.EPOCH).filter(correct).min().cast(pl.Int64).alias("first_learned_epoch"),
+    ]
+    if method == "general":
+        return _general_state(lf, order_free).collect().select(STATE_COLUMNS), 0
+
+    bit = pl.lit(2, dtype=pl.UInt64).pow(pl.col(schema.EPOCH).cast(pl.UInt64))
+    state = lf.group_by(schema.SAMPLE_ID).agg(
+        *order_free,
+        bit.bitwise_or().alias("_seen"),
+        bit.filter(correct).bitwise_or().fill_null(0).alias("_corr"),
+        pl.col(schema.EPOCH).min().cast(pl.Int64).alias("first_epoch"),
+        pl.col(schema.EPOCH).max().cast(pl.Int64).alias("last_epoch"),
+        pl.col(schema.STEP).min().cast(pl.Int64).alias("first_step"),
+        pl.col(schema.STEP).max().cast(pl.Int64).alias("last_step"),
+    ).collect()
+    seen, corr = pl.col("_seen"), pl.col("_corr")
+    # Once per epoch, in consecutive epochs: then epoch order is presentation order (checked
+    # globally by _bitmask_applies) and bit e of c is the correctness of the sample's epoch-e row.
+    simple = (pl.col("n_seen") == seen.bitwise_count_ones()) & (
+        seen.bitwise_count_ones() == pl.col("last_epoch") - pl.col("first_epoch") + 1
+    )
+
+    def bit_at(epoch: str) -> pl.Expr:
+        return (corr // pl.lit(2, dtype=pl.UInt64).pow(pl.col(epoch).cast(pl.UInt64))) % 2 == 1
+
+    state = state.with_columns(
+        pl.when(simple).then((corr & ~(corr // 2) & (seen // 2)).bitwise_count_ones().cast(pl.Int64))
+        .alias("forget_events"),
+        bit_at("first_epoch").alias("first_correct"),
+        bit_at("last_epoch").alias("last_correct"),
+    )
+    irregular = state.filter(pl.col("forget_events").is_null()).select(schema.SAMPLE_ID)
+    if irregular.height:
+        recount = _general_state(lf.join(irregular.lazy(), on=schema.SAMPLE_ID, how="semi"), order_free)
+        state = pl.concat([state.filter(pl.col("forget_events").is_not_null()).select(STATE_COLUMNS),
+                           recount.collect().select(STATE_COLUMNS)])
+    return state.select(STATE_COLUMNS), irregular.height
+
+
+def _general_state(lf: pl.LazyFrame, order_free: list[pl.Expr]) -> pl.LazyFrame:
+    """Exact state for any presentation order: sort, count (correct -> incorrect), take first/last."""
+    ordered = lf.sort([schema.SAMPLE_ID, schema.STEP, schema.EPOCH, schema.CORRECT])
+    prev_correct = pl.col(schema.CORRECT).shift(1)
+    same_sample = pl.col(schema.SAMPLE_ID) == pl.col(schema.SAMPLE_ID).shift(1)
+    forget = (same_sample & prev_correct & ~pl.col(schema.CORRECT)).fill_null(False)
+    # Rows keep their sorted order inside each group: first()/last() are the first/last presentation.
+    return ordered.with_columns(_forget=forget).group_by(schema.SAMPLE_ID).agg(
+        *order_free,
+        pl.col("_forget").sum().cast(pl.Int64).alias("forget_events"),
+        pl.col(schema.STEP).first().cast(pl.Int64).alias("first_step"),
+        pl.col(schema.EPOCH).first().cast(pl.Int64).alias("first_epoch"),
+        pl.col(schema.CORRECT).first().alias("first_correct"),
+        pl.col(schema.STEP).last().cast(pl.Int64).alias("last_step"),
+        pl.col(schema.EPOCH).last().cast(pl.Int64).alias("last_epoch"),
+        pl.col(schema.CORRECT).last().alias("last_correct"),
+    )
+
+
+def merge_states(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame:
+    """The state of `earlier` followed by `later`.
+
+    Exact when each sample's presentations in `later` all come after (in presentation order) its
+    presentations in `earlier`; raises LogFormatError naming a sample where they do not.
+    """
+    joined = earlier.join(later, on=schema.SAMPLE_ID, how="full", coalesce=True, suffix="_b")
+    both = pl.col("n_seen").is_not_null() & pl.col("n_seen_b").is_not_null()
+    last_a = [pl.col("last_step"), pl.col("last_epoch"), pl.col("last_correct").cast(pl.Int8)]
+    first_b = [pl.col("first_step_b"), pl.col("first_epoch_b"), pl.col("first_correct_b").cast(pl.Int8)]
+    bad = joined.filter(both & _lexicographic_less(first_b, last_a))
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise LogFormatError(
+            f"{bad.height} sample(s) have new presentations that do not come after the scored ones "
+            f"(e.g. sample_id {row[schema.SAMPLE_ID]}: step {row['first_step_b']} after step "
+            f"{row['last_step']}); new parts must continue the run: rescore without --update"
+        )
+
+    def add(name: str) -> pl.Expr:
+        return pl.col(name).fill_null(0) + pl.col(f"{name}_b").fill_null(0)
+
+    def pick(name: str, prefer_later: bool) -> pl.Expr:
+        a, b = pl.col(name), pl.col(f"{name}_b")
+        return (pl.coalesce(b, a) if prefer_later else pl.coalesce(a, b)).alias(name)
+
+    boundary = (both & pl.col("last_correct") & ~pl.col("first_correct_b")).cast(pl.Int64)
+    return joined.select(
+        schema.SAMPLE_ID,
+        *(add(c).alias(c) for c in ("n_seen", "n_correct", "n_early", "loss_sum", "early_sum")),
+        pl.min_horizontal("first_learned_epoch", "first_learned_epoch_b").alias("first_learned_epoch"),
+        *(pick(c, prefer_later=False) for c in ("first_step", "first_epoch", "first_correct")),
+        *(pick(c, prefer_later=True) for c in ("last_step", "last_epoch", "last_correct")),
+        (add("forget_events") + boundary).alias("forget_events"),
+    ).select(STATE_COLUMNS)
+
+
+def _lexicographic_less(left: list[pl.Expr], right: list[pl.Expr]) -> pl.Expr:
+    """left < right, comparing the expressions in order."""
+    result = pl.lit(False)
+    for a, b in reversed(list(zip(left, right))):
+        result = (a < b) | ((a == b) & result)
+    return result
+
+
+def finalize(state: pl.DataFrame, *, never_learned: str) -> pl.DataFrame:
+    """Scores from state: difficulty, mean loss, memorization (no quadrant yet), sorted by sample_id."""
+    return (
+        state.with_columns(
+            difficulty=pl.when(pl.col("n_early") > 0).then(
+                pl.col("early_sum").cast(pl.Float64) / _FIXED_POINT / pl.col("n_early")
+            ),
+            mean_loss=pl.col("loss_sum").cast(pl.Float64) / _FIXED_POINT / pl.col("n_seen"),
+            ever_learned=pl.col("n_correct") > 0,
+        )
+        .with_columns(memorization=_memorization(never_learned))
+        .select(SCORE_COLUMNS)
+        .sort(schema.SAMPLE_ID)
+    )
 
 
 def _memorization(never_learned: str) -> pl.Expr:
@@ -270,31 +431,21 @@ def _memorization(never_learned: str) -> pl.Expr:
     return pl.when(pl.col("ever_learned")).then(rate).otherwise(fill[never_learned])
 
 
-def _forget_events_general(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Exact forget events for any presentation order: sort, then count (correct -> incorrect)."""
-    ordered = lf.select(schema.SAMPLE_ID, schema.STEP, schema.EPOCH, schema.CORRECT).sort(
-        [schema.SAMPLE_ID, schema.STEP, schema.EPOCH, schema.CORRECT]
-    )
-    prev_correct = pl.col(schema.CORRECT).shift(1)
-    same_sample = pl.col(schema.SAMPLE_ID) == pl.col(schema.SAMPLE_ID).shift(1)
-    return ordered.with_columns(
-        _forget=(same_sample & prev_correct & ~pl.col(schema.CORRECT)).fill_null(False)
-    ).group_by(schema.SAMPLE_ID).agg(pl.col("_forget").sum().cast(pl.Int64).alias("forget_events"))
-
-
-def _preflight(lf: pl.LazyFrame, rule_column: str | None) -> tuple[pl.DataFrame, int, int]:
-    """One cheap pass: per-epoch step ranges, non-finite loss count, nulls in the rule column."""
+def _preflight(lf: pl.LazyFrame, rule_column: str | None) -> tuple[pl.DataFrame, int, int, float | None]:
+    """One cheap pass: per-epoch step ranges, non-finite and largest losses, rule-column nulls."""
+    loss = pl.col(schema.LOSS)
     aggs = [
         pl.col(schema.STEP).min().alias("min_step"),
         pl.col(schema.STEP).max().alias("max_step"),
-        (~pl.col(schema.LOSS).is_finite()).sum().alias("nonfinite"),
+        (~loss.is_finite()).sum().alias("nonfinite"),
+        loss.filter(loss.is_finite()).abs().max().alias("max_abs_loss"),
     ]
     if rule_column is not None:
         aggs.append(pl.col(rule_column).is_null().sum().alias("rule_nulls"))
     epochs = lf.group_by(schema.EPOCH).agg(aggs).collect().sort(schema.EPOCH)
     nonfinite = int(epochs["nonfinite"].sum())
     rule_nulls = int(epochs["rule_nulls"].sum()) if rule_column is not None else 0
-    return epochs, nonfinite, rule_nulls
+    return epochs, nonfinite, rule_nulls, epochs["max_abs_loss"].max()
 
 
 def _bitmask_applies(epochs: pl.DataFrame) -> tuple[bool, str]:
@@ -313,21 +464,27 @@ def _bitmask_applies(epochs: pl.DataFrame) -> tuple[bool, str]:
     return True, ""
 
 
-def _resolve_rule(lf: pl.LazyFrame, params: ScoreParams) -> CorrectnessRule:
+def fixed_rule(params: ScoreParams) -> CorrectnessRule | None:
+    """The rule when it does not depend on the data; None for a percentile threshold."""
     if params.correct_from == "log":
         return CorrectnessRule("log")
     spec = params.threshold or _DEFAULT_THRESHOLD[params.correct_from]
-    value, quantile = parse_threshold(spec)
-    if quantile is not None:
-        column = pl.col(_RULE_COLUMN[params.correct_from])
-        value = (
-            lf.select(column.filter(column.is_finite()).quantile(quantile, interpolation="nearest"))
-            .collect()
-            .item()
+    value, _ = parse_threshold(spec)
+    return None if value is None else CorrectnessRule(params.correct_from, value, spec)
+
+
+def _resolve_rule(lf: pl.LazyFrame, params: ScoreParams) -> CorrectnessRule:
+    """The rule, taking a percentile threshold over every finite value of the rule's column."""
+    rule = fixed_rule(params)
+    if rule is not None:
+        return rule
+    name = _RULE_COLUMN[params.correct_from]
+    spec = params.threshold or _DEFAULT_THRESHOLD[params.correct_from]
+    _, quantile = parse_threshold(spec)
+    column = pl.col(name)
+    value = lf.select(column.filter(column.is_finite()).quantile(quantile, interpolation="nearest")).collect().item()
+    if value is None:
+        raise LogFormatError(
+            f"column '{name}' has no finite value to take the percentile {spec} of; give --threshold as a number"
         )
-        if value is None:
-            raise LogFormatError(
-                f"column '{_RULE_COLUMN[params.correct_from]}' has no finite value to take "
-                f"the percentile {spec} of; give --threshold as a number"
-            )
     return CorrectnessRule(params.correct_from, float(value), spec)

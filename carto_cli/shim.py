@@ -98,6 +98,8 @@ class CartoLogger:
         correct_threshold: token-accuracy threshold of the default correctness rule.
         ignore_index: label value that marks a position with no target (as in cross_entropy).
         chunk_bytes: upper bound on the fp32 logits materialised at once by the logits path.
+        buckets: write the bucketed layout, `bucket=<sample_id mod buckets>/part-...` (see
+            `carto_cli.engines`), so that scoring can work one bucket at a time.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class CartoLogger:
         correct_threshold: float = DEFAULT_CORRECT_THRESHOLD,
         ignore_index: int = -100,
         chunk_bytes: int = 256 * 2**20,
+        buckets: int | None = None,
     ) -> None:
         if out_dir is None:
             out_dir = os.environ.get(LOG_DIR_ENV)
@@ -119,8 +122,8 @@ class CartoLogger:
                     f"CartoLogger: no out_dir given and ${LOG_DIR_ENV} is not set; "
                     "pass out_dir= or run under `carto log -- CMD`"
                 )
-        if rows_per_part < 1 or max_pending < 1 or tail_k < 1:
-            raise OptionError("CartoLogger: rows_per_part, max_pending and tail_k must be >= 1")
+        if rows_per_part < 1 or max_pending < 1 or tail_k < 1 or (buckets is not None and buckets < 1):
+            raise OptionError("CartoLogger: rows_per_part, max_pending, tail_k and buckets must be >= 1")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = _resolve_rank(rank)
@@ -129,6 +132,7 @@ class CartoLogger:
         self.correct_threshold = correct_threshold
         self.ignore_index = ignore_index
         self.chunk_bytes = chunk_bytes
+        self.buckets = buckets
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
         self.parts_written: list[Path] = []
@@ -382,19 +386,31 @@ class CartoLogger:
             columns.append(pa.concat_arrays(pieces))
         rules = ",".join(sorted({b.rule for b in self._buffer}))
         table = pa.Table.from_arrays(columns, schema=self._part_schema(rules))
-        final = self.out_dir / f"part-r{self.rank:05d}-{self.run_id}-{self._seq:06d}{schema.PART_SUFFIX}"
-        tmp = self.out_dir / f".{final.name}{schema.TMP_SUFFIX}"
+        name = f"part-r{self.rank:05d}-{self.run_id}-{self._seq:06d}{schema.PART_SUFFIX}"
+        if self.buckets is None:
+            self._write_atomic(table, self.out_dir / name)
+        else:  # one file per bucket present, in bucket=<b>/ (b = sample_id mod buckets, floored)
+            ids = table.column(schema.SAMPLE_ID).to_numpy()
+            bucket = np.mod(ids, self.buckets)
+            for b in np.unique(bucket):
+                rows = np.flatnonzero(bucket == b)
+                directory = self.out_dir / f"bucket={int(b)}"
+                directory.mkdir(exist_ok=True)
+                self._write_atomic(table.take(rows), directory / name)
+        self._seq += 1
+        self.rows_written += table.num_rows
+        self._buffer = []
+        self._buffered_rows = 0
+
+    def _write_atomic(self, table: pa.Table, final: Path) -> None:
+        tmp = final.with_name(f".{final.name}{schema.TMP_SUFFIX}")
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh, compression="zstd")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        _fsync_dir(self.out_dir)
-        self._seq += 1
+        _fsync_dir(final.parent)
         self.parts_written.append(final)
-        self.rows_written += table.num_rows
-        self._buffer = []
-        self._buffered_rows = 0
 
     def _part_schema(self, rules: str) -> pa.Schema:
         meta = {

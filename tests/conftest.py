@@ -7,6 +7,7 @@ are spread over two ranks and three files in scrambled order, as a real multi-ra
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -44,6 +45,22 @@ EXPECTED = {
     7: (4 / 3, 1, 4, 2, 0, 1 / 3),
     8: (1.0, 0, 3, 2, 0, 0.0),
 }
+
+
+def assert_hand_scores(scores: pl.DataFrame) -> None:
+    """`scores` (as written by any scoring path) hold exactly the EXPECTED values of HAND_LOG."""
+    rows = {row["sample_id"]: row for row in scores.iter_rows(named=True)}
+    assert sorted(rows) == sorted(HAND_LOG)
+    for sid, (difficulty, forgets, n_seen, n_correct, first, memorization) in EXPECTED.items():
+        row = rows[sid]
+        if difficulty is None:
+            assert row["difficulty"] is None, sid
+        else:
+            assert math.isclose(row["difficulty"], difficulty), sid
+        assert (row["forget_events"], row["n_seen"], row["n_correct"]) == (forgets, n_seen, n_correct), sid
+        assert row["first_learned_epoch"] == first, sid
+        assert row["ever_learned"] == (n_correct > 0), sid
+        assert math.isclose(row["memorization"], memorization), sid
 
 
 def hand_rows() -> list[dict]:

@@ -119,7 +119,7 @@ def test_prune_writes_a_deterministic_manifest_with_provenance(scored: Path, tmp
     sidecar = json.loads(Path(f"{out}.json").read_text())
     assert sidecar["kind"] == "manifest" and sidecar["parameters"]["frac"] == 0.25
     assert sidecar["inputs"][0]["provenance"]["kind"] == "scores"
-    meta = json.loads(pq.read_schema(out).metadata[b"carto.provenance"])
+    meta = json.loads(pq.read_metadata(out).metadata[b"carto.provenance"])
     assert meta == sidecar
     again = tmp_path / "again.parquet"
     run("prune", "--frac", "0.25", "--scores", scored, "--out", again)
@@ -266,7 +266,7 @@ def test_output_may_not_overwrite_an_input(scored: Path, hand_log: Path) -> None
     before = tree_digest(scored)
     assert_one_line_error(run("prune", "--frac", "0.1", "--scores", scored, "--out", scored), "is also an input")
     assert tree_digest(scored) == before
-    assert_one_line_error(run("score", hand_log, "--out", hand_log / "scores.parquet"), "inside the log directory")
+    assert_one_line_error(run("score", hand_log, "--out", hand_log / "scores.parquet"), "inside the input directory")
 
 
 @pytest.mark.parametrize(

@@ -212,3 +212,13 @@ def test_every_path_matches_the_reference(tmp_path_factory, rows, epoch_major, n
                 assert math.isclose(got[sid]["difficulty"], difficulty, rel_tol=1e-9, abs_tol=2**-32)
             assert got[sid]["forget_events"] <= n_seen // 2
             assert 0 <= got[sid]["memorization"] <= 1
+
+
+def test_derived_rule_never_counts_a_nan_value_as_learned(tmp_path: Path) -> None:
+    rows = [
+        {"sample_id": 1, "epoch": 0, "step": 0, "loss": 1.0, "correct": True, "token_acc": float("nan")},
+        {"sample_id": 1, "epoch": 1, "step": 1, "loss": 1.0, "correct": True, "token_acc": 0.9},
+    ]
+    write_parts(tmp_path / "logs", rows, n_files=1)
+    row = _by_id(_score(tmp_path / "logs", correct_from="acc"))[1]
+    assert row["n_correct"] == 1 and row["first_learned_epoch"] == 1

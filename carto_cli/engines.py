@@ -1,0 +1,110 @@
+"""Where scoring runs. *What* runs is always `scoring.Kernel.state` over some parts; this module
+decides *where*: bucket after bucket in this process, or as Ray tasks (see `carto_cli.buckets`).
+
+Buckets hold disjoint samples, so each is reduced on its own: peak memory is that of the largest
+bucket, plus, for the exact quantile thresholds, two float columns over all samples (16 bytes per
+sample).
+
+Engines:
+- `local`: buckets one after another in this process (a non-bucketed log is one bucket).
+- `ray`: one Ray task per bucket, on a running cluster (`address`) or a local instance started for
+  the run. Workers need carto installed and the log paths readable (shared storage or object-store
+  URLs). The driver receives one bucket's state at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import polars as pl
+
+from carto_cli import scoring
+from carto_cli.errors import MissingDependencyError, OptionError
+from carto_cli.logs import LogPart
+
+ENGINES = ("local", "ray")
+
+
+def bucket_states(
+    kernel: scoring.Kernel,
+    groups: dict[int | None, list[LogPart]],
+    *,
+    engine: str = "local",
+    address: str | None = None,
+) -> Iterator[tuple[int | None, pl.DataFrame, int]]:
+    """(bucket, state, samples counted by the general path) for every bucket, as they finish."""
+    if engine not in ENGINES:
+        raise OptionError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
+    jobs = {bucket: [str(p.path) for p in parts] for bucket, parts in groups.items()}
+    if engine == "local":
+        if address is not None:
+            raise OptionError("--address applies to --engine ray only")
+        for bucket, paths in jobs.items():
+            state, general = kernel.state(paths)
+            yield bucket, state, general
+        return
+    yield from _ray_states(kernel, jobs, address)
+
+
+def _ray_states(kernel: scoring.Kernel, jobs: dict, address: str | None):
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError(
+            "--engine ray needs Ray: pip install 'carto-cli[ray]'"
+        ) from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    try:
+        remote = ray.remote(_reduce_bucket)
+        pending = {remote.remote(kernel, paths): bucket for bucket, paths in jobs.items()}
+        while pending:
+            [done], _ = ray.wait(list(pending), num_returns=1)
+            state, general = ray.get(done)
+            yield pending.pop(done), state, general
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _reduce_bucket(kernel: scoring.Kernel, paths: list[str]) -> tuple[pl.DataFrame, int]:
+    """The Ray task: the same kernel the local engine runs."""
+    return kernel.state(paths)
+
+
+def score_buckets(
+    plan: scoring.Plan,
+    groups: dict[int | None, list[LogPart]],
+    params: scoring.ScoreParams,
+    *,
+    engine: str = "local",
+    address: str | None = None,
+    on_bucket: Callable[[], None] | None = None,
+) -> tuple[pl.LazyFrame, Callable[[], None], dict]:
+    """Reduce every bucket, finalise its scores and spill them to a temporary directory.
+
+    Returns a lazy frame over the spilled scores (sorted by (bucket, sample_id)), a cleanup
+    function to call once the frame has been consumed, and run facts (rows, samples counted by
+    the general path). Memory: one bucket's state at a time.
+    """
+    spill = Path(tempfile.mkdtemp(prefix="carto-buckets-"))
+    facts = {"rows": 0, "samples_general": 0, "buckets": len(groups)}
+    try:
+        for bucket, state, general in bucket_states(plan.kernel, groups, engine=engine, address=address):
+            scores = scoring.finalize(state, never_learned=params.never_learned)
+            scores.write_parquet(spill / f"{0 if bucket is None else bucket:012d}.parquet")
+            facts["rows"] += int(state["n_seen"].sum())
+            facts["samples_general"] += general
+            if on_bucket is not None:
+                on_bucket()
+    except BaseException:
+        shutil.rmtree(spill, ignore_errors=True)
+        raise
+    files = sorted(str(p) for p in spill.glob("*.parquet"))
+    frame = pl.scan_parquet(files) if files else pl.LazyFrame(schema={c: pl.Int64 for c in scoring.SCORE_COLUMNS})
+    return frame, lambda: shutil.rmtree(spill, ignore_errors=True), facts

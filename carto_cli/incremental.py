@@ -1,0 +1,96 @@
+"""Incremental scoring: fold only the parts that arrived since the last run into a saved state.
+
+`carto score LOGS --update` keeps, next to the scores file, `<scores>.state`: a Parquet file with
+one row of per-sample state (see `scoring.STATE_COLUMNS`) and, in its metadata, the ledger of parts
+already folded in (path, size, rows) and the scoring parameters. A later `--update` run scores the
+new parts alone and merges them (`scoring.merge_states`), which gives exactly the scores of a full
+run as long as the new parts continue the run in time (checked per sample).
+
+Refused, with a message saying to rescore without --update: a folded part that changed or
+disappeared, different scoring parameters, a percentile threshold (it would move with new data).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from carto_cli import __version__, artifacts, scoring
+from carto_cli.errors import OptionError, ScoresFormatError
+from carto_cli.logs import LogPart, LogSet
+
+STATE_SUFFIX = ".state"
+_META_KEY = "carto.state"
+# Parameters that change the per-sample state; the others apply when scores are finalised.
+_STATE_PARAMETERS = ("early_epochs", "correct_from", "threshold", "nonfinite")
+
+
+def state_path(scores_out: Path) -> Path:
+    return scores_out.with_name(scores_out.name + STATE_SUFFIX)
+
+
+def _ledger_key(part: LogPart) -> str:
+    return str(part.path.resolve())
+
+
+def score_update(logset: LogSet, params: scoring.ScoreParams, state_file: Path) -> tuple[scoring.ScoreResult, str]:
+    """Score `logset`, reusing the state saved in `state_file` when there is one; save the new state.
+
+    Returns the result and a one-line account of what was folded.
+    """
+    rule = scoring.fixed_rule(params)
+    if rule is None:
+        raise OptionError(
+            "--update needs a fixed correctness threshold (a percentile moves as data arrives); "
+            "pass --threshold as a number"
+        )
+    wanted = {name: getattr(params, name) for name in _STATE_PARAMETERS}
+    previous = _load(state_file) if state_file.exists() else None
+    if previous is None:
+        new_parts, state_before = logset.parts, None
+    else:
+        state_before, ledger, saved = previous
+        if saved != wanted:
+            diff = ", ".join(f"{k}={saved.get(k)!r}" for k in wanted if saved.get(k) != wanted[k])
+            raise OptionError(
+                f"{state_file} was made with {diff}; pass the same options, or rescore without --update"
+            )
+        current = {_ledger_key(p): p for p in logset.parts}
+        for key, (size, rows) in ledger.items():
+            part = current.get(key)
+            if part is None or (part.size_bytes, part.num_rows) != (size, rows):
+                what = "is gone" if part is None else "has changed"
+                raise OptionError(
+                    f"{key} was scored before but {what}; rescore without --update"
+                )
+        new_parts = [p for p in logset.parts if _ledger_key(p) not in ledger]
+
+    if new_parts:
+        plan = scoring.prepare(LogSet(parts=new_parts), params)
+        segment, samples_general = plan.kernel.state([str(p.path) for p in new_parts])
+        state = segment if state_before is None else scoring.merge_states(state_before, segment)
+    else:
+        kernel = scoring.Kernel(rule, params.early_epochs, "none", False, "Int64")
+        plan, state, samples_general = scoring.Plan(kernel), state_before, 0
+    folded_rows = sum(p.num_rows for p in new_parts)
+    if state_before is None:
+        account = f"no saved state: scored all {len(new_parts):,} part(s) and saved the state to {state_file}"
+    else:
+        account = f"folded {len(new_parts):,} new part(s) ({folded_rows:,} rows) into the saved state"
+    _save(state_file, state, logset, wanted)
+    return scoring.finish(state, plan, params, samples_general), account
+
+
+def _save(path: Path, state: pl.DataFrame, logset: LogSet, parameters: dict) -> None:
+    ledger = {_ledger_key(p): [p.size_bytes, p.num_rows] for p in logset.parts}
+    prov = artifacts.provenance("state", inputs=[], parameters=parameters, ledger=ledger)
+    artifacts.write(state.sort("sample_id"), path, prov)
+
+
+def _load(path: Path) -> tuple[pl.DataFrame, dict, dict]:
+    df, prov = artifacts.read(path, "state")
+    if prov.get("carto_version") != __version__:
+        raise ScoresFormatError(
+            f"{path} was written by carto {prov.get('carto_version')}, this is {__version__}; "
+            "rescore without --update"
+        )
+    return df, {k: tuple(v) for k, v in prov["ledger"].items()}, prov["parameters"]

@@ -1,0 +1,143 @@
+"""`carto score` end to end: reduce the log to per-sample scores (in memory, per bucket, on Ray, or
+by folding new parts into a saved state), place the samples in quadrants, write the scores file.
+
+Which reduction runs:
+- `update=True`: `incremental.score_update` (local engine, per-sample state held in memory).
+- a log that is not bucketed, on the local engine: `scoring.score`, in memory.
+- a bucketed log, or `engine="ray"`: `engines.score_buckets`, one bucket at a time, spilled.
+All give the same per-sample numbers; a bucketed log's scores are ordered by (bucket, sample_id),
+any other's by sample_id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from carto_cli import artifacts, buckets, engines, incremental, quadrants, scoring
+from carto_cli.errors import OptionError
+from carto_cli.logs import LogSet
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How quadrant thresholds are chosen (see `quadrants.resolve_thresholds`)."""
+
+    d_quantile: float = 0.5
+    m_quantile: float = 0.5
+    d_threshold: float | None = None
+    m_threshold: float | None = None
+
+
+@dataclass
+class ScoreRun:
+    """What a scoring run did: the facts `carto score` prints and records."""
+
+    out: Path
+    samples: int
+    rows: int
+    parts: int
+    rule: scoring.CorrectnessRule
+    method: str
+    samples_general: int
+    rows_dropped_nonfinite: int
+    thresholds: quadrants.Thresholds
+    table: list[dict]
+    engine: str
+    buckets: int
+    ever_learned: int
+    notes: list[str] = field(default_factory=list)
+
+
+def run_score(
+    logset: LogSet,
+    params: scoring.ScoreParams,
+    *,
+    out: Path,
+    inputs: list[str],
+    placement: Placement = Placement(),
+    engine: str = "local",
+    address: str | None = None,
+    update: bool = False,
+    on_bucket: Callable[[], None] | None = None,
+) -> ScoreRun:
+    groups = buckets.bucket_groups(logset)
+    n_buckets = 0 if None in groups else len(groups)
+    notes: list[str] = []
+    cleanup = None
+    if update:
+        if engine != "local":
+            raise OptionError("--update runs on the local engine; drop --engine ray")
+        result, account = incremental.score_update(logset, params, incremental.state_path(out))
+        notes.append(account)
+    elif engine == "local" and not n_buckets:
+        result = scoring.score(logset, params)
+    else:
+        result = None
+        plan = scoring.prepare(logset, params)
+        frame, cleanup, facts = engines.score_buckets(
+            plan, groups, params, engine=engine, address=address, on_bucket=on_bucket
+        )
+    try:
+        if result is not None:
+            frame = result.scores.lazy()
+            rule, method, general = result.rule, result.method, result.samples_general
+            dropped, notes = result.rows_dropped_nonfinite, result.notes + notes
+        else:
+            rule, method, general = plan.kernel.rule, plan.kernel.method, facts["samples_general"]
+            dropped, notes = plan.rows_dropped_nonfinite, plan.notes + notes
+        thresholds = quadrants.resolve_thresholds(
+            frame,
+            difficulty_quantile=placement.d_quantile,
+            memorization_quantile=placement.m_quantile,
+            difficulty_threshold=placement.d_threshold,
+            memorization_threshold=placement.m_threshold,
+        )
+        prov = artifacts.provenance(
+            "scores",
+            inputs=[{"path": p} for p in inputs],
+            parameters={
+                "early_epochs": params.early_epochs,
+                "correct_from": params.correct_from,
+                "threshold": params.threshold,
+                "never_learned": params.never_learned,
+                "nonfinite": params.nonfinite,
+                "method": params.method,
+                "d_quantile": placement.d_quantile,
+                "m_quantile": placement.m_quantile,
+                "d_threshold": placement.d_threshold,
+                "m_threshold": placement.m_threshold,
+            },
+            parts={"count": len(logset.parts), "rows": logset.num_rows, "sha256": logset.digest(),
+                   "skipped": [str(p) for p, _ in logset.skipped]},
+            correctness_rule=rule.describe(),
+            thresholds=thresholds.as_dict(),
+            method_used=method,
+            rows_dropped_nonfinite=dropped,
+        )
+        artifacts.write(quadrants.assign(frame, thresholds), out, prov)
+    finally:
+        if cleanup is not None:
+            cleanup()
+    written = pl.scan_parquet(out)
+    counts = written.select(pl.len().alias("samples"), pl.col("n_seen").sum().alias("rows"),
+                            pl.col("ever_learned").sum().alias("learned")).collect().row(0, named=True)
+    return ScoreRun(
+        out=out,
+        samples=counts["samples"],
+        rows=int(counts["rows"] or 0),
+        parts=len(logset.parts),
+        rule=rule,
+        method=method,
+        samples_general=general,
+        rows_dropped_nonfinite=dropped,
+        thresholds=thresholds,
+        table=quadrants.summary(written),
+        engine=engine,
+        buckets=n_buckets,
+        ever_learned=int(counts["learned"] or 0),
+        notes=notes,
+    )

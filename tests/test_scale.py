@@ -1,0 +1,178 @@
+"""The scale paths: time-associative state (incremental `--update`), the bucketed layout, and the
+Ray engine, each checked against the same hand-made expected scores as the in-memory path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from carto_cli import CartoLogger, buckets, logs, scoring
+from carto_cli.cli import app
+from carto_cli.errors import LogFormatError
+from conftest import assert_hand_scores, hand_rows, write_parts
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def state_of(log_dir: Path, method: str = "general") -> pl.DataFrame:
+    logset = logs.open_logs([log_dir])
+    plan = scoring.prepare(logset, scoring.ScoreParams(method=method))
+    return plan.kernel.state([str(p.path) for p in logset.parts])[0].sort("sample_id")
+
+
+# ------------------------------------------------------------------ state is associative in time
+
+presentation = st.fixed_dictionaries(
+    {"sample_id": st.integers(0, 6), "epoch": st.integers(0, 4), "step": st.integers(0, 30),
+     "loss": st.floats(0, 5, width=32), "correct": st.booleans()}
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(presentation, min_size=2, max_size=50), cut=st.integers(0, 31))
+def test_merging_two_time_segments_equals_the_whole(tmp_path_factory, rows, cut) -> None:
+    # split at a step boundary: everything before `cut` is the earlier segment
+    earlier = [r for r in rows if r["step"] < cut]
+    later = [r for r in rows if r["step"] >= cut]
+    base = tmp_path_factory.mktemp("seg")
+    write_parts(base / "all", rows)
+    whole = state_of(base / "all")
+    if not earlier or not later:
+        return
+    write_parts(base / "a", earlier)
+    write_parts(base / "b", later)
+    merged = scoring.merge_states(state_of(base / "a"), state_of(base / "b")).sort("sample_id")
+    assert merged.equals(whole)
+
+
+def test_merge_refuses_presentations_that_go_back_in_time(tmp_path: Path) -> None:
+    rows = hand_rows()
+    write_parts(tmp_path / "a", [r for r in rows if r["step"] >= 20])
+    write_parts(tmp_path / "b", [r for r in rows if r["step"] < 20])
+    with pytest.raises(LogFormatError, match="do not come after the scored ones"):
+        scoring.merge_states(state_of(tmp_path / "a"), state_of(tmp_path / "b"))
+
+
+# ------------------------------------------------------------------ incremental scoring
+
+
+def test_update_folds_new_parts_and_equals_a_full_run(tmp_path: Path) -> None:
+    rows = hand_rows()
+    log_dir = tmp_path / "logs"
+    write_parts(log_dir, [r for r in rows if r["epoch"] < 2], seed=1)
+    out = tmp_path / "scores.parquet"
+    first = run("score", log_dir, "--out", out, "--update")
+    assert first.exit_code == 0
+    assert "Note: no saved state: scored all 3 part(s)" in first.stderr
+    # training goes on: epochs 2 and 3 arrive as new parts
+    for i, r in enumerate(r for r in rows if r["epoch"] >= 2):
+        pl.DataFrame([r]).write_parquet(log_dir / f"part-r00000-later-{i:06d}.parquet")
+    second = run("score", log_dir, "--out", out, "--update")
+    assert second.exit_code == 0
+    assert "Note: folded 12 new part(s) (12 rows) into the saved state" in second.stderr
+    assert_hand_scores(pl.read_parquet(out))
+    full = tmp_path / "full.parquet"
+    run("score", log_dir, "--out", full)
+    assert pl.read_parquet(out).equals(pl.read_parquet(full))
+    third = run("score", log_dir, "--out", out, "--update")
+    assert "Note: folded 0 new part(s) (0 rows)" in third.stderr
+    assert pl.read_parquet(out).equals(pl.read_parquet(full))
+
+
+def test_update_refuses_changed_parts_options_and_percentiles(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    parts = write_parts(log_dir, hand_rows())
+    out = tmp_path / "scores.parquet"
+    assert run("score", log_dir, "--out", out, "--update").exit_code == 0
+    result = run("score", log_dir, "--out", out, "--update", "--early-epochs", "3")
+    assert result.exit_code == 1 and "was made with early_epochs=2" in result.stderr
+    result = run("score", log_dir, "--out", out, "--update", "--correct-from", "loss")
+    assert result.exit_code == 1 and "--update needs a fixed correctness threshold" in result.stderr
+    parts[0].unlink()
+    result = run("score", log_dir, "--out", out, "--update")
+    assert result.exit_code == 1 and "was scored before but is gone" in result.stderr
+
+
+# ------------------------------------------------------------------ bucketed layout
+
+
+def test_bucketize_then_score_gives_the_hand_scores(hand_log: Path, tmp_path: Path) -> None:
+    bucketed = tmp_path / "bucketed"
+    result = run("logs", "bucketize", hand_log, "--out", bucketed, "--buckets", "3", "--json")
+    assert json.loads(result.stdout)["rows"] == 27
+    assert sorted(p.name for p in bucketed.iterdir()) == ["bucket=0", "bucket=1", "bucket=2"]
+    for path in bucketed.rglob("*.parquet"):  # every sample's rows are in its own bucket
+        ids = pl.read_parquet(path)["sample_id"]
+        assert (ids % 3 == buckets.bucket_of_path(path)).all()
+    for method in ("bitmask", "general"):
+        out = tmp_path / f"{method}.parquet"
+        result = run("score", bucketed, "--out", out, "--method", method)
+        assert result.exit_code == 0
+        assert "in 3 part(s) (3 buckets, local engine)" in result.stderr
+        scores = pl.read_parquet(out)
+        assert_hand_scores(scores)
+        # ordered by (bucket, sample_id)
+        assert scores["sample_id"].to_list() == [3, 6, 1, 4, 7, 2, 5, 8]
+    # the quadrants match the in-memory path too
+    run("score", hand_log, "--out", tmp_path / "flat.parquet")
+    flat = pl.read_parquet(tmp_path / "flat.parquet")
+    assert scores.sort("sample_id").equals(flat)
+
+
+def test_shim_writes_the_bucketed_layout(tmp_path: Path) -> None:
+    with CartoLogger(tmp_path / "logs", buckets=4) as log:
+        for epoch in range(2):
+            log.record(list(range(-2, 8)), epoch=epoch, step=epoch, loss=[1.0] * 10, correct=[True] * 10)
+    dirs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert dirs == ["bucket=0", "bucket=1", "bucket=2", "bucket=3"]
+    rows = pl.read_parquet(tmp_path / "logs" / "bucket=2" / "*.parquet")
+    assert sorted(set(rows["sample_id"])) == [-2, 2, 6]  # -2 mod 4 = 2 (floored)
+
+
+def test_bucketize_refuses_an_existing_output(hand_log: Path, tmp_path: Path) -> None:
+    (tmp_path / "exists").mkdir()
+    result = run("logs", "bucketize", hand_log, "--out", tmp_path / "exists")
+    assert result.exit_code == 1 and "already exists" in result.stderr
+
+
+def test_mixing_bucketed_and_flat_parts_is_refused(hand_log: Path, tmp_path: Path) -> None:
+    run("logs", "bucketize", hand_log, "--out", tmp_path / "bucketed", "--buckets", "2")
+    result = run("score", hand_log, tmp_path / "bucketed", "--out", tmp_path / "s.parquet")
+    assert result.exit_code == 1 and "part outside any bucket=<b>/ directory" in result.stderr
+
+
+# ------------------------------------------------------------------ Ray
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_gives_exactly_the_local_scores(ray_instance, hand_log: Path, tmp_path: Path) -> None:
+    bucketed = tmp_path / "bucketed"
+    run("logs", "bucketize", hand_log, "--out", bucketed, "--buckets", "3")
+    local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert run("score", bucketed, "--out", local).exit_code == 0
+    result = run("score", bucketed, "--out", remote, "--engine", "ray")
+    assert result.exit_code == 0, result.output
+    assert "(3 buckets, ray engine)" in result.stderr
+    assert_hand_scores(pl.read_parquet(remote))
+    assert pl.read_parquet(remote).equals(pl.read_parquet(local))
+    # a log that is not bucketed runs as one Ray task
+    flat = tmp_path / "flat.parquet"
+    assert run("score", hand_log, "--out", flat, "--engine", "ray").exit_code == 0
+    assert_hand_scores(pl.read_parquet(flat))
