@@ -346,6 +346,13 @@ def prune_command(
     detail = ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
     err.print(f"carto prune: removing {n_pruned:,} of {manifest.height:,} samples ({100 * share:.1f}%) by {by}")
     err.print(f"pruned by quadrant: {detail}")
+    if by == "memorization":
+        unforgotten = export.pruned_without_forget_events(scores, manifest)
+        if unforgotten:
+            err.print(
+                f"[yellow]Note:[/] {unforgotten:,} pruned sample(s) have no forget event: the ranking ran out "
+                "of forgotten samples and the tie-break (lowest difficulty) chose them"
+            )
     err.print(f"wrote {escape(str(out))} and {escape(str(out))}{artifacts.SIDECAR_SUFFIX}")
 
 

@@ -58,7 +58,7 @@ def to_bytes_samples(text: str, sample_len: int) -> np.ndarray:
     """Cut `text`'s UTF-8 bytes into non-overlapping windows of `sample_len + 1` bytes.
 
     Returns a (N, sample_len + 1) uint8 array: row[:-1] is a model input and row[1:] its target
-    (the extra byte is the shifted target). The tail shorter than a window is dropped, so N may be 0.
+    (the extra byte is the shifted target). A tail shorter than a window is dropped; N may be 0.
     """
     if sample_len < 1:
         raise OptionError(f"to_bytes_samples: sample_len must be >= 1, got {sample_len}")

@@ -85,6 +85,12 @@ def prune_manifest(scores: pl.DataFrame, *, frac: float, by: str = "memorization
     )
 
 
+def pruned_without_forget_events(scores: pl.DataFrame, manifest: pl.DataFrame) -> int:
+    """How many pruned samples have no forget event (picked by the tie-break, not the score)."""
+    pruned = manifest.filter(~pl.col("keep")).select("sample_id")
+    return scores.join(pruned, on="sample_id", how="semi").filter(pl.col("forget_events") == 0).height
+
+
 def sample_weights(scores: pl.DataFrame, multipliers: dict[str, float] | None = None) -> pl.DataFrame:
     """Per-sample `weight` = quadrant multiplier, normalised so the mean over all samples is 1."""
     mult = {**DEFAULT_MULTIPLIERS, **(multipliers or {})}

@@ -298,36 +298,49 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
     """One row of state per sample of the segment, and how many samples the general path counted."""
     early = pl.col(schema.EPOCH) < early_epochs
     correct = pl.col(schema.CORRECT)
+    # `when/then` rather than `filter` inside aggregations: Polars evaluates it without
+    # materialising a filtered copy per group (about 2x faster over 40M rows).
     order_free = [
         pl.len().cast(pl.Int64).alias("n_seen"),
         correct.sum().cast(pl.Int64).alias("n_correct"),
         early.sum().cast(pl.Int64).alias("n_early"),
         _fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
-        _fixed_sum(pl.col(schema.LOSS).filter(early)).alias("early_sum"),
-        pl.col(schema.EPOCH).filter(correct).min().cast(pl.Int64).alias("first_learned_epoch"),
+        _fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
+        pl.when(correct).then(pl.col(schema.EPOCH)).min().cast(pl.Int64).alias("first_learned_epoch"),
     ]
     if method == "general":
         return _general_state(lf, order_free).collect().select(STATE_COLUMNS), 0
 
-    bit = pl.lit(2, dtype=pl.UInt64).pow(pl.col(schema.EPOCH).cast(pl.UInt64))
+    # s = sum of 2^epoch over the sample's rows, c = the same over its correct rows. With at most one
+    # row per epoch a sum is an OR; a repeated epoch carries, so popcount(s) < n_seen flags it.
+    # Everything else order-free that the state needs is read off the two masks.
+    bit = _power_of_two(pl.col(schema.EPOCH))
     state = lf.group_by(schema.SAMPLE_ID).agg(
-        *order_free,
-        bit.bitwise_or().alias("_seen"),
-        bit.filter(correct).bitwise_or().fill_null(0).alias("_corr"),
-        pl.col(schema.EPOCH).min().cast(pl.Int64).alias("first_epoch"),
-        pl.col(schema.EPOCH).max().cast(pl.Int64).alias("last_epoch"),
+        pl.len().cast(pl.Int64).alias("n_seen"),
+        _fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
+        _fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
+        bit.sum().alias("_seen"),
+        (bit * correct.cast(pl.UInt64)).sum().alias("_corr"),
         pl.col(schema.STEP).min().cast(pl.Int64).alias("first_step"),
         pl.col(schema.STEP).max().cast(pl.Int64).alias("last_step"),
     ).collect()
     seen, corr = pl.col("_seen"), pl.col("_corr")
+    early_mask = pl.lit((1 << min(early_epochs, 64)) - 1, dtype=pl.UInt64)
+    state = state.with_columns(
+        first_epoch=seen.bitwise_trailing_zeros().cast(pl.Int64),
+        last_epoch=63 - seen.bitwise_leading_zeros().cast(pl.Int64),
+        n_correct=corr.bitwise_count_ones().cast(pl.Int64),
+        n_early=(seen & early_mask).bitwise_count_ones().cast(pl.Int64),
+        first_learned_epoch=pl.when(corr != 0).then(corr.bitwise_trailing_zeros().cast(pl.Int64)),
+    )
     # Once per epoch, in consecutive epochs: then epoch order is presentation order (checked
     # globally by _bitmask_applies) and bit e of c is the correctness of the sample's epoch-e row.
     simple = (pl.col("n_seen") == seen.bitwise_count_ones()) & (
-        seen.bitwise_count_ones() == pl.col("last_epoch") - pl.col("first_epoch") + 1
+        pl.col("n_seen") == pl.col("last_epoch") - pl.col("first_epoch") + 1
     )
 
     def bit_at(epoch: str) -> pl.Expr:
-        return (corr // pl.lit(2, dtype=pl.UInt64).pow(pl.col(epoch).cast(pl.UInt64))) % 2 == 1
+        return (corr // _power_of_two(pl.col(epoch))) % 2 == 1
 
     state = state.with_columns(
         pl.when(simple).then((corr & ~(corr // 2) & (seen // 2)).bitwise_count_ones().cast(pl.Int64))
@@ -341,6 +354,11 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
         state = pl.concat([state.filter(pl.col("forget_events").is_not_null()).select(STATE_COLUMNS),
                            recount.collect().select(STATE_COLUMNS)])
     return state.select(STATE_COLUMNS), irregular.height
+
+
+def _power_of_two(exponent: pl.Expr) -> pl.Expr:
+    """2^exponent as UInt64 (Polars has no shift operator)."""
+    return pl.lit(2, dtype=pl.UInt64).pow(exponent.cast(pl.UInt64))
 
 
 def _general_state(lf: pl.LazyFrame, order_free: list[pl.Expr]) -> pl.LazyFrame:
@@ -438,7 +456,7 @@ def _preflight(lf: pl.LazyFrame, rule_column: str | None) -> tuple[pl.DataFrame,
         pl.col(schema.STEP).min().alias("min_step"),
         pl.col(schema.STEP).max().alias("max_step"),
         (~loss.is_finite()).sum().alias("nonfinite"),
-        loss.filter(loss.is_finite()).abs().max().alias("max_abs_loss"),
+        pl.when(loss.is_finite()).then(loss.abs()).max().alias("max_abs_loss"),
     ]
     if rule_column is not None:
         aggs.append(pl.col(rule_column).is_null().sum().alias("rule_nulls"))

@@ -19,11 +19,15 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from carto_cli.shim import CartoLogger
 
 
 @dataclass
@@ -113,10 +117,12 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, V) for byte ids `idx` (B, T); logits[:, t] predicts the byte after idx[:, t]."""
-        B, T = idx.shape
+        """Logits (B, T, V) for `idx` (B, T): logits[:, t] scores the byte after idx[:, t]."""
+        T = idx.shape[1]
         if T > self.config.block_size:
-            raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
+            raise ValueError(
+                f"input of length {T} is longer than block_size {self.config.block_size}"
+            )
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
@@ -144,7 +150,7 @@ def train_epochs(
     batch_size: int,
     lr: float,
     seed: int,
-    logger=None,
+    logger: CartoLogger | None = None,
     progress: Callable[[int, int], None] | None = None,
     weight_decay: float = 0.1,
     warmup_frac: float = 0.05,
@@ -161,10 +167,12 @@ def train_epochs(
     With `logger` (a `CartoLogger`), every step records its samples with the logits of the training
     forward pass itself, before the update: no extra forward. `progress(step, total)` is called
     after each step (step counts from 1). Returns steps, final_train_loss (mean over the last
-    epoch's batches), seconds and tokens_per_s.
+    epoch's presentations), seconds and tokens_per_s.
     """
+    if epochs < 0 or batch_size < 1:
+        raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
     device = next(model.parameters()).device
-    data = torch.as_tensor(np.asarray(train_samples), dtype=torch.long)  # (N, T + 1), on the host
+    data = torch.as_tensor(train_samples, dtype=torch.long, device="cpu")  # (N, T + 1)
     n = data.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     total_steps = epochs * steps_per_epoch
@@ -187,7 +195,7 @@ def train_epochs(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup, lr, min_lr_frac)
             logits = model(x)  # (B, T, V)
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss = _token_loss(logits, y)
             if logger is not None:
                 logger.record(ids, epoch=epoch, step=step, logits=logits, labels=y)
             optimizer.zero_grad(set_to_none=True)
@@ -213,18 +221,25 @@ def train_epochs(
 def eval_loss(model: GPT, samples: np.ndarray | torch.Tensor, *, batch_size: int = 256) -> float:
     """Mean token cross-entropy (nats) of `model` on byte rows `samples` (N, T + 1)."""
     device = next(model.parameters()).device
-    data = torch.as_tensor(np.asarray(samples), dtype=torch.long)  # (N, T + 1)
+    data = torch.as_tensor(samples, dtype=torch.long, device="cpu")  # (N, T + 1)
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device)
     for lo in range(0, data.shape[0], batch_size):
         batch = data[lo : lo + batch_size].to(device)  # (B, T + 1)
         logits = model(batch[:, :-1])  # (B, T, V)
-        total += F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1), reduction="sum"
-        )
+        total += _token_loss(logits, batch[:, 1:], reduction="sum")
     model.train(was_training)
     return (total / max(1, data[:, 1:].numel())).item()
+
+
+def _token_loss(
+    logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of logits (B, T, V) against targets (B, T), over all B * T tokens."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction
+    )
 
 
 def _lr_at(step: int, total_steps: int, warmup: int, lr: float, min_lr_frac: float) -> float:
@@ -237,7 +252,7 @@ def _lr_at(step: int, total_steps: int, warmup: int, lr: float, min_lr_frac: flo
 
 
 def _adamw(model: nn.Module, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on biases or LayerNorm gains), as in nanoGPT."""
+    """AdamW, weight decay on matrices only (not on biases or LayerNorm gains), as in nanoGPT."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},

@@ -134,6 +134,15 @@ def test_prune_rankings(scored: Path, tmp_path: Path, by: str) -> None:
     assert payload["pruned"] == 4 and payload["kept"] == 4 and payload["by"] == by
 
 
+def test_prune_says_when_the_tie_break_chose_samples(scored: Path, tmp_path: Path) -> None:
+    # five samples have a forget event; pruning six takes one without
+    result = run("prune", "--frac", "0.75", "--scores", scored, "--out", tmp_path / "m.parquet")
+    assert ("Note: 1 pruned sample(s) have no forget event: the ranking ran out of forgotten samples "
+            "and the tie-break (lowest difficulty) chose them") in result.stderr
+    result = run("prune", "--frac", "0.5", "--scores", scored, "--out", tmp_path / "m.parquet")
+    assert "Note:" not in result.stderr
+
+
 def test_prune_zero_keeps_everything(scored: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.parquet"
     run("prune", "--frac", "0", "--scores", scored, "--out", out)
@@ -284,5 +293,6 @@ def test_bad_score_options(hand_log: Path, tmp_path: Path, args: list[str], frag
 
 def test_every_command_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for command in ("carto log", "carto score", "carto prune", "carto weights", "carto logs summary"):
+    for command in ("carto log", "carto score", "carto prune", "carto weights", "carto logs summary",
+                    "carto logs bucketize"):
         assert f"{command} " in readme, command

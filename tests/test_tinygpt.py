@@ -1,0 +1,147 @@
+"""The tiny GPT, its training loop, and the CPython corpus helpers behind the sample logs."""
+
+from __future__ import annotations
+
+import sysconfig
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from carto_cli import CartoLogger
+from carto_cli.corpus import cpython_text, to_bytes_samples, train_val_split
+from carto_cli.errors import OptionError
+from carto_cli.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
+
+TINY = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32)
+
+
+def _bytes_rows(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8)[None, :].copy()  # (1, len)
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def test_logits_shape():
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    idx = torch.randint(0, 256, (3, 17))
+    assert model(idx).shape == (3, 17, 256)
+    assert model.num_params() > 0
+
+
+def test_longer_than_block_size_is_refused():
+    model = GPT(TINY)
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.zeros((1, TINY.block_size + 1), dtype=torch.long))
+
+
+def test_generate_greedy_reproduces_an_overfit_string():
+    text = "hello carto, hello world!"
+    torch.manual_seed(0)
+    model = GPT(TINY)
+    stats = train_epochs(model, _bytes_rows(text), epochs=300, batch_size=1, lr=1e-2, seed=0)
+    assert stats["steps"] == 300
+    assert stats["final_train_loss"] < 0.05
+    model.eval()
+    prompt = torch.tensor([[text.encode()[0]]])  # (1, 1)
+    out = model.generate_greedy(prompt, max_new_tokens=len(text) - 1)  # (1, len(text))
+    assert bytes(out[0].tolist()).decode() == text
+
+
+def test_generate_greedy_crops_to_block_size():
+    model = GPT(TINY)
+    out = model.generate_greedy(torch.zeros((2, TINY.block_size), dtype=torch.long), 5)
+    assert out.shape == (2, TINY.block_size + 5)
+
+
+def test_train_epochs_is_reproducible_and_logs_every_presentation(tmp_path):
+    samples = to_bytes_samples(cpython_text(40 * 33), sample_len=32)  # (40, 33)
+    runs = []
+    for run in ("a", "b"):
+        torch.manual_seed(0)
+        model = GPT(TINY)
+        with CartoLogger(tmp_path / run, rows_per_part=50) as log:
+            stats = train_epochs(
+                model, samples, epochs=3, batch_size=16, lr=3e-3, seed=1, logger=log
+            )
+        runs.append(pl.read_parquet(sorted((tmp_path / run).glob("*.parquet"))))
+        assert stats["steps"] == 3 * 3  # ceil(40 / 16) steps per epoch
+        assert eval_loss(model, samples) < 5.0  # untrained: about ln(256) = 5.55
+    logs = runs[0]
+    assert logs.height == 3 * len(samples)
+    # Every sample exactly once per epoch, with its row index as sample_id.
+    per_epoch = logs.group_by("epoch").agg(pl.col("sample_id").sort())
+    for ids in per_epoch["sample_id"]:
+        assert ids.to_list() == list(range(len(samples)))
+    assert logs["step"].max() == 8
+    assert logs["n_tokens"].unique().to_list() == [32]
+    key = ["epoch", "sample_id"]
+    assert logs.sort(key).equals(runs[1].sort(key))
+
+
+# ---------------------------------------------------------------------------- corpus
+
+
+def test_cpython_text_is_deterministic_and_bounded():
+    for max_bytes in (0, 1, 1000, 123_457):
+        text = cpython_text(max_bytes)
+        assert len(text.encode("utf-8")) <= max_bytes
+        assert len(text.encode("utf-8")) >= max_bytes - 3  # cut at a character boundary
+        assert cpython_text(max_bytes) == text
+    text = cpython_text(200_000)
+    assert text.startswith("# topic: ")
+    assert "# file: " in text  # the second half is stdlib source
+    assert "# file: " not in cpython_text(200_000, include_source=False)
+
+
+def test_cpython_text_source_skips_tests_idlelib_site_packages_and_non_utf8(tmp_path, monkeypatch):
+    for rel, content in {
+        "b.py": b"b = 1",
+        "a.py": b"a = 1",
+        "pkg/c.py": b"c = 1",
+        "pkg/tests/t.py": b"t = 1",
+        "test/t.py": b"t = 1",
+        "idlelib/i.py": b"i = 1",
+        "site-packages/s.py": b"s = 1",
+        "latin1.py": "x = '\xe9'".encode("latin-1"),
+        "notes.txt": b"not python",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(content)
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    source = cpython_text(2_000_000).split("\n# file: ", 1)[1]  # past the pydoc topics
+    assert source == "a.py\na = 1\n\n# file: b.py\nb = 1\n\n# file: pkg/c.py\nc = 1\n\n"
+
+
+def test_cpython_text_rejects_a_negative_budget():
+    with pytest.raises(OptionError, match="max_bytes"):
+        cpython_text(-1)
+
+
+def test_to_bytes_samples_cuts_non_overlapping_windows():
+    samples = to_bytes_samples("abcdefghij", sample_len=2)  # windows of 3 bytes
+    assert samples.dtype == np.uint8
+    assert samples.shape == (3, 3)
+    assert bytes(samples.reshape(-1)) == b"abcdefghi"
+    assert to_bytes_samples("ab", sample_len=2).shape == (0, 3)
+    with pytest.raises(OptionError, match="sample_len"):
+        to_bytes_samples("abc", sample_len=0)
+
+
+def test_train_val_split_is_deterministic_and_partitions_rows():
+    samples = np.arange(100, dtype=np.uint8).reshape(50, 2)
+    train, val = train_val_split(samples, val_frac=0.2, seed=7)
+    assert train.shape == (40, 2) and val.shape == (10, 2)
+    again_train, again_val = train_val_split(samples, val_frac=0.2, seed=7)
+    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
+    rows = sorted(map(tuple, np.concatenate([train, val]).tolist()))
+    assert rows == sorted(map(tuple, samples.tolist()))
+    assert np.all(np.diff(train[:, 0].astype(int)) > 0)  # original order kept
+    _, other_val = train_val_split(samples, val_frac=0.2, seed=8)
+    assert not np.array_equal(val, other_val)
+    assert train_val_split(samples, val_frac=0.0, seed=0)[1].shape == (0, 2)
+    with pytest.raises(OptionError, match="val_frac"):
+        train_val_split(samples, val_frac=1.0, seed=0)
