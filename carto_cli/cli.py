@@ -58,8 +58,8 @@ def _cli_errors(fn: Callable) -> Callable:
         except pl.exceptions.PolarsError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             err.print(
-                f"[bold red]Error:[/] reading the logs failed: {escape(first)}; "
-                "check the parts named above, or pass --skip-corrupt",
+                f"[bold red]Error:[/] reading the logs failed: {escape(first)}; a part may be damaged: "
+                "`carto logs summary` names unreadable parts, --skip-corrupt leaves them out",
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
@@ -417,4 +417,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -176,3 +176,15 @@ def test_ray_engine_gives_exactly_the_local_scores(ray_instance, hand_log: Path,
     flat = tmp_path / "flat.parquet"
     assert run("score", hand_log, "--out", flat, "--engine", "ray").exit_code == 0
     assert_hand_scores(pl.read_parquet(flat))
+
+
+@pytest.mark.parametrize("method", ["bitmask", "general"])
+def test_reducing_in_several_passes_gives_the_same_state(hand_log: Path, method: str) -> None:
+    logset = logs.open_logs([hand_log])
+    kernel = scoring.prepare(logset, scoring.ScoreParams(method=method)).kernel
+    paths = [str(p.path) for p in logset.parts]
+    one, general_one = kernel.state(paths)
+    three, general_three = kernel.state(paths, passes=3)
+    assert three.sort("sample_id").equals(one.sort("sample_id"))
+    assert general_three == general_one
+    assert_hand_scores(scoring.finalize(three, never_learned="zero"))

@@ -1,0 +1,281 @@
+"""Benchmark `carto score` against a scan floor, DuckDB and plain Polars on one log directory.
+
+    python benchmarks/make_bench_logs.py                      # the 40M-row reference workload
+    python benchmarks/bench_score.py --logs /work/bench_data/logs-10000000x4 --repeat 3
+    python benchmarks/bench_score.py --logs DIR --skip duckdb,polars --timeout 120
+
+Each contender (see `contenders.py`: scan, duckdb, polars, carto, carto-general) runs in its own
+fresh Python process, one at a time, after the log files have been read once to warm the page
+cache. For each process:
+
+- wall: from spawn to exit (interpreter start and imports included);
+- work: what the process timed itself after importing its libraries (the ratios use this);
+- cpu: user + system CPU seconds;
+- peak RSS: the process's own ru_maxrss, from `os.wait4` on that child (the same kernel
+  accounting `/usr/bin/time -v` and `getrusage(RUSAGE_CHILDREN)` read, but per child, so one big
+  contender cannot mask a later small one). Linux starts a child's ru_maxrss at its parent's RSS
+  when it is spawned, so this script imports nothing heavy (Polars, pyarrow) until every
+  contender has run; its own RSS at spawn time is reported as `parent_rss_mib` (a floor, ~15 MiB).
+
+With `--repeat K` the contenders run round-robin K times; the table shows the best work, wall and
+CPU times and the largest peak RSS of the K runs. A run past `--timeout` is killed and reported.
+
+Then the per-sample outputs of duckdb, polars and carto-general are joined with carto's on
+sample_id: forget_events and n_seen must agree exactly (mismatches are counted and must be 0), and
+the largest difficulty difference is reported (flagged beyond 1e-6). The script prints a table and
+finally one JSON line with every number, including which carto_cli ran (folder, source digest,
+git commit): the repository may change between runs. Exit status 1 when an output disagrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from common import carto_source, current_rss_mib, dir_size_mib, measure_command
+
+CONTENDERS_PY = Path(__file__).with_name("contenders.py")
+CONTENDERS = ("scan", "duckdb", "polars", "carto", "carto-general")
+REFERENCE = "carto"  # the output the others are checked against
+DIFFICULTY_TOLERANCE = 1e-6
+# (numerator, denominator, measure, goal): carto's targets from the issue "Scoring at scale".
+GOALS = (
+    ("carto", "duckdb", "work_s", 0.5),
+    ("carto", "scan", "work_s", 5.0),
+    ("carto", "duckdb", "peak_rss_mib", 1.0),
+)
+
+
+@dataclass
+class Run:
+    name: str
+    status: str  # "ok", "timeout after N s", "exit status N", "killed by SIGKILL (out of memory?)"
+    wall_s: float
+    cpu_s: float
+    peak_rss_mib: float
+    work_s: float | None = None
+    details: dict = field(default_factory=dict)
+    error: str = ""
+    carto_sha256: str | None = None  # the carto_cli sources a carto run used (see `carto_source`)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def run_contender(name: str, logs: Path, out: Path, timeout: float) -> Run:
+    """Run one contender in a fresh process; measure it with wait4 (wall, CPU, peak RSS)."""
+    out.unlink(missing_ok=True)
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        argv = [sys.executable, str(CONTENDERS_PY), name, str(logs), str(out)]
+        wall, cpu, rss, code = measure_command(argv, timeout=timeout, stdout=stdout, stderr=stderr)
+        timed_out = code is None
+        stdout.seek(0)
+        stderr.seek(0)
+        lines = stdout.read().strip().splitlines()
+        err_tail = "\n".join(stderr.read().strip().splitlines()[-5:])
+    if timed_out:
+        state = f"timeout after {timeout:g} s"
+    elif code == -signal.SIGKILL:
+        state = "killed by SIGKILL (out of memory?)"
+    elif code:
+        state = f"exit status {code}"
+    else:
+        state = "ok"
+    run = Run(name, state, wall, cpu, rss, error="" if state == "ok" else err_tail)
+    if state == "ok":
+        report = json.loads(lines[-1])
+        run.work_s = report.pop("work_s")
+        run.details = report
+    return run
+
+
+def best_of(runs: list[Run]) -> Run:
+    """The fastest successful run, with the largest peak RSS seen; the last failure if none."""
+    ok = [r for r in runs if r.ok]
+    if not ok:
+        return runs[-1]
+    best = min(ok, key=lambda r: r.work_s)
+    return Run(best.name, "ok", min(r.wall_s for r in ok), min(r.cpu_s for r in ok),
+               max(r.peak_rss_mib for r in runs), best.work_s, best.details, carto_sha256=best.carto_sha256)
+
+
+def count_rows(parts: list[Path]) -> int:
+    import pyarrow.parquet as pq  # imported late: see "peak RSS" in the module docstring
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+
+
+def compare(reference_path: Path, other_path: Path) -> dict:
+    """Join two outputs on sample_id: missing ids, exact mismatches, largest difficulty difference."""
+    import polars as pl  # imported late: see "peak RSS" in the module docstring
+
+    def read(path: Path) -> pl.DataFrame:
+        return pl.read_parquet(path, columns=["sample_id", "forget_events", "n_seen", "difficulty"]).cast(
+            {"forget_events": pl.Int64, "n_seen": pl.Int64, "difficulty": pl.Float64}
+        )
+
+    j = read(reference_path).join(read(other_path), on="sample_id", how="full", coalesce=True, suffix="_other")
+    both = j.filter(pl.col("n_seen").is_not_null() & pl.col("n_seen_other").is_not_null())
+    d, d_other = pl.col("difficulty"), pl.col("difficulty_other")
+    diff = (d - d_other).abs()
+    stats = both.select(
+        forget_events_mismatches=(pl.col("forget_events") != pl.col("forget_events_other")).sum(),
+        n_seen_mismatches=(pl.col("n_seen") != pl.col("n_seen_other")).sum(),
+        difficulty_null_mismatches=(d.is_null() != d_other.is_null()).sum(),
+        difficulty_max_abs_diff=diff.max(),
+        difficulty_beyond_tolerance=(diff > DIFFICULTY_TOLERANCE).sum(),
+    ).row(0, named=True)
+    return {
+        "samples": j.height,
+        "missing_in_other": j["n_seen_other"].null_count(),
+        "missing_in_reference": j["n_seen"].null_count(),
+        **stats,
+        "difficulty_max_abs_diff": stats["difficulty_max_abs_diff"] or 0.0,
+    }
+
+
+def agrees(result: dict) -> bool:
+    return not any(result[k] for k in ("missing_in_other", "missing_in_reference", "forget_events_mismatches",
+                                       "n_seen_mismatches", "difficulty_null_mismatches"))
+
+
+def ratio(best: dict[str, Run], num: str, den: str, measure: str) -> float | None:
+    a, b = best.get(num), best.get(den)
+    if not (a and b and a.ok and b.ok):
+        return None
+    return getattr(a, measure) / getattr(b, measure)
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "parent_rss_mib": current_rss_mib(),
+        "mem_gib": round(mem_kib / 2**20, 1),
+        "load_avg_1m": os.getloadavg()[0],
+        "python": platform.python_version(),
+        **{pkg: metadata.version(pkg) for pkg in ("polars", "duckdb", "pyarrow")},
+        "carto": carto_source(),
+    }
+
+
+def print_table(best: dict[str, Run]) -> None:
+    scan, duck = best.get("scan"), best.get("duckdb")
+    head = (f"{'contender':<14} {'work s':>8} {'wall s':>8} {'cpu s':>8} {'peak RSS MiB':>13} "
+            f"{'work/scan':>10} {'work/duckdb':>12} {'RSS/duckdb':>11}  status")
+    print(head)
+    print("-" * len(head))
+    for name, run in best.items():
+        if not run.ok:
+            print(f"{name:<14} {'—':>8} {run.wall_s:>8.2f} {run.cpu_s:>8.2f} {run.peak_rss_mib:>13.0f} "
+                  f"{'':>10} {'':>12} {'':>11}  {run.status}")
+            continue
+
+        def rel(den: Run | None, measure: str, num: str = name) -> str:
+            r = ratio(best, num, den.name, measure) if den else None
+            return "—" if r is None else f"{r:.2f}"
+
+        print(f"{name:<14} {run.work_s:>8.2f} {run.wall_s:>8.2f} {run.cpu_s:>8.2f} {run.peak_rss_mib:>13.0f} "
+              f"{rel(scan, 'work_s'):>10} {rel(duck, 'work_s'):>12} {rel(duck, 'peak_rss_mib'):>11}  ok")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--logs", type=Path, required=True, help="log directory (from make_bench_logs.py)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per contender; the best is kept")
+    parser.add_argument("--skip", default="", help=f"comma-separated contenders to skip: {','.join(CONTENDERS)}")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds before a run is killed")
+    args = parser.parse_args()
+    skip = {s for s in args.skip.split(",") if s}
+    if unknown := skip - set(CONTENDERS):
+        parser.error(f"--skip: unknown contender(s) {', '.join(sorted(unknown))}")
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    names = [n for n in CONTENDERS if n not in skip]
+    parts = sorted(args.logs.rglob("*.parquet"))
+    if not parts:
+        parser.error(f"--logs {args.logs}: no Parquet files")
+
+    for path in parts:  # warm the page cache so the first contender pays no cold reads
+        with open(path, "rb") as fh:
+            while fh.read(1 << 23):
+                pass
+    info = machine()
+    print(f"logs: {args.logs} ({len(parts)} parts, {dir_size_mib(args.logs):,.1f} MiB); "
+          f"{info['cores']} cores, {info['mem_gib']} GiB, {info['cpu']}; load {info['load_avg_1m']:.2f}; "
+          f"polars {info['polars']}, duckdb {info['duckdb']}; carto_cli {info['carto']}", flush=True)
+
+    runs: dict[str, list[Run]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="carto-bench-") as tmp:
+        outputs = {n: Path(tmp) / f"{n}.parquet" for n in names}
+        for k in range(args.repeat):
+            for name in names:
+                source = carto_source()["sha256"] if name.startswith("carto") else None
+                run = run_contender(name, args.logs, outputs[name], args.timeout)
+                run.carto_sha256 = source
+                runs[name].append(run)
+                shown = f"work {run.work_s:.2f} s" if run.ok else run.status
+                print(f"  [{k + 1}/{args.repeat}] {name}: {shown}, wall {run.wall_s:.2f} s, "
+                      f"peak RSS {run.peak_rss_mib:,.0f} MiB", flush=True)
+                if run.error:
+                    print("    " + run.error.replace("\n", "\n    "), flush=True)
+        best = {n: best_of(r) for n, r in runs.items()}
+
+        agreement: dict[str, dict] = {}
+        checked = [n for n in names if n != "scan" and best[n].ok and outputs[n].exists()]
+        if REFERENCE in checked:
+            for name in checked:
+                if name != REFERENCE:
+                    agreement[name] = compare(outputs[REFERENCE], outputs[name])
+
+    rows = count_rows(parts)
+    print(f"\n{rows:,} rows; parent RSS at spawn {info['parent_rss_mib']:.0f} MiB (floor of every peak RSS)\n")
+    print_table(best)
+    print()
+    goals = []
+    for num, den, measure, goal in GOALS:
+        for variant in (num, f"{num}-general"):
+            value = ratio(best, variant, den, measure)
+            if value is not None:
+                goals.append({"ratio": f"{variant}/{den} {measure}", "value": value, "goal": goal,
+                              "met": value <= goal})
+                print(f"{variant}/{den} {measure}: {value:.2f} (goal <= {goal:g}) "
+                      f"{'met' if value <= goal else 'NOT met'}")
+    sources = sorted({r.carto_sha256 for rs in runs.values() for r in rs if r.carto_sha256})
+    if len(sources) > 1:
+        print(f"WARNING: carto_cli changed during the benchmark (sources {', '.join(sources)}): "
+              "the carto rows mix code versions; rerun")
+    for name, result in agreement.items():
+        verdict = "agree" if agrees(result) else "DISAGREE"
+        flag = " (beyond 1e-6!)" if result["difficulty_beyond_tolerance"] else ""
+        print(f"{name} vs {REFERENCE}: {verdict} on {result['samples']:,} samples: "
+              f"{result['forget_events_mismatches']} forget_events and {result['n_seen_mismatches']} n_seen "
+              f"mismatches, {result['missing_in_other'] + result['missing_in_reference']} missing ids, "
+              f"max |difficulty diff| {result['difficulty_max_abs_diff']:.2e}{flag}")
+    print(json.dumps({
+        "logs": str(args.logs), "parts": len(parts), "rows": rows, "repeat": args.repeat,
+        "timeout_s": args.timeout, "machine": info,
+        "best": {n: asdict(r) for n, r in best.items()},
+        "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
+        "goals": goals, "agreement": agreement,
+    }, default=str))
+    return 0 if all(agrees(r) for r in agreement.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The logging shim's cost: a training loop with and without CartoLogger, measured side by side.
+
+    python benchmarks/bench_shim.py                 # CPU, the default model (~1 minute)
+    python benchmarks/bench_shim.py --device cuda   # on a GPU: also checks for host-device syncs
+
+Runs the same tiny-GPT training steps (same data, same seed) alternately without and with the
+logger (logits path: per-sample loss, token accuracy, tail loss), in `--rounds` interleaved rounds
+so that the machine's drift hits both arms alike, and prints the median step time of each arm and
+their ratio. The goal (issue "Scoring at scale"): logging adds at most 2% to step time.
+
+On CUDA it then runs logged steps under `torch.cuda.set_sync_debug_mode("error")`, which raises on
+any synchronising CUDA call, to show that `record` never synchronises host and device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from carto_cli import CartoLogger
+from carto_cli.tinygpt import GPT, GPTConfig
+
+
+def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int) -> list[float]:
+    """Run n_steps training steps; return each step's wall time in seconds."""
+    times = []
+    for i in range(n_steps):
+        t0 = time.perf_counter()
+        x, y = data[i % len(data)]
+        logits = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        if logger is not None:
+            logger.record(ids[i % len(ids)], epoch=0, step=step0 + i, logits=logits, labels=y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()  # timing only: the step is complete on the device
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=8, help="steps per arm per round")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--width", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--context", type=int, default=128)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    device = args.device
+    config = GPTConfig(block_size=args.context, n_layer=args.layers, n_head=4, n_embd=args.width)
+    model = GPT(config).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    data = []
+    for _ in range(4):
+        seq = torch.randint(0, 256, (args.batch, args.context + 1), device=device)
+        data.append((seq[:, :-1], seq[:, 1:]))
+    ids = [torch.arange(i * args.batch, (i + 1) * args.batch, device=device) for i in range(4)]
+
+    plain, logged = [], []
+    with tempfile.TemporaryDirectory() as out, CartoLogger(out) as logger:
+        steps(model, opt, data, ids, 3, None, device, 0)  # warm-up
+        steps(model, opt, data, ids, 3, logger, device, 0)
+        for r in range(args.rounds):
+            plain += steps(model, opt, data, ids, args.steps, None, device, 0)
+            logged += steps(model, opt, data, ids, args.steps, logger, device, r * args.steps)
+        logger.flush()
+        rows = logger.rows_written
+        sync_check = "not run (CPU)"
+        if device == "cuda":
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                for i in range(4):
+                    logits = model(data[i][0])
+                    logger.record(ids[i], epoch=1, step=10_000 + i, logits=logits, labels=data[i][1])
+                sync_check = "passed: record() made no synchronising CUDA call"
+            except RuntimeError as exc:
+                sync_check = f"FAILED: {exc}"
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+    base, with_log = statistics.median(plain), statistics.median(logged)
+    result = {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "params": model.num_params(),
+        "batch": args.batch,
+        "context": args.context,
+        "steps_per_arm": len(plain),
+        "median_step_s_without": round(base, 5),
+        "median_step_s_with": round(with_log, 5),
+        "overhead_ratio": round(with_log / base, 4),
+        "rows_logged": rows,
+        "sync_check": sync_check,
+    }
+    print(f"model {result['params'] / 1e6:.2f}M params, batch {args.batch} x {args.context}, {device}, "
+          f"{result['threads']} threads, {len(plain)} steps per arm")
+    print(f"median step without logger: {base * 1e3:8.1f} ms")
+    print(f"median step with logger:    {with_log * 1e3:8.1f} ms")
+    print(f"ratio with/without: {with_log / base:.4f}   (goal <= 1.02)")
+    print(f"sync check: {sync_check}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

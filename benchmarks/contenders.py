@@ -1,0 +1,141 @@
+"""The contenders of `bench_score.py`, each run alone in a fresh process by that script.
+
+    python benchmarks/contenders.py NAME LOGS_DIR OUT.parquet
+
+runs one contender on the log directory, writes its per-sample result to OUT (scan excepted) and
+prints one JSON line on stdout: {"work_s": seconds, ...details}, where work_s is timed after the
+contender's libraries are imported. Each contender imports only the libraries it uses, so a
+process's peak RSS is its own.
+
+- scan: the floor. A Polars lazy scan of the five scored columns reduced to sums, so every value
+  is decoded and nothing else is done.
+- duckdb: the natural SQL. Forget events from lag(correct) over (partition by sample_id order by
+  step), n_seen and the mean loss over early epochs, joined per sample, COPY'd to Parquet.
+- polars: a straightforward Polars group_by with `sort_by("step")` inside the aggregation.
+- carto / carto-general: `carto score LOGS --out OUT [--method general]` through the CLI's own
+  entry point (`carto_cli.cli:main`, what the `carto` script calls): reading and checking the
+  parts, scoring, quadrants, and writing the scores file with provenance.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from common import EARLY_EPOCHS, LOG_COLUMNS
+
+
+def _parquet_glob(logs: Path) -> str:
+    return str(logs / "**" / "*.parquet")
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def scan_floor(logs: Path, out: Path) -> dict:
+    import polars as pl
+
+    totals = pl.scan_parquet(_parquet_glob(logs)).select(
+        pl.col(name).sum() for name in LOG_COLUMNS
+    ).collect()
+    return {"sums": totals.row(0, named=True)}
+
+
+DUCKDB_QUERY = f"""
+WITH presentations AS (
+    SELECT sample_id, epoch, step, loss, correct FROM read_parquet({{glob}})
+),
+forgets AS (
+    SELECT sample_id, count(*) FILTER (WHERE prev_correct AND NOT correct) AS forget_events
+    FROM (
+        SELECT sample_id, correct,
+               lag(correct) OVER (PARTITION BY sample_id ORDER BY step) AS prev_correct
+        FROM presentations
+    )
+    GROUP BY sample_id
+),
+stats AS (
+    SELECT sample_id, count(*) AS n_seen,
+           avg(loss) FILTER (WHERE epoch < {EARLY_EPOCHS}) AS difficulty
+    FROM presentations
+    GROUP BY sample_id
+)
+SELECT sample_id, difficulty, forget_events, n_seen
+FROM stats JOIN forgets USING (sample_id)
+"""
+
+
+def duckdb_sql(logs: Path, out: Path) -> dict:
+    import duckdb
+
+    con = duckdb.connect()  # in memory, default settings (threads = cores)
+    settings = con.execute("SELECT current_setting('threads'), current_setting('memory_limit')").fetchone()
+    # COPY takes no prepared parameters: paths go in as quoted SQL string literals.
+    query = DUCKDB_QUERY.format(glob=_sql_string(_parquet_glob(logs)))
+    con.execute(f"COPY ({query}) TO {_sql_string(str(out))} (FORMAT parquet, COMPRESSION zstd)")
+    return {"threads": settings[0], "memory_limit": settings[1]}
+
+
+def polars_group_by(logs: Path, out: Path) -> dict:
+    import polars as pl
+
+    in_order = pl.col("correct").sort_by("step")
+    per_sample = (
+        pl.scan_parquet(_parquet_glob(logs))
+        .group_by("sample_id")
+        .agg(
+            pl.col("loss").filter(pl.col("epoch") < EARLY_EPOCHS).mean().alias("difficulty"),
+            (in_order.shift(1) & ~in_order).sum().alias("forget_events"),
+            pl.len().alias("n_seen"),
+        )
+        .collect()
+    )
+    per_sample.write_parquet(out)
+    return {}
+
+
+def _carto_cli(*options: str) -> Callable[[Path, Path], dict]:
+    def run(logs: Path, out: Path) -> dict:
+        from carto_cli import cli
+
+        sys.argv = ["carto", "score", str(logs), "--out", str(out), *options]
+        try:
+            cli.main()
+        except SystemExit as exc:
+            if exc.code:
+                raise
+        return {"argv": " ".join(sys.argv[1:])}
+
+    return run
+
+
+# name -> (modules imported before the clock starts, the work)
+CONTENDERS: dict[str, tuple[tuple[str, ...], Callable[[Path, Path], dict]]] = {
+    "scan": (("polars",), scan_floor),
+    "duckdb": (("duckdb",), duckdb_sql),
+    "polars": (("polars",), polars_group_by),
+    "carto": (("carto_cli.cli",), _carto_cli()),
+    "carto-general": (("carto_cli.cli",), _carto_cli("--method", "general")),
+}
+
+
+def main() -> None:
+    if len(sys.argv) != 4 or sys.argv[1] not in CONTENDERS:
+        sys.exit(f"usage: contenders.py {{{','.join(CONTENDERS)}}} LOGS_DIR OUT.parquet")
+    name, logs, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    modules, work = CONTENDERS[name]
+    for module in modules:
+        importlib.import_module(module)
+    start = time.perf_counter()
+    details = work(logs, out)
+    work_s = time.perf_counter() - start
+    print(json.dumps({"work_s": work_s, **details}, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
