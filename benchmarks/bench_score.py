@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field

@@ -27,8 +27,10 @@ from carto_cli import CartoLogger
 from carto_cli.tinygpt import GPT, GPTConfig
 
 
-def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int) -> list[float]:
-    """Run n_steps training steps; return each step's wall time in seconds."""
+def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int,
+          record_times: list[float] | None = None) -> list[float]:
+    """Run n_steps training steps; return each step's wall time in seconds (and append the time
+    spent inside `record` to `record_times`)."""
     times = []
     for i in range(n_steps):
         t0 = time.perf_counter()
@@ -36,7 +38,10 @@ def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int) 
         logits = model(x)  # (B, T, V)
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         if logger is not None:
+            r0 = time.perf_counter()
             logger.record(ids[i % len(ids)], epoch=0, step=step0 + i, logits=logits, labels=y)
+            if record_times is not None:
+                record_times.append(time.perf_counter() - r0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -67,13 +72,13 @@ def main() -> None:
         data.append((seq[:, :-1], seq[:, 1:]))
     ids = [torch.arange(i * args.batch, (i + 1) * args.batch, device=device) for i in range(4)]
 
-    plain, logged = [], []
+    plain, logged, in_record = [], [], []
     with tempfile.TemporaryDirectory() as out, CartoLogger(out) as logger:
         steps(model, opt, data, ids, 3, None, device, 0)  # warm-up
         steps(model, opt, data, ids, 3, logger, device, 0)
         for r in range(args.rounds):
             plain += steps(model, opt, data, ids, args.steps, None, device, 0)
-            logged += steps(model, opt, data, ids, args.steps, logger, device, r * args.steps)
+            logged += steps(model, opt, data, ids, args.steps, logger, device, r * args.steps, in_record)
         logger.flush()
         rows = logger.rows_written
         sync_check = "not run (CPU)"
@@ -99,6 +104,8 @@ def main() -> None:
         "median_step_s_without": round(base, 5),
         "median_step_s_with": round(with_log, 5),
         "overhead_ratio": round(with_log / base, 4),
+        "median_record_s": round(statistics.median(in_record), 5),
+        "record_share_of_step": round(statistics.median(in_record) / base, 4),
         "rows_logged": rows,
         "sync_check": sync_check,
     }
@@ -107,6 +114,8 @@ def main() -> None:
     print(f"median step without logger: {base * 1e3:8.1f} ms")
     print(f"median step with logger:    {with_log * 1e3:8.1f} ms")
     print(f"ratio with/without: {with_log / base:.4f}   (goal <= 1.02)")
+    print(f"time inside record(): median {statistics.median(in_record) * 1e3:.2f} ms per step, "
+          f"{100 * statistics.median(in_record) / base:.2f}% of a step")
     print(f"sync check: {sync_check}")
     print(json.dumps(result))
 

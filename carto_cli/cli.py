@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -313,7 +312,9 @@ def prune_command(
     frac: Annotated[float, typer.Option("--frac", help="Fraction of samples to remove, in [0, 1).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Manifest to write.")] = Path("manifest.parquet"),
     scores_path: ScoresOption = Path("scores.parquet"),
-    by: Annotated[str, typer.Option("--by", help="Ranking: memorization | quadrant | difficulty | random.")] = "memorization",
+    by: Annotated[
+        str, typer.Option("--by", help="Ranking: memorization | quadrant | difficulty | random.")
+    ] = "memorization",
     seed: Annotated[int, typer.Option("--seed", help="Seed of --by random.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
@@ -365,7 +366,9 @@ def weights_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")] = Path("weights.parquet"),
     scores_path: ScoresOption = Path("scores.parquet"),
     stable_easy: Annotated[float, typer.Option("--stable-easy", help="Multiplier of stable-easy samples.")] = 1.0,
-    ambiguous_hard: Annotated[float, typer.Option("--ambiguous-hard", help="Multiplier of ambiguous-hard samples.")] = 2.0,
+    ambiguous_hard: Annotated[
+        float, typer.Option("--ambiguous-hard", help="Multiplier of ambiguous-hard samples.")
+    ] = 2.0,
     hotspot_memorized: Annotated[
         float, typer.Option("--hotspot-memorized", help="Multiplier of hotspot-memorized samples.")
     ] = 0.5,

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
+
 from carto_cli import __version__, artifacts, scoring
 from carto_cli.errors import OptionError, ScoresFormatError
 from carto_cli.logs import LogPart, LogSet
 
 STATE_SUFFIX = ".state"
-_META_KEY = "carto.state"
 # Parameters that change the per-sample state; the others apply when scores are finalised.
 _STATE_PARAMETERS = ("early_epochs", "correct_from", "threshold", "nonfinite")
 

@@ -41,7 +41,9 @@ def _lookup(ids: np.ndarray, keys: np.ndarray, values: np.ndarray, default: Any)
     return out
 
 
-def kept_indices(manifest: str | Path, size: int | None = None, *, sample_ids: Sequence[int] | None = None) -> list[int]:
+def kept_indices(
+    manifest: str | Path, size: int | None = None, *, sample_ids: Sequence[int] | None = None
+) -> list[int]:
     """Dataset indices whose sample the manifest keeps (or does not mention)."""
     df, _ = artifacts.read(Path(manifest), "manifest")
     ids = _ids(sample_ids, size)
@@ -55,7 +57,9 @@ def kept_subset(dataset: Any, manifest: str | Path, *, sample_ids: Sequence[int]
     return torch.utils.data.Subset(dataset, kept_indices(manifest, len(dataset), sample_ids=sample_ids))
 
 
-def sample_weight_array(weights: str | Path, size: int | None = None, *, sample_ids: Sequence[int] | None = None) -> np.ndarray:
+def sample_weight_array(
+    weights: str | Path, size: int | None = None, *, sample_ids: Sequence[int] | None = None
+) -> np.ndarray:
     """The weight of each dataset index (1.0 where the file does not mention the sample)."""
     df, _ = artifacts.read(Path(weights), "weights")
     ids = _ids(sample_ids, size)

@@ -77,7 +77,8 @@ def test_prune_removes_floor_frac_and_keeps_every_sample_listed(rows, frac, by, 
 
 
 def test_prune_zero_keeps_all() -> None:
-    scores = quadrants.assign(scores_frame([(1.0, 1.0, 1)] * 5), quadrants.resolve_thresholds(scores_frame([(1.0, 1.0, 1)] * 5)))
+    frame = scores_frame([(1.0, 1.0, 1)] * 5)
+    scores = quadrants.assign(frame, quadrants.resolve_thresholds(frame))
     assert export.prune_manifest(scores, frac=0.0)["keep"].all()
 
 
@@ -97,7 +98,8 @@ def test_memorization_ranking_tie_breaks() -> None:
 
 def test_quadrant_ranking_prunes_outliers_then_hotspots() -> None:
     scores = scores_frame([(0.1, 0.0, 0), (0.1, 0.9, 2), (9.0, 0.0, 0), (9.0, 0.8, 2)])
-    scores = quadrants.assign(scores, quadrants.resolve_thresholds(scores, difficulty_threshold=1, memorization_threshold=0.5))
+    thresholds = quadrants.resolve_thresholds(scores, difficulty_threshold=1, memorization_threshold=0.5)
+    scores = quadrants.assign(scores, thresholds)
     order = export.prune_order(scores, by="quadrant")["sample_id"].to_list()
     assert order == [3, 1, 2, 0]
 

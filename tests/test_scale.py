@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from conftest import assert_hand_scores, hand_rows, write_parts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -15,7 +16,6 @@ from typer.testing import CliRunner
 from carto_cli import CartoLogger, buckets, logs, scoring
 from carto_cli.cli import app
 from carto_cli.errors import LogFormatError
-from conftest import assert_hand_scores, hand_rows, write_parts
 
 runner = CliRunner()
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import polars as pl
 import pytest
+from conftest import EXPECTED, HAND_LOG, hand_rows, write_parts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carto_cli import logs, scoring
 from carto_cli.errors import LogFormatError, OptionError
-from conftest import EXPECTED, HAND_LOG, hand_rows, write_parts
 
 
 def _score(path: Path, **params) -> scoring.ScoreResult:
