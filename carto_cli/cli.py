@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from carto_cli import __version__, artifacts, buckets, engines, export, logs, pipeline, quadrants, schema, scoring
+from carto_cli import __version__, artifacts, buckets, export, logs, pipeline, quadrants, schema, scoring
 from carto_cli.errors import CartoError, OptionError
 from carto_cli.shim import LOG_DIR_ENV
 
@@ -255,8 +255,6 @@ def score_command(
         method=method,
     )
     placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
-    if engine not in engines.ENGINES:
-        raise OptionError(f"--engine must be one of {', '.join(engines.ENGINES)}; got '{engine}'")
     artifacts.ensure_not_input(out, paths)
     logset = _open(paths, skip_corrupt)
     groups = buckets.bucket_groups(logset)

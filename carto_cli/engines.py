@@ -28,6 +28,14 @@ from carto_cli.logs import LogPart
 ENGINES = ("local", "ray")
 
 
+def check(engine: str, address: str | None) -> None:
+    """Refuse an unknown engine, or an address for an engine that takes none."""
+    if engine not in ENGINES:
+        raise OptionError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
+    if engine == "local" and address is not None:
+        raise OptionError("--address applies to --engine ray only")
+
+
 def bucket_states(
     kernel: scoring.Kernel,
     groups: dict[int | None, list[LogPart]],
@@ -36,12 +44,9 @@ def bucket_states(
     address: str | None = None,
 ) -> Iterator[tuple[int | None, pl.DataFrame, int]]:
     """(bucket, state, samples counted by the general path) for every bucket, as they finish."""
-    if engine not in ENGINES:
-        raise OptionError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
+    check(engine, address)
     jobs = {bucket: [str(p.path) for p in parts] for bucket, parts in groups.items()}
     if engine == "local":
-        if address is not None:
-            raise OptionError("--address applies to --engine ray only")
         for bucket, paths in jobs.items():
             state, general = kernel.state(paths)
             yield bucket, state, general
@@ -105,6 +110,5 @@ def score_buckets(
     except BaseException:
         shutil.rmtree(spill, ignore_errors=True)
         raise
-    files = sorted(str(p) for p in spill.glob("*.parquet"))
-    frame = pl.scan_parquet(files) if files else pl.LazyFrame(schema={c: pl.Int64 for c in scoring.SCORE_COLUMNS})
+    frame = pl.scan_parquet(sorted(str(p) for p in spill.glob("*.parquet")))
     return frame, lambda: shutil.rmtree(spill, ignore_errors=True), facts

@@ -12,7 +12,7 @@ any other's by sample_id.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -64,6 +64,7 @@ def run_score(
     update: bool = False,
     on_bucket: Callable[[], None] | None = None,
 ) -> ScoreRun:
+    engines.check(engine, address)
     groups = buckets.bucket_groups(logset)
     n_buckets = 0 if None in groups else len(groups)
     notes: list[str] = []
@@ -99,18 +100,7 @@ def run_score(
         prov = artifacts.provenance(
             "scores",
             inputs=[{"path": p} for p in inputs],
-            parameters={
-                "early_epochs": params.early_epochs,
-                "correct_from": params.correct_from,
-                "threshold": params.threshold,
-                "never_learned": params.never_learned,
-                "nonfinite": params.nonfinite,
-                "method": params.method,
-                "d_quantile": placement.d_quantile,
-                "m_quantile": placement.m_quantile,
-                "d_threshold": placement.d_threshold,
-                "m_threshold": placement.m_threshold,
-            },
+            parameters={**asdict(params), **asdict(placement)},
             parts={"count": len(logset.parts), "rows": logset.num_rows, "sha256": logset.digest(),
                    "skipped": [str(p) for p, _ in logset.skipped]},
             correctness_rule=rule.describe(),

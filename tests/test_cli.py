@@ -286,6 +286,8 @@ def test_output_may_not_overwrite_an_input(scored: Path, hand_log: Path) -> None
         (["--never-learned", "1000"], "--never-learned must be one of zero, max, exclude"),
         (["--d-quantile", "2"], "--d-quantile must be in [0, 1]"),
         (["--correct-from", "loss", "--threshold", "low"], "--threshold must be a number or a percentile"),
+        (["--engine", "dask"], "--engine must be one of local, ray"),
+        (["--engine", "local", "--address", "ray://x:10001"], "--address applies to --engine ray only"),
     ],
 )
 def test_bad_score_options(hand_log: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
