@@ -22,7 +22,18 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from carto_cli import __version__, artifacts, buckets, export, logs, pipeline, quadrants, schema, scoring
+from carto_cli import (
+    __version__,
+    artifacts,
+    buckets,
+    cli_experiment,
+    export,
+    logs,
+    pipeline,
+    quadrants,
+    schema,
+    scoring,
+)
 from carto_cli.errors import CartoError, OptionError
 from carto_cli.shim import LOG_DIR_ENV
 
@@ -411,6 +422,10 @@ def weights_command(
     err.print(f"carto weights: {weights.height:,} samples, weights normalised to mean 1")
     err.print(grid)
     err.print(f"wrote {escape(str(out))} and {escape(str(out))}{artifacts.SIDECAR_SUFFIX}")
+
+
+# `carto experiment` lives in its own module; it imports torch only when it runs.
+app.command("experiment")(_cli_errors(cli_experiment.experiment_command))
 
 
 def main() -> None:

@@ -294,8 +294,16 @@ def test_bad_score_options(hand_log: Path, tmp_path: Path, args: list[str], frag
     assert_one_line_error(run("score", hand_log, "--out", tmp_path / "s.parquet", *args), fragment)
 
 
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [(["--seeds", "0"], "--seeds must be in 1..999"), (["--frac", "1.5"], "--frac must be in [0, 1)")],
+)
+def test_bad_experiment_options(tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_one_line_error(run("experiment", "--out", tmp_path / "exp", "--quick", *args), fragment)
+
+
 def test_every_command_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     for command in ("carto log", "carto score", "carto prune", "carto weights", "carto logs summary",
-                    "carto logs bucketize"):
+                    "carto logs bucketize", "carto experiment"):
         assert f"{command} " in readme, command

@@ -1,0 +1,85 @@
+"""`carto experiment --quick` end to end: every arm trains, every metric is reported, files written."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from carto_cli.cli_experiment import experiment_command
+from carto_cli.errors import OptionError
+from carto_cli.experiment import ARMS, run_experiment, summarise
+
+REPORTED = ("extraction_rate", "exposure", "val_ppl", "mia_auc", "kept_copies")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiment")
+    calls = []
+    results = run_experiment(out, quick=True, seeds=1, frac=0.1, progress=lambda *a: calls.append(a))
+    return out, results, calls
+
+
+def test_quick_run_writes_the_three_files(quick_run):
+    out, results, _ = quick_run
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (out / "results.md").read_text()
+    for arm in ARMS:
+        assert f"| {arm} |" in table
+
+
+def test_every_arm_has_every_metric(quick_run):
+    _, results, _ = quick_run
+    assert set(results["arms"]) == set(ARMS)
+    for name, arm in results["arms"].items():
+        for metric in REPORTED:
+            assert len(arm[metric]["per_seed"]) == 1, (name, metric)
+            assert math.isfinite(arm[metric]["mean"]), (name, metric)
+        assert 0 <= arm["extraction_rate"]["mean"] <= 1 and 0 <= arm["mia_auc"]["mean"] <= 1
+        assert arm["val_ppl"]["mean"] > 1
+
+
+def test_arms_keep_what_they_should(quick_run):
+    _, results, _ = quick_run
+    arms = results["arms"]
+    assert arms["baseline"]["kept_copies"]["mean"] == 1.0
+    assert arms["oracle"]["kept_copies"]["mean"] == 0.0
+    steps = {name: arm["steps"][0] for name, arm in arms.items()}
+    for name, n in steps.items():  # the same budget, up to rounding to whole epochs
+        assert abs(n / steps["baseline"] - 1) < 0.15, (name, steps)
+    chosen = results["carto_rule"]["chosen"]
+    assert chosen["correct_from"] in ("tail", "loss", "acc")
+
+
+def test_progress_reaches_the_end(quick_run):
+    _, _, calls = quick_run
+    assert calls[-1] == ("done", 8, 8)  # 1 development run + 7 arms
+    assert all(0 <= done <= total for _, done, total in calls)
+
+
+def test_summarise_gives_a_t_interval():
+    assert summarise([1.0])["ci95"] is None
+    lo, hi = summarise([1.0, 2.0, 3.0])["ci95"]
+    assert lo < 2.0 < hi and hi - 2.0 == pytest.approx(4.303 * 1 / math.sqrt(3), rel=1e-3)
+
+
+@pytest.mark.parametrize("args", [["--seeds", "0"], ["--frac", "0"], ["--frac", "1.5"]])
+def test_bad_options_are_refused(tmp_path, args):
+    app = typer.Typer()
+    app.command()(experiment_command)
+    result = CliRunner().invoke(app, ["--out", str(tmp_path / "x"), "--quick", *args])
+    assert isinstance(result.exception, OptionError)
+    assert not (tmp_path / "x").exists()
+
+
+def test_run_experiment_refuses_bad_options(tmp_path):
+    with pytest.raises(OptionError, match="seeds"):
+        run_experiment(tmp_path, quick=True, seeds=0, frac=0.1)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OptionError, match="is a file"):
+        run_experiment(tmp_path / "file", quick=True, seeds=1, frac=0.1)
