@@ -2,8 +2,9 @@
 from a weights file.
 
     from carto_cli.sampling import kept_subset, weighted_sampler
-    train_set = kept_subset(train_set, "manifest.parquet")              # drop pruned samples
-    loader = DataLoader(train_set, sampler=weighted_sampler("weights.parquet", len(train_set)))
+    pruned_set = kept_subset(full_set, "manifest.parquet")              # drop pruned samples
+    # or, instead of pruning, draw every sample in proportion to its weight:
+    loader = DataLoader(full_set, sampler=weighted_sampler("weights.parquet", len(full_set)))
 
 `sample_ids` maps dataset index -> sample_id; by default index i is sample_id i (as when the
 training loop logged the dataset index). Samples absent from the file are kept, with weight 1
