@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from carto_cli import __version__
+from carto_cli.durable import write_atomic
 from carto_cli.errors import OptionError, ScoresFormatError
 
 PROVENANCE_KEY = "carto.provenance"
@@ -66,10 +67,12 @@ def write(frame: pl.DataFrame | pl.LazyFrame, path: Path, prov: dict, *, sidecar
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {PROVENANCE_KEY: json.dumps(prov, sort_keys=True)}
     # zstd level 1: on 10M scores, half the time of the default level for a 5% larger file
-    _atomic(path, lambda tmp: frame.lazy().sink_parquet(tmp, compression="zstd", compression_level=1, metadata=meta))
+    write_atomic(
+        path, lambda tmp: frame.lazy().sink_parquet(tmp, compression="zstd", compression_level=1, metadata=meta)
+    )
     if sidecar:
         text = json.dumps(prov, indent=2, sort_keys=True) + "\n"
-        _atomic(Path(f"{path}{SIDECAR_SUFFIX}"), lambda tmp: tmp.write_text(text))
+        write_atomic(Path(f"{path}{SIDECAR_SUFFIX}"), lambda tmp: tmp.write_text(text))
 
 
 def read_provenance(path: Path) -> dict | None:
@@ -101,19 +104,3 @@ def read(path: Path, kind: str) -> tuple[pl.DataFrame, dict]:
         raise ScoresFormatError(f"{path}: {kind} file lacks column(s) {', '.join(missing)}; "
                                 "re-create it with this carto version")
     return pl.from_arrow(table), prov
-
-
-def _atomic(path: Path, write_to) -> None:
-    """Run `write_to(tmp)` on a hidden temporary name next to `path`, fsync, then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write_to(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from carto_cli import __version__, schema
+from carto_cli.durable import write_atomic
 from carto_cli.errors import CartoError, OptionError, require_torch
 
 LOG_DIR_ENV = "CARTO_LOG_DIR"
@@ -403,13 +404,7 @@ class CartoLogger:
         self._buffered_rows = 0
 
     def _write_atomic(self, table: pa.Table, final: Path) -> None:
-        tmp = final.with_name(f".{final.name}{schema.TMP_SUFFIX}")
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        write_atomic(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         self.parts_written.append(final)
 
     def _part_schema(self, rules: str) -> pa.Schema:
@@ -424,17 +419,3 @@ class CartoLogger:
             "carto.host": socket.gethostname(),
         }
         return schema.LOG_SCHEMA.with_metadata(meta)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
