@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import polars as pl
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -34,6 +33,7 @@ from carto_cli import (
     schema,
     scoring,
 )
+from carto_cli.console import err
 from carto_cli.errors import CartoError, OptionError
 from carto_cli.shim import LOG_DIR_ENV
 
@@ -47,9 +47,6 @@ app = typer.Typer(
 logs_app = typer.Typer(help="Inspect training logs.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-if not err.is_terminal:  # pipes and files: Rich would assume 80 columns and truncate the tables
-    err.width = 120
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 ScoresOption = Annotated[Path, typer.Option("--scores", help="Scores file written by `carto score`.")]

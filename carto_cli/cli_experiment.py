@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
@@ -25,11 +24,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from carto_cli.console import err as console
 from carto_cli.errors import MissingDependencyError
-
-console = Console(stderr=True, highlight=False, soft_wrap=True)
-if not console.is_terminal:  # pipes and files: Rich would assume 80 columns and truncate the table
-    console.width = 120
 
 
 def experiment_command(
