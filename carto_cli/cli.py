@@ -241,6 +241,16 @@ def score_command(
         str, typer.Option("--nonfinite", help="Rows with NaN/inf loss: drop (and report) | error.")
     ] = "drop",
     method: Annotated[str, typer.Option("--method", help="Forget-event counting: auto | bitmask | general.")] = "auto",
+    memorization: Annotated[
+        str,
+        typer.Option("--memorization", help="Memorization signal: forgets (the paper) | token-drop | tail-var."),
+    ] = "forgets",
+    drop_k: Annotated[
+        int, typer.Option("--drop-k", help="token-drop: average of the K largest per-token loss drops.")
+    ] = 4,
+    late_from: Annotated[
+        int | None, typer.Option("--late-from", help="tail-var: first late epoch (default: second half).")
+    ] = None,
     skip_corrupt: Annotated[
         bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts (with a warning) instead of failing.")
     ] = False,
@@ -261,6 +271,9 @@ def score_command(
         threshold=threshold,
         nonfinite=nonfinite,
         method=method,
+        memorization=memorization,
+        drop_k=drop_k,
+        late_from=late_from,
     )
     placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
     artifacts.ensure_not_input(out, paths)
@@ -275,6 +288,7 @@ def score_command(
     if as_json:
         _emit_json({"out": str(out), "samples": run.samples, "rows": run.rows, "parts": run.parts,
                     "quadrants": run.table, "correctness_rule": run.rule.describe(),
+                    "memorization": run.memorization,
                     "thresholds": run.thresholds.as_dict(), "method_used": run.method,
                     "rows_dropped_nonfinite": run.rows_dropped_nonfinite, "engine": run.engine,
                     "buckets": run.buckets})
@@ -291,7 +305,8 @@ def _print_score_report(run: pipeline.ScoreRun, never_learned: str, early_epochs
     )
     err.print(
         f"correct = {escape(run.rule.describe())}; difficulty = mean loss over epochs < {early_epochs}; "
-        f"memorization = forget events / transitions (never-learned: {never_learned})"
+        f"memorization = {escape(run.memorization)}"
+        + (f" (never-learned: {never_learned})" if run.memorization.startswith("forget") else "")
     )
     t = run.thresholds
     d_q = f" (q{t.difficulty_quantile:.2f})" if t.difficulty_quantile is not None else ""

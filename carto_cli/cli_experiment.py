@@ -10,6 +10,7 @@ rest of the CLI works without those extras.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -34,9 +35,15 @@ def experiment_command(
         bool, typer.Option("--quick", help="A smoke run: tiny model, few samples, every arm, under a minute.")
     ] = False,
     seeds: Annotated[int, typer.Option("--seeds", help="Reported seeds (fresh canaries each).")] = 3,
+    first_seed: Annotated[
+        int, typer.Option("--first-seed", help="The reported seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1.")
+    ] = 0,
     frac: Annotated[
         float, typer.Option("--frac", help="Fraction of the training samples each pruning arm removes.")
     ] = 0.1,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Training runs at once, each in its own process (1 torch thread).")
+    ] = 1,
     json_: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
 ) -> None:
     """Train every arm (baseline, paper, carto, random, loss, weights, oracle) on CPython text with
@@ -46,11 +53,17 @@ def experiment_command(
                TextColumn("{task.completed:.1f}/{task.total:.0f} runs"), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("starting", total=None)
+        finished = [0]
+        started = time.monotonic()
 
         def progress(description: str, completed: float, total: int) -> None:
             bar.update(task, description=description, completed=completed, total=total)
+            if not console.is_terminal and int(completed) > finished[0]:  # a log line per finished run
+                finished[0] = int(completed)
+                console.print(f"{finished[0]}/{total} runs finished ({time.monotonic() - started:.0f} s)")
 
-        results = run_experiment(out, quick=quick, seeds=seeds, frac=frac, progress=progress)
+        results = run_experiment(out, quick=quick, seeds=seeds, first_seed=first_seed, frac=frac, jobs=jobs,
+                                 progress=progress)
     console.print(_summary_table(results))
     extracted = results["arms"]["baseline"]["extraction_rate"]["mean"]
     if extracted < 0.5:

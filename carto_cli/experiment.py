@@ -14,9 +14,9 @@ What runs (`carto experiment` on the command line):
    every ranking comes from those scores only (the scoring path never sees the canaries):
    - `paper`: `carto score` defaults (correct = greedy token accuracy >= 0.5, memorization =
      forget events / transitions, never-learned = 0), pruned by memorization;
-   - `carto`: the correctness rule carto recommends for generative models, chosen once per
-     experiment on a development seed with its own canaries (see `choose_rule`), pruned by
-     memorization;
+   - `carto`: the memorization ranking carto recommends for generative models, chosen once per
+     experiment on a development seed with its own canaries among forget events under other
+     correctness rules and the label-free signals token-drop and tail-var (see `choose_ranking`);
    - `random`: the same fraction at random; `loss`: the highest early loss (difficulty) first;
    - `weights`: no pruning, carto's quadrant weights (`export.sample_weights`, scored by the
      `carto` rule) drawn by a WeightedRandomSampler (`sampling.weighted_sampler`);
@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import shutil
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -106,13 +108,27 @@ DEFAULT = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_emb
                  batch_size=64, lr=3e-3, repetitions=(12, 24, 48), per_count=5, n_references=512,
                  early_epochs=2)
 
-# Candidate correctness rules for carto's ranking, all existing `carto score` options. The paper's
-# own rule (the logged token accuracy >= 0.5) is the `paper` arm and is not a candidate.
-CANDIDATE_RULES = (
-    ("tail", "p25"), ("tail", "p50"), ("tail", "p75"),
-    ("loss", "p25"), ("loss", "p50"), ("loss", "p75"),
-    ("acc", "p50"), ("acc", "p75"),
+# Candidate memorization rankings for the `carto` arm, all existing `carto score` options:
+# (memorization signal, --correct-from, --threshold). The paper's own ranking (forget events with the
+# logged correctness, token accuracy >= 0.5) is the `paper` arm; it is compared but not a candidate.
+PAPER_RANKING = ("forgets", "log", None)
+CANDIDATES = (
+    ("forgets", "tail", "p25"), ("forgets", "tail", "p50"), ("forgets", "tail", "p75"),
+    ("forgets", "loss", "p25"), ("forgets", "loss", "p50"), ("forgets", "loss", "p75"),
+    ("forgets", "acc", "p50"), ("forgets", "acc", "p75"),
+    ("token-drop", "log", None), ("tail-var", "log", None),
 )
+RANKINGS = (PAPER_RANKING, *CANDIDATES)
+
+
+def ranking_name(ranking: tuple[str, str, str | None]) -> str:
+    """How a ranking is named in results: its `carto score` options."""
+    signal, source, threshold = ranking
+    if signal != "forgets":
+        return f"--memorization {signal}"
+    if source == "log":
+        return "--correct-from log"
+    return f"--correct-from {source} --threshold {threshold}"
 
 
 @dataclass
@@ -124,15 +140,36 @@ class SeedData:
     canaries: CanarySet
 
 
+@dataclass
+class Run:
+    """One training run from scratch: which rows, how many epochs, and what to evaluate."""
+
+    label: str  # e.g. "seed 0 · paper"
+    cfg: Config
+    data: SeedData
+    seed: int  # fixes the initial weights and the batch order
+    rows: np.ndarray  # indices into data.train, one epoch's worth, in this order
+    epochs: int
+    kept_share: np.ndarray  # (N,) each train row's presence (0/1) or weight, for kept_copies
+    log_dir: Path | None = None  # log every presentation here (the baselines)
+
+
 # ---------------------------------------------------------------------------------- the run
 
 
 def run_experiment(
-    out_dir: str | Path, *, quick: bool, seeds: int, frac: float, progress: Progress | None = None
+    out_dir: str | Path, *, quick: bool, seeds: int, frac: float, jobs: int = 1, first_seed: int = 0,
+    progress: Progress | None = None,
 ) -> dict:
-    """Run every arm for `seeds` seeds; write results.json, results.md, results.png in `out_dir`."""
-    if seeds < 1 or seeds >= DEV_SEED:
-        raise OptionError(f"--seeds must be in 1..{DEV_SEED - 1}; got {seeds}")
+    """Run every arm for `seeds` seeds; write results.json, results.md, results.png in `out_dir`.
+
+    `jobs` > 1 trains that many runs at once in worker processes (one torch thread each).
+    """
+    if seeds < 1 or first_seed < 0 or first_seed + seeds > DEV_SEED:
+        raise OptionError(f"--seeds {seeds} --first-seed {first_seed}: need --seeds >= 1, --first-seed >= 0 "
+                          f"and every seed < {DEV_SEED}")
+    if jobs < 1:
+        raise OptionError(f"--jobs must be >= 1; got {jobs}")
     export.prune_count(0, frac)  # validates frac
     if frac == 0:
         raise OptionError("--frac must be > 0: with nothing pruned every arm is the baseline")
@@ -143,11 +180,27 @@ def run_experiment(
     cfg = QUICK if quick else DEFAULT
     samples = to_bytes_samples(cpython_text(cfg.corpus_bytes), cfg.sample_len)
     tracker = _Tracker(progress, total=1 + seeds * len(ARMS))
+    reported = range(first_seed, first_seed + seeds)
+    data = {seed: _prepare(cfg, samples, seed) for seed in (DEV_SEED, *reported)}
+    work = {seed: out / ("dev" if seed == DEV_SEED else f"seed{seed}") for seed in data}
     with _torch_threads(cfg.threads):
-        dev = choose_rule(cfg, _prepare(cfg, samples, DEV_SEED), frac, out / "dev", tracker)
-        carto_params = _params(cfg, dev["chosen"]["correct_from"], dev["chosen"]["threshold"])
-        runs = [run_seed(cfg, _prepare(cfg, samples, s), frac, s, carto_params, out / f"seed{s}", tracker)
-                for s in range(seeds)]
+        # 1. Every baseline (the development seed's too) trains with the logger on.
+        baselines = _run_all([_baseline_run(cfg, data[s], s, work[s]) for s in data], jobs, tracker)
+        base = dict(zip(data, baselines))
+        # 2. The development seed chooses carto's ranking; every reported seed's arms follow from
+        #    its own baseline's logs only.
+        dev = choose_ranking(cfg, data[DEV_SEED], frac, work[DEV_SEED], base[DEV_SEED])
+        chosen = tuple(dev["chosen"]["ranking"])
+        seeds_ = [prepare_arms(cfg, data[s], frac, s, chosen, work[s]) for s in reported]
+        # 3. Every other arm of every seed trains from scratch.
+        arm_runs = [run for seed_arms in seeds_ for run in seed_arms["runs"]]
+        results = iter(_run_all(arm_runs, jobs, tracker))
+    runs = []
+    for s, seed_arms in zip(reported, seeds_):
+        arms = {"baseline": base[s], **{name: next(results) for name in ARMS[1:]}}
+        runs.append({"seed": s, "arms": arms, "rankings": seed_arms["rankings"], "maps": seed_arms["maps"],
+                     "canary_ranks": seed_arms["canary_ranks"], "carriers": data[s].canaries.carriers.tolist()})
+        (work[s] / "canaries.json").write_text(json.dumps(data[s].canaries.to_dict(), indent=1) + "\n")
     results = _results(cfg, quick, frac, dev, runs)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(render_markdown(results))
@@ -157,52 +210,60 @@ def run_experiment(
     return results
 
 
-def choose_rule(cfg: Config, data: SeedData, frac: float, work: Path, tracker: _Tracker) -> dict:
-    """Pick carto's correctness rule on a development seed: the candidate whose memorization
-    ranking puts the most canary copies among the first `frac` of samples.
+def choose_ranking(cfg: Config, data: SeedData, frac: float, work: Path, baseline: dict) -> dict:
+    """Pick carto's memorization ranking on the development seed: the candidate that puts the most
+    canary copies among the first `frac` of samples (ties go to the earlier candidate).
 
     Development canaries, split and initial weights are never reused by the reported seeds, so
-    the reported numbers are not tuned to them. Ties go to the earlier candidate.
+    the reported numbers are not tuned to them.
     """
-    _, log_dir = _train_baseline(cfg, data, DEV_SEED, work, tracker.run("development baseline"))
+    table = compare_rankings(cfg, data, frac, work / "logs", work)
+    best = max((row for row in table if tuple(row["ranking"]) != PAPER_RANKING),
+               key=lambda row: row["canary_recall"])
+    return {"seed": DEV_SEED, "candidates": table, "chosen": best,
+            "baseline_extraction_rate": baseline["extraction_rate"]}
+
+
+def compare_rankings(cfg: Config, data: SeedData, frac: float, log_dir: Path, work: Path) -> list[dict]:
+    """Every ranking of RANKINGS on one baseline's logs: the share of canary copies among the pruned
+    `frac` (recall) and the AUC of carriers against the other samples (null scores rank last)."""
     carriers = data.canaries.carriers
     table = []
-    for source, threshold in (("log", None), *CANDIDATE_RULES):
-        scores = _score(log_dir, _params(cfg, source, threshold), work / f"scores-{source}-{threshold}.parquet")
+    for ranking in RANKINGS:
+        scores = _score(log_dir, _params(cfg, *ranking), work / f"scores-{_slug(ranking)}.parquet")
         keep = _keep_mask(export.prune_manifest(scores, frac=frac, by="memorization"), len(data.train))
-        table.append({"correct_from": source, "threshold": threshold,
-                      "canary_recall": float(1 - keep[carriers].mean())})
-    best = max(table[1:], key=lambda row: row["canary_recall"])  # max keeps the first of ties
-    return {"seed": DEV_SEED, "candidates": table, "chosen": best}
+        table.append({"ranking": list(ranking), "name": ranking_name(ranking),
+                      "canary_recall": float(1 - keep[carriers].mean()),
+                      "carrier_auc": _carrier_auc(scores, carriers)})
+    return table
 
 
-def run_seed(
-    cfg: Config, data: SeedData, frac: float, seed: int, carto_params: scoring.ScoreParams,
-    work: Path, tracker: _Tracker,
+def prepare_arms(
+    cfg: Config, data: SeedData, frac: float, seed: int, carto_ranking: tuple, work: Path
 ) -> dict:
-    """Train and evaluate every arm for one seed; rankings come from the baseline's logs only."""
+    """Score one seed's baseline logs and set up its arms (paper, carto, random, loss, weights, oracle)."""
     n = len(data.train)
-    baseline, log_dir = _train_baseline(cfg, data, seed, work, tracker.run(f"seed {seed} · baseline"))
-    paper = _score(log_dir, _params(cfg, "log", None), work / "scores-paper.parquet")
-    carto = _score(log_dir, carto_params, work / "scores-carto.parquet")
-    keeps = {
+    log_dir = work / "logs"
+    rankings = compare_rankings(cfg, data, frac, log_dir, work)
+    paper = _score(log_dir, _params(cfg, *PAPER_RANKING), work / "scores-paper.parquet")
+    carto = _score(log_dir, _params(cfg, *carto_ranking), work / "scores-carto.parquet")
+    manifests = {
         "paper": export.prune_manifest(paper, frac=frac, by="memorization"),
         "carto": export.prune_manifest(carto, frac=frac, by="memorization"),
         "random": export.prune_manifest(paper, frac=frac, by="random", seed=seed),
         "loss": export.prune_manifest(paper, frac=frac, by="difficulty"),
     }
-    arms = {"baseline": _evaluate(baseline, data, np.ones(n), steps=_steps(cfg, n, cfg.epochs))}
-    for name, manifest in keeps.items():
+    runs = []
+    for name, manifest in manifests.items():
         path = work / f"manifest-{name}.parquet"
         _write(manifest, path, "manifest", {"frac": frac, "arm": name})
-        kept = sampling.kept_indices(path, n)
-        arms[name] = _train_pruned(cfg, data, kept, seed, tracker.run(f"seed {seed} · {name}"))
-    arms["weights"] = _train_weighted(cfg, data, carto, seed, work, tracker.run(f"seed {seed} · weights"))
+        runs.append(_pruned_run(cfg, data, np.array(sampling.kept_indices(path, n)), seed, f"seed {seed} · {name}"))
+    runs.append(_weighted_run(cfg, data, carto, seed, work))
     oracle = np.setdiff1d(np.arange(n), data.canaries.carriers)
-    arms["oracle"] = _train_pruned(cfg, data, oracle.tolist(), seed, tracker.run(f"seed {seed} · oracle"))
-    (work / "canaries.json").write_text(json.dumps(data.canaries.to_dict(), indent=1) + "\n")
-    return {"seed": seed, "arms": arms, "maps": {"paper": _map(paper), "carto": _map(carto)},
-            "carriers": data.canaries.carriers.tolist()}
+    runs.append(_pruned_run(cfg, data, oracle, seed, f"seed {seed} · oracle"))
+    return {"runs": runs, "rankings": rankings, "maps": {"paper": _map(paper), "carto": _map(carto)},
+            "canary_ranks": {name: _canary_ranks(scores, data.canaries)
+                             for name, scores in (("paper", paper), ("carto", carto))}}
 
 
 # ----------------------------------------------------------------------------- the arms
@@ -215,46 +276,63 @@ def _prepare(cfg: Config, samples: np.ndarray, seed: int) -> SeedData:
     return SeedData(planted, val, canaries)
 
 
-def _train_baseline(cfg: Config, data: SeedData, seed: int, work: Path, on_step: OnStep) -> tuple[GPT, Path]:
-    """Train on every row with the CartoLogger on; returns the model and its log directory."""
-    log_dir = work / "logs"
-    if log_dir.exists():  # a rerun must not mix its presentations with an earlier run's
-        shutil.rmtree(log_dir)
-    with CartoLogger(log_dir) as logger:
-        model = _train(cfg, data.train, epochs=cfg.epochs, seed=seed, logger=logger, on_step=on_step)
-    return model, log_dir
-
-
-def _train_pruned(cfg: Config, data: SeedData, kept: list[int], seed: int, on_step: OnStep) -> dict:
-    """Train on the kept rows for as many whole epochs as match the baseline's presentations."""
+def _baseline_run(cfg: Config, data: SeedData, seed: int, work: Path) -> Run:
+    """Every row, `cfg.epochs` epochs, logged (with per-token losses) to work/logs."""
     n = len(data.train)
-    epochs = max(1, round(cfg.epochs * n / max(1, len(kept))))
-    model = _train(cfg, data.train[kept], epochs=epochs, seed=seed, on_step=on_step)
+    label = "development baseline" if seed == DEV_SEED else f"seed {seed} · baseline"
+    return Run(label, cfg, data, seed, np.arange(n), cfg.epochs, np.ones(n), log_dir=work / "logs")
+
+
+def _pruned_run(cfg: Config, data: SeedData, kept: np.ndarray, seed: int, label: str) -> Run:
+    """The kept rows for as many whole epochs as match the baseline's presentations."""
+    n = len(data.train)
     keep = np.zeros(n)
     keep[kept] = 1.0
-    return _evaluate(model, data, keep, steps=_steps(cfg, len(kept), epochs))
+    return Run(label, cfg, data, seed, kept, max(1, round(cfg.epochs * n / max(1, len(kept)))), keep)
 
 
-def _train_weighted(cfg: Config, data: SeedData, scores: pl.DataFrame, seed: int, work: Path, on_step: OnStep) -> dict:
-    """Draw epochs * N presentations by carto's weights (with replacement) and train one pass."""
+def _weighted_run(cfg: Config, data: SeedData, scores: pl.DataFrame, seed: int, work: Path) -> Run:
+    """epochs * N presentations drawn by carto's weights (with replacement), trained in one pass."""
     n = len(data.train)
     path = work / "weights.parquet"
     _write(export.sample_weights(scores), path, "weights", {"multipliers": export.DEFAULT_MULTIPLIERS})
     sampler = sampling.weighted_sampler(path, n, num_samples=cfg.epochs * n,
                                         generator=torch.Generator().manual_seed(seed))
     drawn = np.fromiter(iter(sampler), dtype=np.int64)  # (epochs * N,)
-    model = _train(cfg, data.train[drawn], epochs=1, seed=seed, on_step=on_step)
-    return _evaluate(model, data, sampling.sample_weight_array(path, n), steps=_steps(cfg, len(drawn), 1))
+    return Run(f"seed {seed} · weights", cfg, data, seed, drawn, 1, sampling.sample_weight_array(path, n))
 
 
-def _train(cfg: Config, rows: np.ndarray, *, epochs: int, seed: int, logger: CartoLogger | None = None,
-           on_step: OnStep = None) -> GPT:
-    """A fresh tiny GPT (initial weights fixed by `seed`) trained on `rows`."""
-    torch.manual_seed(seed)
+def train_and_evaluate(run: Run, on_step: OnStep = None) -> dict:
+    """Train a fresh model on `run`'s rows (initial weights fixed by its seed), then evaluate it."""
+    cfg = run.cfg
+    torch.manual_seed(run.seed)
     model = GPT(GPTConfig(block_size=cfg.sample_len, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
-    train_epochs(model, rows, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
-                 logger=logger, progress=on_step)
-    return model
+    rows = run.data.train[run.rows]
+    if run.log_dir is not None:
+        if run.log_dir.exists():  # a rerun must not mix its presentations with an earlier run's
+            shutil.rmtree(run.log_dir)
+        with CartoLogger(run.log_dir, token_losses=True) as logger:
+            train_epochs(model, rows, epochs=run.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=run.seed,
+                         logger=logger, progress=on_step)
+    else:
+        train_epochs(model, rows, epochs=run.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=run.seed,
+                     progress=on_step)
+    return _evaluate(model, run.data, run.kept_share, steps=_steps(cfg, len(rows), run.epochs))
+
+
+def _run_all(runs: list[Run], jobs: int, tracker: _Tracker) -> list[dict]:
+    """`train_and_evaluate` every run, in order, or `jobs` at a time in spawned worker processes."""
+    if jobs == 1 or len(runs) == 1:
+        return [train_and_evaluate(run, tracker.run(run.label)) for run in runs]
+    threads = runs[0].cfg.threads or 1
+    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
+    with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=context,
+                             initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(train_and_evaluate, run): run for run in runs}
+        for future in as_completed(futures):
+            future.result()  # a failed run stops the experiment here
+            tracker.finished(futures[future].label)
+        return [future.result() for future in futures]
 
 
 @contextmanager
@@ -276,8 +354,13 @@ def _steps(cfg: Config, rows: int, epochs: int) -> int:
 # ------------------------------------------------------------------------ scores and exports
 
 
-def _params(cfg: Config, correct_from: str, threshold: str | None) -> scoring.ScoreParams:
-    return scoring.ScoreParams(early_epochs=cfg.early_epochs, correct_from=correct_from, threshold=threshold)
+def _params(cfg: Config, memorization: str, correct_from: str, threshold: str | None) -> scoring.ScoreParams:
+    return scoring.ScoreParams(early_epochs=cfg.early_epochs, correct_from=correct_from, threshold=threshold,
+                               memorization=memorization)
+
+
+def _slug(ranking: tuple) -> str:
+    return "-".join(str(part) for part in ranking if part is not None)
 
 
 def _score(log_dir: Path, params: scoring.ScoreParams, out: Path) -> pl.DataFrame:
@@ -294,6 +377,27 @@ def _keep_mask(manifest: pl.DataFrame, n: int) -> np.ndarray:
     keep = np.ones(n, dtype=bool)
     keep[manifest["sample_id"].to_numpy()] = manifest["keep"].to_numpy()
     return keep
+
+
+def _memorization_by_id(scores: pl.DataFrame) -> np.ndarray:
+    """Memorization indexed by sample_id; null (never pruned by memorization) as -inf."""
+    frame = scores.sort("sample_id")
+    return frame["memorization"].fill_null(float("-inf")).to_numpy().astype(float)
+
+
+def _carrier_auc(scores: pl.DataFrame, carriers: np.ndarray) -> float:
+    """P(a canary carrier's memorization > another sample's), ties counted half."""
+    m = _memorization_by_id(scores)
+    is_carrier = np.zeros(len(m), dtype=bool)
+    is_carrier[carriers] = True
+    return metrics.membership_auc(-m[is_carrier], -m[~is_carrier])
+
+
+def _canary_ranks(scores: pl.DataFrame, canaries: CanarySet) -> list[float]:
+    """Per canary: the mean percentile of its copies in the memorization ranking (1 = top)."""
+    m = _memorization_by_id(scores)
+    percentile = stats.rankdata(m, method="average") / len(m)  # (N,) high memorization -> near 1
+    return [float(percentile[list(c.sample_ids)].mean()) for c in canaries.canaries]
 
 
 def _map(scores: pl.DataFrame) -> dict:
@@ -356,10 +460,68 @@ def _results(cfg: Config, quick: bool, frac: float, dev: dict, runs: list[dict])
         "frac": frac,
         "seeds": [run["seed"] for run in runs],
         "config": asdict(cfg),
-        "carto_rule": dev,
+        "carto_ranking": dev,
         "arms": arms,
+        "headline": _headline(runs),
+        "rankings": _rankings(runs),
+        "rank_vs_exposure": {name: _rank_vs_exposure(runs, name) for name in ("paper", "carto")},
         "per_canary": {arm: [run["arms"][arm]["per_canary"] for run in runs] for arm in ARMS},
     }
+
+
+# The paper's headline: pruning cuts canary extraction by more than 40% at under 0.5% perplexity.
+HEADLINE_REDUCTION = 0.40
+HEADLINE_PPL = 0.005
+
+
+def _headline(runs: list[dict]) -> dict:
+    """Per pruning arm and seed: relative cut in extraction and rise in validation perplexity
+    against the same seed's baseline; whether the headline holds for the means and for the
+    whole 95% intervals (cut's lower bound > 40%, rise's upper bound < 0.5%)."""
+    out = {}
+    for arm in ARMS[1:]:
+        cut, rise = [], []
+        for run in runs:
+            base, this = run["arms"]["baseline"], run["arms"][arm]
+            if base["extraction_rate"] > 0:
+                cut.append(1 - this["extraction_rate"] / base["extraction_rate"])
+            rise.append(this["val_ppl"] / base["val_ppl"] - 1)
+        entry = {"extraction_cut": summarise(cut) if cut else None, "ppl_rise": summarise(rise)}
+        entry["holds_for_means"] = bool(cut) and (
+            entry["extraction_cut"]["mean"] > HEADLINE_REDUCTION and entry["ppl_rise"]["mean"] < HEADLINE_PPL)
+        intervals = bool(cut) and entry["extraction_cut"]["ci95"] is not None
+        entry["holds_for_intervals"] = intervals and (
+            entry["extraction_cut"]["ci95"][0] > HEADLINE_REDUCTION and entry["ppl_rise"]["ci95"][1] < HEADLINE_PPL)
+        out[arm] = entry
+    return out
+
+
+def _rankings(runs: list[dict]) -> dict:
+    """Every ranking's canary recall and carrier AUC on each reported seed's baseline logs."""
+    names = [row["name"] for row in runs[0]["rankings"]]
+    return {
+        name: {metric: summarise([next(r[metric] for r in run["rankings"] if r["name"] == name) for run in runs])
+               for metric in ("canary_recall", "carrier_auc")}
+        for name in names
+    }
+
+
+def _rank_vs_exposure(runs: list[dict], arm: str) -> dict:
+    """How a canary's place in `arm`'s memorization ranking relates to its baseline exposure, over
+    every seed's canaries: Spearman's rho between the mean percentile of its copies (1 = top) and
+    the baseline's skew-normal exposure, and how many canaries kept all their copies in the arm."""
+    percentile, exposure, untouched = [], [], 0
+    for run in runs:
+        percentile += run["canary_ranks"][arm]
+        exposure += [c["exposure_skewnorm"] for c in run["arms"]["baseline"]["per_canary"]]
+        untouched += sum(c["kept_copies"] == 1.0 for c in run["arms"][arm]["per_canary"])
+    rho, p = stats.spearmanr(percentile, exposure) if len(set(percentile)) > 1 else (float("nan"), float("nan"))
+    return {"spearman_rho": _finite_or_none(rho), "p_value": _finite_or_none(p), "canaries": len(percentile),
+            "canaries_untouched": int(untouched), "mean_percentile": float(np.mean(percentile))}
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
 
 
 def summarise(values: list[float]) -> dict:
@@ -383,7 +545,7 @@ def _by_repetitions(seeds: list[dict]) -> dict[str, float]:
 def render_markdown(results: dict) -> str:
     """The results table (mean and 95% interval over seeds per cell) with the facts behind it."""
     base = results["arms"]["baseline"]
-    dev = results["carto_rule"]
+    dev = results["carto_ranking"]
     chosen = dev["chosen"]
     lines = [
         f"# carto experiment: prune {results['frac']:.0%} of the data, then look for the canaries",
@@ -399,9 +561,9 @@ def render_markdown(results: dict) -> str:
             "",
         ]
     lines += [
-        (f"`carto` arm: memorization with `--correct-from {chosen['correct_from']} --threshold "
-        f"{chosen['threshold']}`, chosen on development seed {dev['seed']} (canary copies among the "
-        f"pruned {results['frac']:.0%}: {chosen['canary_recall']:.0%})."),
+        (f"`carto` arm: memorization ranked by `carto score {chosen['name']}`, chosen on development "
+         f"seed {dev['seed']} (canary copies among the pruned {results['frac']:.0%}: "
+         f"{chosen['canary_recall']:.0%})."),
         "",
         *_table(results["arms"]),
         "",
@@ -410,11 +572,35 @@ def render_markdown(results: dict) -> str:
          "beyond them. Kept copies: share of each canary's copies left in the training data "
          "(weights arm: their mean weight)."),
         "",
-        "Development seed, share of canary copies each memorization ranking prunes:",
+        (f"## The headline: extraction cut by > {HEADLINE_REDUCTION:.0%} at < {HEADLINE_PPL:.1%} "
+         "perplexity, per arm against the same seed's baseline"),
         "",
+        "| arm | extraction cut | perplexity rise | holds for the means | holds for the 95% intervals |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"- `{row['correct_from']}` {row['threshold'] or ''}: {row['canary_recall']:.0%}"
-              for row in dev["candidates"]]
+    for name, entry in results["headline"].items():
+        cut = _cell(entry["extraction_cut"], "{:.0%}") if entry["extraction_cut"] else "n/a (baseline extracted 0)"
+        holds = ["yes" if entry[key] else "no" for key in ("holds_for_means", "holds_for_intervals")]
+        lines.append(f"| {name} | {cut} | {_cell(entry['ppl_rise'], '{:+.2%}')} | {holds[0]} | {holds[1]} |")
+    lines += [
+        "",
+        "## Which ranking finds the canaries (baseline logs of the reported seeds)",
+        "",
+        f"| ranking (`carto score` options) | canary copies among the top {results['frac']:.0%} | carrier AUC |"
+        " development seed |",
+        "|---|---|---|---|",
+    ]
+    dev_recall = {row["name"]: row["canary_recall"] for row in dev["candidates"]}
+    for name, entry in results["rankings"].items():
+        lines.append(f"| `{name}` | {_cell(entry['canary_recall'], '{:.0%}')} | "
+                     f"{_cell(entry['carrier_auc'], '{:.3f}')} | {dev_recall.get(name, float('nan')):.0%} |")
+    lines += ["", "## Memorization rank against exposure", ""]
+    for name, entry in results["rank_vs_exposure"].items():
+        rho = ("undefined" if entry["spearman_rho"] is None
+               else f"{entry['spearman_rho']:+.2f} (p = {entry['p_value']:.2g})")
+        lines.append(f"- `{name}` ranking: Spearman's rho between a canary's mean percentile in the ranking and its "
+                     f"baseline skew-normal exposure {rho} over {entry['canaries']} canaries; mean percentile "
+                     f"{entry['mean_percentile']:.2f}; {entry['canaries_untouched']} canaries kept every copy.")
     return "\n".join(lines) + "\n"
 
 
@@ -470,7 +656,7 @@ def plot(results: dict, first_run: dict, path: Path) -> None:
         m = np.array(first_run["maps"][name]["memorization"], dtype=float)
         ax.scatter(d[~carriers], m[~carriers], s=4, alpha=0.3, label="samples")
         ax.scatter(d[carriers], m[carriers], s=10, color="red", label="canary carriers")
-        ax.set(xlabel="difficulty (mean early loss)", ylabel="memorization (forgets / transitions)",
+        ax.set(xlabel="difficulty (mean early loss)", ylabel="memorization",
                title=f"baseline data map, {name} rule (seed {first_run['seed']})")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -485,6 +671,12 @@ class _Tracker:
         self.progress = progress
         self.total = total
         self.started = 0
+
+    def finished(self, description: str) -> None:
+        """A run finished in a worker process (no per-step progress from there)."""
+        self.started += 1
+        if self.progress is not None:
+            self.progress(description, self.started, self.total)
 
     def run(self, description: str) -> OnStep:
         index = self.started

@@ -37,6 +37,7 @@ SCAN_DTYPES = {
     schema.TAIL_LOSS: pl.Float64,
     schema.N_TOKENS: pl.Int64,
     schema.RANK: pl.Int64,
+    schema.TOKEN_LOSS: pl.List(pl.Float64),
 }
 
 

@@ -50,6 +50,7 @@ class ScoreRun:
     buckets: int
     ever_learned: int
     notes: list[str] = field(default_factory=list)
+    memorization: str = "forget events / transitions"  # what the memorization column holds
 
 
 def run_score(
@@ -69,6 +70,11 @@ def run_score(
     n_buckets = 0 if None in groups else len(groups)
     notes: list[str] = []
     cleanup = None
+    if params.memorization != "forgets" and (update or n_buckets or engine != "local"):
+        raise OptionError(
+            f"--memorization {params.memorization} runs in memory on the local engine over an unbucketed log; "
+            "drop --update/--engine ray, or score a bucketed log with --memorization forgets"
+        )
     if update:
         if engine != "local":
             raise OptionError("--update runs on the local engine; drop --engine ray")
@@ -86,10 +92,10 @@ def run_score(
         if result is not None:
             frame = result.scores.lazy()
             rule, method, general = result.rule, result.method, result.samples_general
-            dropped, notes = result.rows_dropped_nonfinite, result.notes + notes
+            dropped, notes, memorization = result.rows_dropped_nonfinite, result.notes + notes, result.memorization
         else:
             rule, method, general = plan.kernel.rule, plan.kernel.method, facts["samples_general"]
-            dropped, notes = plan.rows_dropped_nonfinite, plan.notes + notes
+            dropped, notes, memorization = plan.rows_dropped_nonfinite, plan.notes + notes, plan.memorization
         thresholds = quadrants.resolve_thresholds(
             frame,
             difficulty_quantile=placement.d_quantile,
@@ -104,6 +110,7 @@ def run_score(
             parts={"count": len(logset.parts), "rows": logset.num_rows, "sha256": logset.digest(),
                    "skipped": [str(p) for p, _ in logset.skipped]},
             correctness_rule=rule.describe(),
+            memorization=memorization,
             thresholds=thresholds.as_dict(),
             method_used=method,
             rows_dropped_nonfinite=dropped,
@@ -130,4 +137,5 @@ def run_score(
         buckets=n_buckets,
         ever_learned=int(counts["learned"] or 0),
         notes=notes,
+        memorization=memorization,
     )

@@ -14,6 +14,11 @@ one writer per data-parallel rank. Each row is one *presentation* of one trainin
 | tail_loss   | float                     | no       | mean of the k largest token losses of the sample (nats)  |
 | n_tokens    | integer                   | no       | number of target (non-ignored) tokens                    |
 | rank        | integer                   | no       | data-parallel rank of the writer                         |
+| token_loss  | list of float             | no       | per-position token losses (nats), NaN where no target    |
+
+`token_loss` is written only when asked for (`CartoLogger(token_losses=...)`): it costs 2 bytes
+(float16) per position per presentation before compression, so it suits small runs or a probe
+subset of samples; `carto score --memorization token-drop` reads it.
 
 Other columns are allowed and ignored. A part is written under a temporary name (hidden, ending in
 `.tmp`) and renamed when complete, so a reader never sees a half-written part and ignores temporary
@@ -33,9 +38,10 @@ TOKEN_ACC = "token_acc"
 TAIL_LOSS = "tail_loss"
 N_TOKENS = "n_tokens"
 RANK = "rank"
+TOKEN_LOSS = "token_loss"
 
 REQUIRED_COLUMNS = (SAMPLE_ID, EPOCH, STEP, LOSS, CORRECT)
-OPTIONAL_COLUMNS = (TOKEN_ACC, TAIL_LOSS, N_TOKENS, RANK)
+OPTIONAL_COLUMNS = (TOKEN_ACC, TAIL_LOSS, N_TOKENS, RANK, TOKEN_LOSS)
 
 # The schema the shim writes. Readers accept any integer width for the integer columns and any
 # float width for the float columns (see `column_kind`).
@@ -50,6 +56,7 @@ LOG_SCHEMA = pa.schema(
         pa.field(TAIL_LOSS, pa.float32()),
         pa.field(N_TOKENS, pa.int32()),
         pa.field(RANK, pa.int32()),
+        pa.field(TOKEN_LOSS, pa.list_(pa.float16())),
     ]
 )
 
@@ -64,6 +71,7 @@ COLUMN_KINDS = {
     TAIL_LOSS: "float",
     N_TOKENS: "integer",
     RANK: "integer",
+    TOKEN_LOSS: "float_list",
 }
 
 # Parquet key-value metadata written by the shim (all values are strings).
@@ -86,11 +94,13 @@ def is_temporary_name(name: str) -> bool:
 
 
 def column_kind(dtype: pa.DataType) -> str | None:
-    """Classify an Arrow type as 'integer', 'float' or 'bool' (None for anything else)."""
+    """Classify an Arrow type as 'integer', 'float', 'bool' or 'float_list' (None for anything else)."""
     if pa.types.is_integer(dtype):
         return "integer"
     if pa.types.is_floating(dtype):
         return "float"
     if pa.types.is_boolean(dtype):
         return "bool"
+    if (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and pa.types.is_floating(dtype.value_type):
+        return "float_list"
     return None

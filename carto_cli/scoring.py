@@ -21,6 +21,8 @@ Definitions (GenDataCarto, Patel & Shanbhag 2025, arXiv 2509.00083, after Toneva
   quadrants. `max` (Toneva et al., "maximally forgotten"): m = 1.0, the largest possible value
   (tied only with learned samples forgotten at every chance). `exclude`: m = null; such samples
   get no quadrant and are never pruned by memorization.
+- `memorization` can instead hold a label-free signal (`memorization_signal` token-drop or
+  tail-var, see `carto_cli.signals`); forget_events is then still reported beside it.
 - Rows whose loss is NaN or infinite are dropped and counted (`nonfinite="drop"`), or refused
   (`nonfinite="error"`).
 
@@ -43,7 +45,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from carto_cli import schema
+from carto_cli import schema, signals
 from carto_cli.errors import LogFormatError, OptionError
 from carto_cli.logs import LogSet, sample_id_dtype, scan, scan_paths
 
@@ -102,10 +104,14 @@ class ScoreParams:
     threshold: str | None = None
     nonfinite: str = "drop"
     method: str = "auto"
+    memorization: str = "forgets"  # or a signal of `carto_cli.signals`
+    drop_k: int = 4  # token-drop: how many of the largest per-token drops are averaged
+    late_from: int | None = None  # tail-var: first late epoch (None: the second half of the epochs)
 
     def __post_init__(self) -> None:
         if self.early_epochs < 1:
             raise OptionError(f"--early-epochs must be >= 1, got {self.early_epochs}")
+        signals.check_options(self.memorization, self.drop_k, self.late_from)
         for name, value, allowed in (
             ("--never-learned", self.never_learned, NEVER_LEARNED),
             ("--correct-from", self.correct_from, CORRECT_SOURCES),
@@ -129,6 +135,7 @@ class ScoreResult:
     method: str  # the implementation that counted forget events
     samples_general: int  # samples recounted by the general path under the bitmask method
     notes: list[str] = field(default_factory=list)
+    memorization: str = "forget events / transitions"  # what the memorization column holds
 
 
 def parse_threshold(spec: str, *, option: str = "--threshold") -> tuple[float | None, float | None]:
@@ -201,6 +208,8 @@ class Plan:
     kernel: Kernel
     rows_dropped_nonfinite: int = 0
     notes: list[str] = field(default_factory=list)
+    late_from: int | None = None  # tail-var's first late epoch, resolved from the log
+    memorization: str = "forget events / transitions"
 
 
 def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
@@ -208,7 +217,22 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     plan = prepare(logset, params)
     passes = max(1, math.ceil(logset.num_rows / ROWS_PER_PASS))
     state, samples_general = plan.kernel.state([str(p.path) for p in logset.parts], passes=passes)
-    return finish(state, plan, params, samples_general)
+    result = finish(state, plan, params, samples_general)
+    if params.memorization != "forgets":
+        result.scores = with_signal(result.scores, logset, plan, params)
+    return result
+
+
+def with_signal(scores: pl.DataFrame, logset: LogSet, plan: Plan, params: ScoreParams) -> pl.DataFrame:
+    """`scores` with the memorization column replaced by the signal `params.memorization`."""
+    columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, signals.SIGNAL_COLUMN[params.memorization]]
+    lf = scan(logset, columns)
+    if plan.kernel.drop_nonfinite:
+        lf = lf.filter(pl.col(schema.LOSS).is_finite())
+    values = signals.signal_frame(lf, params.memorization, early_epochs=params.early_epochs,
+                                  drop_k=params.drop_k, late_from=plan.late_from)
+    return (scores.join(values, on=schema.SAMPLE_ID, how="left")
+            .with_columns(pl.col("value").alias("memorization")).select(SCORE_COLUMNS).sort(schema.SAMPLE_ID))
 
 
 def finish(state: pl.DataFrame, plan: Plan, params: ScoreParams, samples_general: int) -> ScoreResult:
@@ -222,6 +246,7 @@ def finish(state: pl.DataFrame, plan: Plan, params: ScoreParams, samples_general
         method=plan.kernel.method,
         samples_general=samples_general,
         notes=plan.notes,
+        memorization=plan.memorization,
     )
 
 
@@ -237,6 +262,11 @@ def prepare(logset: LogSet, params: ScoreParams) -> Plan:
             f"{missing}: column '{column}' is missing, needed by --correct-from {params.correct_from}; "
             "log with the logits path of the shim, or use --correct-from log"
         )
+    signal_column = signals.SIGNAL_COLUMN.get(params.memorization)
+    if signal_column is not None:
+        signals.require_column(logset.has_column(signal_column),
+                               next((p.path for p in logset.parts if signal_column not in p.columns), None),
+                               params.memorization)
     needed = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, schema.CORRECT]
     if column is not None:
         needed.append(column)
@@ -276,7 +306,20 @@ def prepare(logset: LogSet, params: ScoreParams) -> Plan:
         drop_nonfinite=bool(nonfinite),
         sample_id_dtype=str(sample_id_dtype(logset.parts)),
     )
-    return Plan(kernel, nonfinite if params.nonfinite == "drop" else 0, notes)
+    late_from = None
+    if params.memorization == "tail-var":
+        max_epoch = int(epochs[schema.EPOCH].max()) if epochs.height else 0
+        late_from = params.late_from if params.late_from is not None else signals.late_from_default(max_epoch)
+    if signal_column is not None and not scan(logset, [signal_column]).select(
+        pl.col(signal_column).is_not_null().any()
+    ).collect().item():
+        raise LogFormatError(
+            f"column '{signal_column}' holds only nulls, needed by --memorization {params.memorization}; "
+            "log it, or use --memorization forgets"
+        )
+    description = signals.describe(params.memorization, drop_k=params.drop_k,
+                                   early_epochs=params.early_epochs, late_from=late_from)
+    return Plan(kernel, nonfinite if params.nonfinite == "drop" else 0, notes, late_from, description)
 
 
 # ----------------------------------------------------------------------------- per-sample state

@@ -23,6 +23,11 @@ What `record` does, and what it costs the training loop:
   written under a hidden `.tmp` name, fsynced and renamed, so a reader only ever sees whole parts.
   A SIGKILL loses at most the rows recorded since the last flush or part rotation.
 
+Per-token losses (`token_losses=True`, or a collection of sample ids: a probe subset) add the
+`token_loss` list column, float16 with NaN where there is no target: 2 bytes per position per
+presentation before compression, and one more (B, T) float16 device -> host copy per `record`.
+`carto score --memorization token-drop` ranks samples by them.
+
 The default correctness rule (`correct` not given): greedy token accuracy >= `correct_threshold`
 (0.5), i.e. the model, fed the true prefix, predicts at least half of the sample's target tokens.
 `carto score --correct-from loss|tail|acc` can re-derive correctness from the logged columns.
@@ -36,6 +41,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +107,8 @@ class CartoLogger:
         chunk_bytes: upper bound on the fp32 logits materialised at once by the logits path.
         buckets: write the bucketed layout, `bucket=<sample_id mod buckets>/part-...` (see
             `carto_cli.engines`), so that scoring can work one bucket at a time.
+        token_losses: also log each sample's per-position token losses (`token_loss`): True for
+            every sample, or a collection of sample ids to log them for (others get null).
     """
 
     def __init__(
@@ -115,6 +123,7 @@ class CartoLogger:
         ignore_index: int = -100,
         chunk_bytes: int = 256 * 2**20,
         buckets: int | None = None,
+        token_losses: bool | Collection[int] = False,
     ) -> None:
         if out_dir is None:
             out_dir = os.environ.get(LOG_DIR_ENV)
@@ -134,6 +143,9 @@ class CartoLogger:
         self.ignore_index = ignore_index
         self.chunk_bytes = chunk_bytes
         self.buckets = buckets
+        self.token_losses = bool(token_losses)
+        # A probe subset, as a sorted array for np.isin in the writer thread; None: every sample.
+        self._token_probe = None if isinstance(token_losses, bool) else np.unique(np.fromiter(token_losses, np.int64))
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
         self.parts_written: list[Path] = []
@@ -164,12 +176,14 @@ class CartoLogger:
         token_acc: Any = None,
         tail_loss: Any = None,
         n_tokens: Any = None,
+        token_loss: Any = None,
     ) -> None:
         """Record one presentation of each sample in a batch.
 
         Either `logits` (B, T, V) with `labels` (B, T), from which every column is computed, or
         precomputed per-sample `loss` (B,) with `correct` (B,) (or `token_acc`, from which the
-        default rule derives `correct`), logged as given. `epoch` and `step` are Python ints.
+        default rule derives `correct`), logged as given, with optional per-token losses
+        `token_loss` (B, T) (NaN where no target). `epoch` and `step` are Python ints.
         """
         self._raise_if_failed()
         if self._closed:
@@ -184,6 +198,10 @@ class CartoLogger:
             rule = self._correct_rule
         else:
             columns, rule = self._from_values(torch, loss, correct, token_acc, tail_loss, n_tokens)
+            if token_loss is not None:
+                if not self.token_losses:
+                    raise OptionError("CartoLogger.record: token_loss= needs CartoLogger(token_losses=True)")
+                columns[schema.TOKEN_LOSS] = token_loss
         columns[schema.SAMPLE_ID] = sample_ids
         n = None
         for name, value in columns.items():
@@ -265,13 +283,16 @@ class CartoLogger:
             top = top.masked_fill(torch.isinf(top), 0.0)
             tail = torch.where(n_tok > 0, top.sum(dim=1) / n_tok.clamp(1, k).float(), nan)
             correct = (acc >= self.correct_threshold) & (n_tok > 0)
-        return {
-            schema.LOSS: loss,
-            schema.CORRECT: correct,
-            schema.TOKEN_ACC: acc,
-            schema.TAIL_LOSS: tail,
-            schema.N_TOKENS: n_tok.int(),
-        }
+            columns = {
+                schema.LOSS: loss,
+                schema.CORRECT: correct,
+                schema.TOKEN_ACC: acc,
+                schema.TAIL_LOSS: tail,
+                schema.N_TOKENS: n_tok.int(),
+            }
+            if self.token_losses:
+                columns[schema.TOKEN_LOSS] = tok_loss.masked_fill(~valid, float("nan")).half()
+        return columns
 
     def _from_values(
         self, torch: Any, loss: Any, correct: Any, token_acc: Any, tail_loss: Any, n_tokens: Any
@@ -304,7 +325,8 @@ class CartoLogger:
         on_cuda = False
         for name, value in columns.items():
             if torch.is_tensor(value):
-                value = value.detach().reshape(-1)
+                value = value.detach()
+                value = value.reshape(value.shape[0], -1) if name == schema.TOKEN_LOSS else value.reshape(-1)
                 if value.is_cuda:
                     pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
                     pinned.copy_(value, non_blocking=True)
@@ -313,7 +335,8 @@ class CartoLogger:
                 else:
                     host[name] = value.to("cpu", copy=True)
             else:
-                host[name] = np.array(value).reshape(-1)
+                value = np.array(value)
+                host[name] = value.reshape(len(value), -1) if name == schema.TOKEN_LOSS else value.reshape(-1)
         ready = None
         if on_cuda:
             ready = torch.cuda.Event()
@@ -379,8 +402,8 @@ class CartoLogger:
         for field in schema.LOG_SCHEMA:
             # Optional columns a batch did not give are nulls; NaN stays NaN (the reader reports it).
             pieces = [
-                pa.array(t[field.name], type=field.type)
-                if field.name in t
+                self._token_loss_array(t) if field.name == schema.TOKEN_LOSS and field.name in t
+                else pa.array(t[field.name], type=field.type) if field.name in t
                 else pa.nulls(len(t[schema.SAMPLE_ID]), type=field.type)
                 for t in tables
             ]
@@ -402,6 +425,16 @@ class CartoLogger:
         self.rows_written += table.num_rows
         self._buffer = []
         self._buffered_rows = 0
+
+    def _token_loss_array(self, table: dict[str, np.ndarray]) -> pa.Array:
+        """(B, T) token losses as a list<float16> column; null outside the probe subset."""
+        losses = np.ascontiguousarray(table[schema.TOKEN_LOSS], dtype=np.float16)
+        B, T = losses.shape
+        offsets = pa.array(np.arange(0, (B + 1) * T, T, dtype=np.int32))
+        mask = None
+        if self._token_probe is not None:
+            mask = pa.array(~np.isin(np.asarray(table[schema.SAMPLE_ID]), self._token_probe))
+        return pa.ListArray.from_arrays(offsets, pa.array(losses.reshape(-1)), mask=mask)
 
     def _write_atomic(self, table: pa.Table, final: Path) -> None:
         write_atomic(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))

@@ -296,7 +296,8 @@ def test_bad_score_options(hand_log: Path, tmp_path: Path, args: list[str], frag
 
 @pytest.mark.parametrize(
     ("args", "fragment"),
-    [(["--seeds", "0"], "--seeds must be in 1..999"), (["--frac", "1.5"], "--frac must be in [0, 1)")],
+    [(["--seeds", "0"], "need --seeds >= 1"), (["--first-seed", "998", "--seeds", "3"], "every seed < 1000"),
+     (["--jobs", "0"], "--jobs must be >= 1"), (["--frac", "1.5"], "--frac must be in [0, 1)")],
 )
 def test_bad_experiment_options(tmp_path: Path, args: list[str], fragment: str) -> None:
     assert_one_line_error(run("experiment", "--out", tmp_path / "exp", "--quick", *args), fragment)

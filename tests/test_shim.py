@@ -211,3 +211,38 @@ def test_sigkill_loses_only_rows_after_the_last_flush(tmp_path: Path) -> None:
     got = read_log(log_dir)
     assert got.height == 50
     assert sorted(got["sample_id"]) == list(range(50))
+
+
+def test_token_losses_are_logged_per_position_for_every_sample_or_a_probe_subset(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 6, 9, generator=g)  # (B, T, V)
+    labels = torch.randint(0, 9, (4, 6), generator=g)
+    labels[2, :2] = -100  # ignored positions are NaN in the list
+    want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.clamp_min(0).flatten(),
+                                             reduction="none").view(4, 6)
+    with CartoLogger(tmp_path / "all", token_losses=True) as log:
+        log.record([10, 11, 12, 13], epoch=0, step=0, logits=logits, labels=labels)
+    with CartoLogger(tmp_path / "probe", token_losses={11, 12, 99}) as log:
+        log.record([10, 11, 12, 13], epoch=0, step=0, logits=logits, labels=labels)
+    with CartoLogger(tmp_path / "none") as log:
+        log.record([10, 11, 12, 13], epoch=0, step=0, logits=logits, labels=labels)
+    every = read_log(tmp_path / "all").sort("sample_id")
+    assert every.schema["token_loss"] == pl.List(pl.Float16)  # 2 bytes a position
+    for b, row in enumerate(every["token_loss"].to_list()):
+        for t, value in enumerate(row):
+            if labels[b, t] == -100:
+                assert np.isnan(value)
+            else:
+                assert value == pytest.approx(want[b, t].item(), rel=1e-3, abs=1e-3)
+    probe = read_log(tmp_path / "probe").sort("sample_id")
+    assert probe["token_loss"].is_null().to_list() == [True, False, False, True]
+    assert probe["token_loss"][1].to_list() == every["token_loss"][1].to_list()
+    assert read_log(tmp_path / "none")["token_loss"].null_count() == 4
+
+
+def test_precomputed_token_losses_need_the_option(tmp_path: Path) -> None:
+    with CartoLogger(tmp_path, token_losses=True) as log:
+        log.record([0], epoch=0, step=0, loss=[1.0], correct=[True], token_loss=[[0.5, 1.5]])
+    assert read_log(tmp_path)["token_loss"].to_list() == [[0.5, 1.5]]
+    with CartoLogger(tmp_path / "off") as log, pytest.raises(OptionError, match="token_losses=True"):
+        log.record([0], epoch=0, step=0, loss=[1.0], correct=[True], token_loss=[[0.5, 1.5]])

@@ -1,0 +1,123 @@
+"""Memorization signals besides forget events: what `carto score --memorization` can rank by.
+
+- `forgets` (default): the paper's forget events / transitions, from the per-presentation
+  correctness (`carto_cli.scoring`).
+- `token-drop`: how far a sample's *most improved* tokens fell. Needs per-token losses in the log
+  (`CartoLogger(token_losses=...)`, the `token_loss` column). Per target position j:
+  early_j = the mean loss of position j over the presentations with epoch < early_epochs, and
+  last_j = its loss at the sample's last presentation with epoch >= early_epochs (largest step,
+  then largest epoch). The signal is the mean of the `drop_k` largest early_j - last_j, in nats.
+  Rote memorization of a string shows as a few tokens that no skill could predict (a key, a
+  number) falling from near-uniform to near zero; a sample learned by general skill improves
+  evenly, so its largest drops are small. Null without an early and a late presentation with
+  token losses.
+- `tail-var`: the standard deviation (ddof 0) of `tail_loss` over the presentations with
+  epoch >= late_from (default: the second half of the log's epochs, late_from = ceil(E / 2) for
+  epochs 0..E-1), in nats. A sample still being pushed down late in training keeps moving; a
+  settled one does not. Needs only per-sample values. Null with fewer than 2 late presentations.
+
+Both are label-free: no correctness rule or threshold. Sums are taken in the same fixed point as
+the scores (2^-32 nats), so the signals, too, do not depend on file or thread order. A sample with
+a null signal gets no quadrant and is never pruned by memorization.
+Both were found to rank planted canaries far better than sample-level forget events in the issue's
+prototype runs (docs/experiment.md compares them on the experiment's runs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from carto_cli import schema
+from carto_cli.errors import LogFormatError, OptionError
+
+SIGNALS = ("forgets", "token-drop", "tail-var")
+# The log column each non-default signal reads.
+SIGNAL_COLUMN = {"token-drop": schema.TOKEN_LOSS, "tail-var": schema.TAIL_LOSS}
+_FIXED_POINT = 2.0**32
+
+
+def describe(signal: str, *, drop_k: int, early_epochs: int, late_from: int | None) -> str:
+    """One line saying what the memorization column holds."""
+    if signal == "forgets":
+        return "forget events / transitions"
+    if signal == "token-drop":
+        return (f"mean of the {drop_k} largest per-token loss drops, epochs < {early_epochs} "
+                "to the last presentation (nats)")
+    return f"std of tail_loss over epochs >= {late_from} (nats)"
+
+
+def late_from_default(max_epoch: int) -> int:
+    """The first epoch of the second half of epochs 0..max_epoch."""
+    return math.ceil((max_epoch + 1) / 2)
+
+
+def check_options(signal: str, drop_k: int, late_from: int | None) -> None:
+    if signal not in SIGNALS:
+        raise OptionError(f"--memorization must be one of {', '.join(SIGNALS)}; got '{signal}'")
+    if drop_k < 1:
+        raise OptionError(f"--drop-k must be >= 1; got {drop_k}")
+    if late_from is not None and late_from < 0:
+        raise OptionError(f"--late-from must be >= 0; got {late_from}")
+
+
+def signal_frame(lf: pl.LazyFrame, signal: str, *, early_epochs: int, drop_k: int, late_from: int) -> pl.DataFrame:
+    """sample_id -> `value` (Float64, null where undefined) for every sample in `lf`.
+
+    `lf` has sample_id, epoch, step and the signal's column (rows with a non-finite loss already
+    dropped by the caller, as for the scores).
+    """
+    if signal == "token-drop":
+        return token_drop(lf, early_epochs=early_epochs, drop_k=drop_k)
+    if signal == "tail-var":
+        return tail_variability(lf, late_from=late_from)
+    raise ValueError(f"not a column signal: {signal}")
+
+
+def _fixed_mean(values: pl.Expr) -> pl.Expr:
+    """Order-independent mean of the non-null values (null for none), via a fixed-point sum."""
+    total = (values * _FIXED_POINT).round().cast(pl.Int128).sum().cast(pl.Float64) / _FIXED_POINT
+    return pl.when(values.count() > 0).then(total / values.count())
+
+
+def token_drop(lf: pl.LazyFrame, *, early_epochs: int, drop_k: int) -> pl.DataFrame:
+    sid, losses = schema.SAMPLE_ID, schema.TOKEN_LOSS
+    rows = lf.select(sid, schema.EPOCH, schema.STEP, losses).filter(pl.col(losses).is_not_null())
+    samples = lf.select(sid).unique()
+
+    def per_position(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return (frame.with_columns(pos=pl.int_ranges(pl.col(losses).list.len()))
+                .explode([losses, "pos"])
+                .filter(pl.col(losses).is_finite()))
+
+    early = (per_position(rows.filter(pl.col(schema.EPOCH) < early_epochs))
+             .group_by(sid, "pos").agg(_fixed_mean(pl.col(losses)).alias("early")))
+    last = (rows.filter(pl.col(schema.EPOCH) >= early_epochs)
+            .group_by(sid).agg(pl.col(losses).sort_by([schema.STEP, schema.EPOCH]).last()))
+    drops = (early.join(per_position(last), on=[sid, "pos"], how="inner")
+             .group_by(sid).agg((pl.col("early") - pl.col(losses)).top_k(drop_k).mean().alias("value")))
+    return samples.join(drops, on=sid, how="left").collect()
+
+
+def tail_variability(lf: pl.LazyFrame, *, late_from: int) -> pl.DataFrame:
+    sid, tail = schema.SAMPLE_ID, pl.col(schema.TAIL_LOSS)
+    late = lf.filter((pl.col(schema.EPOCH) >= late_from) & tail.is_finite())
+    moments = late.group_by(sid).agg(
+        pl.len().alias("n"), _fixed_mean(tail).alias("m1"), _fixed_mean(tail * tail).alias("m2")
+    )
+    value = pl.when(pl.col("n") >= 2).then((pl.col("m2") - pl.col("m1") ** 2).clip(lower_bound=0).sqrt())
+    return lf.select(sid).unique().join(moments.select(sid, value.alias("value")), on=sid, how="left").collect()
+
+
+def require_column(has_column: bool, first_without: object, signal: str) -> None:
+    """A one-line error when the log lacks the column a signal reads."""
+    if has_column:
+        return
+    column = SIGNAL_COLUMN[signal]
+    how = ("log with CartoLogger(token_losses=True)" if signal == "token-drop"
+           else "log with the logits path of the shim")
+    raise LogFormatError(
+        f"{first_without}: column '{column}' is missing, needed by --memorization {signal}; {how}, "
+        "or use --memorization forgets"
+    )
