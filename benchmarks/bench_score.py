@@ -4,7 +4,7 @@
     python benchmarks/bench_score.py --logs /work/bench_data/logs-10000000x4 --repeat 3
     python benchmarks/bench_score.py --logs DIR --skip duckdb,polars --timeout 120
 
-Each contender (see `contenders.py`: scan, duckdb, polars, carto, carto-general) runs in its own
+Each contender (see `contenders.py`: scan, duckdb, polars, carto, carto-bitmask, carto-general) runs in its own
 fresh Python process, one at a time, after the log files have been read once to warm the page
 cache. For each process:
 
@@ -20,7 +20,7 @@ cache. For each process:
 With `--repeat K` the contenders run round-robin K times; the table shows the best work, wall and
 CPU times and the largest peak RSS of the K runs. A run past `--timeout` is killed and reported.
 
-Then the per-sample outputs of duckdb, polars and carto-general are joined with carto's on
+Then the per-sample outputs of duckdb, polars, carto-bitmask and carto-general are joined with carto's on
 sample_id: forget_events and n_seen must agree exactly (mismatches are counted and must be 0), and
 the largest difficulty difference is reported (flagged beyond 1e-6). The script prints a table and
 finally one JSON line with every number, including which carto_cli ran (folder, source digest,
@@ -43,7 +43,7 @@ from pathlib import Path
 from common import carto_source, current_rss_mib, dir_size_mib, measure_command
 
 CONTENDERS_PY = Path(__file__).with_name("contenders.py")
-CONTENDERS = ("scan", "duckdb", "polars", "carto", "carto-general")
+CONTENDERS = ("scan", "duckdb", "polars", "carto", "carto-bitmask", "carto-general")
 REFERENCE = "carto"  # the output the others are checked against
 DIFFICULTY_TOLERANCE = 1e-6
 # (numerator, denominator, measure, goal): carto's targets from the issue "Scoring at scale".

@@ -12,7 +12,9 @@ process's peak RSS is its own.
 - duckdb: the natural SQL. Forget events from lag(correct) over (partition by sample_id order by
   step), n_seen and the mean loss over early epochs, joined per sample, COPY'd to Parquet.
 - polars: a straightforward Polars group_by with `sort_by("step")` inside the aggregation.
-- carto / carto-general: `carto score LOGS --out OUT [--method general]` through the CLI's own
+- carto / carto-bitmask / carto-general: `carto score LOGS --out OUT [--method bitmask|general]`
+  (auto: the dense-id kernel where ids are dense; bitmask: the Polars hash kernel; general: the
+  sort) through the CLI's own
   entry point (`carto_cli.cli:main`, what the `carto` script calls): reading and checking the
   parts, scoring, quadrants, and writing the scores file with provenance.
 """
@@ -120,6 +122,7 @@ CONTENDERS: dict[str, tuple[tuple[str, ...], Callable[[Path, Path], dict]]] = {
     "duckdb": (("duckdb",), duckdb_sql),
     "polars": (("polars",), polars_group_by),
     "carto": (("carto_cli.cli",), _carto_cli()),
+    "carto-bitmask": (("carto_cli.cli",), _carto_cli("--method", "bitmask")),
     "carto-general": (("carto_cli.cli",), _carto_cli("--method", "general")),
 }
 

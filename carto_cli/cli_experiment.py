@@ -10,6 +10,7 @@ rest of the CLI works without those extras.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -42,8 +43,10 @@ def experiment_command(
         float, typer.Option("--frac", help="Fraction of the training samples each pruning arm removes.")
     ] = 0.1,
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", help="Training runs at once, each in its own process (1 torch thread).")
-    ] = 1,
+        int | None,
+        typer.Option("--jobs", "-j", help="Training runs at once, each in its own process with 1 torch thread "
+                     "[default: the number of CPUs].", show_default=False),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
 ) -> None:
     """Train every arm (baseline, paper, carto, random, loss, weights, oracle) on CPython text with
@@ -62,7 +65,8 @@ def experiment_command(
                 finished[0] = int(completed)
                 console.print(f"{finished[0]}/{total} runs finished ({time.monotonic() - started:.0f} s)")
 
-        results = run_experiment(out, quick=quick, seeds=seeds, first_seed=first_seed, frac=frac, jobs=jobs,
+        results = run_experiment(out, quick=quick, seeds=seeds, first_seed=first_seed, frac=frac,
+                                 jobs=jobs if jobs is not None else (os.cpu_count() or 1),
                                  progress=progress)
     console.print(_summary_table(results))
     extracted = results["arms"]["baseline"]["extraction_rate"]["mean"]

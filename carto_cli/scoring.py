@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
-from carto_cli import schema, signals
+from carto_cli import dense, schema, signals
 from carto_cli.errors import LogFormatError, OptionError
 from carto_cli.logs import LogSet, sample_id_dtype, scan, scan_paths
 
@@ -87,6 +87,11 @@ class CorrectnessRule:
         column = pl.col(_RULE_COLUMN[self.source])
         passed = column >= self.threshold if self.source == "acc" else column < self.threshold
         return passed & column.is_not_nan()  # Polars orders NaN above every number: never learned
+
+    @property
+    def column(self) -> str:
+        """The logged column the rule reads."""
+        return schema.CORRECT if self.source == "log" else _RULE_COLUMN[self.source]
 
     def describe(self) -> str:
         if self.source == "log":
@@ -169,7 +174,7 @@ class Kernel:
 
     rule: CorrectnessRule
     early_epochs: int
-    method: str  # "bitmask" or "general"
+    method: str  # "bitmask" or "general"; "dense" once the dense kernel (carto_cli.dense) reduced the log
     drop_nonfinite: bool
     sample_id_dtype: str  # "Int64" or "UInt64"
 
@@ -215,12 +220,26 @@ class Plan:
 def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set."""
     plan = prepare(logset, params)
-    passes = max(1, math.ceil(logset.num_rows / ROWS_PER_PASS))
-    state, samples_general = plan.kernel.state([str(p.path) for p in logset.parts], passes=passes)
+    paths = [str(p.path) for p in logset.parts]
+    reduced = None
+    if params.method == "auto" and plan.kernel.method == "bitmask":
+        reduced = dense.state(logset, plan.kernel, lambda ids: _recount(plan.kernel, paths, ids))
+        if reduced is not None:
+            plan.kernel = replace(plan.kernel, method="dense")
+    if reduced is None:
+        passes = max(1, math.ceil(logset.num_rows / ROWS_PER_PASS))
+        reduced = plan.kernel.state(paths, passes=passes)
+    state, samples_general = reduced
     result = finish(state, plan, params, samples_general)
     if params.memorization != "forgets":
         result.scores = with_signal(result.scores, logset, plan, params)
     return result
+
+
+def _recount(kernel: Kernel, paths: list[str], sample_ids: pl.Series) -> pl.DataFrame:
+    """The exact (general-path) state of the given samples."""
+    frame = kernel.frame(paths).join(sample_ids.to_frame().lazy(), on=schema.SAMPLE_ID, how="semi")
+    return segment_state(frame, early_epochs=kernel.early_epochs, method="general")[0]
 
 
 def with_signal(scores: pl.DataFrame, logset: LogSet, plan: Plan, params: ScoreParams) -> pl.DataFrame:

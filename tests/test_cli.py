@@ -88,7 +88,7 @@ def test_score_json_summary_on_stdout(hand_log: Path, tmp_path: Path) -> None:
     result = run("score", hand_log, "--out", tmp_path / "s.parquet", "--json")
     payload = json.loads(result.stdout)
     assert payload["samples"] == 8 and payload["rows"] == 27 and payload["parts"] == 3
-    assert payload["method_used"] == "bitmask"
+    assert payload["method_used"] == "dense"  # ids 1..8: counted into arrays
     assert [q["quadrant"] for q in payload["quadrants"]] == [
         "stable-easy", "ambiguous-hard", "hotspot-memorized", "noisy-outlier", "unplaced"
     ]

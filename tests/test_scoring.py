@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import polars as pl
 import pytest
-from conftest import EXPECTED, HAND_LOG, hand_rows, write_parts
+from conftest import EXPECTED, HAND_LOG, assert_hand_scores, hand_rows, write_parts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,11 +43,44 @@ def test_hand_log_scores_match_hand_computed_values(hand_log: Path, method: str)
         assert _close(row["memorization"], memorization), sid
 
 
-def test_auto_uses_bitmask_and_recounts_irregular_samples_exactly(hand_log: Path) -> None:
-    result = _score(hand_log)
-    assert result.method == "bitmask"
+@pytest.mark.parametrize(("method", "used"), [("auto", "dense"), ("bitmask", "bitmask")])
+def test_auto_uses_the_dense_kernel_and_recounts_irregular_samples_exactly(hand_log: Path, method, used) -> None:
+    result = _score(hand_log, method=method)
+    assert result.method == used  # ids 1..8 are dense: auto counts into arrays; bitmask forces Polars
     # sample 6 has a gap, samples 7 and 8 two presentations in one epoch
     assert result.samples_general == 3
+
+
+def _shift_ids(rows: list[dict], factor: int, offset: int) -> list[dict]:
+    return [dict(r, sample_id=r["sample_id"] * factor + offset) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("factor", "offset", "used"),
+    [
+        (1000, 0, "bitmask"),  # sparse ids (span 7001 > 30 rows): the hash kernel
+        (1, 2**63 + 5, "dense"),  # uint64 ids above 2^63, dense
+        (1, -50, "dense"),  # negative ids, dense
+    ],
+)
+def test_dense_kernel_applies_only_to_dense_ids_and_agrees_with_the_others(tmp_path, factor, offset, used) -> None:
+    rows = _shift_ids(hand_rows(), factor, offset)
+    dtype = pl.UInt64 if offset > 2**62 else pl.Int64
+    write_parts(tmp_path / "logs", rows, schema={"sample_id": dtype, "epoch": pl.Int32, "step": pl.Int64,
+                                                 "loss": pl.Float64, "correct": pl.Boolean, "token_acc": pl.Float64,
+                                                 "tail_loss": pl.Float64, "rank": pl.Int64})
+    auto = _score(tmp_path / "logs")
+    assert auto.method == used
+    general = _score(tmp_path / "logs", method="general")
+    assert auto.scores.equals(general.scores)  # bit for bit
+    back = auto.scores.with_columns((pl.col("sample_id") - offset) // factor)
+    assert_hand_scores(back.with_columns(pl.col("sample_id").cast(pl.Int64)))
+
+
+def test_dense_kernel_falls_back_where_a_float_sum_could_round(tmp_path: Path) -> None:
+    rows = [dict(r, loss=r["loss"] * 4e5) for r in hand_rows()]  # 4 rows of |loss| 1.2e6: 2^53 too close
+    write_parts(tmp_path / "logs", rows)
+    assert _score(tmp_path / "logs").method == "bitmask"
 
 
 def test_scores_do_not_depend_on_file_split_or_order(tmp_path: Path) -> None:
@@ -198,8 +232,11 @@ def test_every_path_matches_the_reference(tmp_path_factory, rows, epoch_major, n
     write_parts(log_dir, rows, n_files=n_files)
     expected = reference_scores(rows, early_epochs=2)
     methods = ["general", "auto"] + (["bitmask"] if epoch_major else [])
+    frames = []
     for method in methods:
-        got = _by_id(_score(log_dir, method=method))
+        result = _score(log_dir, method=method)
+        frames.append(result.scores)
+        got = _by_id(result)
         assert sorted(got) == sorted(expected), method
         for sid, (forgets, n_seen, difficulty) in expected.items():
             assert got[sid]["forget_events"] == forgets, (method, sid)
@@ -211,6 +248,7 @@ def test_every_path_matches_the_reference(tmp_path_factory, rows, epoch_major, n
                 assert math.isclose(got[sid]["difficulty"], difficulty, rel_tol=1e-9, abs_tol=2**-32)
             assert got[sid]["forget_events"] <= n_seen // 2
             assert 0 <= got[sid]["memorization"] <= 1
+    assert all(frame.equals(frames[0]) for frame in frames)  # every path, bit for bit
 
 
 def test_derived_rule_never_counts_a_nan_value_as_learned(tmp_path: Path) -> None:
