@@ -8,8 +8,9 @@ sample).
 Engines:
 - `local`: buckets one after another in this process (a non-bucketed log is one bucket).
 - `ray`: one Ray task per bucket, on a running cluster (`address`) or a local instance started for
-  the run. Workers need carto installed and the log paths readable (shared storage or object-store
-  URLs). The driver receives one bucket's state at a time.
+  the run. Workers need carto installed and the log paths readable at the same local path (shared
+  storage; object-store URLs are not supported yet). The driver receives one bucket's state at a
+  time.
 """
 
 from __future__ import annotations
