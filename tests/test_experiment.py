@@ -83,3 +83,27 @@ def test_run_experiment_refuses_bad_options(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OptionError, match="is a file"):
         run_experiment(tmp_path / "file", quick=True, seeds=1, frac=0.1)
+
+
+def test_parallel_runs_give_the_same_results(quick_run, tmp_path):
+    """--jobs 2 trains in spawned worker processes (one torch thread each, as the quick
+    configuration uses in-process): every number must be the same as the serial run's."""
+    _, serial, _ = quick_run
+    parallel = run_experiment(tmp_path, quick=True, seeds=1, frac=0.1, jobs=2)
+    assert parallel["arms"] == serial["arms"]
+    assert parallel["rankings"] == serial["rankings"]
+    assert parallel["carto_ranking"]["chosen"] == serial["carto_ranking"]["chosen"]
+
+
+def test_results_compare_every_ranking_and_state_the_headline(quick_run):
+    _, results, _ = quick_run
+    assert {tuple(row["ranking"]) for row in results["carto_ranking"]["candidates"]} == {PAPER_RANKING, *CANDIDATES}
+    assert len(results["rankings"]) == 1 + len(CANDIDATES)
+    for entry in results["rankings"].values():
+        assert 0 <= entry["canary_recall"]["mean"] <= 1 and 0 <= entry["carrier_auc"]["mean"] <= 1
+    assert set(results["headline"]) == set(ARMS) - {"baseline"}
+    extracted = results["arms"]["baseline"]["extraction_rate"]["mean"] > 0
+    for entry in results["headline"].values():  # no cut to compute when the baseline extracts nothing
+        assert (entry["extraction_cut"] is not None) == extracted
+        assert entry["holds_for_means"] is False or extracted
+    assert set(results["rank_vs_exposure"]) == {"paper", "carto"}
