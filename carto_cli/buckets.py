@@ -19,6 +19,7 @@ import polars as pl
 from carto_cli import schema
 from carto_cli.errors import LogFormatError, OptionError
 from carto_cli.logs import LogPart, LogSet, scan
+from carto_cli.storage import Location
 
 _BUCKET_DIR = re.compile(r"^bucket=(-?\d+)$")
 
@@ -28,7 +29,7 @@ def bucket_expr(n_buckets: int) -> pl.Expr:
     return (pl.col(schema.SAMPLE_ID) % n_buckets).cast(pl.Int64)
 
 
-def bucket_of_path(path: Path) -> int | None:
+def bucket_of_path(path: Location) -> int | None:
     """The bucket a part belongs to: the innermost `bucket=<b>` directory of its path, if any."""
     for name in reversed(path.parent.parts):
         match = _BUCKET_DIR.match(name)

@@ -32,6 +32,7 @@ from carto_cli import (
     quadrants,
     schema,
     scoring,
+    storage,
 )
 from carto_cli.console import err
 from carto_cli.errors import CartoError, OptionError
@@ -48,6 +49,11 @@ logs_app = typer.Typer(help="Inspect training logs.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
 
 
+LogArguments = Annotated[
+    list[str],
+    typer.Argument(help="Log directories or part files, or object-store URLs (s3://bucket/prefix/).",
+                   show_default=False),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 ScoresOption = Annotated[Path, typer.Option("--scores", help="Scores file written by `carto score`.")]
 
@@ -163,7 +169,7 @@ def _summary_line(prefix: str, s: dict) -> str:
 @logs_app.command("summary")
 @_cli_errors
 def logs_summary(
-    paths: Annotated[list[Path], typer.Argument(help="Log directories or part files.", show_default=False)],
+    paths: LogArguments,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -179,14 +185,14 @@ def logs_summary(
 @logs_app.command("bucketize")
 @_cli_errors
 def logs_bucketize(
-    paths: Annotated[list[Path], typer.Argument(help="Log directories or part files.", show_default=False)],
+    paths: LogArguments,
     out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the bucketed log.")],
     n_buckets: Annotated[int, typer.Option("--buckets", help="Number of buckets (sample_id mod N).")] = 64,
     skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Rewrite a log as bucket=<sample_id mod N>/ parts, so scoring can go one bucket at a time."""
-    artifacts.ensure_not_input(out, paths)
+    artifacts.ensure_not_input(out, _local(paths))
     logset = _open(paths, skip_corrupt)
     with _progress(f"bucketizing {logset.num_rows:,} rows"):
         rows = buckets.bucketize(logset, out, n_buckets)
@@ -199,7 +205,12 @@ def logs_bucketize(
               f"buckets (largest {largest:,} rows) in {escape(str(out))}")
 
 
-def _open(paths: list[Path], skip_corrupt: bool) -> logs.LogSet:
+def _local(paths: list[str]) -> list[Path]:
+    """The arguments that are local paths (object-store URLs cannot be overwritten by an output)."""
+    return [p for p in map(storage.location, paths) if isinstance(p, Path)]
+
+
+def _open(paths: list[str], skip_corrupt: bool) -> logs.LogSet:
     found = logs.discover(paths)
     with _progress("checking log parts", total=len(found)) as advance:
         logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance)
@@ -214,7 +225,7 @@ def _open(paths: list[Path], skip_corrupt: bool) -> logs.LogSet:
 @app.command("score")
 @_cli_errors
 def score_command(
-    paths: Annotated[list[Path], typer.Argument(help="Log directories or part files.", show_default=False)],
+    paths: LogArguments,
     out: Annotated[Path, typer.Option("--out", "-o", help="Scores file to write.")] = Path("scores.parquet"),
     early_epochs: Annotated[
         int, typer.Option("--early-epochs", help="Difficulty is the mean loss over epochs < K.")
@@ -276,7 +287,7 @@ def score_command(
         late_from=late_from,
     )
     placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
-    artifacts.ensure_not_input(out, paths)
+    artifacts.ensure_not_input(out, _local(paths))
     logset = _open(paths, skip_corrupt)
     groups = buckets.bucket_groups(logset)
     with _progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:

@@ -29,9 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
-from carto_cli import schema
+from carto_cli import schema, storage
 from carto_cli.logs import LogSet
 
 # Samples per pass over the log: bounds the accumulators to about 1.8 GB.
@@ -50,7 +49,7 @@ def id_range(logset: LogSet) -> tuple[int, int] | None:
     """(lo, hi) of sample_id over every part, from footer statistics; None where any is missing."""
     lo = hi = None
     for part in logset.parts:
-        meta = pq.ParquetFile(part.path).metadata
+        meta = storage.open_parquet(part.path).metadata
         column = part.arrow_schema.names.index(schema.SAMPLE_ID)
         for rg in range(meta.num_row_groups):
             if meta.row_group(rg).num_rows == 0:
@@ -175,7 +174,7 @@ def _chunks(logset: LogSet, kernel, unsigned: bool, rows: int) -> Iterator[tuple
     pending: list[tuple[np.ndarray, ...]] = []
     count = 0
     for part in logset.parts:
-        pf = pq.ParquetFile(part.path)
+        pf = storage.open_parquet(part.path)
         for rg in range(pf.metadata.num_row_groups):
             table = pf.read_row_group(rg, columns=columns, use_threads=True)
             pending.append((

@@ -8,8 +8,8 @@ sample).
 Engines:
 - `local`: buckets one after another in this process (a non-bucketed log is one bucket).
 - `ray`: one Ray task per bucket, on a running cluster (`address`) or a local instance started for
-  the run. Workers need carto installed and the log paths readable at the same local path (shared
-  storage; object-store URLs are not supported yet). The driver receives one bucket's state at a
+  the run. Workers need carto installed and the parts readable at the same path or URL (shared
+  storage or object storage, see `carto_cli.storage`). The driver receives one bucket's state at a
   time.
 """
 

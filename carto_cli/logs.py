@@ -10,6 +10,7 @@ What counts as bad input, and what happens:
 - a required column missing or of the wrong kind, null values in a required column: error naming
   the file and the column.
 Hidden files and unfinished parts (`.tmp`) are never read: the shim renames a part only when whole.
+A log may also be an object-store URL (`s3://bucket/prefix/`, see `carto_cli.storage`).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from carto_cli import schema
+from carto_cli import schema, storage
 from carto_cli.errors import LogFormatError
+from carto_cli.storage import Location
 
 # Polars dtypes every part is cast to on scan (sample_id is decided per log set, see `scan`).
 SCAN_DTYPES = {
@@ -45,7 +46,7 @@ SCAN_DTYPES = {
 class LogPart:
     """One finished part file, as its footer describes it."""
 
-    path: Path
+    path: Location  # a local Path, or a storage.RemotePath
     num_rows: int
     size_bytes: int
     arrow_schema: pa.Schema
@@ -66,7 +67,7 @@ class LogSet:
     """The parts that make up one log, in a stable order, and those that were skipped."""
 
     parts: list[LogPart]
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Location, str]] = field(default_factory=list)
 
     @property
     def num_rows(self) -> int:
@@ -84,19 +85,23 @@ class LogSet:
         return h.hexdigest()
 
 
-def discover(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and directories (recursively) into part paths, sorted, temporary names skipped."""
-    found: list[Path] = []
+def discover(paths: Sequence[str | os.PathLike[str] | Location]) -> list[Location]:
+    """Expand files and directories (recursively; local or object-store prefixes) into part
+    paths, sorted, temporary names skipped."""
+    found: list[Location] = []
     for raw in paths:
-        path = Path(raw)
-        if not path.exists():
+        path = storage.location(raw)
+        kind = storage.kind(path)
+        if kind == "missing":
             raise LogFormatError(f"{path}: no such file or directory; pass a log directory or part file")
-        if path.is_dir():
-            parts = sorted(
-                p
-                for p in path.rglob(f"*{schema.PART_SUFFIX}")
-                if p.is_file() and not any(schema.is_temporary_name(x) for x in p.relative_to(path).parts)
-            )
+        if kind == "dir":
+            if isinstance(path, Path):
+                candidates = [(p, p.relative_to(path).parts) for p in path.rglob(f"*{schema.PART_SUFFIX}")
+                              if p.is_file()]
+            else:
+                candidates = storage.list_files(path, schema.PART_SUFFIX)
+            parts = sorted((p for p, relative in candidates if not any(schema.is_temporary_name(x) for x in relative)),
+                           key=str)
             if not parts:
                 raise LogFormatError(
                     f"{path}: no finished log parts (*{schema.PART_SUFFIX}) in this directory; "
@@ -110,10 +115,10 @@ def discover(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     return unique
 
 
-def inspect_part(path: Path) -> LogPart:
+def inspect_part(path: Location) -> LogPart:
     """Read and check one part's footer. Raises LogFormatError naming the file and the fix."""
     try:
-        pf = pq.ParquetFile(path)
+        pf = storage.open_parquet(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise LogFormatError(
             f"{path}: not a readable Parquet file ({_first_line(exc)}); "
@@ -151,17 +156,17 @@ def inspect_part(path: Path) -> LogPart:
     return LogPart(
         path=path,
         num_rows=meta.num_rows,
-        size_bytes=path.stat().st_size,
+        size_bytes=storage.size(path),
         arrow_schema=arrow_schema,
         null_counts=null_counts,
     )
 
 
 def open_logs(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str] | Location],
     *,
     skip_corrupt: bool = False,
-    on_part: Callable[[Path], None] | None = None,
+    on_part: Callable[[Location], None] | None = None,
 ) -> LogSet:
     """Discover and check every part. `on_part` is called once per part (for a progress bar)."""
     logset = LogSet(parts=[])
@@ -229,7 +234,7 @@ def _check_required_nulls(parts: list[LogPart]) -> None:
         for name in schema.REQUIRED_COLUMNS:
             count = part.null_counts.get(name)
             if count is None:
-                column = pq.read_table(part.path, columns=[name]).column(0)
+                column = storage.open_parquet(part.path).read(columns=[name]).column(0)
                 count = column.null_count
             if count:
                 raise LogFormatError(
