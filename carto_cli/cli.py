@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -452,7 +453,27 @@ app.command("experiment")(_cli_errors(cli_experiment.experiment_command))
 
 
 def main() -> None:
-    app()
+    """The `carto` script. Usage errors (a missing argument, a malformed option) are one line too:
+    `Error: ...; see `carto CMD --help``, exit status 2, as click's own convention has it."""
+    try:
+        code = app(prog_name="carto", standalone_mode=False)
+    except _UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `carto` or `carto logs` alone: the help
+            typer.echo(exc.ctx.get_help(), err=True)
+            sys.exit(0)
+        where = exc.ctx.command_path if exc.ctx is not None else "carto"
+        err.print(f"Error: {exc.format_message().rstrip('.')}; see `{where} --help`",
+                  soft_wrap=True, markup=False, highlight=False)
+        sys.exit(2)
+    except typer.Abort:
+        err.print("Aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# click's UsageError (the base of typer.BadParameter), whether Typer vendors click (typer._click,
+# recent releases) or uses click itself (older ones).
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 if __name__ == "__main__":  # pragma: no cover

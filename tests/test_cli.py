@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -308,3 +309,20 @@ def test_every_command_is_documented_in_the_readme() -> None:
     for command in ("carto log", "carto score", "carto prune", "carto weights", "carto logs summary",
                     "carto logs bucketize", "carto experiment"):
         assert f"{command} " in readme, command
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["score"], "Error: Missing argument 'paths'; see `carto score --help`"),
+        (["prune", "--frac", "abc"], "Error: Invalid value for '--frac'"),
+        (["score", "x", "--bogus"], "Error: No such option: --bogus"),
+    ],
+)
+def test_usage_errors_of_the_carto_script_are_one_line_with_exit_2(argv: list[str], line: str) -> None:
+    """Through `main` (what the `carto` script runs), not the test runner: Typer's own usage
+    errors become one line instead of its boxed panel."""
+    done = subprocess.run([sys.executable, "-m", "carto_cli.cli", *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith(line) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Traceback" not in done.stderr
