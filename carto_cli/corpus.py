@@ -6,8 +6,11 @@
     samples = to_bytes_samples(text, sample_len=128)  # (N, 129) uint8, one byte per token
     train, val = train_val_split(samples, val_frac=0.1, seed=0)
 
-Two sources, both part of every CPython installation and both under the PSF License
-(https://docs.python.org/3/license.html):
+The text is shipped with carto (`carto_cli/data/`, see its README.md: CPython 3.11.7, PSF
+License), so every installation, whatever its Python, trains on the same bytes. It was built by
+`scripts/make_corpus.py` from an interpreter's installation with `topics_stream` and
+`source_stream` below. Two sources, both part of every CPython installation and both under the
+PSF License (https://docs.python.org/3/license.html):
 - the pydoc topics (`pydoc_data.topics.topics`, about 0.47 MB of English reference prose generated
   from the Python documentation), in sorted topic order;
 - the standard library's own `.py` files under `sysconfig.get_paths()["stdlib"]`, in sorted path
@@ -20,6 +23,8 @@ are separated by a blank line. The vocabulary is bytes (256 symbols): no tokeniz
 
 from __future__ import annotations
 
+import functools
+import gzip
 import os
 import sysconfig
 from collections.abc import Iterator
@@ -33,25 +38,56 @@ from carto_cli.errors import OptionError
 SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "__pycache__"})
 
 
+DATA_DIR = Path(__file__).with_name("data")
+TOPICS_FILE = "cpython-topics.txt.gz"
+SOURCE_FILE = "cpython-stdlib.txt.gz"
+SOURCE_CAP = 2_000_000  # bytes of stdlib source shipped (the topics are shipped whole)
+
+
 def cpython_text(max_bytes: int, *, include_source: bool = True) -> str:
-    """Up to `max_bytes` bytes (UTF-8) of text from this interpreter's own CPython installation.
+    """Up to `max_bytes` bytes (UTF-8) of the shipped CPython text.
 
     With `include_source`, the first half of the budget comes from the pydoc topics and the rest
     from standard-library source files; without it, everything comes from the pydoc topics (at most
     about 0.47 MB). The text is cut at a character boundary, so it may be a few bytes short of the
-    budget, never over it.
-
-    Deterministic for a given interpreter, but the content depends on the Python version (and on
-    distributions that patch the standard library): a different interpreter gives different text.
+    budget, never over it; past what is shipped (0.47 MB of topics, 2 MB of source) it is shorter.
     """
     if max_bytes < 0:
         raise OptionError(f"cpython_text: max_bytes must be >= 0, got {max_bytes}")
     topics_budget = max_bytes // 2 if include_source else max_bytes
-    text = _take(_topic_documents(), topics_budget)
+    text = _cut(_shipped(TOPICS_FILE), topics_budget)
     if include_source:
         used = len(text.encode("utf-8"))
-        text += _take(_source_documents(), max_bytes - used)
+        text += _cut(_shipped(SOURCE_FILE), max_bytes - used)
     return text
+
+
+@functools.lru_cache(maxsize=2)
+def _shipped(name: str) -> bytes:
+    return gzip.decompress((DATA_DIR / name).read_bytes())
+
+
+def _cut(stream: bytes, max_bytes: int) -> str:
+    # errors="ignore" drops a multi-byte character cut in half at the end.
+    return stream[:max(0, max_bytes)].decode("utf-8", errors="ignore")
+
+
+def topics_stream() -> bytes:
+    """Every pydoc topic of this interpreter, as `# topic: NAME` documents, blank-line separated."""
+    return b"".join(doc.encode("utf-8") + b"\n\n" for doc in _topic_documents())
+
+
+def source_stream(max_bytes: int = SOURCE_CAP) -> bytes:
+    """This interpreter's stdlib sources as `# file: REL` documents, blank-line separated, cut at
+    `max_bytes` (whole documents until then, the last one cut)."""
+    pieces, size = [], 0
+    for doc in _source_documents():
+        if size >= max_bytes:
+            break
+        piece = doc.encode("utf-8") + b"\n\n"
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)[:max_bytes]
 
 
 def to_bytes_samples(text: str, sample_len: int) -> np.ndarray:
@@ -86,20 +122,6 @@ def train_val_split(
 
 
 # ---------------------------------------------------------------------------- the documents
-
-
-def _take(documents: Iterator[str], max_bytes: int) -> str:
-    """Concatenate documents (blank-line separated) until `max_bytes` UTF-8 bytes, then cut."""
-    pieces: list[bytes] = []
-    size = 0
-    for doc in documents:
-        if size >= max_bytes:
-            break
-        piece = doc.encode("utf-8") + b"\n\n"
-        pieces.append(piece)
-        size += len(piece)
-    # errors="ignore" drops a multi-byte character cut in half at the end.
-    return b"".join(pieces)[:max_bytes].decode("utf-8", errors="ignore")
 
 
 def _topic_documents() -> Iterator[str]:

@@ -194,7 +194,7 @@ Forgetting events per sample (correct at one epoch, incorrect at the next):
 The samples were cut from CPython's own documentation and standard library, copyright the
 Python Software Foundation, under the PSF License Agreement
 (https://docs.python.org/3/license.html). These logs hold only per-sample numbers (ids, losses,
-accuracies), not the text; `cpython_text` rebuilds the text from a local Python installation.
+accuracies), not the text; `cpython_text` reads it from the corpus shipped in `carto_cli/data/`.
 """
 
 

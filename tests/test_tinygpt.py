@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import sysconfig
 
 import numpy as np
@@ -9,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from carto_cli import CartoLogger
+from carto_cli import CartoLogger, corpus
 from carto_cli.corpus import cpython_text, to_bytes_samples, train_val_split
 from carto_cli.errors import OptionError
 from carto_cli.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
@@ -112,8 +113,15 @@ def test_cpython_text_source_skips_tests_idlelib_site_packages_and_non_utf8(tmp_
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(content)
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
-    source = cpython_text(2_000_000).split("\n# file: ", 1)[1]  # past the pydoc topics
-    assert source == "a.py\na = 1\n\n# file: b.py\nb = 1\n\n# file: pkg/c.py\nc = 1\n\n"
+    source = corpus.source_stream()  # what scripts/make_corpus.py ships
+    assert source == b"# file: a.py\na = 1\n\n# file: b.py\nb = 1\n\n# file: pkg/c.py\nc = 1\n\n"
+    assert corpus.source_stream(20) == source[:20]
+
+
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the corpus was built from CPython 3.11.7")
+def test_the_shipped_corpus_is_what_make_corpus_builds_from_cpython_3_11_7():
+    assert corpus._shipped(corpus.TOPICS_FILE) == corpus.topics_stream()
+    assert corpus._shipped(corpus.SOURCE_FILE) == corpus.source_stream()
 
 
 def test_cpython_text_rejects_a_negative_budget():
