@@ -38,7 +38,7 @@ import multiprocessing
 import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -152,6 +152,7 @@ class Run:
     epochs: int
     kept_share: np.ndarray  # (N,) each train row's presence (0/1) or weight, for kept_copies
     log_dir: Path | None = None  # log every presentation here (the baselines)
+    eval_log_dir: Path | None = None  # and an evaluation pass over every row after each epoch here
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -224,15 +225,19 @@ def choose_ranking(cfg: Config, data: SeedData, frac: float, work: Path, baselin
             "baseline_extraction_rate": baseline["extraction_rate"]}
 
 
-def compare_rankings(cfg: Config, data: SeedData, frac: float, log_dir: Path, work: Path) -> list[dict]:
+def compare_rankings(cfg: Config, data: SeedData, frac: float, log_dir: Path, work: Path,
+                     source: str = "training") -> list[dict]:
     """Every ranking of RANKINGS on one baseline's logs: the share of canary copies among the pruned
-    `frac` (recall) and the AUC of carriers against the other samples (null scores rank last)."""
+    `frac` (recall) and the AUC of carriers against the other samples (null scores rank last).
+    `source` names the logs: "training" (every training presentation) or "evaluation" (a pass
+    over every row after each epoch)."""
     carriers = data.canaries.carriers
     table = []
     for ranking in RANKINGS:
-        scores = _score(log_dir, _params(cfg, *ranking), work / f"scores-{_slug(ranking)}.parquet")
+        out = work / ("" if source == "training" else source) / f"scores-{_slug(ranking)}.parquet"
+        scores = _score(log_dir, _params(cfg, *ranking), out)
         keep = _keep_mask(export.prune_manifest(scores, frac=frac, by="memorization"), len(data.train))
-        table.append({"ranking": list(ranking), "name": ranking_name(ranking),
+        table.append({"ranking": list(ranking), "name": ranking_name(ranking), "source": source,
                       "canary_recall": float(1 - keep[carriers].mean()),
                       "carrier_auc": _carrier_auc(scores, carriers)})
     return table
@@ -244,7 +249,8 @@ def prepare_arms(
     """Score one seed's baseline logs and set up its arms (paper, carto, random, loss, weights, oracle)."""
     n = len(data.train)
     log_dir = work / "logs"
-    rankings = compare_rankings(cfg, data, frac, log_dir, work)
+    rankings = (compare_rankings(cfg, data, frac, log_dir, work)
+                + compare_rankings(cfg, data, frac, work / "eval_logs", work, source="evaluation"))
     paper = _score(log_dir, _params(cfg, *PAPER_RANKING), work / "scores-paper.parquet")
     carto = _score(log_dir, _params(cfg, *carto_ranking), work / "scores-carto.parquet")
     manifests = {
@@ -277,10 +283,12 @@ def _prepare(cfg: Config, samples: np.ndarray, seed: int) -> SeedData:
 
 
 def _baseline_run(cfg: Config, data: SeedData, seed: int, work: Path) -> Run:
-    """Every row, `cfg.epochs` epochs, logged (with per-token losses) to work/logs."""
+    """Every row, `cfg.epochs` epochs, logged (with per-token losses) to work/logs; after each
+    epoch an evaluation pass over every row (no update) is logged to work/eval_logs."""
     n = len(data.train)
     label = "development baseline" if seed == DEV_SEED else f"seed {seed} · baseline"
-    return Run(label, cfg, data, seed, np.arange(n), cfg.epochs, np.ones(n), log_dir=work / "logs")
+    return Run(label, cfg, data, seed, np.arange(n), cfg.epochs, np.ones(n), log_dir=work / "logs",
+               eval_log_dir=work / "eval_logs")
 
 
 def _pruned_run(cfg: Config, data: SeedData, kept: np.ndarray, seed: int, label: str) -> Run:
@@ -308,16 +316,43 @@ def train_and_evaluate(run: Run, on_step: OnStep = None) -> dict:
     torch.manual_seed(run.seed)
     model = GPT(GPTConfig(block_size=cfg.sample_len, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
     rows = run.data.train[run.rows]
-    if run.log_dir is not None:
-        if run.log_dir.exists():  # a rerun must not mix its presentations with an earlier run's
-            shutil.rmtree(run.log_dir)
-        with CartoLogger(run.log_dir, token_losses=True) as logger:
-            train_epochs(model, rows, epochs=run.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=run.seed,
-                         logger=logger, progress=on_step)
-    else:
+    with ExitStack() as stack:
+        logger = eval_logger = on_epoch_end = None
+        if run.log_dir is not None:
+            logger = stack.enter_context(CartoLogger(_fresh(run.log_dir), token_losses=True))
+        if run.eval_log_dir is not None:
+            eval_logger = stack.enter_context(CartoLogger(_fresh(run.eval_log_dir), token_losses=True))
+
+            def on_epoch_end(epoch: int, step: int) -> None:
+                log_evaluation_pass(model, rows, run.rows, eval_logger, epoch=epoch, step=step,
+                                    batch_size=cfg.batch_size)
+
         train_epochs(model, rows, epochs=run.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=run.seed,
-                     progress=on_step)
+                     logger=logger, progress=on_step, on_epoch_end=on_epoch_end)
     return _evaluate(model, run.data, run.kept_share, steps=_steps(cfg, len(rows), run.epochs))
+
+
+def _fresh(directory: Path) -> Path:
+    """An empty log directory: a rerun must not mix its presentations with an earlier run's."""
+    if directory.exists():
+        shutil.rmtree(directory)
+    return directory
+
+
+@torch.no_grad()
+def log_evaluation_pass(model: GPT, rows: np.ndarray, sample_ids: np.ndarray, logger: CartoLogger, *,
+                        epoch: int, step: int, batch_size: int) -> None:
+    """One forward pass over `rows` in eval mode, no update, each row logged as a presentation
+    (epoch = the training epoch just finished, step = the steps so far): the forgetting
+    literature's periodic evaluation, against which training-time logging is compared."""
+    model.eval()
+    data = torch.as_tensor(rows, dtype=torch.long)  # (N, T + 1)
+    ids = torch.as_tensor(sample_ids)
+    for lo in range(0, len(data), batch_size):
+        batch = data[lo : lo + batch_size]  # (B, T + 1)
+        logger.record(ids[lo : lo + batch_size], epoch=epoch, step=step, logits=model(batch[:, :-1]),
+                      labels=batch[:, 1:])
+    model.train()
 
 
 def _run_all(runs: list[Run], jobs: int, tracker: _Tracker) -> list[dict]:
@@ -497,13 +532,17 @@ def _headline(runs: list[dict]) -> dict:
 
 
 def _rankings(runs: list[dict]) -> dict:
-    """Every ranking's canary recall and carrier AUC on each reported seed's baseline logs."""
-    names = [row["name"] for row in runs[0]["rankings"]]
-    return {
-        name: {metric: summarise([next(r[metric] for r in run["rankings"] if r["name"] == name) for run in runs])
-               for metric in ("canary_recall", "carrier_auc")}
-        for name in names
-    }
+    """Every ranking's canary recall and carrier AUC on each reported seed's baseline logs, by
+    source: {"training": {name: ...}, "evaluation": {name: ...}}."""
+    out: dict[str, dict] = {}
+    for row in runs[0]["rankings"]:
+        source, name = row["source"], row["name"]
+        out.setdefault(source, {})[name] = {
+            metric: summarise([next(r[metric] for r in run["rankings"] if (r["source"], r["name"]) == (source, name))
+                               for run in runs])
+            for metric in ("canary_recall", "carrier_auc")
+        }
+    return out
 
 
 def _rank_vs_exposure(runs: list[dict], arm: str) -> dict:
@@ -586,14 +625,20 @@ def render_markdown(results: dict) -> str:
         "",
         "## Which ranking finds the canaries (baseline logs of the reported seeds)",
         "",
-        f"| ranking (`carto score` options) | canary copies among the top {results['frac']:.0%} | carrier AUC |"
-        " development seed |",
-        "|---|---|---|---|",
+        ("Training: every presentation as trained on (what the shim logs). Evaluation: a forward pass "
+         "over every row after each epoch, no update (the forgetting literature's periodic evaluation). "
+         "The development-seed column (training logs) is what chose the `carto` arm."),
+        "",
+        f"| ranking (`carto score` options) | logs | canary copies among the top {results['frac']:.0%} | "
+        "carrier AUC | development seed |",
+        "|---|---|---|---|---|",
     ]
     dev_recall = {row["name"]: row["canary_recall"] for row in dev["candidates"]}
-    for name, entry in results["rankings"].items():
-        lines.append(f"| `{name}` | {_cell(entry['canary_recall'], '{:.0%}')} | "
-                     f"{_cell(entry['carrier_auc'], '{:.3f}')} | {dev_recall.get(name, float('nan')):.0%} |")
+    for source, rankings in results["rankings"].items():
+        for name, entry in rankings.items():
+            dev_cell = f"{dev_recall[name]:.0%}" if source == "training" else ""
+            lines.append(f"| `{name}` | {source} | {_cell(entry['canary_recall'], '{:.0%}')} | "
+                         f"{_cell(entry['carrier_auc'], '{:.3f}')} | {dev_cell} |")
     lines += ["", "## Memorization rank against exposure", ""]
     for name, entry in results["rank_vs_exposure"].items():
         rho = ("undefined" if entry["spearman_rho"] is None

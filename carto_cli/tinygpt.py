@@ -152,6 +152,7 @@ def train_epochs(
     seed: int,
     logger: CartoLogger | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_epoch_end: Callable[[int, int], None] | None = None,
     weight_decay: float = 0.1,
     warmup_frac: float = 0.05,
     min_lr_frac: float = 0.1,
@@ -166,8 +167,9 @@ def train_epochs(
 
     With `logger` (a `CartoLogger`), every step records its samples with the logits of the training
     forward pass itself, before the update: no extra forward. `progress(step, total)` is called
-    after each step (step counts from 1). Returns steps, final_train_loss (mean over the last
-    epoch's presentations), seconds and tokens_per_s.
+    after each step (step counts from 1), `on_epoch_end(epoch, steps so far)` after each epoch
+    (e.g. for an evaluation pass; it must leave the model in training mode). Returns steps,
+    final_train_loss (mean over the last epoch's presentations), seconds and tokens_per_s.
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
@@ -208,6 +210,8 @@ def train_epochs(
             step += 1
             if progress is not None:
                 progress(step, total_steps)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, step)
     seconds = time.perf_counter() - t0
     return {
         "steps": step,

@@ -98,12 +98,41 @@ def test_parallel_runs_give_the_same_results(quick_run, tmp_path):
 def test_results_compare_every_ranking_and_state_the_headline(quick_run):
     _, results, _ = quick_run
     assert {tuple(row["ranking"]) for row in results["carto_ranking"]["candidates"]} == {PAPER_RANKING, *CANDIDATES}
-    assert len(results["rankings"]) == 1 + len(CANDIDATES)
-    for entry in results["rankings"].values():
-        assert 0 <= entry["canary_recall"]["mean"] <= 1 and 0 <= entry["carrier_auc"]["mean"] <= 1
+    assert set(results["rankings"]) == {"training", "evaluation"}  # training-time logs and eval passes
+    for source in results["rankings"].values():
+        assert len(source) == 1 + len(CANDIDATES)
+        for entry in source.values():
+            assert 0 <= entry["canary_recall"]["mean"] <= 1 and 0 <= entry["carrier_auc"]["mean"] <= 1
     assert set(results["headline"]) == set(ARMS) - {"baseline"}
     extracted = results["arms"]["baseline"]["extraction_rate"]["mean"] > 0
     for entry in results["headline"].values():  # no cut to compute when the baseline extracts nothing
         assert (entry["extraction_cut"] is not None) == extracted
         assert entry["holds_for_means"] is False or extracted
     assert set(results["rank_vs_exposure"]) == {"paper", "carto"}
+
+
+def test_evaluation_passes_are_logged_without_changing_training(tmp_path):
+    """The baseline's evaluation passes (forward only, eval mode) log every row once per epoch at
+    the epoch's last step, and the model trains exactly as it would without them."""
+    from dataclasses import replace
+
+    import numpy as np
+    import polars as pl
+
+    from carto_cli.corpus import cpython_text, to_bytes_samples
+    from carto_cli.experiment import QUICK, _baseline_run, _prepare, train_and_evaluate
+
+    data = _prepare(QUICK, to_bytes_samples(cpython_text(QUICK.corpus_bytes), QUICK.sample_len), seed=5)
+    run = _baseline_run(QUICK, data, 5, tmp_path)
+    with_passes = train_and_evaluate(run)
+    without = train_and_evaluate(replace(run, eval_log_dir=None, log_dir=tmp_path / "other"))
+    assert with_passes == without
+    passes = pl.read_parquet(tmp_path / "eval_logs").sort("epoch", "sample_id")
+    n = len(data.train)
+    assert passes.height == QUICK.epochs * n
+    steps_per_epoch = -(-n // QUICK.batch_size)
+    for epoch, group in passes.group_by("epoch"):
+        assert sorted(group["sample_id"]) == list(range(n))
+        assert set(group["step"]) == {(epoch[0] + 1) * steps_per_epoch}
+    assert passes["token_loss"].null_count() == 0
+    assert np.isfinite(passes["loss"].to_numpy()).all()
