@@ -199,41 +199,69 @@ def _concatenate(pieces: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]
 
 def _exponent(x: np.ndarray) -> np.ndarray:
     """floor(log2 x) of each nonzero uint64 below 2^53 (exact as a float64), read off the float's
-    exponent bits (np.frexp is 10x slower)."""
+    exponent bits (np.frexp is 10x slower); -1023 for 0. One new array."""
     bits = x.astype(np.float64).view(np.uint64)
-    return (bits >> np.uint64(52)).astype(np.int64) - 1023
+    np.right_shift(bits, np.uint64(52), out=bits)
+    exponent = bits.view(np.int64)
+    exponent -= 1023
+    return exponent
 
 
 def _lowest_bit_index(x: np.ndarray) -> np.ndarray:
-    """Index of the lowest set bit of each nonzero uint64 (trailing zeros)."""
-    return _exponent(x & (~x + np.uint64(1)))
+    """Index of the lowest set bit of each nonzero uint64 (trailing zeros); negative for 0."""
+    low = np.negative(x)  # two's complement: ~x + 1
+    low &= x
+    return _exponent(low)
 
 
 def _derive(n_seen: np.ndarray, sums: dict, early_epochs: int, first_id: int, unsigned: bool
             ) -> tuple[pl.DataFrame, np.ndarray]:
-    """State columns from the sums, for the samples present; ids of the irregular ones."""
+    """State columns from the sums, for the samples present; ids of the irregular ones.
+
+    Written to make few new arrays: on this kind of machine faulting in a fresh 80 MB array
+    costs more than the arithmetic done on it.
+    """
     present = np.flatnonzero(n_seen)
-    n = n_seen[present]
-    seen = sums["seen"][present].astype(np.uint64)
-    corr = sums["corr"][present].astype(np.uint64)
-    first_epoch = _lowest_bit_index(seen)
-    last_epoch = _exponent(seen)
+    everyone = len(present) == len(n_seen)  # dense ids: usually every slot holds a sample
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        return a if everyone else a[present]
+
+    n = pick(n_seen)
+    seen = pick(sums["seen"]).astype(np.uint64)
+    corr = pick(sums["corr"]).astype(np.uint64)
     # Once per epoch (a repeat carries, so the popcount falls short) in consecutive epochs.
-    regular = (np.bitwise_count(seen).astype(np.int64) == n) & (n == last_epoch - first_epoch + 1)
-    ids = present.astype(np.uint64 if unsigned else np.int64) + (np.uint64(first_id) if unsigned else first_id)
+    span = _exponent(seen)
+    span -= _lowest_bit_index(seen)
+    span += 1
+    regular = np.bitwise_count(seen) == n
+    regular &= n == span
+    del span
+    forgets = corr >> np.uint64(1)
+    np.invert(forgets, out=forgets)
+    forgets &= corr
+    forgets &= seen >> np.uint64(1)
+    dtype = np.uint64 if unsigned else np.int64
+    if everyone:
+        ids = np.arange(first_id, first_id + len(n), dtype=dtype) if not unsigned else \
+            np.arange(len(n), dtype=np.uint64) + np.uint64(first_id)
+    else:
+        ids = present.astype(dtype) + (np.uint64(first_id) if unsigned else first_id)
+    all_regular = bool(regular.all())
+
+    def keep(a: np.ndarray) -> np.ndarray:
+        return a if all_regular else a[regular]
+
     early_mask = np.uint64((1 << min(early_epochs, 63)) - 1) if early_epochs < 64 else np.uint64(2**64 - 1)
-    forgets = np.bitwise_count(corr & ~(corr >> np.uint64(1)) & (seen >> np.uint64(1))).astype(np.int64)
-    first_learned = np.where(corr != 0, _lowest_bit_index(corr), -1)  # -1: never learned (null)
-    r = regular
     frame = pl.DataFrame({
-        "sample_id": ids[r],
-        "n_seen": n[r],
-        "n_correct": np.bitwise_count(corr[r]).astype(np.int64),
-        "n_early": np.bitwise_count(seen[r] & early_mask).astype(np.int64),
-        "loss_sum": sums["loss"][present][r].astype(np.int64),
-        "early_sum": sums["early"][present][r].astype(np.int64),
-        "first_learned_epoch": first_learned[r],
-        "forget_events": forgets[r],
+        "sample_id": keep(ids),
+        "n_seen": keep(n),
+        "n_correct": np.bitwise_count(keep(corr)).astype(np.int64),
+        "n_early": np.bitwise_count(keep(seen) & early_mask).astype(np.int64),
+        "loss_sum": keep(pick(sums["loss"])).astype(np.int64),
+        "early_sum": keep(pick(sums["early"])).astype(np.int64),
+        "first_learned_epoch": keep(_lowest_bit_index(corr)),  # negative: never learned (null below)
+        "forget_events": np.bitwise_count(keep(forgets)).astype(np.int64),
     }).with_columns(pl.when(pl.col("first_learned_epoch") >= 0).then(pl.col("first_learned_epoch"))
                     .alias("first_learned_epoch"), pl.col("sample_id").set_sorted())
     return frame, ids[~regular]
