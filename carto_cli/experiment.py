@@ -39,7 +39,7 @@ import shutil
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +153,7 @@ class Run:
     kept_share: np.ndarray  # (N,) each train row's presence (0/1) or weight, for kept_copies
     log_dir: Path | None = None  # log every presentation here (the baselines)
     eval_log_dir: Path | None = None  # and an evaluation pass over every row after each epoch here
+    out_dir: Path | None = None  # the experiment's directory: runs/<label>.json is written there
 
 
 # ---------------------------------------------------------------------------------- the run
@@ -186,7 +187,7 @@ def run_experiment(
     work = {seed: out / ("dev" if seed == DEV_SEED else f"seed{seed}") for seed in data}
     with _torch_threads(cfg.threads):
         # 1. Every baseline (the development seed's too) trains with the logger on.
-        baselines = _run_all([_baseline_run(cfg, data[s], s, work[s]) for s in data], jobs, tracker)
+        baselines = _run_all([_baseline_run(cfg, data[s], s, work[s], out) for s in data], jobs, tracker)
         base = dict(zip(data, baselines))
         # 2. The development seed chooses carto's ranking; every reported seed's arms follow from
         #    its own baseline's logs only.
@@ -194,7 +195,7 @@ def run_experiment(
         chosen = tuple(dev["chosen"]["ranking"])
         seeds_ = [prepare_arms(cfg, data[s], frac, s, chosen, work[s]) for s in reported]
         # 3. Every other arm of every seed trains from scratch.
-        arm_runs = [run for seed_arms in seeds_ for run in seed_arms["runs"]]
+        arm_runs = [replace(run, out_dir=out) for seed_arms in seeds_ for run in seed_arms["runs"]]
         results = iter(_run_all(arm_runs, jobs, tracker))
     runs = []
     for s, seed_arms in zip(reported, seeds_):
@@ -282,13 +283,13 @@ def _prepare(cfg: Config, samples: np.ndarray, seed: int) -> SeedData:
     return SeedData(planted, val, canaries)
 
 
-def _baseline_run(cfg: Config, data: SeedData, seed: int, work: Path) -> Run:
+def _baseline_run(cfg: Config, data: SeedData, seed: int, work: Path, out: Path | None = None) -> Run:
     """Every row, `cfg.epochs` epochs, logged (with per-token losses) to work/logs; after each
     epoch an evaluation pass over every row (no update) is logged to work/eval_logs."""
     n = len(data.train)
     label = "development baseline" if seed == DEV_SEED else f"seed {seed} · baseline"
     return Run(label, cfg, data, seed, np.arange(n), cfg.epochs, np.ones(n), log_dir=work / "logs",
-               eval_log_dir=work / "eval_logs")
+               eval_log_dir=work / "eval_logs", out_dir=out)
 
 
 def _pruned_run(cfg: Config, data: SeedData, kept: np.ndarray, seed: int, label: str) -> Run:
@@ -358,16 +359,27 @@ def log_evaluation_pass(model: GPT, rows: np.ndarray, sample_ids: np.ndarray, lo
 def _run_all(runs: list[Run], jobs: int, tracker: _Tracker) -> list[dict]:
     """`train_and_evaluate` every run, in order, or `jobs` at a time in spawned worker processes."""
     if jobs == 1 or len(runs) == 1:
-        return [train_and_evaluate(run, tracker.run(run.label)) for run in runs]
+        return [_save_run(run, train_and_evaluate(run, tracker.run(run.label))) for run in runs]
     threads = runs[0].cfg.threads or 1
     context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools
     with ProcessPoolExecutor(max_workers=min(jobs, len(runs)), mp_context=context,
                              initializer=torch.set_num_threads, initargs=(threads,)) as pool:
         futures = {pool.submit(train_and_evaluate, run): run for run in runs}
         for future in as_completed(futures):
-            future.result()  # a failed run stops the experiment here
+            _save_run(futures[future], future.result())  # a failed run stops the experiment here
             tracker.finished(futures[future].label)
         return [future.result() for future in futures]
+
+
+def _save_run(run: Run, metrics: dict) -> dict:
+    """Write one run's metrics to runs/<label>.json beside the seed's work as soon as it finishes,
+    so that a later failure loses no finished run (a record, never read back as a cache)."""
+    directory = run.out_dir / "runs" if run.out_dir is not None else None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        name = run.label.replace(" · ", "-").replace(" ", "-")
+        (directory / f"{name}.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n")
+    return metrics
 
 
 @contextmanager
@@ -522,10 +534,10 @@ def _headline(runs: list[dict]) -> dict:
                 cut.append(1 - this["extraction_rate"] / base["extraction_rate"])
             rise.append(this["val_ppl"] / base["val_ppl"] - 1)
         entry = {"extraction_cut": summarise(cut) if cut else None, "ppl_rise": summarise(rise)}
-        entry["holds_for_means"] = bool(cut) and (
+        entry["holds_for_means"] = bool(cut) and bool(
             entry["extraction_cut"]["mean"] > HEADLINE_REDUCTION and entry["ppl_rise"]["mean"] < HEADLINE_PPL)
         intervals = bool(cut) and entry["extraction_cut"]["ci95"] is not None
-        entry["holds_for_intervals"] = intervals and (
+        entry["holds_for_intervals"] = intervals and bool(
             entry["extraction_cut"]["ci95"][0] > HEADLINE_REDUCTION and entry["ppl_rise"]["ci95"][1] < HEADLINE_PPL)
         out[arm] = entry
     return out
@@ -568,7 +580,7 @@ def summarise(values: list[float]) -> dict:
     mean = float(np.mean(values))
     if len(values) < 2:
         return {"per_seed": values, "mean": mean, "ci95": None}
-    half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values))
+    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
     return {"per_seed": values, "mean": mean, "ci95": [mean - half, mean + half]}
 
 

@@ -31,6 +31,8 @@ def test_quick_run_writes_the_three_files(quick_run):
     table = (out / "results.md").read_text()
     for arm in ARMS:
         assert f"| {arm} |" in table
+    saved = sorted(p.stem for p in (out / "runs").glob("*.json"))  # each run, written as it finished
+    assert saved == sorted(["development-baseline", *(f"seed-0-{arm}" for arm in ARMS)])
 
 
 def test_every_arm_has_every_metric(quick_run):
@@ -136,3 +138,24 @@ def test_evaluation_passes_are_logged_without_changing_training(tmp_path):
         assert set(group["step"]) == {(epoch[0] + 1) * steps_per_epoch}
     assert passes["token_loss"].null_count() == 0
     assert np.isfinite(passes["loss"].to_numpy()).all()
+
+
+def test_headline_and_results_are_json_even_where_the_baseline_extracts(quick_run):
+    """Synthetic seeds whose baseline extracts canaries: the headline is computed (numpy scalars
+    must not leak into results.json) and says yes only where both conditions hold."""
+    from carto_cli.experiment import _headline
+
+    def arm(extraction, ppl):
+        return {"extraction_rate": extraction, "val_ppl": ppl}
+
+    runs = [{"arms": {"baseline": arm(0.8, 10.0), "paper": arm(0.8, 10.01), "carto": arm(0.2, 10.02),
+                      "random": arm(0.7, 10.0), "loss": arm(0.4, 10.3), "weights": arm(0.6, 10.0),
+                      "oracle": arm(0.0, 9.9)}} for _ in range(3)]
+    runs[1]["arms"]["carto"] = arm(0.3, 10.03)
+    headline = json.loads(json.dumps(_headline(runs)))
+    assert headline["carto"]["holds_for_means"] is True and headline["carto"]["holds_for_intervals"] is True
+    assert headline["paper"]["holds_for_means"] is False  # no cut
+    assert headline["loss"]["holds_for_means"] is False  # cut 50% but perplexity +3%
+    assert headline["carto"]["extraction_cut"]["mean"] == pytest.approx((0.75 + 0.625 + 0.75) / 3)
+    _, results, _ = quick_run
+    json.dumps(results)  # raises on a numpy scalar
