@@ -115,12 +115,15 @@ def run_score(
             method_used=method,
             rows_dropped_nonfinite=dropped,
         )
-        artifacts.write(quadrants.assign(frame, thresholds), out, prov)
+        placed = quadrants.assign(frame, thresholds)
+        artifacts.write(placed, out, prov)
     finally:
         if cleanup is not None:
             cleanup()
-    written = pl.scan_parquet(out)
-    counts = written.select(pl.len().alias("samples"), pl.col("n_seen").sum().alias("rows"),
+    # The report reads the scores back from memory when they are there, else from the written file
+    # (a bucketed or Ray run spilled them); the numbers are the same.
+    report = placed if result is not None else pl.scan_parquet(out)
+    counts = report.select(pl.len().alias("samples"), pl.col("n_seen").sum().alias("rows"),
                             pl.col("ever_learned").sum().alias("learned")).collect().row(0, named=True)
     return ScoreRun(
         out=out,
@@ -132,7 +135,7 @@ def run_score(
         samples_general=general,
         rows_dropped_nonfinite=dropped,
         thresholds=thresholds,
-        table=quadrants.summary(written),
+        table=quadrants.summary(report),
         engine=engine,
         buckets=n_buckets,
         ever_learned=int(counts["learned"] or 0),
