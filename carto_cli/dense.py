@@ -70,8 +70,9 @@ def applies(logset: LogSet) -> tuple[int, int] | None:
     return span
 
 
-def state(logset: LogSet, kernel, general_state) -> tuple[pl.DataFrame, int] | None:
-    """Per-sample state (COLUMNS) and the number of samples the general path recounted, or None.
+def state(logset: LogSet, kernel, general_state) -> tuple[pl.DataFrame, int, int] | None:
+    """Per-sample state (COLUMNS), the number of samples the general path recounted and the number
+    of rows dropped for a non-finite loss (with `kernel.drop_nonfinite`), or None.
 
     `kernel` is the `scoring.Kernel` (rule, early epochs, non-finite handling, id dtype);
     `general_state(sample_ids)` recounts the given samples exactly and returns their state.
@@ -83,21 +84,22 @@ def state(logset: LogSet, kernel, general_state) -> tuple[pl.DataFrame, int] | N
     n_ids = hi - lo + 1
     passes = max(1, math.ceil(n_ids / SAMPLES_PER_PASS))
     width = math.ceil(n_ids / passes)
-    frames, irregular = [], []
+    frames, irregular, dropped = [], [], 0
     for p in range(passes):
         start = p * width
         result = _pass(logset, kernel, lo, start, min(width, n_ids - start), n_ids)
         if result is None:
             return None
-        frame, odd = result
+        frame, odd, n_dropped = result
         frames.append(frame)
         irregular.append(odd)
+        dropped += n_dropped
     odd_ids = np.concatenate(irregular)
     state_frame = pl.concat(frames)  # ascending sample_id, pass after pass
     if len(odd_ids):
         recount = general_state(pl.Series(schema.SAMPLE_ID, odd_ids).cast(state_frame.schema[schema.SAMPLE_ID]))
         state_frame = pl.concat([state_frame, recount.select(COLUMNS)], how="vertical_relaxed")
-    return state_frame, len(odd_ids)
+    return state_frame, len(odd_ids), dropped
 
 
 def _columns(kernel) -> list[str]:
@@ -114,7 +116,7 @@ def _correct(kernel, values: np.ndarray) -> np.ndarray:
 
 
 def _pass(logset: LogSet, kernel, lo: int, start: int, width: int, n_ids: int
-          ) -> tuple[pl.DataFrame, np.ndarray] | None:
+          ) -> tuple[pl.DataFrame, np.ndarray, int] | None:
     """Accumulate the samples with lo + start <= sample_id < lo + start + width over the whole log.
 
     Rows are read in chunks of whole row groups (at least `width` rows, so that each bincount's
@@ -126,7 +128,7 @@ def _pass(logset: LogSet, kernel, lo: int, start: int, width: int, n_ids: int
     whole = start == 0 and width == n_ids  # one pass: every id is in [lo, hi] by the footers
     n_seen = np.zeros(width, dtype=np.int64)
     sums = {name: np.zeros(width, dtype=np.float64) for name in ("seen", "corr", "loss", "early")}
-    max_epoch, max_abs_fp = 0, 0.0
+    max_epoch, max_abs_fp, dropped = 0, 0.0, 0
     chunks = _chunks(logset, kernel, unsigned, rows=max(width, _MIN_CHUNK_ROWS))
     with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=_THREADS) as counters:
         ahead = reader.submit(next, chunks, None)
@@ -137,6 +139,10 @@ def _pass(logset: LogSet, kernel, lo: int, start: int, width: int, n_ids: int
             keep = None if whole else (idx >= 0) & (idx < width)
             if kernel.drop_nonfinite:
                 finite = np.isfinite(loss)
+                if keep is None:
+                    dropped += len(finite) - int(np.count_nonzero(finite))
+                else:  # only this pass's samples: each row is counted in exactly one pass
+                    dropped += int(np.count_nonzero(keep & ~finite))
                 keep = finite if keep is None else keep & finite
             if keep is not None and not keep.all():
                 idx, epoch, loss, rule_values = idx[keep], epoch[keep], loss[keep], rule_values[keep]
@@ -161,7 +167,7 @@ def _pass(logset: LogSet, kernel, lo: int, start: int, width: int, n_ids: int
     most = int(n_seen.max(initial=0))
     if most and (max_epoch + math.log2(most) > 52 or max_abs_fp * most >= _EXACT):
         return None  # a float64 sum might have rounded: the Polars kernel is exact here
-    return _derive(n_seen, sums, kernel.early_epochs, lo + start, unsigned)
+    return (*_derive(n_seen, sums, kernel.early_epochs, lo + start, unsigned), dropped)
 
 
 def _add_bincount(acc: np.ndarray, idx: np.ndarray, weights: np.ndarray | None) -> None:

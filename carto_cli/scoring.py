@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 
 import polars as pl
 
-from carto_cli import dense, schema, signals
+from carto_cli import dense, schema, signals, storage
 from carto_cli.errors import LogFormatError, OptionError
 from carto_cli.logs import LogSet, sample_id_dtype, scan, scan_paths
 
@@ -219,6 +219,9 @@ class Plan:
 
 def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set."""
+    fast = _score_from_footers(logset, params)
+    if fast is not None:
+        return fast
     plan = prepare(logset, params)
     paths = [str(p.path) for p in logset.parts]
     reduced = None
@@ -226,6 +229,7 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
         reduced = dense.state(logset, plan.kernel, lambda ids: _recount(plan.kernel, paths, ids))
         if reduced is not None:
             plan.kernel = replace(plan.kernel, method="dense")
+            reduced = reduced[:2]  # the non-finite rows were counted by prepare
     if reduced is None:
         passes = max(1, math.ceil(logset.num_rows / ROWS_PER_PASS))
         reduced = plan.kernel.state(paths, passes=passes)
@@ -234,6 +238,73 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     if params.memorization != "forgets":
         result.scores = with_signal(result.scores, logset, plan, params)
     return result
+
+
+def _score_from_footers(logset: LogSet, params: ScoreParams) -> ScoreResult | None:
+    """The common case without `prepare`'s pass over the data: when the Parquet footers show that
+    the bitmask method applies (one epoch per row group, epochs in step order) and the rule needs no
+    percentile, the dense kernel runs straight away, dropping and counting non-finite losses
+    itself. None whenever anything is not known from the footers; `score` then runs the full path.
+    """
+    if params.method != "auto" or params.memorization != "forgets":
+        return None
+    rule = fixed_rule(params)
+    column = _RULE_COLUMN.get(params.correct_from)
+    if rule is None or (column is not None and any(p.null_counts.get(column) != 0 for p in logset.parts)):
+        return None  # a percentile to take, or a missing column or nulls for `prepare` to report
+    facts = _footer_facts(logset)
+    if facts is None:
+        return None
+    epochs, max_abs_loss = facts
+    if max_abs_loss > _MAX_ABS_LOSS or not _bitmask_applies(epochs)[0]:
+        return None
+    kernel = Kernel(rule=rule, early_epochs=params.early_epochs, method="bitmask", drop_nonfinite=True,
+                    sample_id_dtype=str(sample_id_dtype(logset.parts)))
+    paths = [str(p.path) for p in logset.parts]
+    reduced = dense.state(logset, kernel, lambda ids: _recount(kernel, paths, ids))
+    if reduced is None:
+        return None
+    state, samples_general, dropped = reduced
+    notes = []
+    if dropped:
+        if params.nonfinite == "error":
+            raise LogFormatError(_nonfinite_message(dropped))
+        notes.append(f"dropped {dropped} row(s) with a NaN or infinite loss")
+    plan = Plan(replace(kernel, method="dense"), dropped, notes,
+                memorization=signals.describe("forgets", drop_k=params.drop_k, early_epochs=params.early_epochs,
+                                              late_from=None))
+    return finish(state, plan, params, samples_general)
+
+
+def _footer_facts(logset: LogSet) -> tuple[pl.DataFrame, float] | None:
+    """Per-epoch step ranges (as `_preflight` gives them) and the largest |loss|, from row-group
+    statistics; None where a row group holds several epochs or lacks statistics."""
+    ranges: dict[int, tuple[int, int]] = {}
+    max_abs_loss = 0.0
+    for part in logset.parts:
+        meta = storage.open_parquet(part.path).metadata
+        names = part.arrow_schema.names
+        columns = [names.index(c) for c in (schema.EPOCH, schema.STEP, schema.LOSS)]
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            if group.num_rows == 0:
+                continue
+            epoch, step, loss = (group.column(i).statistics for i in columns)
+            if any(s is None or not s.has_min_max for s in (epoch, step, loss)) or epoch.min != epoch.max:
+                return None
+            low, high = ranges.get(epoch.min, (step.min, step.max))
+            ranges[epoch.min] = (min(low, step.min), max(high, step.max))
+            # NaN is left out of Parquet statistics (the kernel drops and counts it); an infinity is not
+            bounds = [abs(x) for x in (loss.min, loss.max) if math.isfinite(x)]
+            max_abs_loss = max([max_abs_loss, *bounds])
+    order = sorted(ranges)
+    return pl.DataFrame({schema.EPOCH: order, "min_step": [ranges[e][0] for e in order],
+                         "max_step": [ranges[e][1] for e in order]}), max_abs_loss
+
+
+def _nonfinite_message(count: int) -> str:
+    return (f"{count} row(s) have a NaN or infinite loss; fix the logging, "
+            "or pass --nonfinite drop to leave them out")
 
 
 def _recount(kernel: Kernel, paths: list[str], sample_ids: pl.Series) -> pl.DataFrame:
@@ -305,10 +376,7 @@ def prepare(logset: LogSet, params: ScoreParams) -> Plan:
     notes = []
     if nonfinite:
         if params.nonfinite == "error":
-            raise LogFormatError(
-                f"{nonfinite} row(s) have a NaN or infinite loss; fix the logging, "
-                "or pass --nonfinite drop to leave them out"
-            )
+            raise LogFormatError(_nonfinite_message(nonfinite))
         notes.append(f"dropped {nonfinite} row(s) with a NaN or infinite loss")
         lf = lf.filter(pl.col(schema.LOSS).is_finite())
 

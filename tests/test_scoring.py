@@ -259,3 +259,39 @@ def test_derived_rule_never_counts_a_nan_value_as_learned(tmp_path: Path) -> Non
     write_parts(tmp_path / "logs", rows, n_files=1)
     row = _by_id(_score(tmp_path / "logs", correct_from="acc"))[1]
     assert row["n_correct"] == 1 and row["first_learned_epoch"] == 1
+
+
+def _write_by_epoch(directory: Path, rows: list[dict]) -> None:
+    """One part per epoch, as a training run writes them (row groups hold a single epoch)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for epoch in sorted({r["epoch"] for r in rows}):
+        pl.DataFrame([r for r in rows if r["epoch"] == epoch]).write_parquet(directory / f"part-e{epoch}.parquet")
+
+
+def test_one_epoch_per_row_group_skips_the_preflight_pass(tmp_path: Path, monkeypatch) -> None:
+    _write_by_epoch(tmp_path / "logs", hand_rows())
+    general = _score(tmp_path / "logs", method="general")
+
+    def no_preflight(*args, **kwargs):
+        raise AssertionError("the footers should have answered")
+
+    monkeypatch.setattr(scoring, "_preflight", no_preflight)
+    fast = _score(tmp_path / "logs")
+    assert fast.method == "dense" and fast.samples_general == 3
+    assert fast.scores.equals(general.scores)  # bit for bit
+
+
+def test_footer_path_drops_and_counts_nonfinite_losses_itself(tmp_path: Path) -> None:
+    nan_rows = [
+        {"sample_id": 2, "epoch": 3, "step": 39, "loss": float("nan"), "correct": False,
+         "token_acc": 0.0, "tail_loss": 0.0},
+        {"sample_id": 1, "epoch": 0, "step": 9, "loss": float("inf"), "correct": True,
+         "token_acc": 1.0, "tail_loss": 0.0},
+    ]
+    _write_by_epoch(tmp_path / "logs", hand_rows() + nan_rows)
+    result = _score(tmp_path / "logs")
+    assert result.method == "dense" and result.rows_dropped_nonfinite == 2
+    assert result.notes == ["dropped 2 row(s) with a NaN or infinite loss"]
+    assert result.scores.equals(_score(tmp_path / "logs", method="general").scores)
+    with pytest.raises(LogFormatError, match="2 row"):
+        _score(tmp_path / "logs", nonfinite="error")
