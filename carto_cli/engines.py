@@ -7,14 +7,15 @@ sample).
 
 Engines:
 - `local`: buckets one after another in this process (a non-bucketed log is one bucket).
-- `ray`: one Ray task per bucket, on a running cluster (`address`) or a local instance started for
-  the run. Workers need carto installed and the parts readable at the same path or URL (shared
-  storage or object storage, see `carto_cli.storage`). The driver receives one bucket's state at a
-  time.
+- `ray`: one Ray task per bucket (at most two per cluster CPU in flight), on a running cluster
+  (`address`) or a local instance started for the run. Workers need carto installed and the parts
+  readable at the same path or URL (shared storage or object storage, see `carto_cli.storage`).
+  The driver receives one bucket's state at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -68,11 +69,23 @@ def _ray_states(kernel: scoring.Kernel, jobs: dict, address: str | None):
                  configure_logging=False)
     try:
         remote = ray.remote(_reduce_bucket)
-        pending = {remote.remote(kernel, paths): bucket for bucket, paths in jobs.items()}
+        # At most two tasks per cluster CPU in flight: finished states wait in Ray's object store
+        # only until the driver fetches them, so the store holds a bounded number of buckets.
+        limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        queue = iter(jobs.items())
+        pending: dict = {}
+
+        def submit() -> None:
+            for bucket, paths in itertools.islice(queue, limit - len(pending)):
+                pending[remote.remote(kernel, paths)] = bucket
+
+        submit()
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
             state, general = ray.get(done)
-            yield pending.pop(done), state, general
+            bucket = pending.pop(done)
+            submit()
+            yield bucket, state, general
     finally:
         if started:
             ray.shutdown()
