@@ -143,9 +143,10 @@ class CartoLogger:
         self.ignore_index = ignore_index
         self.chunk_bytes = chunk_bytes
         self.buckets = buckets
-        self.token_losses = bool(token_losses)
-        # A probe subset, as a sorted array for np.isin in the writer thread; None: every sample.
+        # A probe subset (any iterable of ids, a numpy array too), sorted for np.isin in the writer
+        # thread; None: every sample.
         self._token_probe = None if isinstance(token_losses, bool) else np.unique(np.fromiter(token_losses, np.int64))
+        self.token_losses = token_losses if self._token_probe is None else len(self._token_probe) > 0
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
         self.parts_written: list[Path] = []

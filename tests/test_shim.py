@@ -222,7 +222,7 @@ def test_token_losses_are_logged_per_position_for_every_sample_or_a_probe_subset
                                              reduction="none").view(4, 6)
     with CartoLogger(tmp_path / "all", token_losses=True) as log:
         log.record([10, 11, 12, 13], epoch=0, step=0, logits=logits, labels=labels)
-    with CartoLogger(tmp_path / "probe", token_losses={11, 12, 99}) as log:
+    with CartoLogger(tmp_path / "probe", token_losses=np.array([11, 12, 99])) as log:
         log.record([10, 11, 12, 13], epoch=0, step=0, logits=logits, labels=labels)
     with CartoLogger(tmp_path / "none") as log:
         log.record([10, 11, 12, 13], epoch=0, step=0, logits=logits, labels=labels)
