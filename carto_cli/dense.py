@@ -22,12 +22,10 @@ needs are produced: this path serves full, in-memory scoring, not `--update` sta
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import numpy as np
 import polars as pl
@@ -39,7 +37,6 @@ from carto_cli.logs import LogSet
 SAMPLES_PER_PASS = 32_000_000
 _EXACT = 2.0**53
 _MIN_CHUNK_ROWS = 4_000_000
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _THREADS = max(1, min(5, os.cpu_count() or 1))
 _FIXED_POINT = 2.0**32
 
@@ -73,30 +70,6 @@ def applies(logset: LogSet) -> tuple[int, int] | None:
     return span
 
 
-@contextmanager
-def _keep_freed_memory() -> Iterator[None]:
-    """While the kernel runs, let glibc keep freed blocks for reuse instead of unmapping them.
-
-    By default glibc returns every freed block over 32 MiB to the OS, so each chunk's arrays and
-    bincount results (tens of MB each) are faulted in again page by page. On the 40M-row benchmark
-    (2-core VM, quiet, a fresh process per run, 3 runs each) `scoring.score` took 4.1-6.3 s without
-    this and 3.1-3.6 s with it. Afterwards the thresholds are set back to glibc's defaults as
-    fixed values (mmap above 32 MiB, trim above 128 KiB). A no-op where libc is not glibc.
-    """
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        yield
-        return
-    mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
-    try:
-        yield
-    finally:
-        mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        mallopt(_M_TRIM_THRESHOLD, 128 << 10)
-
-
 def state(logset: LogSet, kernel, general_state) -> tuple[pl.DataFrame, int, int] | None:
     """Per-sample state (COLUMNS), the number of samples the general path recounted and the number
     of rows dropped for a non-finite loss (with `kernel.drop_nonfinite`), or None.
@@ -112,16 +85,15 @@ def state(logset: LogSet, kernel, general_state) -> tuple[pl.DataFrame, int, int
     passes = max(1, math.ceil(n_ids / SAMPLES_PER_PASS))
     width = math.ceil(n_ids / passes)
     frames, irregular, dropped = [], [], 0
-    with _keep_freed_memory():
-        for p in range(passes):
-            start = p * width
-            result = _pass(logset, kernel, lo, start, min(width, n_ids - start), n_ids)
-            if result is None:
-                return None
-            frame, odd, n_dropped = result
-            frames.append(frame)
-            irregular.append(odd)
-            dropped += n_dropped
+    for p in range(passes):
+        start = p * width
+        result = _pass(logset, kernel, lo, start, min(width, n_ids - start), n_ids)
+        if result is None:
+            return None
+        frame, odd, n_dropped = result
+        frames.append(frame)
+        irregular.append(odd)
+        dropped += n_dropped
     odd_ids = np.concatenate(irregular)
     state_frame = pl.concat(frames)  # ascending sample_id, pass after pass
     if len(odd_ids):
