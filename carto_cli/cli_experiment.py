@@ -1,7 +1,7 @@
 """`carto experiment`: the command-line face of `carto_cli.experiment` (parse, call, print).
 
     carto experiment --out exp/ --quick          # smoke run, every arm, 10-20 s
-    carto experiment --out exp/ --seeds 3        # the default run, about 45 minutes on 2 cores
+    carto experiment --out exp/ --seeds 3        # the default run, about 35 minutes on 2 cores
 
 The experiment itself (torch, scipy, matplotlib) is imported only when the command runs, so the
 rest of the CLI works without those extras.
