@@ -98,7 +98,7 @@ QUICK = Config(corpus_bytes=30_000, sample_len=48, n_layer=1, n_head=2, n_embd=3
                threads=1)
 # 22 runs (1 development + 3 seeds x 7 arms) of 9 epochs x ~5.8k rows x 64 tokens = 3.3M tokens:
 # 35 minutes on this 2-core machine with --jobs 2 (one run ~170-250 s at one thread; the baselines
-# also make an evaluation pass per epoch), about 80 minutes one run at a time.
+# also make an evaluation pass per epoch); one run at a time, about 22 x 200 s = 75 minutes (estimated).
 # Calibrated on seed 0 (baseline only, the arms untouched): with (8, 16, 32) x 6 canaries the
 # baseline extracted 0/6, 4/6, 5/6; with (12, 24, 48) x 5, 3/5, 5/5, 5/5 (87%). Canary copies:
 # 420 rows, 7% of the 5.8k train rows, so a 10% prune could remove them all. Every canary ranked
