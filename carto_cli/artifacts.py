@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from carto_cli import __version__
 from carto_cli.durable import write_atomic
-from carto_cli.errors import OptionError, ScoresFormatError
+from carto_cli.errors import OptionError, ScoresFormatError, first_line
 
 PROVENANCE_KEY = "carto.provenance"
 SIDECAR_SUFFIX = ".json"
@@ -91,7 +91,7 @@ def read(path: Path, kind: str) -> tuple[pl.DataFrame, dict]:
         prov = read_provenance(path)
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ScoresFormatError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]}); "
+        raise ScoresFormatError(f"{path}: not a readable Parquet file ({first_line(exc)}); "
                                 f"pass a {kind} file written by carto") from None
     if not prov or prov.get("kind") != kind:
         found = prov.get("kind") if prov else "no carto provenance"

@@ -36,7 +36,7 @@ from carto_cli import (
     storage,
 )
 from carto_cli.console import err
-from carto_cli.errors import CartoError, OptionError
+from carto_cli.errors import CartoError, OptionError, first_line
 from carto_cli.shim import LOG_DIR_ENV
 
 app = typer.Typer(
@@ -70,7 +70,7 @@ def _cli_errors(fn: Callable) -> Callable:
             err.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except pl.exceptions.PolarsError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             err.print(
                 f"[bold red]Error:[/] reading the logs failed: {escape(first)}; a part may be damaged: "
                 "`carto logs summary` names unreadable parts, --skip-corrupt leaves them out",

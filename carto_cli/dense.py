@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 
 from carto_cli import schema, storage
+from carto_cli.fixedpoint import SCALE
 from carto_cli.logs import LogSet
 
 # Samples per pass over the log: bounds the accumulators to about 1.8 GB.
@@ -38,7 +39,6 @@ SAMPLES_PER_PASS = 32_000_000
 _EXACT = 2.0**53
 _MIN_CHUNK_ROWS = 4_000_000
 _THREADS = max(1, min(5, os.cpu_count() or 1))
-_FIXED_POINT = 2.0**32
 
 # The state columns `scoring.finalize` reads.
 COLUMNS = ("sample_id", "n_seen", "n_correct", "n_early", "loss_sum", "early_sum", "first_learned_epoch",
@@ -153,7 +153,7 @@ def _pass(logset: LogSet, kernel, lo: int, start: int, width: int, n_ids: int
                 ahead.cancel()
                 return None
             weight = np.exp2(epoch.astype(np.float64))  # exact powers of two
-            fixed = np.round(loss * _FIXED_POINT)  # the fixed point of scoring._fixed_sum
+            fixed = np.round(loss * SCALE)  # the integers fixedpoint.fixed_sum adds
             max_abs_fp = max(max_abs_fp, float(np.abs(fixed).max(initial=0.0)))
             jobs = [
                 (n_seen, None),

@@ -36,3 +36,9 @@ def require_torch():
             "pip install 'carto-cli[torch]'"
         ) from exc
     return torch
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

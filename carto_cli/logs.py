@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 
 from carto_cli import schema, storage
-from carto_cli.errors import LogFormatError
+from carto_cli.errors import LogFormatError, first_line
 from carto_cli.storage import Location
 
 # Polars dtypes every part is cast to on scan (sample_id is decided per log set, see `scan`).
@@ -121,7 +121,7 @@ def inspect_part(path: Location) -> LogPart:
         pf = storage.open_parquet(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise LogFormatError(
-            f"{path}: not a readable Parquet file ({_first_line(exc)}); "
+            f"{path}: not a readable Parquet file ({first_line(exc)}); "
             "if it is a truncated part, remove it or pass --skip-corrupt"
         ) from None
     arrow_schema = pf.schema_arrow
@@ -261,8 +261,3 @@ def summarize(logset: LogSet) -> dict[str, object]:
         "ranks": len(row["ranks"]) or 1,
         "skipped": [str(p) for p, _ in logset.skipped],
     }
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -47,6 +47,7 @@ import polars as pl
 
 from carto_cli import dense, schema, signals, storage
 from carto_cli.errors import LogFormatError, OptionError
+from carto_cli.fixedpoint import SCALE, fixed_sum
 from carto_cli.logs import LogSet, sample_id_dtype, scan, scan_paths
 
 CORRECT_SOURCES = ("log", "loss", "tail", "acc")
@@ -433,17 +434,8 @@ STATE_COLUMNS = (
     "forget_events",
 )
 
-# Losses are summed in fixed point (units of 2^-32 nats, far below float32's resolution) so that a
-# mean does not depend on the order in which files, threads and row groups were summed: the same
-# logs always give bit-identical scores, and quadrant boundaries never flip on rounding noise.
-_FIXED_POINT = 2.0**32
+# Losses are summed in fixed point (carto_cli.fixedpoint): bit-identical scores in any order.
 _MAX_ABS_LOSS = 1e9
-
-
-def _fixed_sum(values: pl.Expr) -> pl.Expr:
-    """Exact, order-independent sum of a float column in fixed point (0 for no values)."""
-    total = (values * _FIXED_POINT).round().cast(pl.Int128).sum()
-    return total.cast(pl.Int64, strict=True)
 
 
 def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[pl.DataFrame, int]:
@@ -456,8 +448,8 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
         pl.len().cast(pl.Int64).alias("n_seen"),
         correct.sum().cast(pl.Int64).alias("n_correct"),
         early.sum().cast(pl.Int64).alias("n_early"),
-        _fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
-        _fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
+        fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
+        fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
         pl.when(correct).then(pl.col(schema.EPOCH)).min().cast(pl.Int64).alias("first_learned_epoch"),
     ]
     if method == "general":
@@ -469,8 +461,8 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
     bit = _power_of_two(pl.col(schema.EPOCH))
     state = lf.group_by(schema.SAMPLE_ID).agg(
         pl.len().cast(pl.Int64).alias("n_seen"),
-        _fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
-        _fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
+        fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
+        fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
         bit.sum().alias("_seen"),
         (bit * correct.cast(pl.UInt64)).sum().alias("_corr"),
         pl.col(schema.STEP).min().cast(pl.Int64).alias("first_step"),
@@ -583,9 +575,9 @@ def finalize(state: pl.DataFrame, *, never_learned: str) -> pl.DataFrame:
         state.lazy()
         .with_columns(
             difficulty=pl.when(pl.col("n_early") > 0).then(
-                pl.col("early_sum").cast(pl.Float64) / _FIXED_POINT / pl.col("n_early")
+                pl.col("early_sum").cast(pl.Float64) / SCALE / pl.col("n_early")
             ),
-            mean_loss=pl.col("loss_sum").cast(pl.Float64) / _FIXED_POINT / pl.col("n_seen"),
+            mean_loss=pl.col("loss_sum").cast(pl.Float64) / SCALE / pl.col("n_seen"),
             ever_learned=pl.col("n_correct") > 0,
         )
         .with_columns(memorization=_memorization(never_learned))

@@ -31,11 +31,11 @@ import polars as pl
 
 from carto_cli import schema
 from carto_cli.errors import LogFormatError, OptionError
+from carto_cli.fixedpoint import fixed_mean
 
 SIGNALS = ("forgets", "token-drop", "tail-var")
 # The log column each non-default signal reads.
 SIGNAL_COLUMN = {"token-drop": schema.TOKEN_LOSS, "tail-var": schema.TAIL_LOSS}
-_FIXED_POINT = 2.0**32
 
 
 def describe(signal: str, *, drop_k: int, early_epochs: int, late_from: int | None) -> str:
@@ -75,12 +75,6 @@ def signal_frame(lf: pl.LazyFrame, signal: str, *, early_epochs: int, drop_k: in
     raise ValueError(f"not a column signal: {signal}")
 
 
-def _fixed_mean(values: pl.Expr) -> pl.Expr:
-    """Order-independent mean of the non-null values (null for none), via a fixed-point sum."""
-    total = (values * _FIXED_POINT).round().cast(pl.Int128).sum().cast(pl.Float64) / _FIXED_POINT
-    return pl.when(values.count() > 0).then(total / values.count())
-
-
 def token_drop(lf: pl.LazyFrame, *, early_epochs: int, drop_k: int) -> pl.DataFrame:
     sid, losses = schema.SAMPLE_ID, schema.TOKEN_LOSS
     rows = lf.select(sid, schema.EPOCH, schema.STEP, losses).filter(pl.col(losses).is_not_null())
@@ -92,7 +86,7 @@ def token_drop(lf: pl.LazyFrame, *, early_epochs: int, drop_k: int) -> pl.DataFr
                 .filter(pl.col(losses).is_finite()))
 
     early = (per_position(rows.filter(pl.col(schema.EPOCH) < early_epochs))
-             .group_by(sid, "pos").agg(_fixed_mean(pl.col(losses)).alias("early")))
+             .group_by(sid, "pos").agg(fixed_mean(pl.col(losses)).alias("early")))
     last = (rows.filter(pl.col(schema.EPOCH) >= early_epochs)
             .group_by(sid).agg(pl.col(losses).sort_by([schema.STEP, schema.EPOCH]).last()))
     drops = (early.join(per_position(last), on=[sid, "pos"], how="inner")
@@ -104,7 +98,7 @@ def tail_variability(lf: pl.LazyFrame, *, late_from: int) -> pl.DataFrame:
     sid, tail = schema.SAMPLE_ID, pl.col(schema.TAIL_LOSS)
     late = lf.filter((pl.col(schema.EPOCH) >= late_from) & tail.is_finite())
     moments = late.group_by(sid).agg(
-        pl.len().alias("n"), _fixed_mean(tail).alias("m1"), _fixed_mean(tail * tail).alias("m2")
+        pl.len().alias("n"), fixed_mean(tail).alias("m1"), fixed_mean(tail * tail).alias("m2")
     )
     value = pl.when(pl.col("n") >= 2).then((pl.col("m2") - pl.col("m1") ** 2).clip(lower_bound=0).sqrt())
     return lf.select(sid).unique().join(moments.select(sid, value.alias("value")), on=sid, how="left").collect()

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from carto_cli.errors import LogFormatError
+from carto_cli.errors import LogFormatError, first_line
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://(.*)$")
 
@@ -86,7 +86,7 @@ def _filesystem(scheme: str, bucket: str) -> pafs.FileSystem:
     try:
         return pafs.FileSystem.from_uri(f"{scheme}://{bucket}")[0]
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-        raise LogFormatError(f"{scheme}://{bucket}: cannot open this object store ({_first_line(exc)})") from None
+        raise LogFormatError(f"{scheme}://{bucket}: cannot open this object store ({first_line(exc)})") from None
 
 
 def filesystem(path: RemotePath) -> pafs.FileSystem:
@@ -100,7 +100,7 @@ def kind(path: Location) -> str:
     try:
         info = filesystem(path).get_file_info(path.key)
     except OSError as exc:
-        raise LogFormatError(f"{path}: cannot list it ({_first_line(exc)}); check the URL and credentials") from None
+        raise LogFormatError(f"{path}: cannot list it ({first_line(exc)}); check the URL and credentials") from None
     return {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(info.type, "missing")
 
 
@@ -110,7 +110,7 @@ def list_files(root: RemotePath, suffix: str) -> list[tuple[RemotePath, tuple[st
     try:
         infos = filesystem(root).get_file_info(selector)
     except OSError as exc:
-        raise LogFormatError(f"{root}: cannot list it ({_first_line(exc)}); check the URL and credentials") from None
+        raise LogFormatError(f"{root}: cannot list it ({first_line(exc)}); check the URL and credentials") from None
     depth = len(root.parts)
     return [(root.child(info.path), tuple(info.path.split("/")[depth:]))
             for info in infos if info.type == pafs.FileType.File and info.path.endswith(suffix)]
@@ -127,7 +127,3 @@ def size(path: Location) -> int:
     if isinstance(path, Path):
         return path.stat().st_size
     return filesystem(path).get_file_info(path.key).size
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
