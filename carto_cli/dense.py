@@ -49,7 +49,7 @@ def id_range(logset: LogSet) -> tuple[int, int] | None:
     """(lo, hi) of sample_id over every part, from footer statistics; None where any is missing."""
     lo = hi = None
     for part in logset.parts:
-        meta = storage.open_parquet(part.path).metadata
+        meta = part.footer
         column = part.arrow_schema.names.index(schema.SAMPLE_ID)
         for rg in range(meta.num_row_groups):
             if meta.row_group(rg).num_rows == 0:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from carto_cli import schema, storage
 from carto_cli.errors import LogFormatError, first_line
@@ -51,6 +52,7 @@ class LogPart:
     size_bytes: int
     arrow_schema: pa.Schema
     null_counts: dict[str, int | None]  # per known column; None where statistics are missing
+    footer: pq.FileMetaData = field(repr=False, compare=False)  # row groups and their statistics
 
     @property
     def columns(self) -> set[str]:
@@ -159,6 +161,7 @@ def inspect_part(path: Location) -> LogPart:
         size_bytes=storage.size(path),
         arrow_schema=arrow_schema,
         null_counts=null_counts,
+        footer=meta,
     )
 
 

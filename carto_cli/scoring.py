@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 
 import polars as pl
 
-from carto_cli import dense, schema, signals, storage
+from carto_cli import dense, schema, signals
 from carto_cli.errors import LogFormatError, OptionError
 from carto_cli.fixedpoint import SCALE, fixed_sum
 from carto_cli.logs import LogSet, sample_id_dtype, scan, scan_paths
@@ -283,7 +283,7 @@ def _footer_facts(logset: LogSet) -> tuple[pl.DataFrame, float] | None:
     ranges: dict[int, tuple[int, int]] = {}
     max_abs_loss = 0.0
     for part in logset.parts:
-        meta = storage.open_parquet(part.path).metadata
+        meta = part.footer
         names = part.arrow_schema.names
         columns = [names.index(c) for c in (schema.EPOCH, schema.STEP, schema.LOSS)]
         for rg in range(meta.num_row_groups):
