@@ -220,13 +220,13 @@ class Plan:
 
 def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set."""
-    fast = _score_from_footers(logset, params)
+    fast, dense_declined = _score_from_footers(logset, params)
     if fast is not None:
         return fast
     plan = prepare(logset, params)
     paths = [str(p.path) for p in logset.parts]
     reduced = None
-    if params.method == "auto" and plan.kernel.method == "bitmask":
+    if params.method == "auto" and plan.kernel.method == "bitmask" and not dense_declined:
         reduced = dense.state(logset, plan.kernel, lambda ids: _recount(plan.kernel, paths, ids))
         if reduced is not None:
             plan.kernel = replace(plan.kernel, method="dense")
@@ -241,30 +241,31 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     return result
 
 
-def _score_from_footers(logset: LogSet, params: ScoreParams) -> ScoreResult | None:
+def _score_from_footers(logset: LogSet, params: ScoreParams) -> tuple[ScoreResult | None, bool]:
     """The common case without `prepare`'s pass over the data: when the Parquet footers show that
     the bitmask method applies (one epoch per row group, epochs in step order) and the rule needs no
     percentile, the dense kernel runs straight away, dropping and counting non-finite losses
-    itself. None whenever anything is not known from the footers; `score` then runs the full path.
+    itself. Returns (scores, False), or (None, whether the dense kernel ran and declined, so that
+    `score`'s full path does not run it again over the same rows).
     """
     if params.method != "auto" or params.memorization != "forgets":
-        return None
+        return None, False
     rule = fixed_rule(params)
     column = _RULE_COLUMN.get(params.correct_from)
     if rule is None or (column is not None and any(p.null_counts.get(column) != 0 for p in logset.parts)):
-        return None  # a percentile to take, or a missing column or nulls for `prepare` to report
+        return None, False  # a percentile to take, or a missing column or nulls for `prepare` to report
     facts = _footer_facts(logset)
     if facts is None:
-        return None
+        return None, False
     epochs, max_abs_loss = facts
     if max_abs_loss > _MAX_ABS_LOSS or not _bitmask_applies(epochs)[0]:
-        return None
+        return None, False
     kernel = Kernel(rule=rule, early_epochs=params.early_epochs, method="bitmask", drop_nonfinite=True,
                     sample_id_dtype=str(sample_id_dtype(logset.parts)))
     paths = [str(p.path) for p in logset.parts]
     reduced = dense.state(logset, kernel, lambda ids: _recount(kernel, paths, ids))
     if reduced is None:
-        return None
+        return None, True
     state, samples_general, dropped = reduced
     notes = []
     if dropped:
@@ -274,7 +275,7 @@ def _score_from_footers(logset: LogSet, params: ScoreParams) -> ScoreResult | No
     plan = Plan(replace(kernel, method="dense"), dropped, notes,
                 memorization=signals.describe("forgets", drop_k=params.drop_k, early_epochs=params.early_epochs,
                                               late_from=None))
-    return finish(state, plan, params, samples_general)
+    return finish(state, plan, params, samples_general), False
 
 
 def _footer_facts(logset: LogSet) -> tuple[pl.DataFrame, float] | None:

@@ -295,3 +295,14 @@ def test_footer_path_drops_and_counts_nonfinite_losses_itself(tmp_path: Path) ->
     assert result.scores.equals(_score(tmp_path / "logs", method="general").scores)
     with pytest.raises(LogFormatError, match="2 row"):
         _score(tmp_path / "logs", nonfinite="error")
+
+
+def test_a_declined_dense_pass_is_not_run_twice(tmp_path: Path, monkeypatch) -> None:
+    rows = [dict(r, loss=r["loss"] * 4e5) for r in hand_rows()]  # too large for exact float64 sums
+    _write_by_epoch(tmp_path / "logs", rows)
+    calls = []
+    real = scoring.dense.state
+    monkeypatch.setattr(scoring.dense, "state", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = _score(tmp_path / "logs")
+    assert result.method == "bitmask" and calls == [1]  # the hash kernel took over after one try
+    assert result.scores.equals(_score(tmp_path / "logs", method="general").scores)
