@@ -8,8 +8,13 @@ logger (logits path: per-sample loss, token accuracy, tail loss), in `--rounds` 
 so that the machine's drift hits both arms alike, and prints the median step time of each arm and
 their ratio. The goal (issue "Scoring at scale"): logging adds at most 2% to step time.
 
-On CUDA it then runs logged steps under `torch.cuda.set_sync_debug_mode("error")`, which raises on
-any synchronising CUDA call, to show that `record` never synchronises host and device.
+On CUDA it then checks, three ways, that `record` never synchronises host and device and logs
+the right numbers:
+- logged steps under `torch.cuda.set_sync_debug_mode("error")`, which raises on the synchronising
+  CUDA calls PyTorch knows of (`.item()`, blocking copies, ...);
+- `record` called while the GPU is still busy with a long kernel (`torch.cuda._sleep`): it must
+  return long before that kernel ends, which no call that waits for the device can do;
+- the rows written for known logits are compared with a float64 CPU reference.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import statistics
 import tempfile
 import time
 
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -49,6 +55,55 @@ def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int,
             torch.cuda.synchronize()  # timing only: the step is complete on the device
         times.append(time.perf_counter() - t0)
     return times
+
+
+def check_record_while_busy(model, data, ids) -> str:
+    """Queue a long GPU kernel, then call `record`: a `record` that waited for the device could
+    not return before the kernel ends."""
+    with tempfile.TemporaryDirectory() as out, CartoLogger(out) as logger:
+        logits = model(data[0][0])
+        logger.record(ids[0], epoch=0, step=0, logits=logits, labels=data[0][1])  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.cuda._sleep(int(2e9))  # spin the GPU for about a second (2e9 cycles)
+        torch.cuda.synchronize()
+        kernel_s = time.perf_counter() - t0
+        torch.cuda._sleep(int(2e9))
+        logits = model(data[1][0])  # queued behind the sleeping kernel
+        t0 = time.perf_counter()
+        logger.record(ids[1], epoch=0, step=1, logits=logits, labels=data[1][1])
+        record_s = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        logger.flush()
+    verdict = "passed" if record_s < 0.1 * kernel_s else "FAILED"
+    return (f"{verdict}: record() returned in {record_s * 1e3:.2f} ms while a {kernel_s * 1e3:.0f} ms "
+            "kernel was still running")
+
+
+def check_logged_values(data, device: str = "cuda") -> str:
+    """Log known logits on `device` and compare the written rows with a float64 reference on the CPU."""
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    x, y = data[0]
+    B, T = y.shape
+    logits_cpu = torch.randn(B, T, 256, generator=gen, dtype=torch.float64)
+    labels = y.cpu().clone()
+    labels[0, T // 2:] = -100  # a padded tail: those positions must not count
+    with tempfile.TemporaryDirectory() as out:
+        with CartoLogger(out) as logger:
+            logger.record(torch.arange(B, device=device), epoch=0, step=0,
+                          logits=logits_cpu.float().to(device), labels=labels.to(device))
+        table = pq.read_table(logger.parts_written[0]).sort_by("sample_id")
+    valid = labels != -100
+    tok = F.cross_entropy(logits_cpu.reshape(-1, 256), labels.clamp_min(0).reshape(-1),
+                          reduction="none").view(B, T)
+    ref_loss = (tok * valid).sum(1) / valid.sum(1)
+    ref_acc = ((logits_cpu.argmax(-1) == labels) & valid).sum(1) / valid.sum(1)
+    got_loss = torch.tensor(table.column("loss").to_numpy(), dtype=torch.float64)
+    got_acc = torch.tensor(table.column("token_acc").to_numpy(), dtype=torch.float64)
+    loss_err = (got_loss - ref_loss).abs().max().item()
+    acc_err = (got_acc - ref_acc).abs().max().item()
+    verdict = "passed" if loss_err < 1e-4 and acc_err < 1e-6 else "FAILED"
+    return f"{verdict}: max |loss - float64 reference| {loss_err:.2e}, max |token_acc - reference| {acc_err:.2e}"
 
 
 def main() -> None:
@@ -93,6 +148,11 @@ def main() -> None:
                 sync_check = f"FAILED: {exc}"
             finally:
                 torch.cuda.set_sync_debug_mode(0)
+    if device == "cuda":
+        busy_check = check_record_while_busy(model, data, ids)
+    else:
+        busy_check = "not run (CPU)"
+    values_check = check_logged_values(data, device)
     base, with_log = statistics.median(plain), statistics.median(logged)
     result = {
         "device": device,
@@ -108,6 +168,8 @@ def main() -> None:
         "record_share_of_step": round(statistics.median(in_record) / base, 4),
         "rows_logged": rows,
         "sync_check": sync_check,
+        "busy_check": busy_check,
+        "values_check": values_check,
     }
     print(f"model {result['params'] / 1e6:.2f}M params, batch {args.batch} x {args.context}, {device}, "
           f"{result['threads']} threads, {len(plain)} steps per arm")
@@ -117,6 +179,8 @@ def main() -> None:
     print(f"time inside record(): median {statistics.median(in_record) * 1e3:.2f} ms per step, "
           f"{100 * statistics.median(in_record) / base:.2f}% of a step")
     print(f"sync check: {sync_check}")
+    print(f"busy-GPU check: {busy_check}")
+    print(f"values check: {values_check}")
     print(json.dumps(result))
 
 
