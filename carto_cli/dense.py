@@ -1,29 +1,35 @@
-"""The dense-id kernel: per-sample state by counting into arrays indexed by sample_id.
+"""The dense-id kernel: per-sample state by adding into arrays indexed by sample_id.
 
 When a log's sample ids fill an integer range [lo, hi] that is no longer than the log has rows
 (as dataset indices do), a sample's accumulators can live at position `sample_id - lo` of plain
-arrays, and every per-sample sum is one `np.bincount` over a row group: no hash table, no sort,
-no join. This is the bitmask method (see `carto_cli.scoring`) computed with arrays instead of a
-Polars group_by, about 3x faster on the 40M-row benchmark; it gives the same numbers bit for bit:
+integer arrays, and the log is reduced by in-place scatter-adds (`np.add.at`), one row group at a
+time: no hash table, no sort, no join, and no array the size of the sample range made per row
+group (on a virtual machine, faulting in fresh memory costs more than the arithmetic). This is the
+bitmask method (see `carto_cli.scoring`) computed with arrays instead of a Polars group_by; it
+gives the same numbers bit for bit:
 
-- the masks s = sum of 2^epoch and c = the same over correct rows are sums of float64 powers of
-  two, exact while every per-sample sum stays below 2^53 (checked: epochs + log2(rows per
-  sample) <= 53, else the caller falls back);
-- loss sums are taken in the same fixed point as the other paths (round(loss * 2^32), half to
-  even, as Polars rounds), and a float64 sum of integers below 2^53 is exact in any order
-  (checked: max |loss| * 2^32 * rows per sample < 2^53, else fall back);
+- per sample, the masks s = sum of 2^epoch over its rows and c = the same over correct rows, and
+  its number of rows, are integer sums. With few epochs (at most `PACKED_EPOCHS`, from the
+  footers) all three are packed into one uint64 word per sample, n in the low `_N_BITS` bits,
+  then s, then c, `_MASK_BITS` bits each, so each row costs one scatter-add; whether any field
+  overflowed into the next is checked exactly afterwards (the sum of each field over all samples
+  must equal the same sum over rows: an overflow only ever moves value out of a field). With more
+  epochs they are three arrays (exact while epochs + log2(rows per sample) < 64);
+- losses are summed in the same fixed point as the other paths (round(loss * 2^32), half to even,
+  as Polars rounds) as int64, in two arrays, rows of early epochs and the others, so each row is
+  added once (checked: max |loss| * 2^32 * rows per sample < 2^62, else fall back);
 - samples that break the bitmask conditions (a repeat within an epoch, a gap between epochs) are
   recounted by the general path, exactly as the Polars bitmask kernel does.
 
-`state` returns None whenever the kernel does not apply (ids not dense, no footer statistics, the
-exactness bounds above); the caller then runs the Polars kernel. Only the columns `finalize`
-needs are produced: this path serves full, in-memory scoring, not `--update` states.
+`state` returns None whenever the kernel does not apply (ids not dense, no footer statistics, a
+negative epoch, the exactness bounds above); the caller then runs the Polars kernel. Only the
+columns `finalize` needs are produced: this path serves full, in-memory scoring, not `--update`
+states.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,31 +40,39 @@ from carto_cli import schema, storage
 from carto_cli.fixedpoint import SCALE
 from carto_cli.logs import LogSet
 
-# Samples per pass over the log: bounds the accumulators to about 1.8 GB.
+# Samples per pass over the log: bounds the accumulators to 32M x 24 bytes (packed) or 40 bytes,
+# 0.8-1.3 GB.
 SAMPLES_PER_PASS = 32_000_000
-_EXACT = 2.0**53
-_MIN_CHUNK_ROWS = 4_000_000
-_THREADS = max(1, min(5, os.cpu_count() or 1))
+# The packed layout: n in the low _N_BITS bits, then the two masks, _MASK_BITS bits each.
+_N_BITS = 9
+_MASK_BITS = 27
+PACKED_EPOCHS = 16  # epochs 0..15: room for 2^(27-16) = 2048 rows per sample in a mask field
+_FIXED_LIMIT = 2**62  # |early sum| and |late sum| below this, so their int64 total cannot overflow
 
 # The state columns `scoring.finalize` reads.
 COLUMNS = ("sample_id", "n_seen", "n_correct", "n_early", "loss_sum", "early_sum", "first_learned_epoch",
            "forget_events")
 
 
+def _footer_stats(logset: LogSet, column: str) -> Iterator[tuple[int, int, object]]:
+    """(part index, row group, statistics of `column` or None) of every non-empty row group."""
+    for i, part in enumerate(logset.parts):
+        meta = part.footer
+        index = part.arrow_schema.names.index(column)
+        for rg in range(meta.num_row_groups):
+            if meta.row_group(rg).num_rows:
+                stats = meta.row_group(rg).column(index).statistics
+                yield i, rg, stats if stats is not None and stats.has_min_max else None
+
+
 def id_range(logset: LogSet) -> tuple[int, int] | None:
     """(lo, hi) of sample_id over every part, from footer statistics; None where any is missing."""
     lo = hi = None
-    for part in logset.parts:
-        meta = part.footer
-        column = part.arrow_schema.names.index(schema.SAMPLE_ID)
-        for rg in range(meta.num_row_groups):
-            if meta.row_group(rg).num_rows == 0:
-                continue
-            stats = meta.row_group(rg).column(column).statistics
-            if stats is None or not stats.has_min_max:
-                return None
-            lo = stats.min if lo is None else min(lo, stats.min)
-            hi = stats.max if hi is None else max(hi, stats.max)
+    for _, _, stats in _footer_stats(logset, schema.SAMPLE_ID):
+        if stats is None:
+            return None
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
     return None if lo is None else (int(lo), int(hi))
 
 
@@ -84,11 +98,14 @@ def state(logset: LogSet, kernel, general_state) -> tuple[pl.DataFrame, int, int
     n_ids = hi - lo + 1
     passes = max(1, math.ceil(n_ids / SAMPLES_PER_PASS))
     width = math.ceil(n_ids / passes)
+    groups = _row_groups(logset)
     frames, irregular, dropped = [], [], 0
     for p in range(passes):
         start = p * width
-        result = _pass(logset, kernel, lo, start, min(width, n_ids - start), n_ids)
-        if result is None:
+        result = _pass(logset, groups, kernel, lo, start, min(width, n_ids - start), n_ids, packed=True)
+        if result == "unpack":  # a packed field overflowed (many rows per sample): one array per field
+            result = _pass(logset, groups, kernel, lo, start, min(width, n_ids - start), n_ids, packed=False)
+        if result is None or result == "unpack":
             return None
         frame, odd, n_dropped = result
         frames.append(frame)
@@ -102,9 +119,17 @@ def state(logset: LogSet, kernel, general_state) -> tuple[pl.DataFrame, int, int
     return state_frame, len(odd_ids), dropped
 
 
-def _columns(kernel) -> list[str]:
-    """What the kernel reads: ids, epochs, losses and the correctness rule's column."""
-    return list(dict.fromkeys([schema.SAMPLE_ID, schema.EPOCH, schema.LOSS, kernel.rule.column]))
+def _row_groups(logset: LogSet) -> list[tuple[int, int, int | None]]:
+    """(part index, row group, its one epoch or None) of every non-empty row group; the epoch comes
+    from the footer statistics when they show a single epoch, so its column need not be read."""
+    return [(i, rg, int(stats.min) if stats is not None and stats.min == stats.max else None)
+            for i, rg, stats in _footer_stats(logset, schema.EPOCH)]
+
+
+def _columns(kernel, with_epoch: bool) -> list[str]:
+    """What the kernel reads: ids, epochs (unless known), losses and the correctness rule's column."""
+    names = [schema.SAMPLE_ID, schema.EPOCH, schema.LOSS, kernel.rule.column]
+    return list(dict.fromkeys(n for n in names if with_epoch or n != schema.EPOCH))
 
 
 def _correct(kernel, values: np.ndarray) -> np.ndarray:
@@ -115,22 +140,114 @@ def _correct(kernel, values: np.ndarray) -> np.ndarray:
     return values >= rule.threshold if rule.source == "acc" else values < rule.threshold
 
 
-def _pass(logset: LogSet, kernel, lo: int, start: int, width: int, n_ids: int
-          ) -> tuple[pl.DataFrame, np.ndarray, int] | None:
-    """Accumulate the samples with lo + start <= sample_id < lo + start + width over the whole log.
+def _read(logset: LogSet, groups: list, kernel, unsigned: bool) -> Iterator[tuple]:
+    """(ids, epoch array or the row group's one epoch, loss, rule column), one row group at a time."""
+    files: dict[int, object] = {}
+    for i, rg, epoch in groups:
+        if i not in files:
+            files = {i: storage.open_parquet(logset.parts[i].path)}  # parts are read in order: one open
+        table = files[i].read_row_group(rg, columns=_columns(kernel, epoch is None), use_threads=True)
+        yield (
+            table.column(schema.SAMPLE_ID).to_numpy().astype(np.uint64 if unsigned else np.int64, copy=False),
+            table.column(schema.EPOCH).to_numpy().astype(np.int64, copy=False) if epoch is None else epoch,
+            table.column(schema.LOSS).to_numpy(),
+            table.column(kernel.rule.column).to_numpy(),
+        )
 
-    Rows are read in chunks of whole row groups (at least `width` rows, so that each bincount's
-    fixed cost, an array of `width`, is spread over as many rows); the next chunk is read while
-    the five bincounts of this one run on a thread each (np.bincount releases the GIL).
+
+class _Sums:
+    """The accumulators of one pass: per-sample row counts, epoch masks and fixed-point loss sums,
+    and the same totals over rows, to check the packed fields afterwards."""
+
+    def __init__(self, width: int, packed: bool) -> None:
+        self.packed = packed
+        self.words = np.zeros(width, dtype=np.uint64)  # packed: n | s << 9 | c << 36; else s
+        self.n_seen = None if packed else np.zeros(width, dtype=np.int64)
+        self.corr = None if packed else np.zeros(width, dtype=np.uint64)
+        self.early = np.zeros(width, dtype=np.int64)
+        self.late = np.zeros(width, dtype=np.int64)
+        self.rows = self.seen_total = self.corr_total = 0
+        self.max_epoch = 0
+        self.max_abs_fixed = 0
+
+    def add(self, idx: np.ndarray, epoch: np.ndarray | int, fixed: np.ndarray, correct: np.ndarray,
+            early_epochs: int) -> None:
+        """Add rows: sample slots, epochs, fixed-point losses, correctness."""
+        self.rows += len(idx)
+        if isinstance(epoch, int):  # the row group's one epoch, from its footer
+            bit = 1 << epoch
+            self.seen_total += bit * len(idx)
+            self.corr_total += bit * int(np.count_nonzero(correct))
+            if self.packed:
+                one = np.uint64(1 + (bit << _N_BITS))
+                weight = correct.astype(np.uint64)
+                weight *= np.uint64(bit << (_N_BITS + _MASK_BITS))
+                weight += one
+                np.add.at(self.words, idx, weight)
+            else:
+                np.add.at(self.n_seen, idx, 1)
+                np.add.at(self.words, idx, np.uint64(bit))
+                np.add.at(self.corr, idx[correct], np.uint64(bit))
+            np.add.at(self.early if epoch < early_epochs else self.late, idx, fixed)
+            return
+        # several epochs in a row group: never packed (the layout is chosen from the footers)
+        bits = np.left_shift(np.uint64(1), epoch.astype(np.uint64))
+        np.add.at(self.n_seen, idx, 1)
+        np.add.at(self.words, idx, bits)
+        bits *= correct
+        np.add.at(self.corr, idx, bits)
+        early = epoch < early_epochs
+        np.add.at(self.early, idx[early], fixed[early])
+        late = ~early
+        np.add.at(self.late, idx[late], fixed[late])
+
+    def fields(self) -> pl.DataFrame | None:
+        """n_seen, seen (s), corr (c), early_sum and late (the other rows' loss sum) per sample slot,
+        as a frame over these arrays (the packed words split by Polars, which does it faster and in
+        fewer fresh pages than numpy); None where a packed field overflowed into the next."""
+        if not self.packed:
+            return pl.DataFrame({"n_seen": self.n_seen, "seen": self.words, "corr": self.corr,
+                                 "early_sum": self.early, "late": self.late})
+        words = pl.col("words")
+        frame = pl.DataFrame({"words": self.words, "early_sum": self.early, "late": self.late}).select(
+            n_seen=(words & _u64((1 << _N_BITS) - 1)).cast(pl.Int64),
+            seen=(words // _u64(1 << _N_BITS)) & _u64((1 << _MASK_BITS) - 1),
+            corr=words // _u64(1 << (_N_BITS + _MASK_BITS)),
+            early_sum=pl.col("early_sum"),
+            late=pl.col("late"),
+        )
+        # an overflow moves value out of a field, so that field's total over samples falls short
+        totals = frame.select(pl.col("n_seen", "seen", "corr").sum()).row(0)
+        if totals != (self.rows, self.seen_total, self.corr_total):
+            return None
+        return frame
+
+    def bounded(self, n_seen: pl.Series) -> bool:
+        """Whether no mask or loss sum can have wrapped (else the Polars kernel, exact there, runs)."""
+        most = int(n_seen.max() or 0)
+        return not most or (self.max_epoch + math.log2(most) < 63 and self.max_abs_fixed * most < _FIXED_LIMIT)
+
+
+def _u64(value: int) -> pl.Expr:
+    return pl.lit(value, dtype=pl.UInt64)
+
+
+def _pass(logset: LogSet, groups: list, kernel, lo: int, start: int, width: int, n_ids: int, packed: bool
+          ) -> tuple[pl.DataFrame, np.ndarray, int] | str | None:
+    """Accumulate the samples with lo + start <= sample_id < lo + start + width over the whole log,
+    one row group at a time, the next row group read while this one is added.
+
+    With `packed`, the packed layout is used where the footers allow it; "unpack" says that a
+    packed field overflowed and the pass must be run again without it.
     """
     unsigned = kernel.sample_id_dtype == "UInt64"
     base = np.uint64(lo + start) if unsigned else np.int64(lo + start)
     whole = start == 0 and width == n_ids  # one pass: every id is in [lo, hi] by the footers
-    n_seen = np.zeros(width, dtype=np.int64)
-    sums = {name: np.zeros(width, dtype=np.float64) for name in ("seen", "corr", "loss", "early")}
-    max_epoch, max_abs_fp, dropped = 0, 0.0, 0
-    chunks = _chunks(logset, kernel, unsigned, rows=max(width, _MIN_CHUNK_ROWS))
-    with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=_THREADS) as counters:
+    packed = packed and all(e is not None and 0 <= e < PACKED_EPOCHS for _, _, e in groups)
+    sums = _Sums(width, packed)
+    dropped = 0
+    chunks = _read(logset, groups, kernel, unsigned)
+    with ThreadPoolExecutor(max_workers=1) as reader:
         ahead = reader.submit(next, chunks, None)
         while (chunk := ahead.result()) is not None:
             ahead = reader.submit(next, chunks, None)
@@ -144,130 +261,53 @@ def _pass(logset: LogSet, kernel, lo: int, start: int, width: int, n_ids: int
                 else:  # only this pass's samples: each row is counted in exactly one pass
                     dropped += int(np.count_nonzero(keep & ~finite))
                 keep = finite if keep is None else keep & finite
+            many = not isinstance(epoch, int)
             if keep is not None and not keep.all():
-                idx, epoch, loss, rule_values = idx[keep], epoch[keep], loss[keep], rule_values[keep]
+                idx, loss, rule_values = idx[keep], loss[keep], rule_values[keep]
+                epoch = epoch[keep] if many else epoch
             if not len(idx):
                 continue
-            max_epoch = max(max_epoch, int(epoch.max()))
-            if max_epoch > 52 or epoch.min() < 0:
+            low, high = (int(epoch.min()), int(epoch.max())) if many else (epoch, epoch)
+            peak = float(np.abs(loss).max()) * SCALE
+            if low < 0 or high > 52 or peak >= _FIXED_LIMIT:  # see _Sums.bounded
                 ahead.cancel()
                 return None
-            weight = np.exp2(epoch.astype(np.float64))  # exact powers of two
-            fixed = np.round(loss * SCALE)  # the integers fixedpoint.fixed_sum adds
-            max_abs_fp = max(max_abs_fp, float(np.abs(fixed).max(initial=0.0)))
-            jobs = [
-                (n_seen, None),
-                (sums["seen"], weight),
-                (sums["corr"], weight * _correct(kernel, rule_values)),
-                (sums["loss"], fixed),
-                (sums["early"], fixed * (epoch < kernel.early_epochs)),
-            ]
-            for future in [counters.submit(_add_bincount, acc, idx, w) for acc, w in jobs]:
-                future.result()
-    most = int(n_seen.max(initial=0))
-    if most and (max_epoch + math.log2(most) > 52 or max_abs_fp * most >= _EXACT):
-        return None  # a float64 sum might have rounded: the Polars kernel is exact here
-    return (*_derive(n_seen, sums, kernel.early_epochs, lo + start, unsigned), dropped)
+            sums.max_epoch = max(sums.max_epoch, high)
+            sums.max_abs_fixed = max(sums.max_abs_fixed, round(peak))
+            fixed = np.rint(loss.astype(np.float64) * SCALE).astype(np.int64)  # as fixedpoint.fixed_sum
+            sums.add(idx, epoch, fixed, _correct(kernel, rule_values), kernel.early_epochs)
+    fields = sums.fields()
+    if fields is None:
+        return "unpack"
+    if not sums.bounded(fields["n_seen"]):
+        return None
+    del sums
+    return (*_derive(fields, kernel.early_epochs, lo + start, unsigned), dropped)
 
 
-def _add_bincount(acc: np.ndarray, idx: np.ndarray, weights: np.ndarray | None) -> None:
-    acc += np.bincount(idx, weights=weights, minlength=len(acc))
-
-
-def _chunks(logset: LogSet, kernel, unsigned: bool, rows: int) -> Iterator[tuple[np.ndarray, ...]]:
-    """(ids, epoch, loss, rule column) arrays of at least `rows` rows, whole row groups at a time."""
-    columns = _columns(kernel)
-    pending: list[tuple[np.ndarray, ...]] = []
-    count = 0
-    for part in logset.parts:
-        pf = storage.open_parquet(part.path)
-        for rg in range(pf.metadata.num_row_groups):
-            table = pf.read_row_group(rg, columns=columns, use_threads=True)
-            pending.append((
-                table.column(schema.SAMPLE_ID).to_numpy().astype(np.uint64 if unsigned else np.int64, copy=False),
-                table.column(schema.EPOCH).to_numpy().astype(np.int64, copy=False),
-                table.column(schema.LOSS).to_numpy().astype(np.float64, copy=False),
-                table.column(kernel.rule.column).to_numpy(),
-            ))
-            count += table.num_rows
-            if count >= rows:
-                yield _concatenate(pending)
-                pending, count = [], 0
-    if pending:
-        yield _concatenate(pending)
-
-
-def _concatenate(pieces: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
-    if len(pieces) == 1:
-        return pieces[0]
-    return tuple(np.concatenate(columns) for columns in zip(*pieces))
-
-
-def _exponent(x: np.ndarray) -> np.ndarray:
-    """floor(log2 x) of each nonzero uint64 below 2^53 (exact as a float64), read off the float's
-    exponent bits (np.frexp is 10x slower); -1023 for 0. One new array."""
-    bits = x.astype(np.float64).view(np.uint64)
-    np.right_shift(bits, np.uint64(52), out=bits)
-    exponent = bits.view(np.int64)
-    exponent -= 1023
-    return exponent
-
-
-def _lowest_bit_index(x: np.ndarray) -> np.ndarray:
-    """Index of the lowest set bit of each nonzero uint64 (trailing zeros); negative for 0."""
-    low = np.negative(x)  # two's complement: ~x + 1
-    low &= x
-    return _exponent(low)
-
-
-def _derive(n_seen: np.ndarray, sums: dict, early_epochs: int, first_id: int, unsigned: bool
+def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, unsigned: bool
             ) -> tuple[pl.DataFrame, np.ndarray]:
-    """State columns from the sums, for the samples present; ids of the irregular ones.
-
-    Written to make few new arrays: on this kind of machine faulting in a fresh 80 MB array
-    costs more than the arithmetic done on it.
-    """
-    present = np.flatnonzero(n_seen)
-    everyone = len(present) == len(n_seen)  # dense ids: usually every slot holds a sample
-
-    def pick(a: np.ndarray) -> np.ndarray:
-        return a if everyone else a[present]
-
-    n = pick(n_seen)
-    seen = pick(sums["seen"]).astype(np.uint64)
-    corr = pick(sums["corr"]).astype(np.uint64)
+    """State columns (COLUMNS) of the regular samples present, from the per-slot sums; ids of the
+    irregular ones, for the general path to recount."""
+    n, seen, corr = pl.col("n_seen"), pl.col("seen"), pl.col("corr")
+    dtype = pl.UInt64 if unsigned else pl.Int64
     # Once per epoch (a repeat carries, so the popcount falls short) in consecutive epochs.
-    span = _exponent(seen)
-    span -= _lowest_bit_index(seen)
-    span += 1
-    regular = np.bitwise_count(seen) == n
-    regular &= n == span
-    del span
-    forgets = corr >> np.uint64(1)
-    np.invert(forgets, out=forgets)
-    forgets &= corr
-    forgets &= seen >> np.uint64(1)
-    dtype = np.uint64 if unsigned else np.int64
-    if everyone:
-        ids = np.arange(first_id, first_id + len(n), dtype=dtype) if not unsigned else \
-            np.arange(len(n), dtype=np.uint64) + np.uint64(first_id)
-    else:
-        ids = present.astype(dtype) + (np.uint64(first_id) if unsigned else first_id)
-    all_regular = bool(regular.all())
-
-    def keep(a: np.ndarray) -> np.ndarray:
-        return a if all_regular else a[regular]
-
-    early_mask = np.uint64((1 << min(early_epochs, 63)) - 1) if early_epochs < 64 else np.uint64(2**64 - 1)
-    frame = pl.DataFrame({
-        "sample_id": keep(ids),
-        "n_seen": keep(n),
-        "n_correct": np.bitwise_count(keep(corr)).astype(np.int64),
-        "n_early": np.bitwise_count(keep(seen) & early_mask).astype(np.int64),
-        "loss_sum": keep(pick(sums["loss"])).astype(np.int64),
-        "early_sum": keep(pick(sums["early"])).astype(np.int64),
-        "first_learned_epoch": keep(_lowest_bit_index(corr)),  # negative: never learned (null below)
-        "forget_events": np.bitwise_count(keep(forgets)).astype(np.int64),
-    }).with_columns(pl.when(pl.col("first_learned_epoch") >= 0).then(pl.col("first_learned_epoch"))
-                    .alias("first_learned_epoch"), pl.col("sample_id").set_sorted())
-    return frame, ids[~regular]
+    span = (63 - seen.bitwise_leading_zeros().cast(pl.Int64)) - seen.bitwise_trailing_zeros().cast(pl.Int64) + 1
+    regular = (seen.bitwise_count_ones().cast(pl.Int64) == n) & (n == span)
+    early_mask = _u64((1 << min(early_epochs, 64)) - 1)
+    frame = (
+        fields.with_columns(sample_id=pl.int_range(pl.len(), dtype=dtype) + pl.lit(first_id, dtype=dtype))
+        .filter(n > 0)
+        .with_columns(
+            regular=regular,
+            n_correct=corr.bitwise_count_ones().cast(pl.Int64),
+            n_early=(seen & early_mask).bitwise_count_ones().cast(pl.Int64),
+            loss_sum=pl.col("early_sum") + pl.col("late"),
+            first_learned_epoch=pl.when(corr > 0).then(corr.bitwise_trailing_zeros().cast(pl.Int64)),
+            # a correct pass followed by an incorrect one: c & ~(c >> 1), within the seen passes
+            forget_events=(corr & ~(corr // _u64(2)) & (seen // _u64(2))).bitwise_count_ones().cast(pl.Int64),
+        )
+    )
+    irregular = frame.filter(~pl.col("regular"))[schema.SAMPLE_ID].to_numpy()
+    state = frame.filter(pl.col("regular")).select(COLUMNS).with_columns(pl.col(schema.SAMPLE_ID).set_sorted())
+    return state, irregular

@@ -77,8 +77,8 @@ def test_dense_kernel_applies_only_to_dense_ids_and_agrees_with_the_others(tmp_p
     assert_hand_scores(back.with_columns(pl.col("sample_id").cast(pl.Int64)))
 
 
-def test_dense_kernel_falls_back_where_a_float_sum_could_round(tmp_path: Path) -> None:
-    rows = [dict(r, loss=r["loss"] * 4e5) for r in hand_rows()]  # 4 rows of |loss| 1.2e6: 2^53 too close
+def test_dense_kernel_falls_back_where_an_int64_sum_could_overflow(tmp_path: Path) -> None:
+    rows = [dict(r, loss=r["loss"] * 1e8) for r in hand_rows()]  # 4 rows of |loss| 3e8: 4 * 3e8 * 2^32 > 2^62
     write_parts(tmp_path / "logs", rows)
     assert _score(tmp_path / "logs").method == "bitmask"
 
@@ -222,19 +222,30 @@ presentation = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.lists(presentation, min_size=1, max_size=60), epoch_major=st.booleans(), n_files=st.integers(1, 4))
-def test_every_path_matches_the_reference(tmp_path_factory, rows, epoch_major, n_files) -> None:
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(presentation, min_size=1, max_size=60), epoch_major=st.booleans(), n_files=st.integers(1, 4),
+       by_epoch=st.booleans(), first_epoch=st.sampled_from([0, 14]), passes=st.sampled_from([1, 3]))
+def test_every_path_matches_the_reference(tmp_path_factory, rows, epoch_major, n_files, by_epoch, first_epoch,
+                                          passes) -> None:
+    """Every method on random logs, against the definitions. The dense kernel's variants: parts that
+    hold one epoch each (`by_epoch`: its packed layout for epochs < 16, one array per field from
+    epoch 14 on) or several, and one pass over the sample range or three."""
     for r in rows:  # epoch-major steps make the bitmask path applicable; otherwise steps interleave
+        r["epoch"] += first_epoch
         r["step"] = r["epoch"] * 100 + r["offset"] if epoch_major else r["offset"]
         del r["offset"]
     log_dir = tmp_path_factory.mktemp("prop")
-    write_parts(log_dir, rows, n_files=n_files)
-    expected = reference_scores(rows, early_epochs=2)
+    if by_epoch:
+        _write_by_epoch(log_dir, rows)
+    else:
+        write_parts(log_dir, rows, n_files=n_files)
+    expected = reference_scores(rows, early_epochs=first_epoch + 2)
     methods = ["general", "auto"] + (["bitmask"] if epoch_major else [])
     frames = []
     for method in methods:
-        result = _score(log_dir, method=method)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(scoring.dense, "SAMPLES_PER_PASS", 13 if passes == 1 else 5)  # ids 0..12
+            result = _score(log_dir, method=method, early_epochs=first_epoch + 2)
         frames.append(result.scores)
         got = _by_id(result)
         assert sorted(got) == sorted(expected), method
@@ -297,8 +308,41 @@ def test_footer_path_drops_and_counts_nonfinite_losses_itself(tmp_path: Path) ->
         _score(tmp_path / "logs", nonfinite="error")
 
 
+def _layouts(monkeypatch) -> list[bool]:
+    """Record the layout (packed or not) of every pass the dense kernel makes."""
+    seen: list[bool] = []
+    real = scoring.dense._Sums.__init__
+
+    def spy(self, width, packed):
+        seen.append(packed)
+        real(self, width, packed)
+
+    monkeypatch.setattr(scoring.dense._Sums, "__init__", spy)
+    return seen
+
+
+def test_dense_kernel_packs_one_word_per_sample_when_parts_hold_one_epoch(tmp_path: Path, monkeypatch) -> None:
+    _write_by_epoch(tmp_path / "logs", hand_rows())
+    layouts = _layouts(monkeypatch)
+    result = _score(tmp_path / "logs")
+    assert result.method == "dense" and layouts == [True]
+    assert_hand_scores(result.scores)
+
+
+def test_dense_kernel_unpacks_when_a_sample_overflows_a_packed_field(tmp_path: Path, monkeypatch) -> None:
+    # sample 9 is presented 600 times in epoch 0: more than the packed row count (9 bits) holds
+    many = [{"sample_id": 9, "epoch": 0, "step": 1 + i % 9, "loss": 0.25, "correct": i % 2 == 0,
+             "token_acc": 0.5, "tail_loss": 0.5} for i in range(600)]
+    _write_by_epoch(tmp_path / "logs", hand_rows() + many)
+    layouts = _layouts(monkeypatch)
+    result = _score(tmp_path / "logs")
+    assert result.method == "dense" and layouts == [True, False]  # the overflow was caught; one array per field
+    assert result.scores.equals(_score(tmp_path / "logs", method="general").scores)
+    assert _by_id(result)[9]["n_seen"] == 600
+
+
 def test_a_declined_dense_pass_is_not_run_twice(tmp_path: Path, monkeypatch) -> None:
-    rows = [dict(r, loss=r["loss"] * 4e5) for r in hand_rows()]  # too large for exact float64 sums
+    rows = [dict(r, loss=r["loss"] * 1e8) for r in hand_rows()]  # too large for the dense kernel's int64 sums
     _write_by_epoch(tmp_path / "logs", rows)
     calls = []
     real = scoring.dense.state
