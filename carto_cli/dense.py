@@ -76,35 +76,39 @@ def id_range(logset: LogSet) -> tuple[int, int] | None:
     return None if lo is None else (int(lo), int(hi))
 
 
-def applies(logset: LogSet) -> tuple[int, int] | None:
-    """The id range when the dense kernel applies: dense ids (span <= rows), footer statistics."""
+def applies(logset: LogSet, stride: int = 1) -> tuple[int, int] | None:
+    """The id range when the dense kernel applies: dense ids (no more slots than rows), footer
+    statistics. With `stride` n, slots are (sample_id - lo) / n: one bucket of a bucketed log."""
     span = id_range(logset)
-    if span is None or span[1] - span[0] + 1 > max(1, logset.num_rows):
+    if span is None or (span[1] - span[0]) // stride + 1 > max(1, logset.num_rows):
         return None
     return span
 
 
-def state(logset: LogSet, kernel, general_state) -> tuple[pl.DataFrame, int, int] | None:
+def state(logset: LogSet, kernel, general_state, *, stride: int = 1) -> tuple[pl.DataFrame, int, int] | None:
     """Per-sample state (COLUMNS), the number of samples the general path recounted and the number
     of rows dropped for a non-finite loss (with `kernel.drop_nonfinite`), or None.
 
     `kernel` is the `scoring.Kernel` (rule, early epochs, non-finite handling, id dtype);
     `general_state(sample_ids)` recounts the given samples exactly and returns their state.
+    `stride` n: every sample_id is lo plus a multiple of n (bucket b of n holds the ids = b mod n);
+    checked on every row (the kernel declines otherwise).
     """
-    span = applies(logset)
+    span = applies(logset, stride)
     if span is None:
         return None
     lo, hi = span
-    n_ids = hi - lo + 1
+    n_ids = (hi - lo) // stride + 1  # slots
     passes = max(1, math.ceil(n_ids / SAMPLES_PER_PASS))
     width = math.ceil(n_ids / passes)
     groups = _row_groups(logset)
     frames, irregular, dropped = [], [], 0
     for p in range(passes):
         start = p * width
-        result = _pass(logset, groups, kernel, lo, start, min(width, n_ids - start), n_ids, packed=True)
+        slots = (lo, start, min(width, n_ids - start), n_ids, stride)
+        result = _pass(logset, groups, kernel, slots, packed=True)
         if result == "unpack":  # a packed field overflowed (many rows per sample): one array per field
-            result = _pass(logset, groups, kernel, lo, start, min(width, n_ids - start), n_ids, packed=False)
+            result = _pass(logset, groups, kernel, slots, packed=False)
         if result is None or result == "unpack":
             return None
         frame, odd, n_dropped = result
@@ -232,16 +236,19 @@ def _u64(value: int) -> pl.Expr:
     return pl.lit(value, dtype=pl.UInt64)
 
 
-def _pass(logset: LogSet, groups: list, kernel, lo: int, start: int, width: int, n_ids: int, packed: bool
+def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int, int], packed: bool
           ) -> tuple[pl.DataFrame, np.ndarray, int] | str | None:
-    """Accumulate the samples with lo + start <= sample_id < lo + start + width over the whole log,
-    one row group at a time, the next row group read while this one is added.
+    """Accumulate the samples in slots [start, start + width) of the n_ids slots of ids
+    lo + slot * stride, over the whole log, one row group at a time, the next row group read while
+    this one is added.
 
     With `packed`, the packed layout is used where the footers allow it; "unpack" says that a
     packed field overflowed and the pass must be run again without it.
     """
+    lo, start, width, n_ids, stride = slots
     unsigned = kernel.sample_id_dtype == "UInt64"
-    base = np.uint64(lo + start) if unsigned else np.int64(lo + start)
+    first_id = lo + start * stride
+    base = np.uint64(first_id) if unsigned else np.int64(first_id)
     whole = start == 0 and width == n_ids  # one pass: every id is in [lo, hi] by the footers
     packed = packed and all(e is not None and 0 <= e < PACKED_EPOCHS for _, _, e in groups)
     sums = _Sums(width, packed)
@@ -252,7 +259,12 @@ def _pass(logset: LogSet, groups: list, kernel, lo: int, start: int, width: int,
         while (chunk := ahead.result()) is not None:
             ahead = reader.submit(next, chunks, None)
             ids, epoch, loss, rule_values = chunk
-            idx = (ids - base).astype(np.int64, copy=False)  # below the slice: negative, or wrapped (unsigned)
+            idx = (ids - base).astype(np.int64, copy=False)  # below the slice: negative (wrapped if unsigned)
+            if stride > 1:
+                if np.remainder(idx, stride).any():
+                    ahead.cancel()
+                    return None  # an id off the stride: not one bucket of a bucketed log
+                idx //= stride
             keep = None if whole else (idx >= 0) & (idx < width)
             if kernel.drop_nonfinite:
                 finite = np.isfinite(loss)
@@ -282,10 +294,10 @@ def _pass(logset: LogSet, groups: list, kernel, lo: int, start: int, width: int,
     if not sums.bounded(fields["n_seen"]):
         return None
     del sums
-    return (*_derive(fields, kernel.early_epochs, lo + start, unsigned), dropped)
+    return (*_derive(fields, kernel.early_epochs, first_id, stride, unsigned), dropped)
 
 
-def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, unsigned: bool
+def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, stride: int, unsigned: bool
             ) -> tuple[pl.DataFrame, np.ndarray]:
     """State columns (COLUMNS) of the regular samples present, from the per-slot sums; ids of the
     irregular ones, for the general path to recount."""
@@ -296,7 +308,9 @@ def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, unsigned: bo
     regular = (seen.bitwise_count_ones().cast(pl.Int64) == n) & (n == span)
     early_mask = _u64((1 << min(early_epochs, 64)) - 1)
     frame = (
-        fields.with_columns(sample_id=pl.int_range(pl.len(), dtype=dtype) + pl.lit(first_id, dtype=dtype))
+        fields.with_columns(
+            sample_id=pl.int_range(pl.len(), dtype=dtype) * pl.lit(stride, dtype=dtype) + pl.lit(first_id, dtype=dtype)
+        )
         .filter(n > 0)
         .with_columns(
             regular=regular,

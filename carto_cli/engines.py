@@ -5,6 +5,9 @@ Buckets hold disjoint samples, so each is reduced on its own: peak memory is tha
 bucket, plus, for the exact quantile thresholds, two float columns over all samples (16 bytes per
 sample).
 
+Each bucket is reduced by `scoring.bucket_state`: the dense-id kernel when the bucket's ids are
+dense once divided by the number of buckets (as dataset indices are), else `Kernel.state`.
+
 Engines:
 - `local`: buckets one after another in this process (a non-bucketed log is one bucket).
 - `ray`: one Ray task per bucket (at most two per cluster CPU in flight), on a running cluster
@@ -44,19 +47,22 @@ def bucket_states(
     *,
     engine: str = "local",
     address: str | None = None,
-) -> Iterator[tuple[int | None, pl.DataFrame, int]]:
-    """(bucket, state, samples counted by the general path) for every bucket, as they finish."""
+    dense: bool = True,
+) -> Iterator[tuple[int | None, pl.DataFrame, int, bool]]:
+    """(bucket, state, samples counted by the general path, whether the dense kernel ran) for every
+    bucket, as they finish. `dense=False` (a method the user forced) keeps to `Kernel.state`."""
     check(engine, address)
-    jobs = {bucket: [str(p.path) for p in parts] for bucket, parts in groups.items()}
+    # bucket b of n holds the ids = b mod n; n is taken as the highest bucket + 1 (the dense kernel
+    # checks every id against it and declines where it does not hold)
+    stride = 0 if not dense else 1 if None in groups else max(groups) + 1
     if engine == "local":
-        for bucket, paths in jobs.items():
-            state, general = kernel.state(paths)
-            yield bucket, state, general
+        for bucket, parts in groups.items():
+            yield bucket, *scoring.bucket_state(kernel, parts, stride=stride)
         return
-    yield from _ray_states(kernel, jobs, address)
+    yield from _ray_states(kernel, groups, stride, address)
 
 
-def _ray_states(kernel: scoring.Kernel, jobs: dict, address: str | None):
+def _ray_states(kernel: scoring.Kernel, groups: dict, stride: int, address: str | None):
     try:
         import ray
     except ImportError:
@@ -72,28 +78,28 @@ def _ray_states(kernel: scoring.Kernel, jobs: dict, address: str | None):
         # At most two tasks per cluster CPU in flight: finished states wait in Ray's object store
         # only until the driver fetches them, so the store holds a bounded number of buckets.
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        queue = iter(jobs.items())
+        queue = iter(groups.items())
         pending: dict = {}
 
         def submit() -> None:
-            for bucket, paths in itertools.islice(queue, limit - len(pending)):
-                pending[remote.remote(kernel, paths)] = bucket
+            for bucket, parts in itertools.islice(queue, limit - len(pending)):
+                pending[remote.remote(kernel, parts, stride)] = bucket
 
         submit()
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
-            state, general = ray.get(done)
+            result = ray.get(done)
             bucket = pending.pop(done)
             submit()
-            yield bucket, state, general
+            yield bucket, *result
     finally:
         if started:
             ray.shutdown()
 
 
-def _reduce_bucket(kernel: scoring.Kernel, paths: list[str]) -> tuple[pl.DataFrame, int]:
+def _reduce_bucket(kernel: scoring.Kernel, parts: list[LogPart], stride: int) -> tuple[pl.DataFrame, int, bool]:
     """The Ray task: the same kernel the local engine runs."""
-    return kernel.state(paths)
+    return scoring.bucket_state(kernel, parts, stride=stride)
 
 
 def score_buckets(
@@ -112,13 +118,15 @@ def score_buckets(
     the general path). Memory: one bucket's state at a time.
     """
     spill = Path(tempfile.mkdtemp(prefix="carto-buckets-"))
-    facts = {"rows": 0, "samples_general": 0, "buckets": len(groups)}
+    facts = {"rows": 0, "samples_general": 0, "buckets": len(groups), "dense_buckets": 0}
     try:
-        for bucket, state, general in bucket_states(plan.kernel, groups, engine=engine, address=address):
+        for bucket, state, general, dense in bucket_states(plan.kernel, groups, engine=engine, address=address,
+                                                            dense=params.method == "auto"):
             scores = scoring.finalize(state, never_learned=params.never_learned)
             scores.write_parquet(spill / f"{0 if bucket is None else bucket:012d}.parquet")
             facts["rows"] += int(state["n_seen"].sum())
             facts["samples_general"] += general
+            facts["dense_buckets"] += dense
             if on_bucket is not None:
                 on_bucket()
     except BaseException:

@@ -95,6 +95,9 @@ def run_score(
             dropped, notes, memorization = result.rows_dropped_nonfinite, result.notes + notes, result.memorization
         else:
             rule, method, general = plan.kernel.rule, plan.kernel.method, facts["samples_general"]
+            if facts["dense_buckets"]:  # the dense kernel ran on these buckets, `method` on the others
+                method = "dense" if facts["dense_buckets"] == facts["buckets"] else \
+                    f"dense in {facts['dense_buckets']} of {facts['buckets']} buckets, {method} in the others"
             dropped, notes, memorization = plan.rows_dropped_nonfinite, plan.notes + notes, plan.memorization
         thresholds = quadrants.resolve_thresholds(
             frame,

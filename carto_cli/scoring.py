@@ -48,7 +48,7 @@ import polars as pl
 from carto_cli import dense, schema, signals
 from carto_cli.errors import LogFormatError, OptionError
 from carto_cli.fixedpoint import SCALE, fixed_sum
-from carto_cli.logs import LogSet, sample_id_dtype, scan, scan_paths
+from carto_cli.logs import LogPart, LogSet, sample_id_dtype, scan, scan_paths
 
 CORRECT_SOURCES = ("log", "loss", "tail", "acc")
 NEVER_LEARNED = ("zero", "max", "exclude")
@@ -205,6 +205,20 @@ class Kernel:
             states.append(state)
             general += g
         return pl.concat(states), general
+
+
+def bucket_state(kernel: Kernel, parts: list[LogPart], *, stride: int = 1) -> tuple[pl.DataFrame, int, bool]:
+    """The state `finalize` needs of one bucket (parts holding disjoint samples, every id = b mod
+    `stride`): the dense kernel where it applies, else `kernel.state`; stride 0 for no dense kernel
+    (a method the user forced). Returns (state, samples the general path counted, whether the
+    dense kernel ran)."""
+    paths = [str(p.path) for p in parts]
+    if kernel.method == "bitmask" and stride > 0:
+        reduced = dense.state(LogSet(parts), kernel, lambda ids: _recount(kernel, paths, ids), stride=stride)
+        if reduced is not None:
+            return reduced[0], reduced[1], True
+    state, general = kernel.state(paths)
+    return state, general, False
 
 
 @dataclass

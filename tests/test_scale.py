@@ -4,6 +4,7 @@ Ray engine, each checked against the same hand-made expected scores as the in-me
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -123,10 +124,26 @@ def test_bucketize_then_score_gives_the_hand_scores(hand_log: Path, tmp_path: Pa
         assert_hand_scores(scores)
         # ordered by (bucket, sample_id)
         assert scores["sample_id"].to_list() == [3, 6, 1, 4, 7, 2, 5, 8]
+    # auto: the dense kernel in every bucket (ids / 3 are dense), the same scores
+    result = run("score", bucketed, "--out", tmp_path / "auto.parquet", "--json")
+    assert json.loads(result.stdout)["method_used"] == "dense"
+    assert pl.read_parquet(tmp_path / "auto.parquet").equals(scores)
     # the quadrants match the in-memory path too
     run("score", hand_log, "--out", tmp_path / "flat.parquet")
     flat = pl.read_parquet(tmp_path / "flat.parquet")
     assert scores.sort("sample_id").equals(flat)
+
+
+def test_a_bucket_off_the_stride_falls_back_to_the_hash_kernel(hand_log: Path, tmp_path: Path) -> None:
+    bucketed = tmp_path / "bucketed"
+    run("logs", "bucketize", hand_log, "--out", bucketed, "--buckets", "6")
+    # without bucket 5 the log looks like 5 buckets: ids 1 and 7 (bucket 1), 2 and 8 (bucket 2)
+    # are not equal mod 5; buckets 0, 3 and 4 hold one sample each
+    shutil.rmtree(bucketed / "bucket=5")
+    result = run("score", bucketed, "--out", tmp_path / "auto.parquet", "--json")
+    assert json.loads(result.stdout)["method_used"] == "dense in 3 of 5 buckets, bitmask in the others"
+    run("score", bucketed, "--out", tmp_path / "general.parquet", "--method", "general")
+    assert pl.read_parquet(tmp_path / "auto.parquet").equals(pl.read_parquet(tmp_path / "general.parquet"))
 
 
 def test_shim_writes_the_bucketed_layout(tmp_path: Path) -> None:
@@ -168,9 +185,11 @@ def test_ray_engine_gives_exactly_the_local_scores(ray_instance, hand_log: Path,
     run("logs", "bucketize", hand_log, "--out", bucketed, "--buckets", "7")
     local, remote = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     assert run("score", bucketed, "--out", local).exit_code == 0
-    result = run("score", bucketed, "--out", remote, "--engine", "ray")
+    result = run("score", bucketed, "--out", remote, "--engine", "ray", "--json")
     assert result.exit_code == 0, result.output
-    assert "(7 buckets, ray engine)" in result.stderr
+    payload = json.loads(result.stdout)
+    assert (payload["buckets"], payload["engine"]) == (7, "ray")
+    assert payload["method_used"] == "dense"  # the dense kernel ran in the Ray tasks
     assert_hand_scores(pl.read_parquet(remote))
     assert pl.read_parquet(remote).equals(pl.read_parquet(local))
     # a log that is not bucketed runs as one Ray task
