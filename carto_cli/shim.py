@@ -258,35 +258,33 @@ class CartoLogger:
                 f"{tuple(logits.shape)} and {tuple(labels.shape)}"
             )
         B, T, V = logits.shape
+        # Few kernels (each launch costs host time in every step): cross_entropy's own ignore_index
+        # zeroes the losses of positions without a target, the three per-sample means are one
+        # division of stacked sums, and a NaN mean (no target) is never >= the threshold.
         with torch.no_grad():
-            labels = labels.to(logits.device)
+            labels = labels.to(logits.device).long()
             valid = labels != self.ignore_index  # (B, T)
-            safe = labels.masked_fill(~valid, 0).long()  # (B, T)
-            tok_loss = torch.empty((B, T), dtype=torch.float32, device=logits.device)
-            tok_hit = torch.empty((B, T), dtype=torch.bool, device=logits.device)
             rows = max(1, self.chunk_bytes // max(1, T * V * 4))
-            for lo in range(0, B, rows):
-                hi = min(B, lo + rows)
-                chunk = logits[lo:hi].detach().float()  # (b, T, V): the only fp32 copy
-                tok_loss[lo:hi] = torch.nn.functional.cross_entropy(
-                    chunk.reshape(-1, V), safe[lo:hi].reshape(-1), reduction="none"
-                ).view(hi - lo, T)
-                tok_hit[lo:hi] = chunk.argmax(dim=-1) == safe[lo:hi]
-                del chunk
-            n_tok = valid.sum(dim=1)  # (B,)
-            denom = n_tok.clamp_min(1).float()
-            nan = torch.full_like(denom, float("nan"))
-            loss = torch.where(n_tok > 0, (tok_loss * valid).sum(dim=1) / denom, nan)
-            acc = torch.where(n_tok > 0, (tok_hit & valid).sum(dim=1) / denom, nan)
+            if rows >= B:  # one chunk: no preallocation and copy
+                tok_loss, tok_hit = self._token_stats(torch, logits, labels)
+            else:
+                tok_loss = torch.empty((B, T), dtype=torch.float32, device=logits.device)
+                tok_hit = torch.empty((B, T), dtype=torch.bool, device=logits.device)
+                for lo in range(0, B, rows):
+                    hi = min(B, lo + rows)
+                    tok_loss[lo:hi], tok_hit[lo:hi] = self._token_stats(torch, logits[lo:hi], labels[lo:hi])
             k = min(self.tail_k, T)
-            masked = tok_loss.masked_fill(~valid, float("-inf"))
-            top = masked.topk(k, dim=1).values  # (B, k); -inf where fewer than k targets
-            top = top.masked_fill(torch.isinf(top), 0.0)
-            tail = torch.where(n_tok > 0, top.sum(dim=1) / n_tok.clamp(1, k).float(), nan)
-            correct = (acc >= self.correct_threshold) & (n_tok > 0)
+            n_tok = valid.sum(dim=1)  # (B,)
+            n = n_tok.float()
+            # losses are >= 0 and 0 where there is no target, so the top k of a sample with fewer
+            # than k targets are its targets plus zeros: the sums are those of its targets alone
+            sums = torch.stack([tok_loss.sum(dim=1), (tok_hit & valid).sum(dim=1).float(),
+                                tok_loss.topk(k, dim=1).values.sum(dim=1)])  # (3, B)
+            means = sums / torch.stack([n, n, n.clamp(max=k)])  # 0/0 = NaN where no target
+            loss, acc, tail = means.unbind(0)
             columns = {
                 schema.LOSS: loss,
-                schema.CORRECT: correct,
+                schema.CORRECT: acc >= self.correct_threshold,
                 schema.TOKEN_ACC: acc,
                 schema.TAIL_LOSS: tail,
                 schema.N_TOKENS: n_tok.int(),
@@ -294,6 +292,16 @@ class CartoLogger:
             if self.token_losses:
                 columns[schema.TOKEN_LOSS] = tok_loss.masked_fill(~valid, float("nan")).half()
         return columns
+
+    def _token_stats(self, torch: Any, logits: Any, labels: Any) -> tuple[Any, Any]:
+        """Per-token loss (0 where no target) and greedy hit of (b, T, V) logits, upcast to fp32:
+        the only fp32 copy of these logits."""
+        b, T, V = logits.shape
+        chunk = logits.detach().float()
+        loss = torch.nn.functional.cross_entropy(
+            chunk.reshape(-1, V), labels.reshape(-1), ignore_index=self.ignore_index, reduction="none"
+        ).view(b, T)
+        return loss, chunk.argmax(dim=-1) == labels
 
     def _from_values(
         self, torch: Any, loss: Any, correct: Any, token_acc: Any, tail_loss: Any, n_tokens: Any

@@ -27,11 +27,11 @@ def read_log(path: Path) -> pl.DataFrame:
     )
 
 
-def reference_stats(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[dict]:
+def reference_stats(logits: torch.Tensor, labels: torch.Tensor, k: int, ignore: int = -100) -> list[dict]:
     """Per-sample statistics computed one sample at a time in float64, the obvious way."""
     out = []
     for b in range(logits.shape[0]):
-        keep = labels[b] != -100
+        keep = labels[b] != ignore
         lg, y = logits[b][keep].double(), labels[b][keep]
         if len(y) == 0:
             out.append(None)
@@ -45,17 +45,20 @@ def reference_stats(logits: torch.Tensor, labels: torch.Tensor, k: int) -> list[
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk_bytes", [1, 256 * 2**20])
-def test_logits_path_matches_reference(tmp_path: Path, dtype, chunk_bytes: int) -> None:
+@pytest.mark.parametrize("ignore", [-100, 0])  # 0: a padding id that is also a vocabulary id
+def test_logits_path_matches_reference(tmp_path: Path, dtype, chunk_bytes: int, ignore: int) -> None:
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 12, 11, generator=g).to(dtype)  # (B, T, V)
-    labels = torch.randint(0, 11, (5, 12), generator=g)  # (B, T)
-    labels[1, :9] = -100  # 3 targets: fewer than k, the tail is their mean
-    labels[2, :] = -100  # no target at all
-    labels[3, ::2] = -100
-    with CartoLogger(tmp_path, tail_k=4, chunk_bytes=chunk_bytes) as log:
+    labels = torch.randint(1, 11, (5, 12), generator=g)  # (B, T)
+    labels[0, 3] = 0  # with ignore=-100, token 0 is an ordinary target
+    labels[1, :9] = ignore  # 3 targets: fewer than k, the tail is their mean
+    labels[2, :] = ignore  # no target at all
+    labels[3, ::2] = ignore
+    logits[3, 0, 0] = float("inf")  # position 0 of sample 3 has no target: must not poison its sums
+    with CartoLogger(tmp_path, tail_k=4, chunk_bytes=chunk_bytes, ignore_index=ignore) as log:
         log.record(torch.arange(100, 105), epoch=0, step=7, logits=logits, labels=labels)
     got = read_log(tmp_path).sort("sample_id")
-    ref = reference_stats(logits.float(), labels, k=4)
+    ref = reference_stats(logits.float(), labels, k=4, ignore=ignore)
     assert got["sample_id"].to_list() == list(range(100, 105))
     assert set(got["step"]) == {7} and set(got["epoch"]) == {0} and set(got["rank"]) == {0}
     for row, want in zip(got.iter_rows(named=True), ref):
