@@ -21,25 +21,16 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from common import DATA_ROOT, dir_size_mib, measure_command
+from common import DATA_ROOT, dir_size_mib, run_step
 
 CARTO = [sys.executable, "-c", "from carto_cli.cli import main; main()"]
 BYTES_PER_ROW = 8 + 4 + 8 + 4 + 1  # sample_id, epoch, step, loss, correct as the shim writes them
 
 
 def step(name: str, argv: list[str], timeout: float) -> dict:
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        wall, cpu, rss, code = measure_command(argv, timeout=timeout, stdout=out, stderr=err)
-        err.seek(0)
-        tail = err.read().strip().splitlines()[-3:]
-    status = "ok" if code == 0 else ("timeout" if code is None else f"exit status {code}")
-    print(f"{name:10s} {status:10s} wall {wall:8.1f} s  cpu {cpu:8.1f} s  peak RSS {rss:9,.0f} MiB")
-    for line in tail:
-        print(f"    {line}")
-    return {"status": status, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss}
+    return run_step(name, argv, timeout, tail=3, width=10)
 
 
 def main() -> int:

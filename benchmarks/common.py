@@ -12,6 +12,7 @@ import os
 import resource
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,3 +87,17 @@ def measure_command(argv: list[str], *, timeout: float, stdout, stderr) -> tuple
     wall = time.perf_counter() - start
     proc.returncode = code = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, None if timed_out else code
+
+
+def run_step(name: str, argv: list[str], timeout: float, *, tail: int = 3, width: int = 10) -> dict:
+    """Run one CLI step in its own process (`measure_command`), print its wall time, CPU time, peak
+    RSS and the last `tail` lines of its stderr; return them with its status."""
+    with tempfile.TemporaryFile("w+") as err:
+        wall, cpu, rss, code = measure_command(argv, timeout=timeout, stdout=subprocess.DEVNULL, stderr=err)
+        err.seek(0)
+        lines = err.read().strip().splitlines()[-tail:]
+    status = "ok" if code == 0 else ("timeout" if code is None else f"exit status {code}")
+    print(f"{name:{width}s} {status:10s} wall {wall:8.2f} s  cpu {cpu:8.2f} s  peak RSS {rss:9,.0f} MiB")
+    for line in lines:
+        print(f"    {line}")
+    return {"status": status, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": rss}

@@ -43,6 +43,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import polars as pl
 
 from carto_cli import dense, schema, signals
@@ -545,7 +546,9 @@ def merge_states(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame:
     Exact when each sample's presentations in `later` all come after (in presentation order) its
     presentations in `earlier`; raises LogFormatError naming a sample where they do not.
     """
-    joined = earlier.join(later, on=schema.SAMPLE_ID, how="full", coalesce=True, suffix="_b")
+    joined = _aligned(earlier, later)
+    if joined is None:
+        joined = earlier.join(later, on=schema.SAMPLE_ID, how="full", coalesce=True, suffix="_b")
     both = pl.col("n_seen").is_not_null() & pl.col("n_seen_b").is_not_null()
     last_a = [pl.col("last_step"), pl.col("last_epoch"), pl.col("last_correct").cast(pl.Int8)]
     first_b = [pl.col("first_step_b"), pl.col("first_epoch_b"), pl.col("first_correct_b").cast(pl.Int8)]
@@ -574,6 +577,40 @@ def merge_states(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame:
         *(pick(c, prefer_later=True) for c in ("last_step", "last_epoch", "last_correct")),
         (add("forget_events") + boundary).alias("forget_events"),
     ).select(STATE_COLUMNS)
+
+
+def _aligned(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame | None:
+    """`earlier` beside `later`'s columns (suffixed "_b"), row for row, null where `later` lacks the
+    sample: what the full join in `merge_states` gives, without a hash join, when `earlier` holds
+    the ids lo..hi in order (a saved state of dense ids) and every id of `later` is among them. A
+    row of `later` is placed at position sample_id - lo. None when that does not hold."""
+    ids = earlier[schema.SAMPLE_ID]
+    if earlier.height == 0 or later.height == 0 or not ids.is_sorted():
+        return None
+    lo = int(ids[0])
+    if int(ids[-1]) - lo + 1 != earlier.height:  # not contiguous (ids are unique)
+        return None
+    pos = (later[schema.SAMPLE_ID].cast(pl.Int64) - lo).to_numpy()
+    if pos.min() < 0 or pos.max() >= earlier.height:
+        return None
+    present = np.zeros(earlier.height, dtype=bool)
+    present[pos] = True
+    columns = {}
+    for name in later.columns:
+        if name == schema.SAMPLE_ID:
+            continue
+        column = later[name]
+        filled = column.fill_null(False if column.dtype == pl.Boolean else 0).to_numpy()
+        values = np.zeros(earlier.height, dtype=filled.dtype)
+        values[pos] = filled
+        keep = present
+        if column.null_count():
+            keep = present.copy()
+            keep[pos] = column.is_not_null().to_numpy()
+        series = pl.Series(values).cast(column.dtype)
+        columns[f"{name}_b"] = series if keep.all() else series.set(pl.Series(~keep), None)
+    in_order = earlier.with_columns(pl.col(schema.SAMPLE_ID).set_sorted())  # checked above: saves a sort
+    return pl.concat([in_order, pl.DataFrame(columns)], how="horizontal")
 
 
 def _lexicographic_less(left: list[pl.Expr], right: list[pl.Expr]) -> pl.Expr:

@@ -52,8 +52,25 @@ def test_merging_two_time_segments_equals_the_whole(tmp_path_factory, rows, cut)
         return
     write_parts(base / "a", earlier)
     write_parts(base / "b", later)
-    merged = scoring.merge_states(state_of(base / "a"), state_of(base / "b")).sort("sample_id")
+    a, b = state_of(base / "a"), state_of(base / "b")
+    merged = scoring.merge_states(a, b).sort("sample_id")
     assert merged.equals(whole)
+    with pytest.MonkeyPatch.context() as mp:  # the hash join, where the positional alignment applied
+        mp.setattr(scoring, "_aligned", lambda earlier, later: None)
+        assert scoring.merge_states(a, b).sort("sample_id").equals(whole)
+
+
+def test_merge_aligns_a_saved_state_of_contiguous_ids_by_position(tmp_path: Path) -> None:
+    rows = hand_rows()  # ids 1..8, each seen before step 26
+    write_parts(tmp_path / "a", [r for r in rows if r["step"] < 26])
+    write_parts(tmp_path / "b", [r for r in rows if r["step"] >= 26])  # sample 8 absent
+    a, b = state_of(tmp_path / "a"), state_of(tmp_path / "b")
+    assert b["first_learned_epoch"].null_count() > 0  # nulls survive the alignment
+    aligned = scoring._aligned(a, b.sample(fraction=1.0, shuffle=True, seed=1))
+    assert aligned is not None and aligned.height == a.height
+    write_parts(tmp_path / "all", rows)
+    assert scoring.merge_states(a, b).equals(state_of(tmp_path / "all"))
+    assert scoring._aligned(a.filter(pl.col("sample_id") != 4), b) is None  # ids 1..8 without 4: not contiguous
 
 
 def test_merge_refuses_presentations_that_go_back_in_time(tmp_path: Path) -> None:
