@@ -48,21 +48,22 @@ def bucket_states(
     engine: str = "local",
     address: str | None = None,
     dense: bool = True,
-) -> Iterator[tuple[int | None, pl.DataFrame, int, bool]]:
-    """(bucket, state, samples counted by the general path, whether the dense kernel ran) for every
-    bucket, as they finish. `dense=False` (a method the user forced) keeps to `Kernel.state`."""
+    signal: tuple[scoring.Plan, scoring.ScoreParams] | None = None,
+) -> Iterator[tuple[int | None, scoring.Bucket]]:
+    """(bucket, its `scoring.Bucket`) for every bucket, as they finish. `dense=False` (a method the
+    user forced) keeps to `Kernel.state`; `signal` asks each bucket for its memorization signal."""
     check(engine, address)
     # bucket b of n holds the ids = b mod n; n is taken as the highest bucket + 1 (the dense kernel
     # checks every id against it and declines where it does not hold)
     stride = 0 if not dense else 1 if None in groups else max(groups) + 1
     if engine == "local":
         for bucket, parts in groups.items():
-            yield bucket, *scoring.bucket_state(kernel, parts, stride=stride)
+            yield bucket, scoring.bucket_state(kernel, parts, stride=stride, signal=signal)
         return
-    yield from _ray_states(kernel, groups, stride, address)
+    yield from _ray_states(kernel, groups, stride, signal, address)
 
 
-def _ray_states(kernel: scoring.Kernel, groups: dict, stride: int, address: str | None):
+def _ray_states(kernel: scoring.Kernel, groups: dict, stride: int, signal, address: str | None):
     try:
         import ray
     except ImportError:
@@ -83,7 +84,7 @@ def _ray_states(kernel: scoring.Kernel, groups: dict, stride: int, address: str 
 
         def submit() -> None:
             for bucket, parts in itertools.islice(queue, limit - len(pending)):
-                pending[remote.remote(kernel, parts, stride)] = bucket
+                pending[remote.remote(kernel, parts, stride, signal)] = bucket
 
         submit()
         while pending:
@@ -91,15 +92,15 @@ def _ray_states(kernel: scoring.Kernel, groups: dict, stride: int, address: str 
             result = ray.get(done)
             bucket = pending.pop(done)
             submit()
-            yield bucket, *result
+            yield bucket, result
     finally:
         if started:
             ray.shutdown()
 
 
-def _reduce_bucket(kernel: scoring.Kernel, parts: list[LogPart], stride: int) -> tuple[pl.DataFrame, int, bool]:
-    """The Ray task: the same kernel the local engine runs."""
-    return scoring.bucket_state(kernel, parts, stride=stride)
+def _reduce_bucket(kernel: scoring.Kernel, parts: list[LogPart], stride: int, signal) -> scoring.Bucket:
+    """The Ray task: the same reduction the local engine runs."""
+    return scoring.bucket_state(kernel, parts, stride=stride, signal=signal)
 
 
 def score_buckets(
@@ -120,13 +121,16 @@ def score_buckets(
     spill = Path(tempfile.mkdtemp(prefix="carto-buckets-"))
     facts = {"rows": 0, "samples_general": 0, "buckets": len(groups), "dense_buckets": 0}
     try:
-        for bucket, state, general, dense in bucket_states(plan.kernel, groups, engine=engine, address=address,
-                                                            dense=params.method == "auto"):
-            scores = scoring.finalize(state, never_learned=params.never_learned)
+        signal = (plan, params) if params.memorization != "forgets" else None
+        for bucket, reduced in bucket_states(plan.kernel, groups, engine=engine, address=address,
+                                             dense=params.method == "auto", signal=signal):
+            scores = scoring.finalize(reduced.state, never_learned=params.never_learned)
+            if reduced.signal is not None:
+                scores = scoring.with_signal(scores, reduced.signal)
             scores.write_parquet(spill / f"{0 if bucket is None else bucket:012d}.parquet")
-            facts["rows"] += int(state["n_seen"].sum())
-            facts["samples_general"] += general
-            facts["dense_buckets"] += dense
+            facts["rows"] += int(reduced.state["n_seen"].sum())
+            facts["samples_general"] += reduced.samples_general
+            facts["dense_buckets"] += reduced.dense
             if on_bucket is not None:
                 on_bucket()
     except BaseException:

@@ -70,10 +70,10 @@ def run_score(
     n_buckets = 0 if None in groups else len(groups)
     notes: list[str] = []
     cleanup = None
-    if params.memorization != "forgets" and (update or n_buckets or engine != "local"):
+    if params.memorization != "forgets" and update:
         raise OptionError(
-            f"--memorization {params.memorization} runs in memory on the local engine over an unbucketed log; "
-            "drop --update/--engine ray, or score a bucketed log with --memorization forgets"
+            f"--memorization {params.memorization} is not kept in the --update state (it is not additive in "
+            "time); drop --update, or use --memorization forgets"
         )
     if update:
         if engine != "local":

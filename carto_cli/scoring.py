@@ -208,18 +208,30 @@ class Kernel:
         return pl.concat(states), general
 
 
-def bucket_state(kernel: Kernel, parts: list[LogPart], *, stride: int = 1) -> tuple[pl.DataFrame, int, bool]:
-    """The state `finalize` needs of one bucket (parts holding disjoint samples, every id = b mod
-    `stride`): the dense kernel where it applies, else `kernel.state`; stride 0 for no dense kernel
-    (a method the user forced). Returns (state, samples the general path counted, whether the
-    dense kernel ran)."""
+@dataclass(frozen=True)
+class Bucket:
+    """What one bucket's reduction returns (see `bucket_state`)."""
+
+    state: pl.DataFrame  # the columns `finalize` needs
+    samples_general: int  # samples the general path counted
+    dense: bool  # whether the dense kernel ran
+    signal: pl.DataFrame | None  # sample_id -> value of a memorization signal, when one was asked for
+
+
+def bucket_state(kernel: Kernel, parts: list[LogPart], *, stride: int = 1,
+                 signal: tuple[Plan, ScoreParams] | None = None) -> Bucket:
+    """Reduce one bucket (parts holding disjoint samples, every id = b mod `stride`): the dense
+    kernel where it applies, else `kernel.state`; stride 0 for no dense kernel (a method the user
+    forced). With `signal` (the whole log's plan and the parameters), the bucket's values of the
+    memorization signal too."""
     paths = [str(p.path) for p in parts]
+    values = signal_values(parts, *signal) if signal is not None else None
     if kernel.method == "bitmask" and stride > 0:
         reduced = dense.state(LogSet(parts), kernel, lambda ids: _recount(kernel, paths, ids), stride=stride)
         if reduced is not None:
-            return reduced[0], reduced[1], True
+            return Bucket(reduced[0], reduced[1], True, values)
     state, general = kernel.state(paths)
-    return state, general, False
+    return Bucket(state, general, False, values)
 
 
 @dataclass
@@ -252,7 +264,7 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     state, samples_general = reduced
     result = finish(state, plan, params, samples_general)
     if params.memorization != "forgets":
-        result.scores = with_signal(result.scores, logset, plan, params)
+        result.scores = with_signal(result.scores, signal_values(logset.parts, plan, params))
     return result
 
 
@@ -330,14 +342,19 @@ def _recount(kernel: Kernel, paths: list[str], sample_ids: pl.Series) -> pl.Data
     return segment_state(frame, early_epochs=kernel.early_epochs, method="general")[0]
 
 
-def with_signal(scores: pl.DataFrame, logset: LogSet, plan: Plan, params: ScoreParams) -> pl.DataFrame:
-    """`scores` with the memorization column replaced by the signal `params.memorization`."""
+def signal_values(parts: list[LogPart], plan: Plan, params: ScoreParams) -> pl.DataFrame:
+    """sample_id -> `value` of the signal `params.memorization` over `parts`, which must hold every
+    row of their samples (a whole log, or one bucket of it)."""
     columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, signals.SIGNAL_COLUMN[params.memorization]]
-    lf = scan(logset, columns)
+    lf = scan(LogSet(parts), columns)
     if plan.kernel.drop_nonfinite:
         lf = lf.filter(pl.col(schema.LOSS).is_finite())
-    values = signals.signal_frame(lf, params.memorization, early_epochs=params.early_epochs,
-                                  drop_k=params.drop_k, late_from=plan.late_from)
+    return signals.signal_frame(lf, params.memorization, early_epochs=params.early_epochs,
+                                drop_k=params.drop_k, late_from=plan.late_from)
+
+
+def with_signal(scores: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
+    """`scores` with the memorization column replaced by a signal's `values` (from `signal_values`)."""
     return (scores.join(values, on=schema.SAMPLE_ID, how="left")
             .with_columns(pl.col("value").alias("memorization")).select(SCORE_COLUMNS).sort(schema.SAMPLE_ID))
 

@@ -97,3 +97,41 @@ def hand_log(tmp_path: Path) -> Path:
     log_dir = tmp_path / "logs"
     write_parts(log_dir, hand_rows())
     return log_dir
+
+
+# ------------------------------------------------------------------ per-token losses (token-drop)
+
+NAN = float("nan")
+# sample_id -> [(epoch, step, token losses per position)]; early epochs are 0 and 1.
+TOKEN_LOG = {
+    # early mean per position [3, 4, 4, 1]; the last late presentation (step 40) is [0.5, 0, 4, 1]:
+    # drops [2.5, 4, 0, 0]; k=2 -> (4 + 2.5) / 2 = 3.25; k=4 -> 6.5 / 4 = 1.625
+    0: [(0, 0, [4, 4, 4, 1]), (1, 10, [2, 4, 4, 1]), (3, 40, [0.5, 0, 4, 1]), (2, 20, [1, 1, 1, 1])],
+    # an ignored position (NaN) is no drop; early [2, NaN, 2, 2], last [1, 0, 2, 2]: drops [1, 0, 0]
+    # k=2 -> 0.5; k=4 -> the mean of the 3 there are, 1/3
+    1: [(0, 1, [2, NAN, 2, 2]), (2, 21, [1, 0, 2, 2])],
+    # only early presentations: no late loss to drop to -> null
+    2: [(0, 2, [5, 5, 5, 5]), (1, 12, [5, 5, 5, 5])],
+    # two presentations at the same step in epochs 2 and 3: the later epoch is the last one
+    3: [(0, 3, [2, 2, 2, 2]), (2, 30, [2, 2, 2, 2]), (3, 30, [0, 2, 2, 2])],
+}
+TOKEN_EXPECTED = {2: {0: 3.25, 1: 0.5, 2: None, 3: 1.0}, 4: {0: 1.625, 1: 1 / 3, 2: None, 3: 0.5}}
+
+
+def token_rows() -> list[dict]:
+    """TOKEN_LOG as log rows (loss and correctness constant: only the token losses matter)."""
+    return [
+        {"sample_id": sid, "epoch": e, "step": s, "loss": 1.0, "correct": True,
+         "token_loss": [float(x) for x in losses]}
+        for sid, presentations in TOKEN_LOG.items()
+        for e, s, losses in presentations
+    ]
+
+
+@pytest.fixture
+def token_log(tmp_path: Path) -> Path:
+    """A log directory holding TOKEN_LOG with a float16 token_loss column, as the shim writes it."""
+    schema = {"sample_id": pl.Int64, "epoch": pl.Int32, "step": pl.Int64, "loss": pl.Float32,
+              "correct": pl.Boolean, "token_loss": pl.List(pl.Float16)}
+    write_parts(tmp_path / "tok", token_rows(), schema=schema)
+    return tmp_path / "tok"

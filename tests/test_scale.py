@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import assert_hand_scores, hand_rows, write_parts
+from conftest import TOKEN_EXPECTED, assert_hand_scores, hand_rows, write_parts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -213,6 +213,16 @@ def test_ray_engine_gives_exactly_the_local_scores(ray_instance, hand_log: Path,
     flat = tmp_path / "flat.parquet"
     assert run("score", hand_log, "--out", flat, "--engine", "ray").exit_code == 0
     assert_hand_scores(pl.read_parquet(flat))
+
+
+def test_ray_engine_computes_a_memorization_signal_in_its_tasks(ray_instance, token_log: Path, tmp_path: Path) -> None:
+    run("logs", "bucketize", token_log, "--out", tmp_path / "bucketed", "--buckets", "2")
+    out = tmp_path / "ray.parquet"
+    result = run("score", tmp_path / "bucketed", "--out", out, "--engine", "ray", "--memorization", "token-drop",
+                 "--drop-k", "2")
+    assert result.exit_code == 0, result.output
+    got = dict(pl.read_parquet(out).select("sample_id", "memorization").iter_rows())
+    assert got == TOKEN_EXPECTED[2]
 
 
 @pytest.mark.parametrize("method", ["bitmask", "general"])

@@ -8,27 +8,11 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import write_parts
+from conftest import TOKEN_EXPECTED, token_rows, write_parts
 from typer.testing import CliRunner
 
 from carto_cli import logs, scoring
 from carto_cli.cli import app
-
-NAN = float("nan")
-# sample_id -> [(epoch, step, token losses per position)]; early epochs are 0 and 1.
-TOKEN_LOG = {
-    # early mean per position [3, 4, 4, 1]; the last late presentation (step 40) is [0.5, 0, 4, 1]:
-    # drops [2.5, 4, 0, 0]; k=2 -> (4 + 2.5) / 2 = 3.25; k=4 -> 6.5 / 4 = 1.625
-    0: [(0, 0, [4, 4, 4, 1]), (1, 10, [2, 4, 4, 1]), (3, 40, [0.5, 0, 4, 1]), (2, 20, [1, 1, 1, 1])],
-    # an ignored position (NaN) is no drop; early [2, NaN, 2, 2], last [1, 0, 2, 2]: drops [1, 0, 0]
-    # k=2 -> 0.5; k=4 -> the mean of the 3 there are, 1/3
-    1: [(0, 1, [2, NAN, 2, 2]), (2, 21, [1, 0, 2, 2])],
-    # only early presentations: no late loss to drop to -> null
-    2: [(0, 2, [5, 5, 5, 5]), (1, 12, [5, 5, 5, 5])],
-    # two presentations at the same step in epochs 2 and 3: the later epoch is the last one
-    3: [(0, 3, [2, 2, 2, 2]), (2, 30, [2, 2, 2, 2]), (3, 30, [0, 2, 2, 2])],
-}
-TOKEN_EXPECTED = {2: {0: 3.25, 1: 0.5, 2: None, 3: 1.0}, 4: {0: 1.625, 1: 1 / 3, 2: None, 3: 0.5}}
 
 # sample_id -> tail_loss per epoch 0..3 (None: not presented). Epochs 0..3 -> late_from = 2.
 TAIL_LOG = {
@@ -39,15 +23,6 @@ TAIL_LOG = {
 }
 
 
-def token_rows() -> list[dict]:
-    return [
-        {"sample_id": sid, "epoch": e, "step": s, "loss": 1.0, "correct": True,
-         "token_loss": [float(x) for x in losses]}
-        for sid, presentations in TOKEN_LOG.items()
-        for e, s, losses in presentations
-    ]
-
-
 def tail_rows() -> list[dict]:
     return [
         {"sample_id": sid, "epoch": e, "step": 100 * e + sid, "loss": 1.0, "correct": True, "tail_loss": t}
@@ -55,14 +30,6 @@ def tail_rows() -> list[dict]:
         for e, t in enumerate(tails)
         if t is not None
     ]
-
-
-@pytest.fixture
-def token_log(tmp_path: Path) -> Path:
-    schema = {"sample_id": pl.Int64, "epoch": pl.Int32, "step": pl.Int64, "loss": pl.Float32,
-              "correct": pl.Boolean, "token_loss": pl.List(pl.Float16)}
-    write_parts(tmp_path / "tok", token_rows(), schema=schema)
-    return tmp_path / "tok"
 
 
 def memorization(log_dir: Path, **params) -> dict[int, float | None]:
@@ -120,7 +87,7 @@ def test_score_cli_ranks_by_a_signal_and_says_which(token_log: Path, tmp_path: P
         (["--memorization", "tail-var"], "column 'tail_loss' holds only nulls"),
         (["--memorization", "loss"], "--memorization must be one of forgets, token-drop, tail-var"),
         (["--memorization", "token-drop", "--drop-k", "0"], "--drop-k must be >= 1"),
-        (["--memorization", "tail-var", "--update"], "runs in memory on the local engine"),
+        (["--memorization", "tail-var", "--update"], "is not kept in the --update state"),
     ],
 )
 def test_signal_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -132,3 +99,26 @@ def test_signal_errors_are_one_line(tmp_path: Path, args: list[str], message: st
     assert result.exit_code == 1, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("signal", ["token-drop", "tail-var"])
+def test_signals_of_a_bucketed_log_equal_the_in_memory_ones(tmp_path: Path, signal: str) -> None:
+    rows = [dict(r, tail_loss=1.0 + r["step"] % 7) for r in token_rows()] + \
+        [dict(r, token_loss=[1.0, 1.0, 1.0, 1.0]) for r in tail_rows()]
+    schema = {"sample_id": pl.Int64, "epoch": pl.Int32, "step": pl.Int64, "loss": pl.Float32,
+              "correct": pl.Boolean, "tail_loss": pl.Float32, "token_loss": pl.List(pl.Float16)}
+    write_parts(tmp_path / "flat", rows, schema=schema)
+    runner = CliRunner()
+    assert runner.invoke(app, ["logs", "bucketize", str(tmp_path / "flat"), "--out", str(tmp_path / "b"),
+                               "--buckets", "3"]).exit_code == 0
+    outs = {}
+    for name in ("flat", "b"):
+        outs[name] = tmp_path / f"{name}.parquet"
+        result = runner.invoke(app, ["score", str(tmp_path / name), "--out", str(outs[name]), "--memorization",
+                                     signal, "--drop-k", "2"])
+        assert result.exit_code == 0, result.output
+    bucketed = pl.read_parquet(outs["b"])
+    assert bucketed.sort("sample_id").equals(pl.read_parquet(outs["flat"]))
+    if signal == "token-drop":
+        got = dict(bucketed.filter(pl.col("sample_id") < 10).select("sample_id", "memorization").iter_rows())
+        assert got == TOKEN_EXPECTED[2]
