@@ -151,6 +151,14 @@ def test_bucketize_then_score_gives_the_hand_scores(hand_log: Path, tmp_path: Pa
     assert scores.sort("sample_id").equals(flat)
 
 
+def test_dense_kernel_in_several_passes_per_bucket(hand_log: Path, tmp_path: Path, monkeypatch) -> None:
+    run("logs", "bucketize", hand_log, "--out", tmp_path / "bucketed", "--buckets", "3")
+    monkeypatch.setattr(scoring.dense, "SAMPLES_PER_PASS", 1)  # one sample per pass: ids 1, 4, 7 in 3 passes
+    result = run("score", tmp_path / "bucketed", "--out", tmp_path / "s.parquet", "--json")
+    assert json.loads(result.stdout)["method_used"] == "dense"
+    assert_hand_scores(pl.read_parquet(tmp_path / "s.parquet"))
+
+
 def test_a_bucket_off_the_stride_falls_back_to_the_hash_kernel(hand_log: Path, tmp_path: Path) -> None:
     bucketed = tmp_path / "bucketed"
     run("logs", "bucketize", hand_log, "--out", bucketed, "--buckets", "6")
