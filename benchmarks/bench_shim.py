@@ -34,15 +34,16 @@ from carto_cli.tinygpt import GPT, GPTConfig
 
 
 def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int,
-          record_times: list[float] | None = None) -> list[float]:
+          record_times: list[float] | None = None, bf16: bool = False) -> list[float]:
     """Run n_steps training steps; return each step's wall time in seconds (and append the time
-    spent inside `record` to `record_times`)."""
+    spent inside `record` to `record_times`). `bf16`: forward and loss under bfloat16 autocast."""
     times = []
     for i in range(n_steps):
         t0 = time.perf_counter()
         x, y = data[i % len(data)]
-        logits = model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)  # (B, T, V)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
         if logger is not None:
             r0 = time.perf_counter()
             logger.record(ids[i % len(ids)], epoch=0, step=step0 + i, logits=logits, labels=y)
@@ -57,11 +58,13 @@ def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int,
     return times
 
 
-def check_record_while_busy(model, data, ids) -> str:
+def check_record_while_busy(model, data, ids, bf16: bool = False) -> str:
     """Queue a long GPU kernel, then call `record`: a `record` that waited for the device could
     not return before the kernel ends."""
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=bf16)
     with tempfile.TemporaryDirectory() as out, CartoLogger(out) as logger:
-        logits = model(data[0][0])
+        with autocast:
+            logits = model(data[0][0])
         logger.record(ids[0], epoch=0, step=0, logits=logits, labels=data[0][1])  # warm-up
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -69,7 +72,8 @@ def check_record_while_busy(model, data, ids) -> str:
         torch.cuda.synchronize()
         kernel_s = time.perf_counter() - t0
         torch.cuda._sleep(int(2e9))
-        logits = model(data[1][0])  # queued behind the sleeping kernel
+        with autocast:
+            logits = model(data[1][0])  # queued behind the sleeping kernel
         t0 = time.perf_counter()
         logger.record(ids[1], epoch=0, step=1, logits=logits, labels=data[1][1])
         record_s = time.perf_counter() - t0
@@ -83,10 +87,9 @@ def check_record_while_busy(model, data, ids) -> str:
 def check_logged_values(data, device: str = "cuda") -> str:
     """Log known logits on `device` and compare the written rows with a float64 reference on the CPU."""
     gen = torch.Generator(device="cpu").manual_seed(1)
-    x, y = data[0]
-    B, T = y.shape
+    B, T = data[0][1].shape
     logits_cpu = torch.randn(B, T, 256, generator=gen, dtype=torch.float64)
-    labels = y.cpu().clone()
+    labels = torch.randint(0, 256, (B, T), generator=gen)
     labels[0, T // 2:] = -100  # a padded tail: those positions must not count
     with tempfile.TemporaryDirectory() as out:
         with CartoLogger(out) as logger:
@@ -115,25 +118,29 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--vocab", type=int, default=256, help="vocabulary size (256: bytes)")
+    ap.add_argument("--bf16", action="store_true", help="forward and loss under bfloat16 autocast")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = args.device
-    config = GPTConfig(block_size=args.context, n_layer=args.layers, n_head=4, n_embd=args.width)
+    config = GPTConfig(vocab_size=args.vocab, block_size=args.context, n_layer=args.layers, n_head=4,
+                       n_embd=args.width)
     model = GPT(config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     data = []
     for _ in range(4):
-        seq = torch.randint(0, 256, (args.batch, args.context + 1), device=device)
+        seq = torch.randint(0, args.vocab, (args.batch, args.context + 1), device=device)
         data.append((seq[:, :-1], seq[:, 1:]))
     ids = [torch.arange(i * args.batch, (i + 1) * args.batch, device=device) for i in range(4)]
 
     plain, logged, in_record = [], [], []
     with tempfile.TemporaryDirectory() as out, CartoLogger(out) as logger:
-        steps(model, opt, data, ids, 3, None, device, 0)  # warm-up
-        steps(model, opt, data, ids, 3, logger, device, 0)
+        steps(model, opt, data, ids, 3, None, device, 0, bf16=args.bf16)  # warm-up
+        steps(model, opt, data, ids, 3, logger, device, 0, bf16=args.bf16)
         for r in range(args.rounds):
-            plain += steps(model, opt, data, ids, args.steps, None, device, 0)
-            logged += steps(model, opt, data, ids, args.steps, logger, device, r * args.steps, in_record)
+            plain += steps(model, opt, data, ids, args.steps, None, device, 0, bf16=args.bf16)
+            logged += steps(model, opt, data, ids, args.steps, logger, device, r * args.steps, in_record,
+                            bf16=args.bf16)
         logger.flush()
         rows = logger.rows_written
         sync_check = "not run (CPU)"
@@ -141,7 +148,8 @@ def main() -> None:
             torch.cuda.set_sync_debug_mode("error")
             try:
                 for i in range(4):
-                    logits = model(data[i][0])
+                    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=args.bf16):
+                        logits = model(data[i][0])
                     logger.record(ids[i], epoch=1, step=10_000 + i, logits=logits, labels=data[i][1])
                 sync_check = "passed: record() made no synchronising CUDA call"
             except RuntimeError as exc:
@@ -149,7 +157,7 @@ def main() -> None:
             finally:
                 torch.cuda.set_sync_debug_mode(0)
     if device == "cuda":
-        busy_check = check_record_while_busy(model, data, ids)
+        busy_check = check_record_while_busy(model, data, ids, args.bf16)
     else:
         busy_check = "not run (CPU)"
     values_check = check_logged_values(data, device)
@@ -160,6 +168,8 @@ def main() -> None:
         "params": model.num_params(),
         "batch": args.batch,
         "context": args.context,
+        "vocab": args.vocab,
+        "bf16": args.bf16,
         "steps_per_arm": len(plain),
         "median_step_s_without": round(base, 5),
         "median_step_s_with": round(with_log, 5),
@@ -171,7 +181,8 @@ def main() -> None:
         "busy_check": busy_check,
         "values_check": values_check,
     }
-    print(f"model {result['params'] / 1e6:.2f}M params, batch {args.batch} x {args.context}, {device}, "
+    print(f"model {result['params'] / 1e6:.2f}M params, vocab {args.vocab}, batch {args.batch} x {args.context}, "
+          f"{device}{' bf16 autocast' if args.bf16 else ''}, "
           f"{result['threads']} threads, {len(plain)} steps per arm")
     print(f"median step without logger: {base * 1e3:8.1f} ms")
     print(f"median step with logger:    {with_log * 1e3:8.1f} ms")
