@@ -12,8 +12,9 @@
 What `record` does, and what it costs the training loop:
 - With `logits` (B, T, V) and `labels` (B, T) it computes, per sample and on the logits' device,
   the mean token loss, the greedy token accuracy, the number of target tokens and the *tail loss*
-  (mean of the `tail_k` largest token losses). Logits are upcast to fp32 in chunks of samples
-  (`chunk_bytes` at a time), never all at once.
+  (mean of the `tail_k` largest token losses). On CUDA with Triton, one kernel reads the logits
+  once in their own dtype (`carto_cli.fused`); otherwise they are upcast to fp32 in chunks of
+  samples (`chunk_bytes` at a time), never all at once.
 - The per-sample results (a few (B,) tensors) are copied device -> pinned host memory with
   `non_blocking=True`; a background thread waits for the copy, converts and writes. `record`
   never synchronises host and device.
@@ -50,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from carto_cli import __version__, schema
+from carto_cli import __version__, fused, schema
 from carto_cli.durable import write_atomic
 from carto_cli.errors import CartoError, OptionError, require_torch
 
@@ -265,7 +266,10 @@ class CartoLogger:
             labels = labels.to(logits.device).long()
             valid = labels != self.ignore_index  # (B, T)
             rows = max(1, self.chunk_bytes // max(1, T * V * 4))
-            if rows >= B:  # one chunk: no preallocation and copy
+            fused_stats = fused.token_stats(torch, logits.detach(), labels, self.ignore_index)
+            if fused_stats is not None:  # CUDA with Triton: one read of the logits, no fp32 copy
+                tok_loss, tok_hit = fused_stats
+            elif rows >= B:  # one chunk: no preallocation and copy
                 tok_loss, tok_hit = self._token_stats(torch, logits, labels)
             else:
                 tok_loss = torch.empty((B, T), dtype=torch.float32, device=logits.device)

@@ -249,3 +249,43 @@ def test_precomputed_token_losses_need_the_option(tmp_path: Path) -> None:
     assert read_log(tmp_path)["token_loss"].to_list() == [[0.5, 1.5]]
     with CartoLogger(tmp_path / "off") as log, pytest.raises(OptionError, match="token_losses=True"):
         log.record([0], epoch=0, step=0, loss=[1.0], correct=[True], token_loss=[[0.5, 1.5]])
+
+
+FUSED_CHECK = """
+import torch, torch.nn.functional as F
+from carto_cli import fused
+torch.manual_seed(0)
+B, T, V = 3, 6, 5000  # V is no multiple of the kernel's block: a partial last block
+for dtype in (torch.float32, torch.bfloat16):  # bf16: coarse values, so ties for the argmax
+    logits = torch.randn(B, T, V).to(dtype)
+    labels = torch.randint(0, V, (B, T))
+    labels[0, 2:] = -100
+    logits[0, 4, 7] = float("inf")  # no target at that position: must not matter
+    logits[1, 0, [100, 4500]] = 50.0  # a tie across blocks and one within a block: the first index wins
+    logits[1, 1, [10, 20]] = 50.0
+    labels[1, 0], labels[1, 1] = 100, 10
+    loss, hit = fused.launch(torch, fused._kernel(), logits, labels, -100)
+    exact = logits.double()
+    valid = labels != -100
+    ref = F.cross_entropy(exact.reshape(-1, V), labels.clamp_min(0).reshape(-1), reduction="none").view(B, T)
+    ref = torch.where(valid, ref, 0.0)
+    assert (loss.double() - ref).abs().max().item() < 1e-5, dtype
+    assert torch.equal(hit, (exact.argmax(-1) == labels) & valid), dtype
+print("ok")
+"""
+
+
+def test_fused_kernel_matches_a_float64_reference_in_the_triton_interpreter() -> None:
+    """The CUDA kernel of carto_cli.fused, run on the CPU by Triton's interpreter (the same kernel
+    code; the GPU run is benchmarks/bench_shim.py --device cuda)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", FUSED_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+def test_fused_kernel_is_not_used_for_cpu_tensors() -> None:
+    from carto_cli import fused
+
+    labels = torch.zeros(1, 2, dtype=torch.long)
+    assert fused.token_stats(torch, torch.zeros(1, 2, fused.MIN_VOCAB), labels, -100) is None
