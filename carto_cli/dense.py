@@ -22,9 +22,11 @@ gives the same numbers bit for bit:
   recounted by the general path, exactly as the Polars bitmask kernel does.
 
 `state` returns None whenever the kernel does not apply (ids not dense, no footer statistics, a
-negative epoch, the exactness bounds above); the caller then runs the Polars kernel. Only the
-columns `finalize` needs are produced: this path serves full, in-memory scoring, not `--update`
-states.
+negative epoch, the exactness bounds above); the caller then runs the Polars kernel. It produces
+the columns `finalize` needs (COLUMNS) or, with `full=True`, the whole per-sample state that
+`--update` saves (`scoring.STATE_COLUMNS`): then the first and last step are kept too (two more
+in-place reductions per row, `np.minimum.at` / `np.maximum.at`), and the first and last epoch and
+their correctness are read off the masks, as the Polars bitmask kernel does.
 """
 
 from __future__ import annotations
@@ -85,9 +87,11 @@ def applies(logset: LogSet, stride: int = 1) -> tuple[int, int] | None:
     return span
 
 
-def state(logset: LogSet, kernel, general_state, *, stride: int = 1) -> tuple[pl.DataFrame, int, int] | None:
-    """Per-sample state (COLUMNS), the number of samples the general path recounted and the number
-    of rows dropped for a non-finite loss (with `kernel.drop_nonfinite`), or None.
+def state(logset: LogSet, kernel, general_state, *, stride: int = 1, full: bool = False
+          ) -> tuple[pl.DataFrame, int, int] | None:
+    """Per-sample state (COLUMNS, or with `full` every state column), the number of samples the
+    general path recounted and the number of rows dropped for a non-finite loss (with
+    `kernel.drop_nonfinite`), or None.
 
     `kernel` is the `scoring.Kernel` (rule, early epochs, non-finite handling, id dtype);
     `general_state(sample_ids)` recounts the given samples exactly and returns their state.
@@ -106,9 +110,9 @@ def state(logset: LogSet, kernel, general_state, *, stride: int = 1) -> tuple[pl
     for p in range(passes):
         start = p * width
         slots = (lo, start, min(width, n_ids - start), n_ids, stride)
-        result = _pass(logset, groups, kernel, slots, packed=True)
+        result = _pass(logset, groups, kernel, slots, packed=True, full=full)
         if result == "unpack":  # a packed field overflowed (many rows per sample): one array per field
-            result = _pass(logset, groups, kernel, slots, packed=False)
+            result = _pass(logset, groups, kernel, slots, packed=False, full=full)
         if result is None or result == "unpack":
             return None
         frame, odd, n_dropped = result
@@ -119,7 +123,7 @@ def state(logset: LogSet, kernel, general_state, *, stride: int = 1) -> tuple[pl
     state_frame = pl.concat(frames)  # ascending sample_id, pass after pass
     if len(odd_ids):
         recount = general_state(pl.Series(schema.SAMPLE_ID, odd_ids).cast(state_frame.schema[schema.SAMPLE_ID]))
-        state_frame = pl.concat([state_frame, recount.select(COLUMNS)], how="vertical_relaxed")
+        state_frame = pl.concat([state_frame, recount.select(state_frame.columns)], how="vertical_relaxed")
     return state_frame, len(odd_ids), dropped
 
 
@@ -130,10 +134,12 @@ def _row_groups(logset: LogSet) -> list[tuple[int, int, int | None]]:
             for i, rg, stats in _footer_stats(logset, schema.EPOCH)]
 
 
-def _columns(kernel, with_epoch: bool) -> list[str]:
-    """What the kernel reads: ids, epochs (unless known), losses and the correctness rule's column."""
-    names = [schema.SAMPLE_ID, schema.EPOCH, schema.LOSS, kernel.rule.column]
-    return list(dict.fromkeys(n for n in names if with_epoch or n != schema.EPOCH))
+def _columns(kernel, with_epoch: bool, with_step: bool) -> list[str]:
+    """What the kernel reads: ids, epochs (unless known), losses, the correctness rule's column, and
+    steps for the full state."""
+    names = [schema.SAMPLE_ID, schema.EPOCH, schema.LOSS, kernel.rule.column, schema.STEP]
+    return list(dict.fromkeys(n for n in names if (with_epoch or n != schema.EPOCH)
+                              and (with_step or n != schema.STEP)))
 
 
 def _correct(kernel, values: np.ndarray) -> np.ndarray:
@@ -144,18 +150,20 @@ def _correct(kernel, values: np.ndarray) -> np.ndarray:
     return values >= rule.threshold if rule.source == "acc" else values < rule.threshold
 
 
-def _read(logset: LogSet, groups: list, kernel, unsigned: bool) -> Iterator[tuple]:
-    """(ids, epoch array or the row group's one epoch, loss, rule column), one row group at a time."""
+def _read(logset: LogSet, groups: list, kernel, unsigned: bool, full: bool) -> Iterator[tuple]:
+    """(ids, epoch array or the row group's one epoch, loss, rule column, steps or None), one row
+    group at a time."""
     files: dict[int, object] = {}
     for i, rg, epoch in groups:
         if i not in files:
             files = {i: storage.open_parquet(logset.parts[i].path)}  # parts are read in order: one open
-        table = files[i].read_row_group(rg, columns=_columns(kernel, epoch is None), use_threads=True)
+        table = files[i].read_row_group(rg, columns=_columns(kernel, epoch is None, full), use_threads=True)
         yield (
             table.column(schema.SAMPLE_ID).to_numpy().astype(np.uint64 if unsigned else np.int64, copy=False),
             table.column(schema.EPOCH).to_numpy().astype(np.int64, copy=False) if epoch is None else epoch,
             table.column(schema.LOSS).to_numpy(),
             table.column(kernel.rule.column).to_numpy(),
+            table.column(schema.STEP).to_numpy().astype(np.int64, copy=False) if full else None,
         )
 
 
@@ -163,8 +171,11 @@ class _Sums:
     """The accumulators of one pass: per-sample row counts, epoch masks and fixed-point loss sums,
     and the same totals over rows, to check the packed fields afterwards."""
 
-    def __init__(self, width: int, packed: bool) -> None:
+    def __init__(self, width: int, packed: bool, full: bool = False) -> None:
         self.packed = packed
+        # the full state: each sample's first and last step
+        self.first_step = np.full(width, np.iinfo(np.int64).max, dtype=np.int64) if full else None
+        self.last_step = np.full(width, np.iinfo(np.int64).min, dtype=np.int64) if full else None
         self.words = np.zeros(width, dtype=np.uint64)  # packed: n | s << 9 | c << 36; else s
         self.n_seen = None if packed else np.zeros(width, dtype=np.int64)
         self.corr = None if packed else np.zeros(width, dtype=np.uint64)
@@ -175,9 +186,12 @@ class _Sums:
         self.max_abs_fixed = 0
 
     def add(self, idx: np.ndarray, epoch: np.ndarray | int, fixed: np.ndarray, correct: np.ndarray,
-            early_epochs: int) -> None:
-        """Add rows: sample slots, epochs, fixed-point losses, correctness."""
+            early_epochs: int, step: np.ndarray | None = None) -> None:
+        """Add rows: sample slots, epochs, fixed-point losses, correctness (and steps, full state)."""
         self.rows += len(idx)
+        if self.first_step is not None:
+            np.minimum.at(self.first_step, idx, step)
+            np.maximum.at(self.last_step, idx, step)
         if isinstance(epoch, int):  # the row group's one epoch, from its footer
             bit = 1 << epoch
             self.seen_total += bit * len(idx)
@@ -209,16 +223,16 @@ class _Sums:
         """n_seen, seen (s), corr (c), early_sum and late (the other rows' loss sum) per sample slot,
         as a frame over these arrays (the packed words split by Polars, which does it faster and in
         fewer fresh pages than numpy); None where a packed field overflowed into the next."""
+        steps = {} if self.first_step is None else {"first_step": self.first_step, "last_step": self.last_step}
         if not self.packed:
             return pl.DataFrame({"n_seen": self.n_seen, "seen": self.words, "corr": self.corr,
-                                 "early_sum": self.early, "late": self.late})
+                                 "early_sum": self.early, "late": self.late, **steps})
         words = pl.col("words")
-        frame = pl.DataFrame({"words": self.words, "early_sum": self.early, "late": self.late}).select(
-            n_seen=(words & _u64((1 << _N_BITS) - 1)).cast(pl.Int64),
-            seen=(words // _u64(1 << _N_BITS)) & _u64((1 << _MASK_BITS) - 1),
-            corr=words // _u64(1 << (_N_BITS + _MASK_BITS)),
-            early_sum=pl.col("early_sum"),
-            late=pl.col("late"),
+        frame = pl.DataFrame({"words": self.words, "early_sum": self.early, "late": self.late, **steps}).select(
+            (words & _u64((1 << _N_BITS) - 1)).cast(pl.Int64).alias("n_seen"),
+            ((words // _u64(1 << _N_BITS)) & _u64((1 << _MASK_BITS) - 1)).alias("seen"),
+            (words // _u64(1 << (_N_BITS + _MASK_BITS))).alias("corr"),
+            "early_sum", "late", *steps,
         )
         # an overflow moves value out of a field, so that field's total over samples falls short
         totals = frame.select(pl.col("n_seen", "seen", "corr").sum()).row(0)
@@ -236,8 +250,8 @@ def _u64(value: int) -> pl.Expr:
     return pl.lit(value, dtype=pl.UInt64)
 
 
-def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int, int], packed: bool
-          ) -> tuple[pl.DataFrame, np.ndarray, int] | str | None:
+def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int, int], packed: bool,
+          full: bool = False) -> tuple[pl.DataFrame, np.ndarray, int] | str | None:
     """Accumulate the samples in slots [start, start + width) of the n_ids slots of ids
     lo + slot * stride, over the whole log, one row group at a time, the next row group read while
     this one is added.
@@ -251,14 +265,14 @@ def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int,
     base = np.uint64(first_id) if unsigned else np.int64(first_id)
     whole = start == 0 and width == n_ids  # one pass: every id is in [lo, hi] by the footers
     packed = packed and all(e is not None and 0 <= e < PACKED_EPOCHS for _, _, e in groups)
-    sums = _Sums(width, packed)
+    sums = _Sums(width, packed, full)
     dropped = 0
-    chunks = _read(logset, groups, kernel, unsigned)
+    chunks = _read(logset, groups, kernel, unsigned, full)
     with ThreadPoolExecutor(max_workers=1) as reader:
         ahead = reader.submit(next, chunks, None)
         while (chunk := ahead.result()) is not None:
             ahead = reader.submit(next, chunks, None)
-            ids, epoch, loss, rule_values = chunk
+            ids, epoch, loss, rule_values, step = chunk
             idx = (ids - base).astype(np.int64, copy=False)  # below the slice: negative (wrapped if unsigned)
             if stride > 1:
                 if np.remainder(idx, stride).any():
@@ -277,6 +291,7 @@ def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int,
             if keep is not None and not keep.all():
                 idx, loss, rule_values = idx[keep], loss[keep], rule_values[keep]
                 epoch = epoch[keep] if many else epoch
+                step = step[keep] if full else None
             if not len(idx):
                 continue
             low, high = (int(epoch.min()), int(epoch.max())) if many else (epoch, epoch)
@@ -287,25 +302,26 @@ def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int,
             sums.max_epoch = max(sums.max_epoch, high)
             sums.max_abs_fixed = max(sums.max_abs_fixed, round(peak))
             fixed = np.rint(loss.astype(np.float64) * SCALE).astype(np.int64)  # as fixedpoint.fixed_sum
-            sums.add(idx, epoch, fixed, _correct(kernel, rule_values), kernel.early_epochs)
+            sums.add(idx, epoch, fixed, _correct(kernel, rule_values), kernel.early_epochs, step)
     fields = sums.fields()
     if fields is None:
         return "unpack"
     if not sums.bounded(fields["n_seen"]):
         return None
     del sums
-    return (*_derive(fields, kernel.early_epochs, first_id, stride, unsigned), dropped)
+    return (*_derive(fields, kernel.early_epochs, first_id, stride, unsigned, full), dropped)
 
 
-def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, stride: int, unsigned: bool
-            ) -> tuple[pl.DataFrame, np.ndarray]:
-    """State columns (COLUMNS) of the regular samples present, from the per-slot sums; ids of the
-    irregular ones, for the general path to recount."""
+def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, stride: int, unsigned: bool,
+            full: bool = False) -> tuple[pl.DataFrame, np.ndarray]:
+    """State columns (COLUMNS, or with `full` every state column) of the regular samples present,
+    from the per-slot sums; ids of the irregular ones, for the general path to recount."""
     n, seen, corr = pl.col("n_seen"), pl.col("seen"), pl.col("corr")
     dtype = pl.UInt64 if unsigned else pl.Int64
+    first_epoch = seen.bitwise_trailing_zeros().cast(pl.Int64)
+    last_epoch = 63 - seen.bitwise_leading_zeros().cast(pl.Int64)
     # Once per epoch (a repeat carries, so the popcount falls short) in consecutive epochs.
-    span = (63 - seen.bitwise_leading_zeros().cast(pl.Int64)) - seen.bitwise_trailing_zeros().cast(pl.Int64) + 1
-    regular = (seen.bitwise_count_ones().cast(pl.Int64) == n) & (n == span)
+    regular = (seen.bitwise_count_ones().cast(pl.Int64) == n) & (n == last_epoch - first_epoch + 1)
     early_mask = _u64((1 << min(early_epochs, 64)) - 1)
     frame = (
         fields.with_columns(
@@ -322,6 +338,16 @@ def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, stride: int,
             forget_events=(corr & ~(corr // _u64(2)) & (seen // _u64(2))).bitwise_count_ones().cast(pl.Int64),
         )
     )
+    columns = COLUMNS
+    if full:  # regular samples: epoch order is presentation order, so bit e of c is the epoch-e row's
+        from carto_cli.scoring import STATE_COLUMNS  # here: scoring imports this module
+
+        def bit_at(epoch: str) -> pl.Expr:
+            return (corr // pl.lit(2, dtype=pl.UInt64).pow(pl.col(epoch).cast(pl.UInt64))) % 2 == 1
+
+        frame = frame.with_columns(first_epoch=first_epoch, last_epoch=last_epoch).with_columns(
+            first_correct=bit_at("first_epoch"), last_correct=bit_at("last_epoch"))
+        columns = STATE_COLUMNS
     irregular = frame.filter(~pl.col("regular"))[schema.SAMPLE_ID].to_numpy()
-    state = frame.filter(pl.col("regular")).select(COLUMNS).with_columns(pl.col(schema.SAMPLE_ID).set_sorted())
+    state = frame.filter(pl.col("regular")).select(columns).with_columns(pl.col(schema.SAMPLE_ID).set_sorted())
     return state, irregular

@@ -12,7 +12,6 @@ disappeared, different scoring parameters, a percentile threshold (it would move
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import polars as pl
@@ -68,8 +67,7 @@ def score_update(logset: LogSet, params: scoring.ScoreParams, state_file: Path) 
 
     if new_parts:
         plan = scoring.prepare(LogSet(parts=new_parts), params)
-        passes = max(1, math.ceil(sum(p.num_rows for p in new_parts) / scoring.ROWS_PER_PASS))  # bounds memory
-        segment, samples_general = plan.kernel.state([str(p.path) for p in new_parts], passes=passes)
+        segment, samples_general = scoring.full_state(plan.kernel, new_parts, dense_ok=params.method == "auto")
         state = segment if state_before is None else scoring.merge_states(state_before, segment)
     else:
         kernel = scoring.Kernel(rule, params.early_epochs, "none", False, "Int64")

@@ -208,6 +208,19 @@ class Kernel:
         return pl.concat(states), general
 
 
+def full_state(kernel: Kernel, parts: list[LogPart], *, dense_ok: bool = True) -> tuple[pl.DataFrame, int]:
+    """Every state column (STATE_COLUMNS) of `parts`, as `--update` saves it, and how many samples
+    the general path counted: the dense kernel where it applies (and `dense_ok`, i.e. no method
+    forced), else `Kernel.state` in passes of ROWS_PER_PASS rows."""
+    paths = [str(p.path) for p in parts]
+    if dense_ok and kernel.method == "bitmask":
+        reduced = dense.state(LogSet(parts), kernel, lambda ids: _recount(kernel, paths, ids), full=True)
+        if reduced is not None:
+            return reduced[0], reduced[1]
+    passes = max(1, math.ceil(sum(p.num_rows for p in parts) / ROWS_PER_PASS))  # bounds memory
+    return kernel.state(paths, passes=passes)
+
+
 @dataclass(frozen=True)
 class Bucket:
     """What one bucket's reduction returns (see `bucket_state`)."""
@@ -604,6 +617,9 @@ def _aligned(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame | None:
     ids = earlier[schema.SAMPLE_ID]
     if earlier.height == 0 or later.height == 0 or not ids.is_sorted():
         return None
+    in_order = earlier.with_columns(pl.col(schema.SAMPLE_ID).set_sorted())  # checked: saves a sort
+    if later.height == earlier.height and later[schema.SAMPLE_ID].equals(ids):  # the same samples, in order
+        return pl.concat([in_order, later.drop(schema.SAMPLE_ID).rename(lambda c: f"{c}_b")], how="horizontal")
     lo = int(ids[0])
     if int(ids[-1]) - lo + 1 != earlier.height:  # not contiguous (ids are unique)
         return None
@@ -626,7 +642,6 @@ def _aligned(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame | None:
             keep[pos] = column.is_not_null().to_numpy()
         series = pl.Series(values).cast(column.dtype)
         columns[f"{name}_b"] = series if keep.all() else series.set(pl.Series(~keep), None)
-    in_order = earlier.with_columns(pl.col(schema.SAMPLE_ID).set_sorted())  # checked above: saves a sort
     return pl.concat([in_order, pl.DataFrame(columns)], how="horizontal")
 
 

@@ -73,6 +73,50 @@ def test_merge_aligns_a_saved_state_of_contiguous_ids_by_position(tmp_path: Path
     assert scoring._aligned(a.filter(pl.col("sample_id") != 4), b) is None  # ids 1..8 without 4: not contiguous
 
 
+epoch_major = st.fixed_dictionaries(
+    {"sample_id": st.integers(0, 9), "epoch": st.integers(0, 5), "offset": st.integers(0, 30),
+     "loss": st.floats(0, 5, width=32), "correct": st.booleans()}
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(epoch_major, min_size=1, max_size=60), by_epoch=st.booleans())
+def test_the_dense_full_state_equals_the_polars_state(tmp_path_factory, rows, by_epoch) -> None:
+    """What --update saves, from the dense kernel (when the ids are dense) and from the Polars
+    kernels: every state column, bit for bit."""
+    for r in rows:  # steps in epoch order: the bitmask method applies
+        r["step"] = r["epoch"] * 100 + r.pop("offset")
+    base = tmp_path_factory.mktemp("full")
+    if by_epoch:
+        for e in sorted({r["epoch"] for r in rows}):
+            write_parts(base / "logs" / f"e{e}", [r for r in rows if r["epoch"] == e], n_files=1)
+    else:
+        write_parts(base / "logs", rows)
+    logset = logs.open_logs([base / "logs"])
+    kernel = scoring.prepare(logset, scoring.ScoreParams()).kernel
+    paths = [str(p.path) for p in logset.parts]
+    dense, _ = scoring.full_state(kernel, logset.parts)
+    polars, _ = kernel.state(paths)
+    general, _ = scoring.prepare(logset, scoring.ScoreParams(method="general")).kernel.state(paths)
+    assert dense.sort("sample_id").equals(polars.sort("sample_id"))
+    assert dense.sort("sample_id").equals(general.sort("sample_id"))
+
+
+def test_update_reduces_new_parts_with_the_dense_kernel(tmp_path: Path, monkeypatch) -> None:
+    rows = hand_rows()  # ids 1..8: dense
+    write_parts(tmp_path / "logs", [r for r in rows if r["epoch"] < 2])
+    calls = []
+    real = scoring.dense.state
+    monkeypatch.setattr(scoring.dense, "state", lambda *a, **k: calls.append(k.get("full")) or real(*a, **k))
+    out = tmp_path / "s.parquet"
+    assert run("score", tmp_path / "logs", "--out", out, "--update").exit_code == 0
+    write_parts(tmp_path / "logs" / "more", [r for r in rows if r["epoch"] >= 2])
+    assert run("score", tmp_path / "logs", "--out", out, "--update").exit_code == 0
+    assert calls == [True, True]  # the first run and the fold, each one dense pass for the full state
+    run("score", tmp_path / "logs", "--out", tmp_path / "full.parquet")
+    assert pl.read_parquet(out).equals(pl.read_parquet(tmp_path / "full.parquet"))
+
+
 def test_merge_refuses_presentations_that_go_back_in_time(tmp_path: Path) -> None:
     rows = hand_rows()
     write_parts(tmp_path / "a", [r for r in rows if r["step"] >= 20])

@@ -313,9 +313,9 @@ def _layouts(monkeypatch) -> list[bool]:
     seen: list[bool] = []
     real = scoring.dense._Sums.__init__
 
-    def spy(self, width, packed):
+    def spy(self, width, packed, full=False):
         seen.append(packed)
-        real(self, width, packed)
+        real(self, width, packed, full)
 
     monkeypatch.setattr(scoring.dense._Sums, "__init__", spy)
     return seen
