@@ -340,10 +340,10 @@ def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, stride: int,
     )
     columns = COLUMNS
     if full:  # regular samples: epoch order is presentation order, so bit e of c is the epoch-e row's
-        from carto_cli.scoring import STATE_COLUMNS  # here: scoring imports this module
+        from carto_cli.scoring import STATE_COLUMNS, _power_of_two  # here: scoring imports this module
 
         def bit_at(epoch: str) -> pl.Expr:
-            return (corr // pl.lit(2, dtype=pl.UInt64).pow(pl.col(epoch).cast(pl.UInt64))) % 2 == 1
+            return (corr // _power_of_two(pl.col(epoch))) % 2 == 1
 
         frame = frame.with_columns(first_epoch=first_epoch, last_epoch=last_epoch).with_columns(
             first_correct=bit_at("first_epoch"), last_correct=bit_at("last_epoch"))
