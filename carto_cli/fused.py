@@ -20,7 +20,10 @@ Triton's interpreter (the CI machines have no GPU).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
+
+from carto_cli.errors import first_line
 
 MIN_VOCAB = 4096
 _KERNEL = None
@@ -78,7 +81,14 @@ def token_stats(torch: Any, logits: Any, labels: Any, ignore_index: int) -> tupl
     kernel = _kernel()
     if kernel is None:
         return None
-    return launch(torch, kernel, logits, labels, ignore_index)
+    try:
+        return launch(torch, kernel, logits, labels, ignore_index)
+    except Exception as exc:  # Triton could not compile or launch here (no C compiler, an old GPU, ...)
+        global _KERNEL
+        _KERNEL = False  # the PyTorch ops from now on: the training loop must not fail over logging
+        warnings.warn(f"carto: the fused logits kernel failed ({first_line(exc)}); using PyTorch ops instead "
+                      "(set CARTO_NO_TRITON=1 to skip it)", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def launch(torch: Any, kernel: Any, logits: Any, labels: Any, ignore_index: int) -> tuple[Any, Any]:

@@ -289,3 +289,22 @@ def test_fused_kernel_is_not_used_for_cpu_tensors() -> None:
 
     labels = torch.zeros(1, 2, dtype=torch.long)
     assert fused.token_stats(torch, torch.zeros(1, 2, fused.MIN_VOCAB), labels, -100) is None
+
+
+def test_a_failing_fused_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch) -> None:
+    pytest.importorskip("triton")
+    from carto_cli import fused
+
+    def fail(*args):
+        raise RuntimeError("Failed to find C compiler\ndetails")
+
+    class CudaLogits:  # stands in for a CUDA tensor: only what token_stats looks at before launching
+        is_cuda = True
+        shape = (1, 2, fused.MIN_VOCAB)
+
+    monkeypatch.setattr(fused, "_KERNEL", None)
+    monkeypatch.setattr(fused, "launch", fail)
+    with pytest.warns(RuntimeWarning, match=r"failed \(Failed to find C compiler\); using PyTorch ops"):
+        assert fused.token_stats(torch, CudaLogits(), None, -100) is None
+    assert fused._KERNEL is False  # not tried again: the next record goes straight to PyTorch
+    assert fused.token_stats(torch, CudaLogits(), None, -100) is None
