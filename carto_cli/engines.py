@@ -127,7 +127,8 @@ def score_buckets(
             scores = scoring.finalize(reduced.state, never_learned=params.never_learned)
             if reduced.signal is not None:
                 scores = scoring.with_signal(scores, reduced.signal)
-            scores.write_parquet(spill / f"{0 if bucket is None else bucket:012d}.parquet")
+            # lz4: a temporary file, read once; 40% faster to write than zstd, 1.5x the size
+            scores.write_parquet(spill / f"{0 if bucket is None else bucket:012d}.parquet", compression="lz4")
             facts["rows"] += int(reduced.state["n_seen"].sum())
             facts["samples_general"] += reduced.samples_general
             facts["dense_buckets"] += reduced.dense
