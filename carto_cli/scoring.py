@@ -212,13 +212,12 @@ def full_state(kernel: Kernel, parts: list[LogPart], *, dense_ok: bool = True) -
     """Every state column (STATE_COLUMNS) of `parts`, as `--update` saves it, and how many samples
     the general path counted: the dense kernel where it applies (and `dense_ok`, i.e. no method
     forced), else `Kernel.state` in passes of ROWS_PER_PASS rows."""
-    paths = [str(p.path) for p in parts]
+    logset = LogSet(parts)
     if dense_ok and kernel.method == "bitmask":
-        reduced = dense.state(LogSet(parts), kernel, lambda ids: _recount(kernel, paths, ids), full=True)
+        reduced = _dense_state(logset, kernel, full=True)
         if reduced is not None:
             return reduced[0], reduced[1]
-    passes = max(1, math.ceil(sum(p.num_rows for p in parts) / ROWS_PER_PASS))  # bounds memory
-    return kernel.state(paths, passes=passes)
+    return kernel.state([str(p.path) for p in parts], passes=_passes(logset))
 
 
 @dataclass(frozen=True)
@@ -237,13 +236,12 @@ def bucket_state(kernel: Kernel, parts: list[LogPart], *, stride: int = 1,
     kernel where it applies, else `kernel.state`; stride 0 for no dense kernel (a method the user
     forced). With `signal` (the whole log's plan and the parameters), the bucket's values of the
     memorization signal too."""
-    paths = [str(p.path) for p in parts]
     values = signal_values(parts, *signal) if signal is not None else None
     if kernel.method == "bitmask" and stride > 0:
-        reduced = dense.state(LogSet(parts), kernel, lambda ids: _recount(kernel, paths, ids), stride=stride)
+        reduced = _dense_state(LogSet(parts), kernel, stride=stride)
         if reduced is not None:
             return Bucket(reduced[0], reduced[1], True, values)
-    state, general = kernel.state(paths)
+    state, general = kernel.state([str(p.path) for p in parts])
     return Bucket(state, general, False, values)
 
 
@@ -264,16 +262,14 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     if fast is not None:
         return fast
     plan = prepare(logset, params)
-    paths = [str(p.path) for p in logset.parts]
     reduced = None
     if params.method == "auto" and plan.kernel.method == "bitmask" and not dense_declined:
-        reduced = dense.state(logset, plan.kernel, lambda ids: _recount(plan.kernel, paths, ids))
+        reduced = _dense_state(logset, plan.kernel)
         if reduced is not None:
             plan.kernel = replace(plan.kernel, method="dense")
             reduced = reduced[:2]  # the non-finite rows were counted by prepare
     if reduced is None:
-        passes = max(1, math.ceil(logset.num_rows / ROWS_PER_PASS))
-        reduced = plan.kernel.state(paths, passes=passes)
+        reduced = plan.kernel.state([str(p.path) for p in logset.parts], passes=_passes(logset))
     state, samples_general = reduced
     result = finish(state, plan, params, samples_general)
     if params.memorization != "forgets":
@@ -302,8 +298,7 @@ def _score_from_footers(logset: LogSet, params: ScoreParams) -> tuple[ScoreResul
         return None, False
     kernel = Kernel(rule=rule, early_epochs=params.early_epochs, method="bitmask", drop_nonfinite=True,
                     sample_id_dtype=str(sample_id_dtype(logset.parts)))
-    paths = [str(p.path) for p in logset.parts]
-    reduced = dense.state(logset, kernel, lambda ids: _recount(kernel, paths, ids))
+    reduced = _dense_state(logset, kernel)
     if reduced is None:
         return None, True
     state, samples_general, dropped = reduced
@@ -349,10 +344,22 @@ def _nonfinite_message(count: int) -> str:
             "or pass --nonfinite drop to leave them out")
 
 
-def _recount(kernel: Kernel, paths: list[str], sample_ids: pl.Series) -> pl.DataFrame:
-    """The exact (general-path) state of the given samples."""
-    frame = kernel.frame(paths).join(sample_ids.to_frame().lazy(), on=schema.SAMPLE_ID, how="semi")
-    return segment_state(frame, early_epochs=kernel.early_epochs, method="general")[0]
+def _dense_state(logset: LogSet, kernel: Kernel, **options) -> tuple[pl.DataFrame, int, int] | None:
+    """`dense.state` over `logset`, the samples it cannot count recounted exactly by the general
+    path; `options`: its `stride` and `full`."""
+    paths = [str(p.path) for p in logset.parts]
+
+    def recount(sample_ids: pl.Series) -> pl.DataFrame:
+        frame = kernel.frame(paths).join(sample_ids.to_frame().lazy(), on=schema.SAMPLE_ID, how="semi")
+        return segment_state(frame, early_epochs=kernel.early_epochs, method="general")[0]
+
+    return dense.state(logset, kernel, recount, **options)
+
+
+def _passes(logset: LogSet) -> int:
+    """Passes over disjoint sample slices for the Polars kernels: ROWS_PER_PASS rows each, which
+    bounds their memory."""
+    return max(1, math.ceil(logset.num_rows / ROWS_PER_PASS))
 
 
 def signal_values(parts: list[LogPart], plan: Plan, params: ScoreParams) -> pl.DataFrame:
