@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from carto_cli import CartoLogger
-from carto_cli.tinygpt import GPT, GPTConfig
+from carto_cli.experiment.tinygpt import GPT, GPTConfig
 
 
 def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int,

@@ -54,8 +54,8 @@ def carto_source() -> dict[str, str | None]:
         return {"path": None, "sha256": None, "git": None}
     package = Path(spec.origin).parent
     digest = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     git = None
     try:
         head = subprocess.run(["git", "-C", str(package), "rev-parse", "--short", "HEAD"],

@@ -10,7 +10,7 @@ What is written (default directory /work/bench_data/logs-<samples>x<epochs>, out
   epoch, named like the shim's parts (`part-r00000-<run>-000000.parquet`).
 - `step` is the global optimizer step: batches of `--batch-size` (512) samples per rank, numbered
   across epochs, so steps increase with epoch and both ranks share step numbers.
-- Parts have exactly the shim's schema (`carto_cli.schema.LOG_SCHEMA`, with its `carto.*` metadata):
+- Parts have exactly the shim's schema (`carto_cli.log.schema.LOG_SCHEMA`, with its `carto.*` metadata):
   sample_id int64, epoch int32, step int64, loss float32, correct bool, rank int32, and the optional
   token_acc / tail_loss / n_tokens columns all null (what the shim writes when it is not given
   logits). zstd compression, one row group per 2^20 rows (pyarrow's default, as the shim gets).
@@ -37,7 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from common import default_logs_dir, dir_size_mib
 
-from carto_cli import __version__, schema
+from carto_cli import __version__
+from carto_cli.log import schema
 
 WORLD_SIZE = 2
 ROW_GROUP = 1 << 20  # pyarrow's default maximum row group length

@@ -1,11 +1,39 @@
 """carto: generative data cartography over per-sample training logs.
 
-`CartoLogger` (the shim) needs torch at `record` time only; importing carto_cli does not import torch.
+The public API (what users import; the modules behind it may move):
+
+    from carto_cli import CartoLogger                      # log from a training loop (needs torch)
+    from carto_cli import score_logs                       # scores as a Polars frame, in a notebook
+    from carto_cli import kept_subset, weighted_sampler    # feed a manifest or weights to the next run
+
+Importing carto_cli imports neither torch nor Polars: `CartoLogger` needs torch at `record` time
+only, and the other names load their modules when first used.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0.dev0"
 
 from carto_cli.errors import CartoError  # noqa: E402
-from carto_cli.shim import CartoLogger  # noqa: E402
+from carto_cli.log.shim import CartoLogger  # noqa: E402
 
-__all__ = ["CartoError", "CartoLogger", "__version__"]
+# name -> module that defines it, imported on first use (PEP 562)
+_LAZY = {
+    "score_logs": "carto_cli.engines.pipeline",
+    "kept_indices": "carto_cli.export.sampling",
+    "kept_subset": "carto_cli.export.sampling",
+    "sample_weight_array": "carto_cli.export.sampling",
+    "weighted_sampler": "carto_cli.export.sampling",
+}
+
+__all__ = ["CartoError", "CartoLogger", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'carto_cli' has no attribute '{name}'")

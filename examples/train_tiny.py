@@ -14,8 +14,8 @@ import argparse
 import torch
 
 from carto_cli import CartoLogger
-from carto_cli.corpus import cpython_text, to_bytes_samples
-from carto_cli.tinygpt import GPT, GPTConfig, train_epochs
+from carto_cli.experiment.corpus import cpython_text, to_bytes_samples
+from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from carto_cli import logs, pipeline, quadrants, scoring
+from carto_cli.engines import pipeline
+from carto_cli.io import logs
+from carto_cli.score import quadrants, scoring
 
 QUADRANTS = [*quadrants.QUADRANTS, "unplaced"]
 

@@ -1,8 +1,8 @@
-"""Build the corpus carto ships (`carto_cli/data/`) from this interpreter's CPython installation.
+"""Build the corpus carto ships (`carto_cli/experiment/data/`) from this interpreter's CPython installation.
 
-    python scripts/make_corpus.py            # writes carto_cli/data/cpython-*.txt.gz and LICENSE
+    python scripts/make_corpus.py            # writes carto_cli/experiment/data/cpython-*.txt.gz and LICENSE
 
-The pydoc topics (whole) and the first 2 MB of standard-library source (`carto_cli.corpus`:
+The pydoc topics (whole) and the first 2 MB of standard-library source (`carto_cli.experiment.corpus`:
 sorted paths, tests and idlelib left out), gzip-compressed with a fixed mtime so that the same
 interpreter always writes the same bytes, and the interpreter's own LICENSE.txt (the PSF License
 and the history of CPython's licences). The shipped files were made with CPython 3.11.7.
@@ -15,7 +15,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from carto_cli import corpus
+from carto_cli.experiment import corpus
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
     python scripts/make_sample_logs.py
 
-Trains a tiny byte-level GPT (`carto_cli.tinygpt`) on CPU, on text that ships with CPython
-(`carto_cli.corpus`, PSF License), records every sample's loss and correctness at every presentation
+Trains a tiny byte-level GPT (`carto_cli.experiment.tinygpt`) on CPU, on text that ships with CPython
+(`carto_cli.experiment.corpus`, PSF License), records every sample's loss and correctness at every presentation
 with `CartoLogger`, then writes `sample_logs/README.md` with the settings, versions, measured wall
 time and a summary of the logs (per-epoch share correct, forgetting events). Old
 `sample_logs/*.parquet` parts are deleted first. Needs torch; no network.
@@ -20,10 +20,11 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from carto_cli import CartoLogger, __version__, scoring
-from carto_cli import logs as carto_logs
-from carto_cli.corpus import cpython_text, to_bytes_samples, train_val_split
-from carto_cli.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
+from carto_cli import CartoLogger, __version__
+from carto_cli.experiment.corpus import cpython_text, to_bytes_samples, train_val_split
+from carto_cli.experiment.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
+from carto_cli.io import logs as carto_logs
+from carto_cli.score import scoring
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "sample_logs"
 
@@ -113,7 +114,7 @@ def per_epoch(logs: pl.DataFrame) -> pl.DataFrame:
 
 
 def per_sample() -> pl.DataFrame:
-    """One row per sample, scored by carto itself (`carto_cli.scoring`, defaults): forgetting events
+    """One row per sample, scored by carto itself (`carto_cli.score.scoring`, defaults): forgetting events
     (correct at one presentation, incorrect at the next; Toneva et al. 2019), and whether it was
     correct at any / every presentation."""
     scores = scoring.score(carto_logs.open_logs([OUT_DIR])).scores
@@ -151,11 +152,11 @@ first; {run["wall_s"]:.0f} s here, see below) with:
 
 - **Corpus**: {run["text_bytes"]:,} bytes of text that ships with CPython {py}: half from the
   pydoc topics (`pydoc_data.topics`), half from the standard library's own `.py` files in sorted
-  path order, without tests and idlelib (`carto_cli.corpus.cpython_text`). Cut into
+  path order, without tests and idlelib (`carto_cli.experiment.corpus.cpython_text`). Cut into
   non-overlapping byte windows of {SAMPLE_LEN} + 1 bytes: {run["n_train"]:,} training samples
   (`sample_id` = row index) and {run["n_val"]:,} held out (seed {SEED}). Byte vocabulary (256),
   no tokenizer.
-- **Model**: a tiny GPT (`carto_cli.tinygpt`): {MODEL.n_layer} layers, {MODEL.n_head} heads,
+- **Model**: a tiny GPT (`carto_cli.experiment.tinygpt`): {MODEL.n_layer} layers, {MODEL.n_head} heads,
   n_embd {MODEL.n_embd}, block {MODEL.block_size}, {run["n_params"]:,} parameters.
 - **Training**: {EPOCHS} epochs, batch {BATCH_SIZE}, {run["steps"]:,} steps, AdamW lr {LR:g}
   (linear warm-up over {WARMUP_FRAC:.0%} of the steps, cosine decay to {MIN_LR_FRAC:.0%} of it),
@@ -194,7 +195,7 @@ Forgetting events per sample (correct at one epoch, incorrect at the next):
 The samples were cut from CPython's own documentation and standard library, copyright the
 Python Software Foundation, under the PSF License Agreement
 (https://docs.python.org/3/license.html). These logs hold only per-sample numbers (ids, losses,
-accuracies), not the text; `cpython_text` reads it from the corpus shipped in `carto_cli/data/`.
+accuracies), not the text; `cpython_text` reads it from the corpus shipped in `carto_cli/experiment/data/`.
 """
 
 

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny hand-made logs whose scores are known by hand.
 
 `HAND_LOG` lists each sample's presentations as (epoch, step, loss, correct); `EXPECTED` gives the
-scores worked out by hand from the definitions in carto_cli/scoring.py (early_epochs=2). The rows
+scores worked out by hand from the definitions in carto_cli/score/ (rules.py, state.py) (early_epochs=2). The rows
 are spread over two ranks and three files in scrambled order, as a real multi-rank log would be.
 """
 

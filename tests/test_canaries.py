@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from carto_cli.canaries import plant
 from carto_cli.errors import OptionError
+from carto_cli.experiment.canaries import plant
 
 SAMPLES = np.random.default_rng(0).integers(32, 127, size=(400, 49), dtype=np.uint8)  # (N, W)
 

@@ -13,16 +13,16 @@ import torch
 from typer.testing import CliRunner
 
 from carto_cli.cli import app
-from carto_cli.corpus import cpython_text, to_bytes_samples
-from carto_cli.sampling import kept_subset, sample_weight_array, weighted_sampler
-from carto_cli.tinygpt import GPT, GPTConfig, train_epochs
+from carto_cli.experiment.corpus import cpython_text, to_bytes_samples
+from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
+from carto_cli.export.sampling import kept_subset, sample_weight_array, weighted_sampler
 
 TRAIN = textwrap.dedent(
     """
     import numpy as np, torch
     from carto_cli import CartoLogger
-    from carto_cli.corpus import cpython_text, to_bytes_samples
-    from carto_cli.tinygpt import GPT, GPTConfig, train_epochs
+    from carto_cli.experiment.corpus import cpython_text, to_bytes_samples
+    from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

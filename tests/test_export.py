@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from carto_cli import export, quadrants
 from carto_cli.errors import OptionError
+from carto_cli.export import manifests as export
+from carto_cli.score import quadrants
 
 
 def scores_frame(rows: list[tuple]) -> pl.DataFrame:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from carto_cli import metrics
 from carto_cli.errors import OptionError
-from carto_cli.tinygpt import GPT, GPTConfig, train_epochs
+from carto_cli.experiment import metrics
+from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
 
 REFS = np.linspace(10.0, 30.0, 64)  # 64 reference log-perplexities
 

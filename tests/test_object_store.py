@@ -15,8 +15,8 @@ import pytest
 from conftest import assert_hand_scores, hand_rows, write_parts
 from typer.testing import CliRunner
 
-from carto_cli import storage
 from carto_cli.cli import app
+from carto_cli.io import storage
 
 moto_server = pytest.importorskip("moto.server")
 boto3 = pytest.importorskip("boto3")

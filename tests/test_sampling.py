@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 import torch
 
-from carto_cli import artifacts
 from carto_cli.errors import ScoresFormatError
-from carto_cli.sampling import kept_indices, kept_subset, sample_weight_array, weighted_sampler
+from carto_cli.export.sampling import kept_indices, kept_subset, sample_weight_array, weighted_sampler
+from carto_cli.io import artifacts
 
 
 def write(path: Path, kind: str, df: pl.DataFrame) -> Path:

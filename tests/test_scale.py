@@ -14,9 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from carto_cli import CartoLogger, buckets, logs, scoring
+from carto_cli import CartoLogger
 from carto_cli.cli import app
+from carto_cli.engines import buckets
 from carto_cli.errors import LogFormatError
+from carto_cli.io import logs
+from carto_cli.score import scoring
 
 runner = CliRunner()
 

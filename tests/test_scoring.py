@@ -11,8 +11,9 @@ from conftest import EXPECTED, HAND_LOG, assert_hand_scores, hand_rows, write_pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from carto_cli import logs, scoring
 from carto_cli.errors import LogFormatError, OptionError
+from carto_cli.io import logs
+from carto_cli.score import scoring
 
 
 def _score(path: Path, **params) -> scoring.ScoreResult:

@@ -17,8 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from carto_cli import CartoLogger, logs, schema
+from carto_cli import CartoLogger
 from carto_cli.errors import CartoError, OptionError
+from carto_cli.io import logs
+from carto_cli.log import schema
 
 
 def read_log(path: Path) -> pl.DataFrame:
@@ -253,7 +255,7 @@ def test_precomputed_token_losses_need_the_option(tmp_path: Path) -> None:
 
 FUSED_CHECK = """
 import torch, torch.nn.functional as F
-from carto_cli import fused
+from carto_cli.log import fused
 torch.manual_seed(0)
 B, T, V = 3, 6, 5000  # V is no multiple of the kernel's block: a partial last block
 for dtype in (torch.float32, torch.bfloat16):  # bf16: coarse values, so ties for the argmax
@@ -276,7 +278,7 @@ print("ok")
 
 
 def test_fused_kernel_matches_a_float64_reference_in_the_triton_interpreter() -> None:
-    """The CUDA kernel of carto_cli.fused, run on the CPU by Triton's interpreter (the same kernel
+    """The CUDA kernel of carto_cli.log.fused, run on the CPU by Triton's interpreter (the same kernel
     code; the GPU run is benchmarks/bench_shim.py --device cuda)."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -285,7 +287,7 @@ def test_fused_kernel_matches_a_float64_reference_in_the_triton_interpreter() ->
 
 
 def test_fused_kernel_is_not_used_for_cpu_tensors() -> None:
-    from carto_cli import fused
+    from carto_cli.log import fused
 
     labels = torch.zeros(1, 2, dtype=torch.long)
     assert fused.token_stats(torch, torch.zeros(1, 2, fused.MIN_VOCAB), labels, -100) is None
@@ -293,7 +295,7 @@ def test_fused_kernel_is_not_used_for_cpu_tensors() -> None:
 
 def test_a_failing_fused_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch) -> None:
     pytest.importorskip("triton")
-    from carto_cli import fused
+    from carto_cli.log import fused
 
     def fail(*args):
         raise RuntimeError("Failed to find C compiler\ndetails")

@@ -11,8 +11,9 @@ import pytest
 from conftest import TOKEN_EXPECTED, token_rows, write_parts
 from typer.testing import CliRunner
 
-from carto_cli import logs, scoring
 from carto_cli.cli import app
+from carto_cli.io import logs
+from carto_cli.score import scoring
 
 # sample_id -> tail_loss per epoch 0..3 (None: not presented). Epochs 0..3 -> late_from = 2.
 TAIL_LOG = {

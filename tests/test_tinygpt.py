@@ -10,10 +10,11 @@ import polars as pl
 import pytest
 import torch
 
-from carto_cli import CartoLogger, corpus
-from carto_cli.corpus import cpython_text, to_bytes_samples, train_val_split
+from carto_cli import CartoLogger
 from carto_cli.errors import OptionError
-from carto_cli.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
+from carto_cli.experiment import corpus
+from carto_cli.experiment.corpus import cpython_text, to_bytes_samples, train_val_split
+from carto_cli.experiment.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
 
 TINY = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32)
 

@@ -22,7 +22,7 @@ Definitions (GenDataCarto, Patel & Shanbhag 2025, arXiv 2509.00083, after Toneva
   (tied only with learned samples forgotten at every chance). `exclude`: m = null; such samples
   get no quadrant and are never pruned by memorization.
 - `memorization` can instead hold a label-free signal (`memorization_signal` token-drop or
-  tail-var, see `carto_cli.signals`); forget_events is then still reported beside it.
+  tail-var, see `carto_cli.score.signals`); forget_events is then still reported beside it.
 - Rows whose loss is NaN or infinite are dropped and counted (`nonfinite="drop"`), or refused
   (`nonfinite="error"`).
 
@@ -46,10 +46,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import polars as pl
 
-from carto_cli import dense, schema, signals
 from carto_cli.errors import LogFormatError, OptionError
-from carto_cli.fixedpoint import SCALE, fixed_sum
-from carto_cli.logs import LogPart, LogSet, sample_id_dtype, scan, scan_paths
+from carto_cli.io.logs import LogPart, LogSet, sample_id_dtype, scan, scan_paths
+from carto_cli.log import schema
+from carto_cli.score import dense, signals
+from carto_cli.score.fixedpoint import SCALE, fixed_sum
 
 CORRECT_SOURCES = ("log", "loss", "tail", "acc")
 NEVER_LEARNED = ("zero", "max", "exclude")
@@ -61,7 +62,7 @@ _RULE_COLUMN = {"loss": schema.LOSS, "tail": schema.TAIL_LOSS, "acc": schema.TOK
 _DEFAULT_THRESHOLD = {"loss": "p50", "tail": "p50", "acc": "0.5"}
 _MAX_BITMASK_EPOCHS = 64
 
-# Columns of a scores frame, in order (the quadrant is added by `carto_cli.quadrants`).
+# Columns of a scores frame, in order (the quadrant is added by `carto_cli.score.quadrants`).
 SCORE_COLUMNS = (
     "sample_id",
     "difficulty",
@@ -111,7 +112,7 @@ class ScoreParams:
     threshold: str | None = None
     nonfinite: str = "drop"
     method: str = "auto"
-    memorization: str = "forgets"  # or a signal of `carto_cli.signals`
+    memorization: str = "forgets"  # or a signal of `carto_cli.score.signals`
     drop_k: int = 4  # token-drop: how many of the largest per-token drops are averaged
     late_from: int | None = None  # tail-var: first late epoch (None: the second half of the epochs)
 
@@ -171,12 +172,12 @@ ROWS_PER_PASS = 10_000_000
 class Kernel:
     """Everything needed to reduce any subset of a log's parts to per-sample state.
 
-    Plain data, so that an engine can ship it to a worker (see `carto_cli.engines`).
+    Plain data, so that an engine can ship it to a worker (see `carto_cli.engines.ray`).
     """
 
     rule: CorrectnessRule
     early_epochs: int
-    method: str  # "bitmask" or "general"; "dense" once the dense kernel (carto_cli.dense) reduced the log
+    method: str  # "bitmask" or "general"; "dense" once the dense kernel (carto_cli.score.dense) reduced the log
     drop_nonfinite: bool
     sample_id_dtype: str  # "Int64" or "UInt64"
 
@@ -487,7 +488,7 @@ STATE_COLUMNS = (
     "forget_events",
 )
 
-# Losses are summed in fixed point (carto_cli.fixedpoint): bit-identical scores in any order.
+# Losses are summed in fixed point (carto_cli.score.fixedpoint): bit-identical scores in any order.
 _MAX_ABS_LOSS = 1e9
 
 

@@ -10,7 +10,7 @@ What counts as bad input, and what happens:
 - a required column missing or of the wrong kind, null values in a required column: error naming
   the file and the column.
 Hidden files and unfinished parts (`.tmp`) are never read: the shim renames a part only when whole.
-A log may also be an object-store URL (`s3://bucket/prefix/`, see `carto_cli.storage`).
+A log may also be an object-store URL (`s3://bucket/prefix/`, see `carto_cli.io.storage`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from carto_cli import schema, storage
 from carto_cli.errors import LogFormatError, first_line
-from carto_cli.storage import Location
+from carto_cli.io import storage
+from carto_cli.io.storage import Location
+from carto_cli.log import schema
 
 # Polars dtypes every part is cast to on scan (sample_id is decided per log set, see `scan`).
 SCAN_DTYPES = {

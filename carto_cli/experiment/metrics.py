@@ -1,6 +1,6 @@
 """What a trained model memorized: exposure, extraction, held-out perplexity, membership inference.
 
-    from carto_cli import metrics
+    from carto_cli.experiment import metrics
 
     scores = metrics.secret_log_perplexity(model, [c.prefix] * 2, [c.secret, ref])  # bits each
     metrics.exposure(scores[0], scores[1:])            # rank-based, at most log2(#references)
@@ -25,7 +25,7 @@ import torch
 from torch.nn import functional as F
 
 from carto_cli.errors import MissingDependencyError, OptionError
-from carto_cli.tinygpt import eval_loss
+from carto_cli.experiment.tinygpt import eval_loss
 
 # ------------------------------------------------------------------------------------ exposure
 

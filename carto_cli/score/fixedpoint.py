@@ -4,7 +4,7 @@ Losses are summed in units of 2^-32 nats (far below float32's resolution), round
 as integers, so a mean does not depend on the order in which files, threads and row groups were
 summed: the same logs always give bit-identical scores, and quadrant boundaries never flip on
 rounding noise. The Polars kernels sum in Int128 (`fixed_sum`, `fixed_mean`); the dense kernel
-(`carto_cli.dense`) sums the same integers in int64 arrays (bounded so they cannot wrap).
+(`carto_cli.score.dense`) sums the same integers in int64 arrays (bounded so they cannot wrap).
 """
 
 from __future__ import annotations

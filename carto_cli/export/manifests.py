@@ -11,8 +11,8 @@ import math
 import numpy as np
 import polars as pl
 
-from carto_cli import quadrants as q
 from carto_cli.errors import OptionError
+from carto_cli.score import quadrants as q
 
 PRUNE_BY = ("memorization", "quadrant", "difficulty", "random")
 

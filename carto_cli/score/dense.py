@@ -5,7 +5,7 @@ When a log's sample ids fill an integer range [lo, hi] that is no longer than th
 integer arrays, and the log is reduced by in-place scatter-adds (`np.add.at`), one row group at a
 time: no hash table, no sort, no join, and no array the size of the sample range made per row
 group (on a virtual machine, faulting in fresh memory costs more than the arithmetic). This is the
-bitmask method (see `carto_cli.scoring`) computed with arrays instead of a Polars group_by; it
+bitmask method (see `carto_cli.score.scoring`) computed with arrays instead of a Polars group_by; it
 gives the same numbers bit for bit:
 
 - per sample, the masks s = sum of 2^epoch over its rows and c = the same over correct rows, and
@@ -38,9 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import polars as pl
 
-from carto_cli import schema, storage
-from carto_cli.fixedpoint import SCALE
-from carto_cli.logs import LogSet
+from carto_cli.io import storage
+from carto_cli.io.logs import LogSet
+from carto_cli.log import schema
+from carto_cli.score.fixedpoint import SCALE
 
 # Samples per pass over the log: bounds the accumulators to 32M x 24 bytes (packed) or 40 bytes,
 # 0.8-1.3 GB.
@@ -340,7 +341,7 @@ def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, stride: int,
     )
     columns = COLUMNS
     if full:  # regular samples: epoch order is presentation order, so bit e of c is the epoch-e row's
-        from carto_cli.scoring import STATE_COLUMNS, _power_of_two  # here: scoring imports this module
+        from carto_cli.score.scoring import STATE_COLUMNS, _power_of_two  # here: scoring imports this module
 
         def bit_at(epoch: str) -> pl.Expr:
             return (corr // _power_of_two(pl.col(epoch))) % 2 == 1

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli import artifacts, buckets, engines, incremental, quadrants, scoring
+from carto_cli.engines import buckets, incremental
+from carto_cli.engines import ray as engines
 from carto_cli.errors import OptionError
-from carto_cli.logs import LogSet
+from carto_cli.io import artifacts
+from carto_cli.io.logs import LogSet
+from carto_cli.score import quadrants, scoring
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Canaries: random secrets planted in training text, to measure what a model memorizes.
 
-    from carto_cli.canaries import plant
+    from carto_cli.experiment.canaries import plant
 
     planted, canaries = plant(train, repetitions=(8, 16, 32, 64), per_count=4, seed=0)
     canaries.canaries[0].prefix     # '\\nthe pin of qhzbt is '  (the prompt that asks for it)

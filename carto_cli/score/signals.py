@@ -1,7 +1,7 @@
 """Memorization signals besides forget events: what `carto score --memorization` can rank by.
 
 - `forgets` (default): the paper's forget events / transitions, from the per-presentation
-  correctness (`carto_cli.scoring`).
+  correctness (`carto_cli.score.scoring`).
 - `token-drop`: how far a sample's *most improved* tokens fell. Needs per-token losses in the log
   (`CartoLogger(token_losses=...)`, the `token_loss` column). Per target position j:
   early_j = the mean loss of position j over the presentations with epoch < early_epochs, and
@@ -29,9 +29,9 @@ import math
 
 import polars as pl
 
-from carto_cli import schema
 from carto_cli.errors import LogFormatError, OptionError
-from carto_cli.fixedpoint import fixed_mean
+from carto_cli.log import schema
+from carto_cli.score.fixedpoint import fixed_mean
 
 SIGNALS = ("forgets", "token-drop", "tail-var")
 # The log column each non-default signal reads.

@@ -1,7 +1,7 @@
 """The GenDataCarto headline, re-run: does pruning 10% of the data by memorization cut canary
 extraction by over 40% at under 0.5% validation perplexity (Patel & Shanbhag 2025, arXiv 2509.00083)?
 
-    from carto_cli.experiment import run_experiment
+    from carto_cli.experiment.run import run_experiment
     results = run_experiment("exp/", quick=True, seeds=1, frac=0.1)   # 10-20 s
     # exp/results.json, exp/results.md, exp/results.png
 
@@ -47,21 +47,18 @@ import polars as pl
 import torch
 from scipy import stats
 
-from carto_cli import (
-    __version__,
-    artifacts,
-    export,
-    logs,
-    metrics,
-    pipeline,
-    sampling,
-    scoring,
-)
-from carto_cli.canaries import CanarySet, plant
-from carto_cli.corpus import cpython_text, to_bytes_samples, train_val_split
+from carto_cli import __version__
+from carto_cli.engines import pipeline
 from carto_cli.errors import OptionError
-from carto_cli.shim import CartoLogger
-from carto_cli.tinygpt import GPT, GPTConfig, train_epochs
+from carto_cli.experiment import metrics
+from carto_cli.experiment.canaries import CanarySet, plant
+from carto_cli.experiment.corpus import cpython_text, to_bytes_samples, train_val_split
+from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
+from carto_cli.export import manifests as export
+from carto_cli.export import sampling
+from carto_cli.io import artifacts, logs
+from carto_cli.log.shim import CartoLogger
+from carto_cli.score import scoring
 
 ARMS = ("baseline", "paper", "carto", "random", "loss", "weights", "oracle")
 METRICS = ("extraction_rate", "exposure", "exposure_skewnorm", "val_ppl", "mia_auc", "kept_copies")

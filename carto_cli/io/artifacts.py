@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from carto_cli import __version__
-from carto_cli.durable import write_atomic
 from carto_cli.errors import OptionError, ScoresFormatError, first_line
+from carto_cli.log.durable import write_atomic
 
 PROVENANCE_KEY = "carto.provenance"
 SIDECAR_SUFFIX = ".json"

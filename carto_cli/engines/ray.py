@@ -1,5 +1,5 @@
 """Where scoring runs. *What* runs is always `scoring.Kernel.state` over some parts; this module
-decides *where*: bucket after bucket in this process, or as Ray tasks (see `carto_cli.buckets`).
+decides *where*: bucket after bucket in this process, or as Ray tasks (see `carto_cli.engines.buckets`).
 
 Buckets hold disjoint samples, so each is reduced on its own: peak memory is that of the largest
 bucket, plus, for the exact quantile thresholds, two float columns over all samples (16 bytes per
@@ -12,7 +12,7 @@ Engines:
 - `local`: buckets one after another in this process (a non-bucketed log is one bucket).
 - `ray`: one Ray task per bucket (at most two per cluster CPU in flight), on a running cluster
   (`address`) or a local instance started for the run. Workers need carto installed and the parts
-  readable at the same path or URL (shared storage or object storage, see `carto_cli.storage`).
+  readable at the same path or URL (shared storage or object storage, see `carto_cli.io.storage`).
   The driver receives one bucket's state at a time.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli import scoring
 from carto_cli.errors import MissingDependencyError, OptionError
-from carto_cli.logs import LogPart
+from carto_cli.io.logs import LogPart
+from carto_cli.score import scoring
 
 ENGINES = ("local", "ray")
 

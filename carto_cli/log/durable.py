@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from carto_cli.schema import TMP_SUFFIX
+from carto_cli.log.schema import TMP_SUFFIX
 
 
 def write_atomic(path: Path, write_to: Callable[[Path], object]) -> None:

@@ -13,7 +13,7 @@ What `record` does, and what it costs the training loop:
 - With `logits` (B, T, V) and `labels` (B, T) it computes, per sample and on the logits' device,
   the mean token loss, the greedy token accuracy, the number of target tokens and the *tail loss*
   (mean of the `tail_k` largest token losses). On CUDA with Triton, one kernel reads the logits
-  once in their own dtype (`carto_cli.fused`); otherwise they are upcast to fp32 in chunks of
+  once in their own dtype (`carto_cli.log.fused`); otherwise they are upcast to fp32 in chunks of
   samples (`chunk_bytes` at a time), never all at once.
 - The per-sample results (a few (B,) tensors) are copied device -> pinned host memory with
   `non_blocking=True`; a background thread waits for the copy, converts and writes. `record`
@@ -51,9 +51,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from carto_cli import __version__, fused, schema
-from carto_cli.durable import write_atomic
+from carto_cli import __version__
 from carto_cli.errors import CartoError, OptionError, require_torch
+from carto_cli.log import fused, schema
+from carto_cli.log.durable import write_atomic
 
 LOG_DIR_ENV = "CARTO_LOG_DIR"
 DEFAULT_TAIL_K = 8
@@ -95,7 +96,7 @@ def _resolve_rank(rank: int | None) -> tuple[int, int]:
 
 
 class CartoLogger:
-    """Per-sample training-dynamics logger writing the carto log contract (see `carto_cli.schema`).
+    """Per-sample training-dynamics logger writing the carto log contract (see `carto_cli.log.schema`).
 
     Args:
         out_dir: directory for the parts; defaults to `$CARTO_LOG_DIR` (set by `carto log`).
@@ -107,7 +108,7 @@ class CartoLogger:
         ignore_index: label value that marks a position with no target (as in cross_entropy).
         chunk_bytes: upper bound on the fp32 logits materialised at once by the logits path.
         buckets: write the bucketed layout, `bucket=<sample_id mod buckets>/part-...` (see
-            `carto_cli.engines`), so that scoring can work one bucket at a time.
+            `carto_cli.engines.ray`), so that scoring can work one bucket at a time.
         token_losses: also log each sample's per-position token losses (`token_loss`): True for
             every sample, or a collection of sample ids to log them for (others get null).
     """

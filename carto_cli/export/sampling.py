@@ -1,7 +1,7 @@
 """Feed carto's exports to the next training run: a torch Subset from a manifest, a weighted sampler
 from a weights file.
 
-    from carto_cli.sampling import kept_subset, weighted_sampler
+    from carto_cli.export.sampling import kept_subset, weighted_sampler
     pruned_set = kept_subset(full_set, "manifest.parquet")              # drop pruned samples
     # or, instead of pruning, draw every sample in proportion to its weight:
     loader = DataLoader(full_set, sampler=weighted_sampler("weights.parquet", len(full_set)))
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from carto_cli import artifacts
 from carto_cli.errors import OptionError, require_torch
+from carto_cli.io import artifacts
 
 
 def _ids(sample_ids: Sequence[int] | None, size: int | None) -> np.ndarray:

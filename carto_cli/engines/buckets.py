@@ -16,10 +16,10 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli import schema
 from carto_cli.errors import LogFormatError, OptionError
-from carto_cli.logs import LogPart, LogSet, scan
-from carto_cli.storage import Location
+from carto_cli.io.logs import LogPart, LogSet, scan
+from carto_cli.io.storage import Location
+from carto_cli.log import schema
 
 _BUCKET_DIR = re.compile(r"^bucket=(-?\d+)$")
 

@@ -22,22 +22,16 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from carto_cli import (
-    __version__,
-    artifacts,
-    buckets,
-    cli_experiment,
-    export,
-    logs,
-    pipeline,
-    quadrants,
-    schema,
-    scoring,
-    storage,
-)
-from carto_cli.console import err
+from carto_cli import __version__
+from carto_cli.cli import experiment as cli_experiment
+from carto_cli.cli.console import err
+from carto_cli.engines import buckets, pipeline
 from carto_cli.errors import CartoError, OptionError, first_line
-from carto_cli.shim import LOG_DIR_ENV
+from carto_cli.export import manifests as export
+from carto_cli.io import artifacts, logs, storage
+from carto_cli.log import schema
+from carto_cli.log.shim import LOG_DIR_ENV
+from carto_cli.score import quadrants, scoring
 
 app = typer.Typer(
     name="carto",

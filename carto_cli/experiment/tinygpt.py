@@ -1,6 +1,6 @@
 """A tiny GPT: a causal byte-level language model and its training loop, in plain PyTorch.
 
-    from carto_cli.tinygpt import GPT, GPTConfig, train_epochs
+    from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
 
     model = GPT(GPTConfig(block_size=128, n_layer=2, n_head=4, n_embd=64))
     with CartoLogger("logs/") as log:
@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 if TYPE_CHECKING:
-    from carto_cli.shim import CartoLogger
+    from carto_cli.log.shim import CartoLogger
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`carto experiment`: the command-line face of `carto_cli.experiment` (parse, call, print).
+"""`carto experiment`: the command-line face of `carto_cli.experiment.run` (parse, call, print).
 
     carto experiment --out exp/ --quick          # smoke run, every arm, 10-20 s
     carto experiment --out exp/ --seeds 3        # the default run, about 35 minutes on 2 cores
@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from carto_cli.console import err as console
+from carto_cli.cli.console import err as console
 from carto_cli.errors import MissingDependencyError
 
 
@@ -80,7 +80,7 @@ def experiment_command(
 
 def _load():
     try:
-        from carto_cli.experiment import run_experiment
+        from carto_cli.experiment.run import run_experiment
     except ImportError as exc:
         raise MissingDependencyError(
             f"`carto experiment` needs torch, scipy and matplotlib ({exc.name} is missing): "

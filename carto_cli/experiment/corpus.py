@@ -1,12 +1,12 @@
 """A real, public text corpus that needs no network: text that ships with CPython itself.
 
-    from carto_cli.corpus import cpython_text, to_bytes_samples, train_val_split
+    from carto_cli.experiment.corpus import cpython_text, to_bytes_samples, train_val_split
 
     text = cpython_text(300_000)                     # half pydoc topics, half stdlib source
     samples = to_bytes_samples(text, sample_len=128)  # (N, 129) uint8, one byte per token
     train, val = train_val_split(samples, val_frac=0.1, seed=0)
 
-The text is shipped with carto (`carto_cli/data/`, see its README.md: CPython 3.11.7, PSF
+The text is shipped with carto (`carto_cli/experiment/data/`, see its README.md: CPython 3.11.7, PSF
 License), so every installation, whatever its Python, trains on the same bytes. It was built by
 `scripts/make_corpus.py` from an interpreter's installation with `topics_stream` and
 `source_stream` below. Two sources, both part of every CPython installation and both under the

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli import __version__, artifacts, scoring
+from carto_cli import __version__
 from carto_cli.errors import OptionError, ScoresFormatError
-from carto_cli.logs import LogPart, LogSet
+from carto_cli.io import artifacts
+from carto_cli.io.logs import LogPart, LogSet
+from carto_cli.score import scoring
 
 STATE_SUFFIX = ".state"
 # Parameters that change the per-sample state; the others apply when scores are finalised.

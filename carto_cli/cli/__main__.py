@@ -1,0 +1,3 @@
+from carto_cli.cli import main
+
+main()
