@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -103,6 +104,73 @@ def test_quadrant_ranking_prunes_outliers_then_hotspots() -> None:
     scores = quadrants.assign(scores, thresholds)
     order = export.prune_order(scores, by="quadrant")["sample_id"].to_list()
     assert order == [3, 1, 2, 0]
+
+
+def test_difficulty_ranking_prunes_the_highest_early_loss_first() -> None:
+    # id: (difficulty, memorization, forget_events); memorization plays no part in this ranking
+    scores = scores_frame([
+        (1.0, 0.9, 3),   # 0
+        (3.0, 0.0, 0),   # 1: hardest, tied with 4 -> the lower sample_id first
+        (None, 1.0, 5),  # 2: no early presentation (null difficulty) -> after every placed sample
+        (2.0, 0.1, 1),   # 3
+        (3.0, 0.5, 2),   # 4
+        (0.5, None, 0),  # 5: easiest with a difficulty (a null memorization does not matter here)
+        (None, 0.0, 0),  # 6: null difficulty too: after 2 by sample_id
+    ])
+    scores = quadrants.assign(scores, quadrants.Thresholds(1.0, 0.5, None, None))  # a manifest lists them
+    expected = [1, 4, 3, 0, 5, 2, 6]
+    for frame in (scores, scores.reverse()):  # the input order does not matter
+        ranked = export.prune_order(frame, by="difficulty")
+        assert ranked["sample_id"].to_list() == expected
+        assert ranked["prune_rank"].to_list() == list(range(7))
+    # floor(0.3 * 7) = 2: the two hardest; floor(0.5 * 7) = 3: and the next
+    manifest = export.prune_manifest(scores, frac=0.3, by="difficulty")
+    assert manifest["sample_id"].to_list() == list(range(7))
+    assert manifest.filter(~pl.col("keep"))["sample_id"].to_list() == [1, 4]
+    assert manifest["prune_rank"].to_list() == [3, 0, 5, 2, 1, 4, 6]
+    assert export.prune_manifest(scores, frac=0.5, by="difficulty").filter(~pl.col("keep"))[
+        "sample_id"].to_list() == [1, 3, 4]
+
+
+def test_memorization_ranking_full_ties_go_by_sample_id() -> None:
+    scores = quadrants.assign(scores_frame([(1.0, 0.5, 1)] * 4 + [(1.0, 0.6, 0)]),
+                              quadrants.Thresholds(1.0, 0.5, None, None))
+    assert export.prune_order(scores.reverse(), by="memorization")["sample_id"].to_list() == [4, 0, 1, 2, 3]
+    pruned = export.prune_manifest(scores, frac=0.4, by="memorization").filter(~pl.col("keep"))
+    assert pruned["sample_id"].to_list() == [0, 4]
+
+
+def test_quadrant_ranking_within_a_quadrant_and_unplaced_last() -> None:
+    # thresholds: difficulty > 1 is high, memorization > 0.5 is high
+    scores = scores_frame([
+        (2.0, 0.9, 1),    # 0 noisy-outlier
+        (2.0, 0.6, 3),    # 1 noisy-outlier: lower memorization -> after 0 and 2 despite more events
+        (2.0, 0.9, 2),    # 2 noisy-outlier: same rate as 0, more forget events -> before 0
+        (0.5, 0.8, 1),    # 3 hotspot
+        (0.2, 0.8, 1),    # 4 hotspot: same rate and events as 3, easier -> before 3
+        (None, 0.99, 9),  # 5 unplaced (no difficulty): last, whatever its memorization
+        (3.0, 0.1, 0),    # 6 ambiguous-hard
+        (0.1, 0.0, 0),    # 7 stable-easy
+        (0.1, 0.3, 1),    # 8 stable-easy: higher memorization -> before 7
+        (2.0, None, 0),   # 9 unplaced (excluded): after 5 (null memorization last)
+    ])
+    scores = quadrants.assign(scores, quadrants.Thresholds(1.0, 0.5, None, None))
+    expected = [2, 0, 1, 4, 3, 6, 8, 7, 5, 9]
+    assert export.prune_order(scores, by="quadrant")["sample_id"].to_list() == expected
+    assert export.prune_order(scores.reverse(), by="quadrant")["sample_id"].to_list() == expected
+    pruned = export.prune_manifest(scores, frac=0.5, by="quadrant").filter(~pl.col("keep"))
+    assert sorted(pruned["sample_id"].to_list()) == [0, 1, 2, 3, 4]
+    assert set(pruned["quadrant"]) == {quadrants.NOISY_OUTLIER, quadrants.HOTSPOT}
+
+
+def test_random_ranking_is_numpys_permutation_of_the_sorted_ids() -> None:
+    scores = quadrants.assign(scores_frame([(1.0, 0.0, 0)] * 6), quadrants.Thresholds(1.0, 0.5, None, None))
+    scores = scores.with_columns(sample_id=pl.col("sample_id") * 10 + 5)  # ids 5, 15, ..., 55
+    positions = np.random.default_rng(7).permutation(6)  # PCG64, seed 7: indices into the sorted ids
+    expected = [int(10 * i + 5) for i in positions]
+    assert export.prune_order(scores.reverse(), by="random", seed=7)["sample_id"].to_list() == expected
+    pruned = export.prune_manifest(scores, frac=0.5, by="random", seed=7).filter(~pl.col("keep"))
+    assert pruned["sample_id"].to_list() == sorted(expected[:3])
 
 
 def test_random_ranking_depends_on_the_seed_only() -> None:
