@@ -22,7 +22,8 @@ CPU times and the largest peak RSS of the K runs. A run past `--timeout` is kill
 
 Then the per-sample outputs of duckdb, polars, carto-bitmask and carto-general are joined with carto's on
 sample_id: forget_events and n_seen must agree exactly (mismatches are counted and must be 0), and
-the largest difficulty difference is reported (flagged beyond 1e-6). The script prints a table and
+difficulty within DIFFICULTY_TOLERANCE (1e-6, absolute; null in both or in neither); the largest
+difficulty difference is reported. The script prints a table and
 finally one JSON line with every number, including which carto_cli ran (folder, source digest,
 git commit): the repository may change between runs. Exit status 1 when an output disagrees.
 """
@@ -144,8 +145,10 @@ def compare(reference_path: Path, other_path: Path) -> dict:
 
 
 def agrees(result: dict) -> bool:
+    """Whether a `compare` result is agreement: same ids, exact counts, difficulty within tolerance."""
     return not any(result[k] for k in ("missing_in_other", "missing_in_reference", "forget_events_mismatches",
-                                       "n_seen_mismatches", "difficulty_null_mismatches"))
+                                       "n_seen_mismatches", "difficulty_null_mismatches",
+                                       "difficulty_beyond_tolerance"))
 
 
 def ratio(best: dict[str, Run], num: str, den: str, measure: str) -> float | None:
@@ -261,7 +264,8 @@ def main() -> int:
               "the carto rows mix code versions; rerun")
     for name, result in agreement.items():
         verdict = "agree" if agrees(result) else "DISAGREE"
-        flag = " (beyond 1e-6!)" if result["difficulty_beyond_tolerance"] else ""
+        flag = (f" ({result['difficulty_beyond_tolerance']} beyond {DIFFICULTY_TOLERANCE:g}!)"
+                if result["difficulty_beyond_tolerance"] else "")
         print(f"{name} vs {REFERENCE}: {verdict} on {result['samples']:,} samples: "
               f"{result['forget_events_mismatches']} forget_events and {result['n_seen_mismatches']} n_seen "
               f"mismatches, {result['missing_in_other'] + result['missing_in_reference']} missing ids, "

@@ -57,6 +57,37 @@ def test_bench_score_contenders_agree_with_carto(small_logs: Path) -> None:
     assert set(result["agreement"]) == {"duckdb", "polars", "carto-bitmask", "carto-general"}
 
 
+def bench_module(name: str, monkeypatch):
+    """A benchmark script imported as a module (its folder on sys.path, as when it is run as a file)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module(name)
+
+
+def test_bench_score_agrees_only_within_the_difficulty_tolerance(tmp_path: Path, monkeypatch) -> None:
+    import polars as pl
+
+    bench_score = bench_module("bench_score", monkeypatch)
+    tol = bench_score.DIFFICULTY_TOLERANCE
+
+    def scores(name: str, difficulty: list) -> Path:
+        path = tmp_path / f"{name}.parquet"
+        pl.DataFrame({"sample_id": [1, 2, 3], "forget_events": [0, 1, 2], "n_seen": [4, 4, 4],
+                      "difficulty": difficulty}, schema_overrides={"difficulty": pl.Float64}).write_parquet(path)
+        return path
+
+    reference = scores("reference", [1.0, 2.0, None])
+    close = bench_score.compare(reference, scores("close", [1.0 + tol / 2, 2.0 - tol / 2, None]))
+    assert close["difficulty_beyond_tolerance"] == 0 and bench_score.agrees(close)
+    off = bench_score.compare(reference, scores("off", [1.0, 2.0 + 3 * tol, None]))
+    assert off["difficulty_beyond_tolerance"] == 1
+    assert off["difficulty_max_abs_diff"] == pytest.approx(3 * tol)
+    assert not bench_score.agrees(off)  # counts and ids all equal: only the difficulty disagrees
+    null = bench_score.compare(reference, scores("null", [1.0, 2.0, 3.0]))
+    assert null["difficulty_null_mismatches"] == 1 and not bench_score.agrees(null)
+
+
 def test_bench_buckets_scores_equal_the_hash_kernel(small_logs: Path, tmp_path: Path) -> None:
     result = last_json(bench("bench_buckets.py", "--logs", small_logs, "--buckets", 4, "--work",
                              tmp_path / "bucketed", "--compare-hash"))
