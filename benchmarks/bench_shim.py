@@ -15,6 +15,8 @@ the right numbers:
 - `record` called while the GPU is still busy with a long kernel (`torch.cuda._sleep`): it must
   return long before that kernel ends, which no call that waits for the device can do;
 - the rows written for known logits are compared with a float64 CPU reference.
+The last check (every logged column, padded and empty samples, forced ties for the greedy
+prediction) runs on the CPU too: `check_logged_values`.
 """
 
 from __future__ import annotations
@@ -85,36 +87,66 @@ def check_record_while_busy(model, data, ids, bf16: bool = False) -> str:
 
 
 def check_logged_values(data, device: str = "cuda", vocab: int = 5000) -> str:
-    """Log known logits on `device`, in fp32 and in bf16, and compare the written rows with a
-    float64 reference on the CPU (computed from the same values: bf16 logits as rounded). A
-    vocabulary that is no multiple of a power of two exercises a partial last block, and bf16's
-    coarse values make ties for the greedy prediction (the first index counts, as torch.argmax)."""
+    """Log known logits on `device`, in fp32 and in bf16, and compare every column the logits path
+    writes (loss, token_acc, tail_loss, n_tokens) with a float64 reference on the CPU (computed from
+    the same values: bf16 logits as rounded). A vocabulary that is no multiple of a power of two
+    exercises a partial last block of the fused kernel. The samples: every position a target, a
+    padded tail, fewer targets than tail_k (the tail is then all of them), no target at all (NaN
+    means, n_tokens 0), and forced ties for the greedy prediction (two equal largest logits, in
+    one block and across blocks, the target at the first or at the second): the prediction is the
+    first index of the largest logit, as torch.argmax (`carto_cli.log.fused`), so only the first
+    is a hit. Half the other targets are the greedy prediction, so token_acc is not all zeros
+    (bf16's coarse values make more ties there)."""
     gen = torch.Generator(device="cpu").manual_seed(1)
-    B, T = data[0][1].shape
-    B = min(B, 8)
-    errors = []
+    tail_k = 8
+    B, T = 8, max(int(data[0][1].shape[1]), 4 * tail_k)  # T > tail_k: the tail is not the mean
+    # (position, first tied index, second tied index, target): hits at 0, 1 and 4 (the first
+    # index), misses at 2 and 3 (the second): 3 hits where a last-index rule gives 2 and any-tie 5
+    ties = [(0, 100, 4500, 100), (1, 10, 20, 10), (2, 30, 40, 40), (3, 200, 4700, 4700), (4, 50, 60, 50)]
+    errors = {"loss": 0.0, "tail_loss": 0.0, "token_acc": 0.0}
+    n_tokens_wrong = 0
     for dtype in (torch.float32, torch.bfloat16):
-        logits = torch.randn(B, T, vocab, generator=gen).to(dtype)
+        logits = torch.randn(B, T, vocab, generator=gen)
         labels = torch.randint(0, vocab, (B, T), generator=gen)
+        greedy = logits.to(dtype).double().argmax(-1)  # (B, T), of the logits as logged
+        labels[4:, ::2] = greedy[4:, ::2]
+        for t, first, second, target in ties:
+            logits[3, t, [first, second]] = 50.0  # exact in bf16 too
+            labels[3, t] = target
         labels[0, T // 2:] = -100  # a padded tail: those positions must not count
+        labels[1, 3:] = -100  # 3 targets, fewer than tail_k
+        labels[2, :] = -100  # no target
+        logits = logits.to(dtype)
         with tempfile.TemporaryDirectory() as out:
-            with CartoLogger(out) as logger:
+            with CartoLogger(out, tail_k=tail_k) as logger:
                 logger.record(torch.arange(B, device=device), epoch=0, step=0, logits=logits.to(device),
                               labels=labels.to(device))
             table = pq.read_table(logger.parts_written[0]).sort_by("sample_id")
         exact = logits.double()
         valid = labels != -100
+        n = valid.sum(1)  # (B,)
         tok = F.cross_entropy(exact.reshape(-1, vocab), labels.clamp_min(0).reshape(-1), reduction="none").view(B, T)
-        ref_loss = (tok * valid).sum(1) / valid.sum(1)
-        ref_acc = ((exact.argmax(-1) == labels) & valid).sum(1) / valid.sum(1)
-        got_loss = torch.tensor(table.column("loss").to_numpy(), dtype=torch.float64)
-        got_acc = torch.tensor(table.column("token_acc").to_numpy(), dtype=torch.float64)
-        errors.append(((got_loss - ref_loss).abs().max().item(), (got_acc - ref_acc).abs().max().item()))
-    loss_err = max(e[0] for e in errors)
-    acc_err = max(e[1] for e in errors)
-    verdict = "passed" if loss_err < 1e-4 and acc_err < 1e-6 else "FAILED"
-    return (f"{verdict}: fp32 and bf16 logits, vocabulary {vocab}: max |loss - float64 reference| {loss_err:.2e}, "
-            f"max |token_acc - reference| {acc_err:.2e}")
+        hit = (exact.argmax(-1) == labels) & valid  # torch.argmax: the first index of the largest
+        reference = {
+            "loss": (tok * valid).sum(1) / n,
+            "token_acc": hit.sum(1) / n,
+            "tail_loss": torch.stack([tok[b][valid[b]].sort(descending=True).values[:tail_k].mean()
+                                      for b in range(B)]),  # mean of the min(tail_k, n) largest; NaN if none
+        }
+        assert hit[3, :5].tolist() == [True, True, False, False, True]  # the reference follows the tie rule
+        for name, ref in reference.items():
+            got = torch.tensor(table.column(name).to_numpy(zero_copy_only=False), dtype=torch.float64)
+            same_nan = torch.equal(got.isnan(), ref.isnan())
+            diff = (got - ref).abs().nan_to_num(0.0).max().item() if same_nan else float("inf")
+            errors[name] = max(errors[name], diff)
+        got_n = table.column("n_tokens").to_pylist()
+        n_tokens_wrong += sum(g != r for g, r in zip(got_n, n.tolist()))
+    ok = (errors["loss"] < 1e-4 and errors["tail_loss"] < 1e-4 and errors["token_acc"] < 1e-6
+          and n_tokens_wrong == 0)
+    return (f"{'passed' if ok else 'FAILED'}: fp32 and bf16 logits, {B} x {T}, vocabulary {vocab}, padded, "
+            f"fewer than tail_k={tail_k} and no targets, forced argmax ties: max |loss - float64 reference| "
+            f"{errors['loss']:.2e}, max |tail_loss - reference| {errors['tail_loss']:.2e}, "
+            f"max |token_acc - reference| {errors['token_acc']:.2e}, n_tokens mismatches {n_tokens_wrong}")
 
 
 def main() -> None:
