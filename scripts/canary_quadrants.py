@@ -22,7 +22,7 @@ import polars as pl
 
 from carto_cli.engines import pipeline
 from carto_cli.io import logs
-from carto_cli.score import quadrants, scoring
+from carto_cli.score import quadrants, rules
 
 QUADRANTS = [*quadrants.QUADRANTS, "unplaced"]
 
@@ -37,7 +37,7 @@ def movement(seed_dir: Path, early_epochs: int) -> list[dict]:
             cut.mkdir()
             rows.filter(pl.col("epoch") <= epoch).write_parquet(cut / "part-cut.parquet")
             out_path = Path(tmp) / f"scores{epoch}.parquet"
-            pipeline.run_score(logs.open_logs([cut]), scoring.ScoreParams(early_epochs=early_epochs),
+            pipeline.run_score(logs.open_logs([cut]), rules.ScoreParams(early_epochs=early_epochs),
                                out=out_path, inputs=[str(cut)])
             scores = pl.read_parquet(out_path).with_columns(
                 pl.col("sample_id").is_in(list(carriers)).alias("carrier"), pl.col("quadrant").fill_null("unplaced")

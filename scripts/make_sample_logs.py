@@ -21,10 +21,10 @@ import polars as pl
 import torch
 
 from carto_cli import CartoLogger, __version__
+from carto_cli.engines import local
 from carto_cli.experiment.corpus import cpython_text, to_bytes_samples, train_val_split
 from carto_cli.experiment.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
 from carto_cli.io import logs as carto_logs
-from carto_cli.score import scoring
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "sample_logs"
 
@@ -117,7 +117,7 @@ def per_sample() -> pl.DataFrame:
     """One row per sample, scored by carto itself (`carto_cli.score.scoring`, defaults): forgetting events
     (correct at one presentation, incorrect at the next; Toneva et al. 2019), and whether it was
     correct at any / every presentation."""
-    scores = scoring.score(carto_logs.open_logs([OUT_DIR])).scores
+    scores = local.score(carto_logs.open_logs([OUT_DIR])).scores
     return scores.select(
         "sample_id",
         "forget_events",

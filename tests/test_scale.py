@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 from carto_cli import CartoLogger
 from carto_cli.cli import app
-from carto_cli.engines import buckets
+from carto_cli.engines import buckets, local
+from carto_cli.engines import plan as planner
 from carto_cli.errors import LogFormatError
 from carto_cli.io import logs
-from carto_cli.score import scoring
+from carto_cli.score import dense, rules, state
 
 runner = CliRunner()
 
@@ -30,7 +31,7 @@ def run(*args):
 
 def state_of(log_dir: Path, method: str = "general") -> pl.DataFrame:
     logset = logs.open_logs([log_dir])
-    plan = scoring.prepare(logset, scoring.ScoreParams(method=method))
+    plan = planner.prepare(logset, rules.ScoreParams(method=method))
     return plan.kernel.state([str(p.path) for p in logset.parts])[0].sort("sample_id")
 
 
@@ -56,11 +57,11 @@ def test_merging_two_time_segments_equals_the_whole(tmp_path_factory, rows, cut)
     write_parts(base / "a", earlier)
     write_parts(base / "b", later)
     a, b = state_of(base / "a"), state_of(base / "b")
-    merged = scoring.merge_states(a, b).sort("sample_id")
+    merged = state.merge_states(a, b).sort("sample_id")
     assert merged.equals(whole)
     with pytest.MonkeyPatch.context() as mp:  # the hash join, where the positional alignment applied
-        mp.setattr(scoring, "_aligned", lambda earlier, later: None)
-        assert scoring.merge_states(a, b).sort("sample_id").equals(whole)
+        mp.setattr(state, "_aligned", lambda earlier, later: None)
+        assert state.merge_states(a, b).sort("sample_id").equals(whole)
 
 
 def test_merge_aligns_a_saved_state_of_contiguous_ids_by_position(tmp_path: Path) -> None:
@@ -69,11 +70,11 @@ def test_merge_aligns_a_saved_state_of_contiguous_ids_by_position(tmp_path: Path
     write_parts(tmp_path / "b", [r for r in rows if r["step"] >= 26])  # sample 8 absent
     a, b = state_of(tmp_path / "a"), state_of(tmp_path / "b")
     assert b["first_learned_epoch"].null_count() > 0  # nulls survive the alignment
-    aligned = scoring._aligned(a, b.sample(fraction=1.0, shuffle=True, seed=1))
+    aligned = state._aligned(a, b.sample(fraction=1.0, shuffle=True, seed=1))
     assert aligned is not None and aligned.height == a.height
     write_parts(tmp_path / "all", rows)
-    assert scoring.merge_states(a, b).equals(state_of(tmp_path / "all"))
-    assert scoring._aligned(a.filter(pl.col("sample_id") != 4), b) is None  # ids 1..8 without 4: not contiguous
+    assert state.merge_states(a, b).equals(state_of(tmp_path / "all"))
+    assert state._aligned(a.filter(pl.col("sample_id") != 4), b) is None  # ids 1..8 without 4: not contiguous
 
 
 epoch_major = st.fixed_dictionaries(
@@ -96,11 +97,11 @@ def test_the_dense_full_state_equals_the_polars_state(tmp_path_factory, rows, by
     else:
         write_parts(base / "logs", rows)
     logset = logs.open_logs([base / "logs"])
-    kernel = scoring.prepare(logset, scoring.ScoreParams()).kernel
+    kernel = planner.prepare(logset, rules.ScoreParams()).kernel
     paths = [str(p.path) for p in logset.parts]
-    dense, _ = scoring.full_state(kernel, logset.parts)
+    dense, _ = local.full_state(kernel, logset.parts)
     polars, _ = kernel.state(paths)
-    general, _ = scoring.prepare(logset, scoring.ScoreParams(method="general")).kernel.state(paths)
+    general, _ = planner.prepare(logset, rules.ScoreParams(method="general")).kernel.state(paths)
     assert dense.sort("sample_id").equals(polars.sort("sample_id"))
     assert dense.sort("sample_id").equals(general.sort("sample_id"))
 
@@ -109,8 +110,8 @@ def test_update_reduces_new_parts_with_the_dense_kernel(tmp_path: Path, monkeypa
     rows = hand_rows()  # ids 1..8: dense
     write_parts(tmp_path / "logs", [r for r in rows if r["epoch"] < 2])
     calls = []
-    real = scoring.dense.state
-    monkeypatch.setattr(scoring.dense, "state", lambda *a, **k: calls.append(k.get("full")) or real(*a, **k))
+    real = dense.state
+    monkeypatch.setattr(dense, "state", lambda *a, **k: calls.append(k.get("full")) or real(*a, **k))
     out = tmp_path / "s.parquet"
     assert run("score", tmp_path / "logs", "--out", out, "--update").exit_code == 0
     write_parts(tmp_path / "logs" / "more", [r for r in rows if r["epoch"] >= 2])
@@ -125,7 +126,7 @@ def test_merge_refuses_presentations_that_go_back_in_time(tmp_path: Path) -> Non
     write_parts(tmp_path / "a", [r for r in rows if r["step"] >= 20])
     write_parts(tmp_path / "b", [r for r in rows if r["step"] < 20])
     with pytest.raises(LogFormatError, match="do not come after the scored ones"):
-        scoring.merge_states(state_of(tmp_path / "a"), state_of(tmp_path / "b"))
+        state.merge_states(state_of(tmp_path / "a"), state_of(tmp_path / "b"))
 
 
 # ------------------------------------------------------------------ incremental scoring
@@ -200,7 +201,7 @@ def test_bucketize_then_score_gives_the_hand_scores(hand_log: Path, tmp_path: Pa
 
 def test_dense_kernel_in_several_passes_per_bucket(hand_log: Path, tmp_path: Path, monkeypatch) -> None:
     run("logs", "bucketize", hand_log, "--out", tmp_path / "bucketed", "--buckets", "3")
-    monkeypatch.setattr(scoring.dense, "SAMPLES_PER_PASS", 1)  # one sample per pass: ids 1, 4, 7 in 3 passes
+    monkeypatch.setattr(dense, "SAMPLES_PER_PASS", 1)  # one sample per pass: ids 1, 4, 7 in 3 passes
     result = run("score", tmp_path / "bucketed", "--out", tmp_path / "s.parquet", "--json")
     assert json.loads(result.stdout)["method_used"] == "dense"
     assert_hand_scores(pl.read_parquet(tmp_path / "s.parquet"))
@@ -283,10 +284,10 @@ def test_ray_engine_computes_a_memorization_signal_in_its_tasks(ray_instance, to
 @pytest.mark.parametrize("method", ["bitmask", "general"])
 def test_reducing_in_several_passes_gives_the_same_state(hand_log: Path, method: str) -> None:
     logset = logs.open_logs([hand_log])
-    kernel = scoring.prepare(logset, scoring.ScoreParams(method=method)).kernel
+    kernel = planner.prepare(logset, rules.ScoreParams(method=method)).kernel
     paths = [str(p.path) for p in logset.parts]
     one, general_one = kernel.state(paths)
     three, general_three = kernel.state(paths, passes=3)
     assert three.sort("sample_id").equals(one.sort("sample_id"))
     assert general_three == general_one
-    assert_hand_scores(scoring.finalize(three, never_learned="zero"))
+    assert_hand_scores(state.finalize(three, never_learned="zero"))

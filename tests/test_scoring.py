@@ -11,16 +11,18 @@ from conftest import EXPECTED, HAND_LOG, assert_hand_scores, hand_rows, write_pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from carto_cli.engines import local
+from carto_cli.engines import plan as planner
 from carto_cli.errors import LogFormatError, OptionError
 from carto_cli.io import logs
-from carto_cli.score import scoring
+from carto_cli.score import dense, rules
 
 
-def _score(path: Path, **params) -> scoring.ScoreResult:
-    return scoring.score(logs.open_logs([path]), scoring.ScoreParams(**params))
+def _score(path: Path, **params) -> local.ScoreResult:
+    return local.score(logs.open_logs([path]), rules.ScoreParams(**params))
 
 
-def _by_id(result: scoring.ScoreResult) -> dict[int, dict]:
+def _by_id(result: local.ScoreResult) -> dict[int, dict]:
     return {row["sample_id"]: row for row in result.scores.iter_rows(named=True)}
 
 
@@ -184,15 +186,15 @@ def test_bitmask_refused_when_epochs_go_back_in_steps(tmp_path: Path) -> None:
 )
 def test_bad_parameters_are_option_errors(params: dict, message: str) -> None:
     with pytest.raises(OptionError, match=message):
-        scoring.ScoreParams(**params)
+        rules.ScoreParams(**params)
 
 
 def test_parse_threshold() -> None:
-    assert scoring.parse_threshold("p50") == (None, 0.5)
-    assert scoring.parse_threshold("1.5") == (1.5, None)
+    assert rules.parse_threshold("p50") == (None, 0.5)
+    assert rules.parse_threshold("1.5") == (1.5, None)
     for bad in ("p150", "half", "nan"):
         with pytest.raises(OptionError):
-            scoring.parse_threshold(bad)
+            rules.parse_threshold(bad)
 
 
 # ---------------------------------------------------------------- property: paths agree with a reference
@@ -245,7 +247,7 @@ def test_every_path_matches_the_reference(tmp_path_factory, rows, epoch_major, n
     frames = []
     for method in methods:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(scoring.dense, "SAMPLES_PER_PASS", 13 if passes == 1 else 5)  # ids 0..12
+            mp.setattr(dense, "SAMPLES_PER_PASS", 13 if passes == 1 else 5)  # ids 0..12
             result = _score(log_dir, method=method, early_epochs=first_epoch + 2)
         frames.append(result.scores)
         got = _by_id(result)
@@ -287,7 +289,7 @@ def test_one_epoch_per_row_group_skips_the_preflight_pass(tmp_path: Path, monkey
     def no_preflight(*args, **kwargs):
         raise AssertionError("the footers should have answered")
 
-    monkeypatch.setattr(scoring, "_preflight", no_preflight)
+    monkeypatch.setattr(planner, "_preflight", no_preflight)
     fast = _score(tmp_path / "logs")
     assert fast.method == "dense" and fast.samples_general == 3
     assert fast.scores.equals(general.scores)  # bit for bit
@@ -312,13 +314,13 @@ def test_footer_path_drops_and_counts_nonfinite_losses_itself(tmp_path: Path) ->
 def _layouts(monkeypatch) -> list[bool]:
     """Record the layout (packed or not) of every pass the dense kernel makes."""
     seen: list[bool] = []
-    real = scoring.dense._Sums.__init__
+    real = dense._Sums.__init__
 
     def spy(self, width, packed, full=False):
         seen.append(packed)
         real(self, width, packed, full)
 
-    monkeypatch.setattr(scoring.dense._Sums, "__init__", spy)
+    monkeypatch.setattr(dense._Sums, "__init__", spy)
     return seen
 
 
@@ -346,8 +348,8 @@ def test_a_declined_dense_pass_is_not_run_twice(tmp_path: Path, monkeypatch) -> 
     rows = [dict(r, loss=r["loss"] * 1e8) for r in hand_rows()]  # too large for the dense kernel's int64 sums
     _write_by_epoch(tmp_path / "logs", rows)
     calls = []
-    real = scoring.dense.state
-    monkeypatch.setattr(scoring.dense, "state", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = dense.state
+    monkeypatch.setattr(dense, "state", lambda *a, **k: calls.append(1) or real(*a, **k))
     result = _score(tmp_path / "logs")
     assert result.method == "bitmask" and calls == [1]  # the hash kernel took over after one try
     assert result.scores.equals(_score(tmp_path / "logs", method="general").scores)

@@ -12,8 +12,9 @@ from conftest import TOKEN_EXPECTED, token_rows, write_parts
 from typer.testing import CliRunner
 
 from carto_cli.cli import app
+from carto_cli.engines import local
 from carto_cli.io import logs
-from carto_cli.score import scoring
+from carto_cli.score import rules
 
 # sample_id -> tail_loss per epoch 0..3 (None: not presented). Epochs 0..3 -> late_from = 2.
 TAIL_LOG = {
@@ -34,7 +35,7 @@ def tail_rows() -> list[dict]:
 
 
 def memorization(log_dir: Path, **params) -> dict[int, float | None]:
-    result = scoring.score(logs.open_logs([log_dir]), scoring.ScoreParams(**params))
+    result = local.score(logs.open_logs([log_dir]), rules.ScoreParams(**params))
     return dict(result.scores.select("sample_id", "memorization").iter_rows())
 
 
@@ -46,7 +47,7 @@ def test_token_drop_by_hand(token_log: Path, k: int) -> None:
 
 
 def test_token_drop_keeps_the_forget_events_beside_it(token_log: Path) -> None:
-    result = scoring.score(logs.open_logs([token_log]), scoring.ScoreParams(memorization="token-drop"))
+    result = local.score(logs.open_logs([token_log]), rules.ScoreParams(memorization="token-drop"))
     assert result.memorization.startswith("mean of the 4 largest per-token loss drops")
     assert result.scores["forget_events"].to_list() == [0, 0, 0, 0]  # every row is correct
 

@@ -31,7 +31,7 @@ from carto_cli.export import manifests as export
 from carto_cli.io import artifacts, logs, storage
 from carto_cli.log import schema
 from carto_cli.log.shim import LOG_DIR_ENV
-from carto_cli.score import quadrants, scoring
+from carto_cli.score import quadrants, rules
 
 app = typer.Typer(
     name="carto",
@@ -270,7 +270,7 @@ def score_command(
     as_json: JsonOption = False,
 ) -> None:
     """Score every sample: difficulty, forget events, memorization, quadrant."""
-    params = scoring.ScoreParams(
+    params = rules.ScoreParams(
         early_epochs=early_epochs,
         never_learned=never_learned,
         correct_from=correct_from,

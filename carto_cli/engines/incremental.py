@@ -1,9 +1,9 @@
 """Incremental scoring: fold only the parts that arrived since the last run into a saved state.
 
 `carto score LOGS --update` keeps, next to the scores file, `<scores>.state`: a Parquet file with
-one row of per-sample state (see `scoring.STATE_COLUMNS`) and, in its metadata, the ledger of parts
+one row of per-sample state (see `state.STATE_COLUMNS`) and, in its metadata, the ledger of parts
 already folded in (path, size, rows) and the scoring parameters. A later `--update` run scores the
-new parts alone and merges them (`scoring.merge_states`), which gives exactly the scores of a full
+new parts alone and merges them (`state.merge_states`), which gives exactly the scores of a full
 run as long as the new parts continue the run in time (checked per sample).
 
 Refused, with a message saying to rescore without --update: a folded part that changed or
@@ -17,10 +17,13 @@ from pathlib import Path
 import polars as pl
 
 from carto_cli import __version__
+from carto_cli.engines import local
+from carto_cli.engines import plan as planner
 from carto_cli.errors import OptionError, ScoresFormatError
 from carto_cli.io import artifacts
 from carto_cli.io.logs import LogPart, LogSet
-from carto_cli.score import scoring
+from carto_cli.score import rules
+from carto_cli.score.state import merge_states
 
 STATE_SUFFIX = ".state"
 # Parameters that change the per-sample state; the others apply when scores are finalised.
@@ -35,12 +38,12 @@ def _ledger_key(part: LogPart) -> str:
     return str(part.path.resolve())
 
 
-def score_update(logset: LogSet, params: scoring.ScoreParams, state_file: Path) -> tuple[scoring.ScoreResult, str]:
+def score_update(logset: LogSet, params: rules.ScoreParams, state_file: Path) -> tuple[local.ScoreResult, str]:
     """Score `logset`, reusing the state saved in `state_file` when there is one; save the new state.
 
     Returns the result and a one-line account of what was folded.
     """
-    rule = scoring.fixed_rule(params)
+    rule = rules.fixed_rule(params)
     if rule is None:
         raise OptionError(
             "--update needs a fixed correctness threshold (a percentile moves as data arrives); "
@@ -68,19 +71,19 @@ def score_update(logset: LogSet, params: scoring.ScoreParams, state_file: Path) 
         new_parts = [p for p in logset.parts if _ledger_key(p) not in ledger]
 
     if new_parts:
-        plan = scoring.prepare(LogSet(parts=new_parts), params)
-        segment, samples_general = scoring.full_state(plan.kernel, new_parts, dense_ok=params.method == "auto")
-        state = segment if state_before is None else scoring.merge_states(state_before, segment)
+        plan = planner.prepare(LogSet(parts=new_parts), params)
+        segment, samples_general = local.full_state(plan.kernel, new_parts, dense_ok=params.method == "auto")
+        state = segment if state_before is None else merge_states(state_before, segment)
     else:
-        kernel = scoring.Kernel(rule, params.early_epochs, "none", False, "Int64")
-        plan, state, samples_general = scoring.Plan(kernel), state_before, 0
+        kernel = planner.Kernel(rule, params.early_epochs, "none", False, "Int64")
+        plan, state, samples_general = planner.Plan(kernel), state_before, 0
     folded_rows = sum(p.num_rows for p in new_parts)
     if state_before is None:
         account = f"no saved state: scored all {len(new_parts):,} part(s) and saved the state to {state_file}"
     else:
         account = f"folded {len(new_parts):,} new part(s) ({folded_rows:,} rows) into the saved state"
     _save(state_file, state, logset, wanted)
-    return scoring.finish(state, plan, params, samples_general), account
+    return local.finish(state, plan, params, samples_general), account
 
 
 def _save(path: Path, state: pl.DataFrame, logset: LogSet, parameters: dict) -> None:

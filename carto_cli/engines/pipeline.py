@@ -3,8 +3,9 @@ by folding new parts into a saved state), place the samples in quadrants, write 
 
 Which reduction runs:
 - `update=True`: `incremental.score_update` (local engine, per-sample state held in memory).
-- a log that is not bucketed, on the local engine: `scoring.score`, in memory.
-- a bucketed log, or `engine="ray"`: `engines.score_buckets`, one bucket at a time, spilled.
+- a log that is not bucketed, on the local engine: `local.score`, in memory.
+- a bucketed log, or `engine="ray"`: `buckets.score_buckets` over the states that
+  `buckets.local_states` or `ray.ray_states` yield, one bucket at a time, spilled.
 All give the same per-sample numbers; a bucketed log's scores are ordered by (bucket, sample_id),
 any other's by sample_id.
 """
@@ -17,12 +18,12 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli.engines import buckets, incremental
-from carto_cli.engines import ray as engines
+from carto_cli.engines import buckets, incremental, local, ray
+from carto_cli.engines import plan as planner
 from carto_cli.errors import OptionError
 from carto_cli.io import artifacts
-from carto_cli.io.logs import LogSet
-from carto_cli.score import quadrants, scoring
+from carto_cli.io.logs import LogSet, open_logs
+from carto_cli.score import quadrants, rules
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ScoreRun:
     samples: int
     rows: int
     parts: int
-    rule: scoring.CorrectnessRule
+    rule: rules.CorrectnessRule
     method: str
     samples_general: int
     rows_dropped_nonfinite: int
@@ -56,9 +57,20 @@ class ScoreRun:
     memorization: str = "forget events / transitions"  # what the memorization column holds
 
 
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str, address: str | None) -> None:
+    """Refuse an unknown engine, or an address for an engine that takes none."""
+    if engine not in ENGINES:
+        raise OptionError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
+    if engine == "local" and address is not None:
+        raise OptionError("--address applies to --engine ray only")
+
+
 def run_score(
     logset: LogSet,
-    params: scoring.ScoreParams,
+    params: rules.ScoreParams,
     *,
     out: Path,
     inputs: list[str],
@@ -68,7 +80,7 @@ def run_score(
     update: bool = False,
     on_bucket: Callable[[], None] | None = None,
 ) -> ScoreRun:
-    engines.check(engine, address)
+    check_engine(engine, address)
     groups = buckets.bucket_groups(logset)
     n_buckets = 0 if None in groups else len(groups)
     notes: list[str] = []
@@ -84,13 +96,17 @@ def run_score(
         result, account = incremental.score_update(logset, params, incremental.state_path(out))
         notes.append(account)
     elif engine == "local" and not n_buckets:
-        result = scoring.score(logset, params)
+        result = local.score(logset, params)
     else:
         result = None
-        plan = scoring.prepare(logset, params)
-        frame, cleanup, facts = engines.score_buckets(
-            plan, groups, params, engine=engine, address=address, on_bucket=on_bucket
-        )
+        plan = planner.prepare(logset, params)
+        stride = buckets.stride(groups, dense=params.method == "auto")
+        signal = (plan, params) if params.memorization != "forgets" else None
+        if engine == "ray":
+            states = ray.ray_states(plan.kernel, groups, stride=stride, signal=signal, address=address)
+        else:
+            states = buckets.local_states(plan.kernel, groups, stride=stride, signal=signal)
+        frame, cleanup, facts = buckets.score_buckets(states, params, n_buckets=len(groups), on_bucket=on_bucket)
     try:
         if result is not None:
             frame = result.scores.lazy()
@@ -148,3 +164,31 @@ def run_score(
         notes=notes,
         memorization=memorization,
     )
+
+
+def score_logs(
+    logs: str | Path | list[str | Path],
+    *,
+    placement: Placement = Placement(),
+    **params: object,
+) -> pl.DataFrame:
+    """The scores of `carto score`, with their quadrant, as a Polars frame: for a notebook.
+
+        from carto_cli import score_logs
+        scores = score_logs("logs/", early_epochs=2)          # one row per sample
+        scores.filter(pl.col("quadrant") == "hotspot-memorized")
+
+    `logs`: a directory, a part, a URL or a list of them. `params`: the fields of
+    `carto_cli.score.rules.ScoreParams` (the options of `carto score`, underscored). In memory, on
+    the local engine; nothing is written.
+    """
+    paths = list(logs) if isinstance(logs, list | tuple) else [logs]
+    result = local.score(open_logs(paths), rules.ScoreParams(**params))
+    thresholds = quadrants.resolve_thresholds(
+        result.scores,
+        difficulty_quantile=placement.d_quantile,
+        memorization_quantile=placement.m_quantile,
+        difficulty_threshold=placement.d_threshold,
+        memorization_threshold=placement.m_threshold,
+    )
+    return quadrants.assign(result.scores, thresholds)

@@ -58,7 +58,7 @@ from carto_cli.export import manifests as export
 from carto_cli.export import sampling
 from carto_cli.io import artifacts, logs
 from carto_cli.log.shim import CartoLogger
-from carto_cli.score import scoring
+from carto_cli.score import rules
 
 ARMS = ("baseline", "paper", "carto", "random", "loss", "weights", "oracle")
 METRICS = ("extraction_rate", "exposure", "exposure_skewnorm", "val_ppl", "mia_auc", "kept_copies")
@@ -398,8 +398,8 @@ def _steps(cfg: Config, rows: int, epochs: int) -> int:
 # ------------------------------------------------------------------------ scores and exports
 
 
-def _params(cfg: Config, memorization: str, correct_from: str, threshold: str | None) -> scoring.ScoreParams:
-    return scoring.ScoreParams(early_epochs=cfg.early_epochs, correct_from=correct_from, threshold=threshold,
+def _params(cfg: Config, memorization: str, correct_from: str, threshold: str | None) -> rules.ScoreParams:
+    return rules.ScoreParams(early_epochs=cfg.early_epochs, correct_from=correct_from, threshold=threshold,
                                memorization=memorization)
 
 
@@ -407,7 +407,7 @@ def _slug(ranking: tuple) -> str:
     return "-".join(str(part) for part in ranking if part is not None)
 
 
-def _score(log_dir: Path, params: scoring.ScoreParams, out: Path) -> pl.DataFrame:
+def _score(log_dir: Path, params: rules.ScoreParams, out: Path) -> pl.DataFrame:
     """`carto score LOG_DIR` with `params`: write the scores file, read it back."""
     pipeline.run_score(logs.open_logs([log_dir]), params, out=out, inputs=[str(log_dir)])
     return artifacts.read(out, "scores")[0]

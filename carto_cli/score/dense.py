@@ -5,7 +5,7 @@ When a log's sample ids fill an integer range [lo, hi] that is no longer than th
 integer arrays, and the log is reduced by in-place scatter-adds (`np.add.at`), one row group at a
 time: no hash table, no sort, no join, and no array the size of the sample range made per row
 group (on a virtual machine, faulting in fresh memory costs more than the arithmetic). This is the
-bitmask method (see `carto_cli.score.scoring`) computed with arrays instead of a Polars group_by; it
+bitmask method (see `carto_cli.score.state`) computed with arrays instead of a Polars group_by; it
 gives the same numbers bit for bit:
 
 - per sample, the masks s = sum of 2^epoch over its rows and c = the same over correct rows, and
@@ -24,7 +24,7 @@ gives the same numbers bit for bit:
 `state` returns None whenever the kernel does not apply (ids not dense, no footer statistics, a
 negative epoch, the exactness bounds above); the caller then runs the Polars kernel. It produces
 the columns `finalize` needs (COLUMNS) or, with `full=True`, the whole per-sample state that
-`--update` saves (`scoring.STATE_COLUMNS`): then the first and last step are kept too (two more
+`--update` saves (`state.STATE_COLUMNS`): then the first and last step are kept too (two more
 in-place reductions per row, `np.minimum.at` / `np.maximum.at`), and the first and last epoch and
 their correctness are read off the masks, as the Polars bitmask kernel does.
 """
@@ -42,6 +42,7 @@ from carto_cli.io import storage
 from carto_cli.io.logs import LogSet
 from carto_cli.log import schema
 from carto_cli.score.fixedpoint import SCALE
+from carto_cli.score.state import STATE_COLUMNS, power_of_two
 
 # Samples per pass over the log: bounds the accumulators to 32M x 24 bytes (packed) or 40 bytes,
 # 0.8-1.3 GB.
@@ -52,7 +53,7 @@ _MASK_BITS = 27
 PACKED_EPOCHS = 16  # epochs 0..15: room for 2^(27-16) = 2048 rows per sample in a mask field
 _FIXED_LIMIT = 2**62  # |early sum| and |late sum| below this, so their int64 total cannot overflow
 
-# The state columns `scoring.finalize` reads.
+# The state columns `state.finalize` reads.
 COLUMNS = ("sample_id", "n_seen", "n_correct", "n_early", "loss_sum", "early_sum", "first_learned_epoch",
            "forget_events")
 
@@ -88,14 +89,15 @@ def applies(logset: LogSet, stride: int = 1) -> tuple[int, int] | None:
     return span
 
 
-def state(logset: LogSet, kernel, general_state, *, stride: int = 1, full: bool = False
-          ) -> tuple[pl.DataFrame, int, int] | None:
-    """Per-sample state (COLUMNS, or with `full` every state column), the number of samples the
-    general path recounted and the number of rows dropped for a non-finite loss (with
+def state(logset: LogSet, kernel, *, stride: int = 1, full: bool = False
+          ) -> tuple[pl.DataFrame, np.ndarray, int] | None:
+    """Per-sample state (COLUMNS, or with `full` every state column) of the regular samples, the
+    ids of the irregular ones (a repeat within an epoch, a gap between epochs: the caller recounts
+    them with the general Polars kernel) and the number of rows dropped for a non-finite loss (with
     `kernel.drop_nonfinite`), or None.
 
-    `kernel` is the `scoring.Kernel` (rule, early epochs, non-finite handling, id dtype);
-    `general_state(sample_ids)` recounts the given samples exactly and returns their state.
+    `kernel` is the planner's `Kernel` (rule, early epochs, non-finite handling, id dtype): read
+    for its fields only.
     `stride` n: every sample_id is lo plus a multiple of n (bucket b of n holds the ids = b mod n);
     checked on every row (the kernel declines otherwise).
     """
@@ -120,12 +122,7 @@ def state(logset: LogSet, kernel, general_state, *, stride: int = 1, full: bool 
         frames.append(frame)
         irregular.append(odd)
         dropped += n_dropped
-    odd_ids = np.concatenate(irregular)
-    state_frame = pl.concat(frames)  # ascending sample_id, pass after pass
-    if len(odd_ids):
-        recount = general_state(pl.Series(schema.SAMPLE_ID, odd_ids).cast(state_frame.schema[schema.SAMPLE_ID]))
-        state_frame = pl.concat([state_frame, recount.select(state_frame.columns)], how="vertical_relaxed")
-    return state_frame, len(odd_ids), dropped
+    return pl.concat(frames), np.concatenate(irregular), dropped  # ascending sample_id, pass after pass
 
 
 def _row_groups(logset: LogSet) -> list[tuple[int, int, int | None]]:
@@ -341,10 +338,8 @@ def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, stride: int,
     )
     columns = COLUMNS
     if full:  # regular samples: epoch order is presentation order, so bit e of c is the epoch-e row's
-        from carto_cli.score.scoring import STATE_COLUMNS, _power_of_two  # here: scoring imports this module
-
         def bit_at(epoch: str) -> pl.Expr:
-            return (corr // _power_of_two(pl.col(epoch))) % 2 == 1
+            return (corr // power_of_two(pl.col(epoch))) % 2 == 1
 
         frame = frame.with_columns(first_epoch=first_epoch, last_epoch=last_epoch).with_columns(
             first_correct=bit_at("first_epoch"), last_correct=bit_at("last_epoch"))

@@ -1,0 +1,121 @@
+"""The local engine: a log reduced in this process, in memory, by the plan's kernel.
+
+- `score(logset, params)`: the per-sample scores of a whole (unbucketed) log: the dense-id kernel
+  when the plan says so and it applies, else the Polars kernel in passes of `plan.ROWS_PER_PASS`
+  rows; then the memorization signal, when one was asked for.
+- `dense_state`: the dense kernel, with the samples it cannot count (a repeat within an epoch, a
+  gap between epochs) recounted exactly by the general Polars kernel. Used here, per bucket
+  (`carto_cli.engines.buckets`) and by `--update` (`carto_cli.engines.incremental`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import polars as pl
+
+from carto_cli.engines import plan as planner
+from carto_cli.engines.plan import Kernel, Plan
+from carto_cli.io.logs import LogPart, LogSet, scan
+from carto_cli.log import schema
+from carto_cli.score import dense, signals
+from carto_cli.score.rules import CorrectnessRule, ScoreParams
+from carto_cli.score.state import SCORE_COLUMNS, finalize, segment_state
+
+
+@dataclass
+class ScoreResult:
+    """The per-sample scores plus what a user must be told about how they were obtained."""
+
+    scores: pl.DataFrame
+    rule: CorrectnessRule
+    rows_used: int
+    rows_dropped_nonfinite: int
+    method: str  # the implementation that counted forget events
+    samples_general: int  # samples recounted by the general path under the bitmask method
+    notes: list[str] = field(default_factory=list)
+    memorization: str = "forget events / transitions"  # what the memorization column holds
+
+
+def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
+    """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set."""
+    plan = planner.plan(logset, params)
+    reduced = dense_state(logset, plan.kernel) if plan.dense else None
+    if reduced is None and not plan.checked:
+        # the dense kernel declined on a plan made from the footers: make the checking pass, and
+        # do not run the dense kernel again over the same rows
+        plan = planner.prepare(logset, params)
+        plan.dense = False
+    if reduced is not None:
+        state, samples_general, dropped = reduced
+        if not plan.checked:
+            plan.count_dropped(dropped, params)  # else `prepare` counted them
+        plan.kernel = replace(plan.kernel, method="dense")
+    else:
+        state, samples_general = plan.kernel.state([str(p.path) for p in logset.parts],
+                                                   passes=planner.passes(logset))
+    result = finish(state, plan, params, samples_general)
+    if params.memorization != "forgets":
+        result.scores = with_signal(result.scores, signal_values(logset.parts, plan, params))
+    return result
+
+
+def dense_state(logset: LogSet, kernel: Kernel, **options) -> tuple[pl.DataFrame, int, int] | None:
+    """`dense.state` over `logset` (`options`: its `stride` and `full`), the samples it could not
+    count recounted exactly by the general path: (state, samples recounted, non-finite rows
+    dropped), or None where the dense kernel does not apply."""
+    reduced = dense.state(logset, kernel, **options)
+    if reduced is None:
+        return None
+    state, irregular, dropped = reduced
+    if len(irregular):
+        ids = pl.Series(schema.SAMPLE_ID, irregular).cast(state.schema[schema.SAMPLE_ID])
+        paths = [str(p.path) for p in logset.parts]
+        frame = kernel.frame(paths).join(ids.to_frame().lazy(), on=schema.SAMPLE_ID, how="semi")
+        recount = segment_state(frame, early_epochs=kernel.early_epochs, method="general")[0]
+        state = pl.concat([state, recount.select(state.columns)], how="vertical_relaxed")
+    return state, len(irregular), dropped
+
+
+def full_state(kernel: Kernel, parts: list[LogPart], *, dense_ok: bool = True) -> tuple[pl.DataFrame, int]:
+    """Every state column (STATE_COLUMNS) of `parts`, as `--update` saves it, and how many samples
+    the general path counted: the dense kernel where it applies (and `dense_ok`, i.e. no method
+    forced), else `Kernel.state` in passes of ROWS_PER_PASS rows."""
+    logset = LogSet(parts)
+    if dense_ok and kernel.method == "bitmask":
+        reduced = dense_state(logset, kernel, full=True)
+        if reduced is not None:
+            return reduced[0], reduced[1]
+    return kernel.state([str(p.path) for p in parts], passes=planner.passes(logset))
+
+
+def signal_values(parts: list[LogPart], plan: Plan, params: ScoreParams) -> pl.DataFrame:
+    """sample_id -> `value` of the signal `params.memorization` over `parts`, which must hold every
+    row of their samples (a whole log, or one bucket of it)."""
+    columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, signals.SIGNAL_COLUMN[params.memorization]]
+    lf = scan(LogSet(parts), columns)
+    if plan.kernel.drop_nonfinite:
+        lf = lf.filter(pl.col(schema.LOSS).is_finite())
+    return signals.signal_frame(lf, params.memorization, early_epochs=params.early_epochs,
+                                drop_k=params.drop_k, late_from=plan.late_from)
+
+
+def with_signal(scores: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
+    """`scores` with the memorization column replaced by a signal's `values` (from `signal_values`)."""
+    return (scores.join(values, on=schema.SAMPLE_ID, how="left")
+            .with_columns(pl.col("value").alias("memorization")).select(SCORE_COLUMNS).sort(schema.SAMPLE_ID))
+
+
+def finish(state: pl.DataFrame, plan: Plan, params: ScoreParams, samples_general: int) -> ScoreResult:
+    """Scores from a (merged) state, with the facts a user must be told about them."""
+    scores = finalize(state, never_learned=params.never_learned)
+    return ScoreResult(
+        scores=scores,
+        rule=plan.kernel.rule,
+        rows_used=int(scores["n_seen"].sum()),
+        rows_dropped_nonfinite=plan.rows_dropped_nonfinite,
+        method=plan.kernel.method,
+        samples_general=samples_general,
+        notes=plan.notes,
+        memorization=plan.memorization,
+    )

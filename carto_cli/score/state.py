@@ -1,0 +1,283 @@
+"""Per-sample state: difficulty and memorization from logged presentations.
+
+Definitions (GenDataCarto, Patel & Shanbhag 2025, arXiv 2509.00083, after Toneva et al. 2019):
+
+- A *presentation* is one logged row. A sample's presentations are ordered by `step`; ties (the
+  same step) by `epoch`, then incorrect before correct, so that a tie never creates a forget event.
+  Parts, ranks and file order do not matter.
+- *correct* is the per-presentation learned flag: the logged `correct` column (`--correct-from log`),
+  or re-derived as `loss < t`, `tail_loss < t` or `token_acc >= t`. A threshold `pNN` is the NN-th
+  percentile of that column over every finite logged row.
+- **difficulty** d_i: the mean `loss` over the sample's presentations with `epoch < early_epochs`
+  (the paper's T_e). Null when the sample has no early presentation.
+- **forget_events**: the number of consecutive presentation pairs (correct, then incorrect).
+  Always < n_seen.
+- **memorization** m_i: forget_events / transitions, with transitions = n_seen - 1 (0 when the
+  sample was seen once). In [0, 1] (forget_events <= n_seen // 2); the paper's "forget events
+  relative to transitions".
+- Never-learned samples (no correct presentation) have no forget event by definition. Peers differ
+  on how to rank them, so it is a choice (`never_learned`):
+  `zero` (default; DeepCore): m = 0, they were never memorized; they land in the high-difficulty
+  quadrants. `max` (Toneva et al., "maximally forgotten"): m = 1.0, the largest possible value
+  (tied only with learned samples forgotten at every chance). `exclude`: m = null; such samples
+  get no quadrant and are never pruned by memorization.
+- `memorization` can instead hold a label-free signal (`memorization_signal` token-drop or
+  tail-var, see `carto_cli.score.signals`); forget_events is then still reported beside it.
+- Rows whose loss is NaN or infinite are dropped and counted (`nonfinite="drop"`), or refused
+  (`nonfinite="error"`).
+
+Two exact Polars kernels of forget_events, chosen per run (`method="auto"`):
+- *bitmask* (no sort): when every sample appears at most once per epoch, in consecutive epochs
+  below 64, and epochs never go back in step order, a per-sample sum of 2^epoch over correct
+  presentations (c) and over all presentations (s) gives forget_events = popcount(c & ~(c>>1) & (s>>1)).
+  Samples that break the once-per-epoch or consecutive condition are recounted by the general path.
+- *general*: sort by (sample_id, step, epoch, correct) and count (previous correct, this incorrect).
+
+Both reduce rows to a per-sample *state* that is associative in time (`merge_states`), so that a
+log can be reduced in slices of samples (passes, buckets, Ray tasks) or in slices of time (`--update`).
+"""
+
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from carto_cli.errors import LogFormatError
+from carto_cli.log import schema
+from carto_cli.score.fixedpoint import SCALE, fixed_sum
+
+# Columns of a scores frame, in order (the quadrant is added by `carto_cli.score.quadrants`).
+SCORE_COLUMNS = (
+    "sample_id",
+    "difficulty",
+    "memorization",
+    "forget_events",
+    "n_seen",
+    "n_correct",
+    "ever_learned",
+    "first_learned_epoch",
+    "mean_loss",
+)
+
+# ----------------------------------------------------------------------------- per-sample state
+#
+# The kernel reduces a *segment* of presentations (any set of rows, e.g. one bucket of samples or
+# the parts that arrived since the last run) to one row of state per sample. The state is
+# associative in time: `merge_states(earlier, later)` gives exactly the state of the union, so
+# buckets can be reduced independently and new parts folded into a saved state.
+
+STATE_COLUMNS = (
+    "sample_id",
+    "n_seen",
+    "n_correct",
+    "n_early",
+    "loss_sum",  # fixed point, units of 2^-32 nats
+    "early_sum",
+    "first_learned_epoch",
+    "first_step",
+    "first_epoch",
+    "first_correct",
+    "last_step",
+    "last_epoch",
+    "last_correct",
+    "forget_events",
+)
+
+# Losses are summed in fixed point (carto_cli.score.fixedpoint): bit-identical scores in any order.
+MAX_ABS_LOSS = 1e9
+
+
+def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[pl.DataFrame, int]:
+    """One row of state per sample of the segment, and how many samples the general path counted."""
+    early = pl.col(schema.EPOCH) < early_epochs
+    correct = pl.col(schema.CORRECT)
+    # `when/then` rather than `filter` inside aggregations: Polars evaluates it without
+    # materialising a filtered copy per group (about 2x faster over 40M rows).
+    order_free = [
+        pl.len().cast(pl.Int64).alias("n_seen"),
+        correct.sum().cast(pl.Int64).alias("n_correct"),
+        early.sum().cast(pl.Int64).alias("n_early"),
+        fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
+        fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
+        pl.when(correct).then(pl.col(schema.EPOCH)).min().cast(pl.Int64).alias("first_learned_epoch"),
+    ]
+    if method == "general":
+        return _general_state(lf, order_free).collect().select(STATE_COLUMNS), 0
+
+    # s = sum of 2^epoch over the sample's rows, c = the same over its correct rows. With at most one
+    # row per epoch a sum is an OR; a repeated epoch carries, so popcount(s) < n_seen flags it.
+    # Everything else order-free that the state needs is read off the two masks.
+    bit = power_of_two(pl.col(schema.EPOCH))
+    state = lf.group_by(schema.SAMPLE_ID).agg(
+        pl.len().cast(pl.Int64).alias("n_seen"),
+        fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
+        fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
+        bit.sum().alias("_seen"),
+        (bit * correct.cast(pl.UInt64)).sum().alias("_corr"),
+        pl.col(schema.STEP).min().cast(pl.Int64).alias("first_step"),
+        pl.col(schema.STEP).max().cast(pl.Int64).alias("last_step"),
+    ).collect()
+    seen, corr = pl.col("_seen"), pl.col("_corr")
+    early_mask = pl.lit((1 << min(early_epochs, 64)) - 1, dtype=pl.UInt64)
+    state = state.with_columns(
+        first_epoch=seen.bitwise_trailing_zeros().cast(pl.Int64),
+        last_epoch=63 - seen.bitwise_leading_zeros().cast(pl.Int64),
+        n_correct=corr.bitwise_count_ones().cast(pl.Int64),
+        n_early=(seen & early_mask).bitwise_count_ones().cast(pl.Int64),
+        first_learned_epoch=pl.when(corr != 0).then(corr.bitwise_trailing_zeros().cast(pl.Int64)),
+    )
+    # Once per epoch, in consecutive epochs: then epoch order is presentation order (checked
+    # globally by _bitmask_applies) and bit e of c is the correctness of the sample's epoch-e row.
+    simple = (pl.col("n_seen") == seen.bitwise_count_ones()) & (
+        pl.col("n_seen") == pl.col("last_epoch") - pl.col("first_epoch") + 1
+    )
+
+    def bit_at(epoch: str) -> pl.Expr:
+        return (corr // power_of_two(pl.col(epoch))) % 2 == 1
+
+    state = state.with_columns(
+        pl.when(simple).then((corr & ~(corr // 2) & (seen // 2)).bitwise_count_ones().cast(pl.Int64))
+        .alias("forget_events"),
+        bit_at("first_epoch").alias("first_correct"),
+        bit_at("last_epoch").alias("last_correct"),
+    )
+    irregular = state.filter(pl.col("forget_events").is_null()).select(schema.SAMPLE_ID)
+    if irregular.height:
+        recount = _general_state(lf.join(irregular.lazy(), on=schema.SAMPLE_ID, how="semi"), order_free)
+        state = pl.concat([state.filter(pl.col("forget_events").is_not_null()).select(STATE_COLUMNS),
+                           recount.collect().select(STATE_COLUMNS)])
+    return state.select(STATE_COLUMNS), irregular.height
+
+
+def power_of_two(exponent: pl.Expr) -> pl.Expr:
+    """2^exponent as UInt64 (Polars has no shift operator)."""
+    return pl.lit(2, dtype=pl.UInt64).pow(exponent.cast(pl.UInt64))
+
+
+def _general_state(lf: pl.LazyFrame, order_free: list[pl.Expr]) -> pl.LazyFrame:
+    """Exact state for any presentation order: sort, count (correct -> incorrect), take first/last."""
+    ordered = lf.sort([schema.SAMPLE_ID, schema.STEP, schema.EPOCH, schema.CORRECT])
+    prev_correct = pl.col(schema.CORRECT).shift(1)
+    same_sample = pl.col(schema.SAMPLE_ID) == pl.col(schema.SAMPLE_ID).shift(1)
+    forget = (same_sample & prev_correct & ~pl.col(schema.CORRECT)).fill_null(False)
+    # Rows keep their sorted order inside each group: first()/last() are the first/last presentation.
+    return ordered.with_columns(_forget=forget).group_by(schema.SAMPLE_ID).agg(
+        *order_free,
+        pl.col("_forget").sum().cast(pl.Int64).alias("forget_events"),
+        pl.col(schema.STEP).first().cast(pl.Int64).alias("first_step"),
+        pl.col(schema.EPOCH).first().cast(pl.Int64).alias("first_epoch"),
+        pl.col(schema.CORRECT).first().alias("first_correct"),
+        pl.col(schema.STEP).last().cast(pl.Int64).alias("last_step"),
+        pl.col(schema.EPOCH).last().cast(pl.Int64).alias("last_epoch"),
+        pl.col(schema.CORRECT).last().alias("last_correct"),
+    )
+
+
+def merge_states(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame:
+    """The state of `earlier` followed by `later`.
+
+    Exact when each sample's presentations in `later` all come after (in presentation order) its
+    presentations in `earlier`; raises LogFormatError naming a sample where they do not.
+    """
+    joined = _aligned(earlier, later)
+    if joined is None:
+        joined = earlier.join(later, on=schema.SAMPLE_ID, how="full", coalesce=True, suffix="_b")
+    both = pl.col("n_seen").is_not_null() & pl.col("n_seen_b").is_not_null()
+    last_a = [pl.col("last_step"), pl.col("last_epoch"), pl.col("last_correct").cast(pl.Int8)]
+    first_b = [pl.col("first_step_b"), pl.col("first_epoch_b"), pl.col("first_correct_b").cast(pl.Int8)]
+    bad = joined.filter(both & _lexicographic_less(first_b, last_a))
+    if bad.height:
+        row = bad.row(0, named=True)
+        raise LogFormatError(
+            f"{bad.height} sample(s) have new presentations that do not come after the scored ones "
+            f"(e.g. sample_id {row[schema.SAMPLE_ID]}: step {row['first_step_b']} after step "
+            f"{row['last_step']}); new parts must continue the run: rescore without --update"
+        )
+
+    def add(name: str) -> pl.Expr:
+        return pl.col(name).fill_null(0) + pl.col(f"{name}_b").fill_null(0)
+
+    def pick(name: str, prefer_later: bool) -> pl.Expr:
+        a, b = pl.col(name), pl.col(f"{name}_b")
+        return (pl.coalesce(b, a) if prefer_later else pl.coalesce(a, b)).alias(name)
+
+    boundary = (both & pl.col("last_correct") & ~pl.col("first_correct_b")).cast(pl.Int64)
+    return joined.select(
+        schema.SAMPLE_ID,
+        *(add(c).alias(c) for c in ("n_seen", "n_correct", "n_early", "loss_sum", "early_sum")),
+        pl.min_horizontal("first_learned_epoch", "first_learned_epoch_b").alias("first_learned_epoch"),
+        *(pick(c, prefer_later=False) for c in ("first_step", "first_epoch", "first_correct")),
+        *(pick(c, prefer_later=True) for c in ("last_step", "last_epoch", "last_correct")),
+        (add("forget_events") + boundary).alias("forget_events"),
+    ).select(STATE_COLUMNS)
+
+
+def _aligned(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame | None:
+    """`earlier` beside `later`'s columns (suffixed "_b"), row for row, null where `later` lacks the
+    sample: what the full join in `merge_states` gives, without a hash join, when `earlier` holds
+    the ids lo..hi in order (a saved state of dense ids) and every id of `later` is among them. A
+    row of `later` is placed at position sample_id - lo. None when that does not hold."""
+    ids = earlier[schema.SAMPLE_ID]
+    if earlier.height == 0 or later.height == 0 or not ids.is_sorted():
+        return None
+    in_order = earlier.with_columns(pl.col(schema.SAMPLE_ID).set_sorted())  # checked: saves a sort
+    if later.height == earlier.height and later[schema.SAMPLE_ID].equals(ids):  # the same samples, in order
+        return pl.concat([in_order, later.drop(schema.SAMPLE_ID).rename(lambda c: f"{c}_b")], how="horizontal")
+    lo = int(ids[0])
+    if int(ids[-1]) - lo + 1 != earlier.height:  # not contiguous (ids are unique)
+        return None
+    pos = (later[schema.SAMPLE_ID].cast(pl.Int64) - lo).to_numpy()
+    if pos.min() < 0 or pos.max() >= earlier.height:
+        return None
+    present = np.zeros(earlier.height, dtype=bool)
+    present[pos] = True
+    columns = {}
+    for name in later.columns:
+        if name == schema.SAMPLE_ID:
+            continue
+        column = later[name]
+        filled = column.fill_null(False if column.dtype == pl.Boolean else 0).to_numpy()
+        values = np.zeros(earlier.height, dtype=filled.dtype)
+        values[pos] = filled
+        keep = present
+        if column.null_count():
+            keep = present.copy()
+            keep[pos] = column.is_not_null().to_numpy()
+        series = pl.Series(values).cast(column.dtype)
+        columns[f"{name}_b"] = series if keep.all() else series.set(pl.Series(~keep), None)
+    return pl.concat([in_order, pl.DataFrame(columns)], how="horizontal")
+
+
+def _lexicographic_less(left: list[pl.Expr], right: list[pl.Expr]) -> pl.Expr:
+    """left < right, comparing the expressions in order."""
+    result = pl.lit(False)
+    for a, b in reversed(list(zip(left, right))):
+        result = (a < b) | ((a == b) & result)
+    return result
+
+
+def finalize(state: pl.DataFrame, *, never_learned: str) -> pl.DataFrame:
+    """Scores from state: difficulty, mean loss, memorization (no quadrant yet), sorted by sample_id."""
+    return (
+        state.lazy()
+        .with_columns(
+            difficulty=pl.when(pl.col("n_early") > 0).then(
+                pl.col("early_sum").cast(pl.Float64) / SCALE / pl.col("n_early")
+            ),
+            mean_loss=pl.col("loss_sum").cast(pl.Float64) / SCALE / pl.col("n_seen"),
+            ever_learned=pl.col("n_correct") > 0,
+        )
+        .with_columns(memorization=_memorization(never_learned))
+        .select(SCORE_COLUMNS)
+        .sort(schema.SAMPLE_ID)
+        .collect()
+    )
+
+
+def _memorization(never_learned: str) -> pl.Expr:
+    """forget_events / transitions; the never-learned policy decides samples with no correct row."""
+    transitions = (pl.col("n_seen") - 1).clip(lower_bound=1)
+    rate = pl.col("forget_events") / transitions
+    fill = {"zero": pl.lit(0.0), "max": pl.lit(1.0), "exclude": pl.lit(None, dtype=pl.Float64)}
+    return pl.when(pl.col("ever_learned")).then(rate).otherwise(fill[never_learned])
