@@ -135,6 +135,17 @@ def test_prune_rankings(scored: Path, tmp_path: Path, by: str) -> None:
     assert payload["pruned"] == 4 and payload["kept"] == 4 and payload["by"] == by
 
 
+def test_prune_by_difficulty_removes_the_hardest_samples(scored: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.parquet"
+    result = run("prune", "--frac", "0.25", "--scores", scored, "--out", out, "--by", "difficulty")
+    assert result.stderr.splitlines()[0] == "carto prune: removing 2 of 8 samples (25.0%) by difficulty"
+    manifest = pl.read_parquet(out)
+    # difficulties 1.5, .45, 3, 1.5, null, .6, 4/3, 1 (samples 1-8): 3 first, then 1 and 4 tied at 1.5
+    # (the lower sample_id first), 7, 8, 6, 2, and 5 (no early presentation) last
+    assert manifest.filter(~pl.col("keep"))["sample_id"].to_list() == [1, 3]
+    assert manifest["prune_rank"].to_list() == [1, 6, 0, 2, 7, 5, 3, 4]
+
+
 def test_prune_says_when_the_tie_break_chose_samples(scored: Path, tmp_path: Path) -> None:
     # five samples have a forget event; pruning six takes one without
     result = run("prune", "--frac", "0.75", "--scores", scored, "--out", tmp_path / "m.parquet")
