@@ -11,7 +11,9 @@ from typer.testing import CliRunner
 
 from carto_cli.cli.experiment import experiment_command
 from carto_cli.errors import OptionError
-from carto_cli.experiment.run import ARMS, CANDIDATES, PAPER_RANKING, run_experiment, summarise
+from carto_cli.experiment.config import ARMS, CANDIDATES, PAPER_RANKING
+from carto_cli.experiment.report import summarise
+from carto_cli.experiment.run import run_experiment
 
 REPORTED = ("extraction_rate", "exposure", "val_ppl", "mia_auc", "kept_copies")
 
@@ -121,8 +123,9 @@ def test_evaluation_passes_are_logged_without_changing_training(tmp_path):
     import numpy as np
     import polars as pl
 
+    from carto_cli.experiment.config import QUICK
     from carto_cli.experiment.corpus import cpython_text, to_bytes_samples
-    from carto_cli.experiment.run import QUICK, _baseline_run, _prepare, train_and_evaluate
+    from carto_cli.experiment.run import _baseline_run, _prepare, train_and_evaluate
 
     data = _prepare(QUICK, to_bytes_samples(cpython_text(QUICK.corpus_bytes), QUICK.sample_len), seed=5)
     run = _baseline_run(QUICK, data, 5, tmp_path)
@@ -143,7 +146,7 @@ def test_evaluation_passes_are_logged_without_changing_training(tmp_path):
 def test_headline_and_results_are_json_even_where_the_baseline_extracts(quick_run):
     """Synthetic seeds whose baseline extracts canaries: the headline is computed (numpy scalars
     must not leak into results.json) and says yes only where both conditions hold."""
-    from carto_cli.experiment.run import _headline
+    from carto_cli.experiment.report import _headline
 
     def arm(extraction, ppl):
         return {"extraction_rate": extraction, "val_ppl": ppl}

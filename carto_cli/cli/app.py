@@ -39,8 +39,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # Plain help: Typer's Rich panels (0.29) print "<bool>" after every flag (--version <bool>)
+    rich_markup_mode=None,
 )
-logs_app = typer.Typer(help="Inspect training logs.", no_args_is_help=True)
+logs_app = typer.Typer(help="Inspect training logs.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(logs_app, name="logs")
 
 

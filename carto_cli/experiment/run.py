@@ -36,10 +36,9 @@ import json
 import math
 import multiprocessing
 import shutil
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,85 +46,31 @@ import polars as pl
 import torch
 from scipy import stats
 
-from carto_cli import __version__
 from carto_cli.engines import pipeline
 from carto_cli.errors import OptionError
 from carto_cli.experiment import metrics
 from carto_cli.experiment.canaries import CanarySet, plant
+from carto_cli.experiment.config import (
+    ARMS,
+    DEFAULT,
+    DEV_SEED,
+    PAPER_RANKING,
+    QUICK,
+    RANKINGS,
+    Config,
+    OnStep,
+    Progress,
+    ranking_name,
+)
 from carto_cli.experiment.corpus import cpython_text, to_bytes_samples, train_val_split
+from carto_cli.experiment.report import plot, render_markdown
+from carto_cli.experiment.report import results as report_results
 from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
 from carto_cli.export import manifests as export
 from carto_cli.export import sampling
 from carto_cli.io import artifacts, logs
 from carto_cli.log.shim import CartoLogger
 from carto_cli.score import rules
-
-ARMS = ("baseline", "paper", "carto", "random", "loss", "weights", "oracle")
-METRICS = ("extraction_rate", "exposure", "exposure_skewnorm", "val_ppl", "mia_auc", "kept_copies")
-DEV_SEED = 1000  # the development seed (canaries, split, init) that chooses carto's rule
-Progress = Callable[[str, float, int], None]  # (description, runs completed, runs in all)
-OnStep = Callable[[int, int], None] | None  # train_epochs' progress(step, total_steps)
-
-
-@dataclass(frozen=True)
-class Config:
-    """Sizes of one experiment. Budget per run: epochs * (train rows) presentations of sample_len."""
-
-    corpus_bytes: int
-    sample_len: int
-    n_layer: int
-    n_head: int
-    n_embd: int
-    epochs: int
-    batch_size: int
-    lr: float
-    repetitions: tuple[int, ...]
-    per_count: int  # canaries per repetition count
-    n_references: int
-    early_epochs: int  # the paper's T_e: difficulty is the mean loss over epochs < early_epochs
-    val_frac: float = 0.1
-    threads: int | None = None  # torch intra-op threads while training; None leaves torch's choice
-
-
-# A smoke run: every arm end to end, 10-20 s on 2 shared CPU cores (it shows nothing: no canary is
-# extracted). One thread: for a model this small thread hand-offs cost more than they save; on a
-# loaded 2-core machine two threads made the run 13x slower (257 s against 19 s).
-QUICK = Config(corpus_bytes=30_000, sample_len=48, n_layer=1, n_head=2, n_embd=32, epochs=9,
-               batch_size=32, lr=1e-2, repetitions=(8, 16), per_count=2, n_references=32, early_epochs=2,
-               threads=1)
-# 22 runs (1 development + 3 seeds x 7 arms) of 9 epochs x ~5.8k rows x 64 tokens = 3.3M tokens:
-# 35 minutes on this 2-core machine with --jobs 2 (one run ~170-250 s at one thread; the baselines
-# also make an evaluation pass per epoch); one run at a time, about 22 x 200 s = 75 minutes (estimated).
-# Calibrated on seed 0 (baseline only, the arms untouched): with (8, 16, 32) x 6 canaries the
-# baseline extracted 0/6, 4/6, 5/6; with (12, 24, 48) x 5, 3/5, 5/5, 5/5 (87%). Canary copies:
-# 420 rows, 7% of the 5.8k train rows, so a 10% prune could remove them all. Every canary ranked
-# first among 256 and among 1024 references (rank exposure saturates): the skew-normal exposure is
-# the one that separates arms; 512 references keep the evaluation near 7 s per arm.
-DEFAULT = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_embd=128, epochs=9,
-                 batch_size=64, lr=3e-3, repetitions=(12, 24, 48), per_count=5, n_references=512,
-                 early_epochs=2)
-
-# Candidate memorization rankings for the `carto` arm, all existing `carto score` options:
-# (memorization signal, --correct-from, --threshold). The paper's own ranking (forget events with the
-# logged correctness, token accuracy >= 0.5) is the `paper` arm; it is compared but not a candidate.
-PAPER_RANKING = ("forgets", "log", None)
-CANDIDATES = (
-    ("forgets", "tail", "p25"), ("forgets", "tail", "p50"), ("forgets", "tail", "p75"),
-    ("forgets", "loss", "p25"), ("forgets", "loss", "p50"), ("forgets", "loss", "p75"),
-    ("forgets", "acc", "p50"), ("forgets", "acc", "p75"),
-    ("token-drop", "log", None), ("tail-var", "log", None),
-)
-RANKINGS = (PAPER_RANKING, *CANDIDATES)
-
-
-def ranking_name(ranking: tuple[str, str, str | None]) -> str:
-    """How a ranking is named in results: its `carto score` options."""
-    signal, source, threshold = ranking
-    if signal != "forgets":
-        return f"--memorization {signal}"
-    if source == "log":
-        return "--correct-from log"
-    return f"--correct-from {source} --threshold {threshold}"
 
 
 @dataclass
@@ -200,7 +145,7 @@ def run_experiment(
         runs.append({"seed": s, "arms": arms, "rankings": seed_arms["rankings"], "maps": seed_arms["maps"],
                      "canary_ranks": seed_arms["canary_ranks"], "carriers": data[s].canaries.carriers.tolist()})
         (work[s] / "canaries.json").write_text(json.dumps(data[s].canaries.to_dict(), indent=1) + "\n")
-    results = _results(cfg, quick, frac, dev, runs)
+    results = report_results(cfg, quick, frac, dev, runs)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text(render_markdown(results))
     plot(results, runs[0], out / "results.png")
@@ -486,236 +431,6 @@ def _evaluate(model: GPT, data: SeedData, kept_share: np.ndarray, *, steps: int)
         "per_canary": per_canary,
     }
 
-
-# ------------------------------------------------------------------------------------ results
-
-
-def _results(cfg: Config, quick: bool, frac: float, dev: dict, runs: list[dict]) -> dict:
-    arms = {}
-    for arm in ARMS:
-        seeds = [run["arms"][arm] for run in runs]
-        summary = {m: summarise([s[m] for s in seeds]) for m in METRICS}
-        summary["steps"] = [s["steps"] for s in seeds]
-        summary["extraction_by_repetitions"] = _by_repetitions(seeds)
-        arms[arm] = summary
-    return {
-        "carto_version": __version__,
-        "quick": quick,
-        "frac": frac,
-        "seeds": [run["seed"] for run in runs],
-        "config": asdict(cfg),
-        "carto_ranking": dev,
-        "arms": arms,
-        "headline": _headline(runs),
-        "rankings": _rankings(runs),
-        "rank_vs_exposure": {name: _rank_vs_exposure(runs, name) for name in ("paper", "carto")},
-        "per_canary": {arm: [run["arms"][arm]["per_canary"] for run in runs] for arm in ARMS},
-    }
-
-
-# The paper's headline: pruning cuts canary extraction by more than 40% at under 0.5% perplexity.
-HEADLINE_REDUCTION = 0.40
-HEADLINE_PPL = 0.005
-
-
-def _headline(runs: list[dict]) -> dict:
-    """Per pruning arm and seed: relative cut in extraction and rise in validation perplexity
-    against the same seed's baseline; whether the headline holds for the means and for the
-    whole 95% intervals (cut's lower bound > 40%, rise's upper bound < 0.5%)."""
-    out = {}
-    for arm in ARMS[1:]:
-        cut, rise = [], []
-        for run in runs:
-            base, this = run["arms"]["baseline"], run["arms"][arm]
-            if base["extraction_rate"] > 0:
-                cut.append(1 - this["extraction_rate"] / base["extraction_rate"])
-            rise.append(this["val_ppl"] / base["val_ppl"] - 1)
-        entry = {"extraction_cut": summarise(cut) if cut else None, "ppl_rise": summarise(rise)}
-        entry["holds_for_means"] = bool(cut) and bool(
-            entry["extraction_cut"]["mean"] > HEADLINE_REDUCTION and entry["ppl_rise"]["mean"] < HEADLINE_PPL)
-        intervals = bool(cut) and entry["extraction_cut"]["ci95"] is not None
-        entry["holds_for_intervals"] = intervals and bool(
-            entry["extraction_cut"]["ci95"][0] > HEADLINE_REDUCTION and entry["ppl_rise"]["ci95"][1] < HEADLINE_PPL)
-        out[arm] = entry
-    return out
-
-
-def _rankings(runs: list[dict]) -> dict:
-    """Every ranking's canary recall and carrier AUC on each reported seed's baseline logs, by
-    source: {"training": {name: ...}, "evaluation": {name: ...}}."""
-    out: dict[str, dict] = {}
-    for row in runs[0]["rankings"]:
-        source, name = row["source"], row["name"]
-        out.setdefault(source, {})[name] = {
-            metric: summarise([next(r[metric] for r in run["rankings"] if (r["source"], r["name"]) == (source, name))
-                               for run in runs])
-            for metric in ("canary_recall", "carrier_auc")
-        }
-    return out
-
-
-def _rank_vs_exposure(runs: list[dict], arm: str) -> dict:
-    """How a canary's place in `arm`'s memorization ranking relates to its baseline exposure, over
-    every seed's canaries: Spearman's rho between the mean percentile of its copies (1 = top) and
-    the baseline's skew-normal exposure, and how many canaries kept all their copies in the arm."""
-    percentile, exposure, untouched = [], [], 0
-    for run in runs:
-        percentile += run["canary_ranks"][arm]
-        exposure += [c["exposure_skewnorm"] for c in run["arms"]["baseline"]["per_canary"]]
-        untouched += sum(c["kept_copies"] == 1.0 for c in run["arms"][arm]["per_canary"])
-    rho, p = stats.spearmanr(percentile, exposure) if len(set(percentile)) > 1 else (float("nan"), float("nan"))
-    return {"spearman_rho": _finite_or_none(rho), "p_value": _finite_or_none(p), "canaries": len(percentile),
-            "canaries_untouched": int(untouched), "mean_percentile": float(np.mean(percentile))}
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
-
-
-def summarise(values: list[float]) -> dict:
-    """Per-seed values, their mean, and a 95% Student-t interval over seeds (None for one seed)."""
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return {"per_seed": values, "mean": mean, "ci95": None}
-    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
-    return {"per_seed": values, "mean": mean, "ci95": [mean - half, mean + half]}
-
-
-def _by_repetitions(seeds: list[dict]) -> dict[str, float]:
-    """Extraction rate per repetition count, over every seed's canaries."""
-    hits: dict[int, list[bool]] = {}
-    for s in seeds:
-        for c in s["per_canary"]:
-            hits.setdefault(c["repetitions"], []).append(c["extracted"])
-    return {str(r): float(np.mean(h)) for r, h in sorted(hits.items())}
-
-
-def render_markdown(results: dict) -> str:
-    """The results table (mean and 95% interval over seeds per cell) with the facts behind it."""
-    base = results["arms"]["baseline"]
-    dev = results["carto_ranking"]
-    chosen = dev["chosen"]
-    lines = [
-        f"# carto experiment: prune {results['frac']:.0%} of the data, then look for the canaries",
-        "",
-        (f"carto {results['carto_version']}; seeds {results['seeds']}; "
-        f"{'quick' if results['quick'] else 'default'} configuration: {results['config']}"),
-        "",
-    ]
-    if base["extraction_rate"]["mean"] < 0.5:
-        lines += [
-            (f"**Warning:** the baseline extracted only {base['extraction_rate']['mean']:.0%} of its "
-            "canaries (< 50%): too little memorization for pruning to reduce; read exposure instead."),
-            "",
-        ]
-    lines += [
-        (f"`carto` arm: memorization ranked by `carto score {chosen['name']}`, chosen on development "
-         f"seed {dev['seed']} (canary copies among the pruned {results['frac']:.0%}: "
-         f"{chosen['canary_recall']:.0%})."),
-        "",
-        *_table(results["arms"]),
-        "",
-        ("Cells: mean over seeds [95% Student-t interval]. Exposure by rank is at most log2 of the "
-         f"{results['config']['n_references']} references; the skew-normal exposure extrapolates "
-         "beyond them. Kept copies: share of each canary's copies left in the training data "
-         "(weights arm: their mean weight)."),
-        "",
-        (f"## The headline: extraction cut by > {HEADLINE_REDUCTION:.0%} at < {HEADLINE_PPL:.1%} "
-         "perplexity, per arm against the same seed's baseline"),
-        "",
-        "| arm | extraction cut | perplexity rise | holds for the means | holds for the 95% intervals |",
-        "|---|---|---|---|---|",
-    ]
-    for name, entry in results["headline"].items():
-        cut = _cell(entry["extraction_cut"], "{:.0%}") if entry["extraction_cut"] else "n/a (baseline extracted 0)"
-        holds = ["yes" if entry[key] else "no" for key in ("holds_for_means", "holds_for_intervals")]
-        lines.append(f"| {name} | {cut} | {_cell(entry['ppl_rise'], '{:+.2%}')} | {holds[0]} | {holds[1]} |")
-    lines += [
-        "",
-        "## Which ranking finds the canaries (baseline logs of the reported seeds)",
-        "",
-        ("Training: every presentation as trained on (what the shim logs). Evaluation: a forward pass "
-         "over every row after each epoch, no update (the forgetting literature's periodic evaluation). "
-         "The development-seed column (training logs) is what chose the `carto` arm."),
-        "",
-        f"| ranking (`carto score` options) | logs | canary copies among the top {results['frac']:.0%} | "
-        "carrier AUC | development seed |",
-        "|---|---|---|---|---|",
-    ]
-    dev_recall = {row["name"]: row["canary_recall"] for row in dev["candidates"]}
-    for source, rankings in results["rankings"].items():
-        for name, entry in rankings.items():
-            dev_cell = f"{dev_recall[name]:.0%}" if source == "training" else ""
-            lines.append(f"| `{name}` | {source} | {_cell(entry['canary_recall'], '{:.0%}')} | "
-                         f"{_cell(entry['carrier_auc'], '{:.3f}')} | {dev_cell} |")
-    lines += ["", "## Memorization rank against exposure", ""]
-    for name, entry in results["rank_vs_exposure"].items():
-        rho = ("undefined" if entry["spearman_rho"] is None
-               else f"{entry['spearman_rho']:+.2f} (p = {entry['p_value']:.2g})")
-        lines.append(f"- `{name}` ranking: Spearman's rho between a canary's mean percentile in the ranking and its "
-                     f"baseline skew-normal exposure {rho} over {entry['canaries']} canaries; mean percentile "
-                     f"{entry['mean_percentile']:.2f}; {entry['canaries_untouched']} canaries kept every copy.")
-    return "\n".join(lines) + "\n"
-
-
-def _table(arms: dict) -> list[str]:
-    header = ["arm", "extraction rate", "exposure (bits)", "skew-normal exposure", "val ppl",
-              "val ppl vs baseline", "MIA AUC", "kept copies"]
-    base_ppl = arms["baseline"]["val_ppl"]["mean"]
-    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, arm in arms.items():
-        cells = [
-            name,
-            _cell(arm["extraction_rate"], "{:.0%}"),
-            _cell(arm["exposure"], "{:.2f}"),
-            _cell(arm["exposure_skewnorm"], "{:.1f}"),
-            _cell(arm["val_ppl"], "{:.3f}"),
-            f"{100 * (arm['val_ppl']['mean'] / base_ppl - 1):+.2f}%",
-            _cell(arm["mia_auc"], "{:.3f}"),
-            _cell(arm["kept_copies"], "{:.0%}"),
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return rows
-
-
-def _cell(summary: dict, fmt: str) -> str:
-    text = fmt.format(summary["mean"])
-    if summary["ci95"] is not None:
-        lo, hi = summary["ci95"]
-        text += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
-    return text
-
-
-def plot(results: dict, first_run: dict, path: Path) -> None:
-    """Extraction vs repetition count per arm; the first seed's baseline data maps, canaries marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    for name, arm in results["arms"].items():
-        reps = arm["extraction_by_repetitions"]
-        axes[0].plot([int(r) for r in reps], list(reps.values()), marker="o", label=name)
-    repetitions = results["config"]["repetitions"]
-    axes[0].set(xscale="log", xlabel="repetitions of the canary", ylabel="extraction rate",
-                title="canary extraction per arm (mean over seeds)", ylim=(-0.05, 1.05))
-    axes[0].set_xticks(repetitions, [str(r) for r in repetitions])
-    axes[0].minorticks_off()
-    axes[0].legend(fontsize=8)
-    carriers = np.zeros(len(first_run["maps"]["paper"]["difficulty"]), dtype=bool)
-    carriers[first_run["carriers"]] = True
-    for ax, name in zip(axes[1:], ("paper", "carto")):
-        d = np.array(first_run["maps"][name]["difficulty"], dtype=float)
-        m = np.array(first_run["maps"][name]["memorization"], dtype=float)
-        ax.scatter(d[~carriers], m[~carriers], s=4, alpha=0.3, label="samples")
-        ax.scatter(d[carriers], m[carriers], s=10, color="red", label="canary carriers")
-        ax.set(xlabel="difficulty (mean early loss)", ylabel="memorization",
-               title=f"baseline data map, {name} rule (seed {first_run['seed']})")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 class _Tracker:

@@ -1,0 +1,74 @@
+"""What `carto experiment` runs: its arms, metrics, sizes (`Config`: QUICK for the tests, DEFAULT
+for the reportable run) and the candidate memorization rankings for the `carto` arm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ARMS = ("baseline", "paper", "carto", "random", "loss", "weights", "oracle")
+METRICS = ("extraction_rate", "exposure", "exposure_skewnorm", "val_ppl", "mia_auc", "kept_copies")
+DEV_SEED = 1000  # the development seed (canaries, split, init) that chooses carto's rule
+Progress = Callable[[str, float, int], None]  # (description, runs completed, runs in all)
+OnStep = Callable[[int, int], None] | None  # train_epochs' progress(step, total_steps)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one experiment. Budget per run: epochs * (train rows) presentations of sample_len."""
+
+    corpus_bytes: int
+    sample_len: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    epochs: int
+    batch_size: int
+    lr: float
+    repetitions: tuple[int, ...]
+    per_count: int  # canaries per repetition count
+    n_references: int
+    early_epochs: int  # the paper's T_e: difficulty is the mean loss over epochs < early_epochs
+    val_frac: float = 0.1
+    threads: int | None = None  # torch intra-op threads while training; None leaves torch's choice
+
+
+# A smoke run: every arm end to end, 10-20 s on 2 shared CPU cores (it shows nothing: no canary is
+# extracted). One thread: for a model this small thread hand-offs cost more than they save; on a
+# loaded 2-core machine two threads made the run 13x slower (257 s against 19 s).
+QUICK = Config(corpus_bytes=30_000, sample_len=48, n_layer=1, n_head=2, n_embd=32, epochs=9,
+               batch_size=32, lr=1e-2, repetitions=(8, 16), per_count=2, n_references=32, early_epochs=2,
+               threads=1)
+# 22 runs (1 development + 3 seeds x 7 arms) of 9 epochs x ~5.8k rows x 64 tokens = 3.3M tokens:
+# 35 minutes on this 2-core machine with --jobs 2 (one run ~170-250 s at one thread; the baselines
+# also make an evaluation pass per epoch); one run at a time, about 22 x 200 s = 75 minutes (estimated).
+# Calibrated on seed 0 (baseline only, the arms untouched): with (8, 16, 32) x 6 canaries the
+# baseline extracted 0/6, 4/6, 5/6; with (12, 24, 48) x 5, 3/5, 5/5, 5/5 (87%). Canary copies:
+# 420 rows, 7% of the 5.8k train rows, so a 10% prune could remove them all. Every canary ranked
+# first among 256 and among 1024 references (rank exposure saturates): the skew-normal exposure is
+# the one that separates arms; 512 references keep the evaluation near 7 s per arm.
+DEFAULT = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_embd=128, epochs=9,
+                 batch_size=64, lr=3e-3, repetitions=(12, 24, 48), per_count=5, n_references=512,
+                 early_epochs=2)
+
+# Candidate memorization rankings for the `carto` arm, all existing `carto score` options:
+# (memorization signal, --correct-from, --threshold). The paper's own ranking (forget events with the
+# logged correctness, token accuracy >= 0.5) is the `paper` arm; it is compared but not a candidate.
+PAPER_RANKING = ("forgets", "log", None)
+CANDIDATES = (
+    ("forgets", "tail", "p25"), ("forgets", "tail", "p50"), ("forgets", "tail", "p75"),
+    ("forgets", "loss", "p25"), ("forgets", "loss", "p50"), ("forgets", "loss", "p75"),
+    ("forgets", "acc", "p50"), ("forgets", "acc", "p75"),
+    ("token-drop", "log", None), ("tail-var", "log", None),
+)
+RANKINGS = (PAPER_RANKING, *CANDIDATES)
+
+
+def ranking_name(ranking: tuple[str, str, str | None]) -> str:
+    """How a ranking is named in results: its `carto score` options."""
+    signal, source, threshold = ranking
+    if signal != "forgets":
+        return f"--memorization {signal}"
+    if source == "log":
+        return "--correct-from log"
+    return f"--correct-from {source} --threshold {threshold}"

@@ -1,0 +1,244 @@
+"""The experiment's results: per-arm summaries with Student-t intervals over seeds, the paper's
+headline verdict per arm, the rankings compared, and the results.md and results.png files."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from carto_cli import __version__
+from carto_cli.experiment.config import ARMS, METRICS, Config
+
+# ------------------------------------------------------------------------------------ results
+
+
+def results(cfg: Config, quick: bool, frac: float, dev: dict, runs: list[dict]) -> dict:
+    arms = {}
+    for arm in ARMS:
+        seeds = [run["arms"][arm] for run in runs]
+        summary = {m: summarise([s[m] for s in seeds]) for m in METRICS}
+        summary["steps"] = [s["steps"] for s in seeds]
+        summary["extraction_by_repetitions"] = _by_repetitions(seeds)
+        arms[arm] = summary
+    return {
+        "carto_version": __version__,
+        "quick": quick,
+        "frac": frac,
+        "seeds": [run["seed"] for run in runs],
+        "config": asdict(cfg),
+        "carto_ranking": dev,
+        "arms": arms,
+        "headline": _headline(runs),
+        "rankings": _rankings(runs),
+        "rank_vs_exposure": {name: _rank_vs_exposure(runs, name) for name in ("paper", "carto")},
+        "per_canary": {arm: [run["arms"][arm]["per_canary"] for run in runs] for arm in ARMS},
+    }
+
+
+# The paper's headline: pruning cuts canary extraction by more than 40% at under 0.5% perplexity.
+HEADLINE_REDUCTION = 0.40
+HEADLINE_PPL = 0.005
+
+
+def _headline(runs: list[dict]) -> dict:
+    """Per pruning arm and seed: relative cut in extraction and rise in validation perplexity
+    against the same seed's baseline; whether the headline holds for the means and for the
+    whole 95% intervals (cut's lower bound > 40%, rise's upper bound < 0.5%)."""
+    out = {}
+    for arm in ARMS[1:]:
+        cut, rise = [], []
+        for run in runs:
+            base, this = run["arms"]["baseline"], run["arms"][arm]
+            if base["extraction_rate"] > 0:
+                cut.append(1 - this["extraction_rate"] / base["extraction_rate"])
+            rise.append(this["val_ppl"] / base["val_ppl"] - 1)
+        entry = {"extraction_cut": summarise(cut) if cut else None, "ppl_rise": summarise(rise)}
+        entry["holds_for_means"] = bool(cut) and bool(
+            entry["extraction_cut"]["mean"] > HEADLINE_REDUCTION and entry["ppl_rise"]["mean"] < HEADLINE_PPL)
+        intervals = bool(cut) and entry["extraction_cut"]["ci95"] is not None
+        entry["holds_for_intervals"] = intervals and bool(
+            entry["extraction_cut"]["ci95"][0] > HEADLINE_REDUCTION and entry["ppl_rise"]["ci95"][1] < HEADLINE_PPL)
+        out[arm] = entry
+    return out
+
+
+def _rankings(runs: list[dict]) -> dict:
+    """Every ranking's canary recall and carrier AUC on each reported seed's baseline logs, by
+    source: {"training": {name: ...}, "evaluation": {name: ...}}."""
+    out: dict[str, dict] = {}
+    for row in runs[0]["rankings"]:
+        source, name = row["source"], row["name"]
+        out.setdefault(source, {})[name] = {
+            metric: summarise([next(r[metric] for r in run["rankings"] if (r["source"], r["name"]) == (source, name))
+                               for run in runs])
+            for metric in ("canary_recall", "carrier_auc")
+        }
+    return out
+
+
+def _rank_vs_exposure(runs: list[dict], arm: str) -> dict:
+    """How a canary's place in `arm`'s memorization ranking relates to its baseline exposure, over
+    every seed's canaries: Spearman's rho between the mean percentile of its copies (1 = top) and
+    the baseline's skew-normal exposure, and how many canaries kept all their copies in the arm."""
+    percentile, exposure, untouched = [], [], 0
+    for run in runs:
+        percentile += run["canary_ranks"][arm]
+        exposure += [c["exposure_skewnorm"] for c in run["arms"]["baseline"]["per_canary"]]
+        untouched += sum(c["kept_copies"] == 1.0 for c in run["arms"][arm]["per_canary"])
+    rho, p = stats.spearmanr(percentile, exposure) if len(set(percentile)) > 1 else (float("nan"), float("nan"))
+    return {"spearman_rho": _finite_or_none(rho), "p_value": _finite_or_none(p), "canaries": len(percentile),
+            "canaries_untouched": int(untouched), "mean_percentile": float(np.mean(percentile))}
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def summarise(values: list[float]) -> dict:
+    """Per-seed values, their mean, and a 95% Student-t interval over seeds (None for one seed)."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return {"per_seed": values, "mean": mean, "ci95": None}
+    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+    return {"per_seed": values, "mean": mean, "ci95": [mean - half, mean + half]}
+
+
+def _by_repetitions(seeds: list[dict]) -> dict[str, float]:
+    """Extraction rate per repetition count, over every seed's canaries."""
+    hits: dict[int, list[bool]] = {}
+    for s in seeds:
+        for c in s["per_canary"]:
+            hits.setdefault(c["repetitions"], []).append(c["extracted"])
+    return {str(r): float(np.mean(h)) for r, h in sorted(hits.items())}
+
+
+def render_markdown(results: dict) -> str:
+    """The results table (mean and 95% interval over seeds per cell) with the facts behind it."""
+    base = results["arms"]["baseline"]
+    dev = results["carto_ranking"]
+    chosen = dev["chosen"]
+    lines = [
+        f"# carto experiment: prune {results['frac']:.0%} of the data, then look for the canaries",
+        "",
+        (f"carto {results['carto_version']}; seeds {results['seeds']}; "
+        f"{'quick' if results['quick'] else 'default'} configuration: {results['config']}"),
+        "",
+    ]
+    if base["extraction_rate"]["mean"] < 0.5:
+        lines += [
+            (f"**Warning:** the baseline extracted only {base['extraction_rate']['mean']:.0%} of its "
+            "canaries (< 50%): too little memorization for pruning to reduce; read exposure instead."),
+            "",
+        ]
+    lines += [
+        (f"`carto` arm: memorization ranked by `carto score {chosen['name']}`, chosen on development "
+         f"seed {dev['seed']} (canary copies among the pruned {results['frac']:.0%}: "
+         f"{chosen['canary_recall']:.0%})."),
+        "",
+        *_table(results["arms"]),
+        "",
+        ("Cells: mean over seeds [95% Student-t interval]. Exposure by rank is at most log2 of the "
+         f"{results['config']['n_references']} references; the skew-normal exposure extrapolates "
+         "beyond them. Kept copies: share of each canary's copies left in the training data "
+         "(weights arm: their mean weight)."),
+        "",
+        (f"## The headline: extraction cut by > {HEADLINE_REDUCTION:.0%} at < {HEADLINE_PPL:.1%} "
+         "perplexity, per arm against the same seed's baseline"),
+        "",
+        "| arm | extraction cut | perplexity rise | holds for the means | holds for the 95% intervals |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in results["headline"].items():
+        cut = _cell(entry["extraction_cut"], "{:.0%}") if entry["extraction_cut"] else "n/a (baseline extracted 0)"
+        holds = ["yes" if entry[key] else "no" for key in ("holds_for_means", "holds_for_intervals")]
+        lines.append(f"| {name} | {cut} | {_cell(entry['ppl_rise'], '{:+.2%}')} | {holds[0]} | {holds[1]} |")
+    lines += [
+        "",
+        "## Which ranking finds the canaries (baseline logs of the reported seeds)",
+        "",
+        ("Training: every presentation as trained on (what the shim logs). Evaluation: a forward pass "
+         "over every row after each epoch, no update (the forgetting literature's periodic evaluation). "
+         "The development-seed column (training logs) is what chose the `carto` arm."),
+        "",
+        f"| ranking (`carto score` options) | logs | canary copies among the top {results['frac']:.0%} | "
+        "carrier AUC | development seed |",
+        "|---|---|---|---|---|",
+    ]
+    dev_recall = {row["name"]: row["canary_recall"] for row in dev["candidates"]}
+    for source, rankings in results["rankings"].items():
+        for name, entry in rankings.items():
+            dev_cell = f"{dev_recall[name]:.0%}" if source == "training" else ""
+            lines.append(f"| `{name}` | {source} | {_cell(entry['canary_recall'], '{:.0%}')} | "
+                         f"{_cell(entry['carrier_auc'], '{:.3f}')} | {dev_cell} |")
+    lines += ["", "## Memorization rank against exposure", ""]
+    for name, entry in results["rank_vs_exposure"].items():
+        rho = ("undefined" if entry["spearman_rho"] is None
+               else f"{entry['spearman_rho']:+.2f} (p = {entry['p_value']:.2g})")
+        lines.append(f"- `{name}` ranking: Spearman's rho between a canary's mean percentile in the ranking and its "
+                     f"baseline skew-normal exposure {rho} over {entry['canaries']} canaries; mean percentile "
+                     f"{entry['mean_percentile']:.2f}; {entry['canaries_untouched']} canaries kept every copy.")
+    return "\n".join(lines) + "\n"
+
+
+def _table(arms: dict) -> list[str]:
+    header = ["arm", "extraction rate", "exposure (bits)", "skew-normal exposure", "val ppl",
+              "val ppl vs baseline", "MIA AUC", "kept copies"]
+    base_ppl = arms["baseline"]["val_ppl"]["mean"]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, arm in arms.items():
+        cells = [
+            name,
+            _cell(arm["extraction_rate"], "{:.0%}"),
+            _cell(arm["exposure"], "{:.2f}"),
+            _cell(arm["exposure_skewnorm"], "{:.1f}"),
+            _cell(arm["val_ppl"], "{:.3f}"),
+            f"{100 * (arm['val_ppl']['mean'] / base_ppl - 1):+.2f}%",
+            _cell(arm["mia_auc"], "{:.3f}"),
+            _cell(arm["kept_copies"], "{:.0%}"),
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def _cell(summary: dict, fmt: str) -> str:
+    text = fmt.format(summary["mean"])
+    if summary["ci95"] is not None:
+        lo, hi = summary["ci95"]
+        text += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return text
+
+
+def plot(results: dict, first_run: dict, path: Path) -> None:
+    """Extraction vs repetition count per arm; the first seed's baseline data maps, canaries marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for name, arm in results["arms"].items():
+        reps = arm["extraction_by_repetitions"]
+        axes[0].plot([int(r) for r in reps], list(reps.values()), marker="o", label=name)
+    repetitions = results["config"]["repetitions"]
+    axes[0].set(xscale="log", xlabel="repetitions of the canary", ylabel="extraction rate",
+                title="canary extraction per arm (mean over seeds)", ylim=(-0.05, 1.05))
+    axes[0].set_xticks(repetitions, [str(r) for r in repetitions])
+    axes[0].minorticks_off()
+    axes[0].legend(fontsize=8)
+    carriers = np.zeros(len(first_run["maps"]["paper"]["difficulty"]), dtype=bool)
+    carriers[first_run["carriers"]] = True
+    for ax, name in zip(axes[1:], ("paper", "carto")):
+        d = np.array(first_run["maps"][name]["difficulty"], dtype=float)
+        m = np.array(first_run["maps"][name]["memorization"], dtype=float)
+        ax.scatter(d[~carriers], m[~carriers], s=4, alpha=0.3, label="samples")
+        ax.scatter(d[carriers], m[carriers], s=10, color="red", label="canary carriers")
+        ax.set(xlabel="difficulty (mean early loss)", ylabel="memorization",
+               title=f"baseline data map, {name} rule (seed {first_run['seed']})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
