@@ -337,3 +337,12 @@ def test_usage_errors_of_the_carto_script_are_one_line_with_exit_2(argv: list[st
     assert done.returncode == 2
     assert done.stderr.startswith(line) and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["logs", "summary", "--help"]])
+def test_help_shows_flags_without_a_type(argv: list[str]) -> None:
+    """A flag takes no value: its help line must not read like `--version <bool>`."""
+    result = run(*argv)
+    assert result.exit_code == 0
+    assert "--version" in result.output or argv != ["--help"]
+    assert "<bool>" not in result.output and "BOOLEAN" not in result.output
