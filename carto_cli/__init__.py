@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0.dev0"
-
-from carto_cli.errors import CartoError  # noqa: E402
-from carto_cli.log.shim import CartoLogger  # noqa: E402
+from carto_cli.errors import CartoError
+from carto_cli.log.shim import CartoLogger
+from carto_cli.version import __version__
 
 # name -> module that defines it, imported on first use (PEP 562)
 _LAZY = {

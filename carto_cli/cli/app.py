@@ -22,7 +22,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from carto_cli import __version__
 from carto_cli.cli import experiment as cli_experiment
 from carto_cli.cli.console import err
 from carto_cli.engines import buckets, pipeline
@@ -32,6 +31,7 @@ from carto_cli.io import artifacts, logs, storage
 from carto_cli.log import schema
 from carto_cli.log.shim import LOG_DIR_ENV
 from carto_cli.score import quadrants, rules
+from carto_cli.version import __version__
 
 app = typer.Typer(
     name="carto",

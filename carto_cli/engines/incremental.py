@@ -16,7 +16,6 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli import __version__
 from carto_cli.engines import local
 from carto_cli.engines import plan as planner
 from carto_cli.errors import OptionError, ScoresFormatError
@@ -24,6 +23,7 @@ from carto_cli.io import artifacts
 from carto_cli.io.logs import LogPart, LogSet
 from carto_cli.score import rules
 from carto_cli.score.state import merge_states
+from carto_cli.version import __version__
 
 STATE_SUFFIX = ".state"
 # Parameters that change the per-sample state; the others apply when scores are finalised.

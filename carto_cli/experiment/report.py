@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from carto_cli import __version__
 from carto_cli.experiment.config import ARMS, METRICS, Config
+from carto_cli.version import __version__
 
 # ------------------------------------------------------------------------------------ results
 

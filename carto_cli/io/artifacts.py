@@ -19,9 +19,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from carto_cli import __version__
 from carto_cli.errors import OptionError, ScoresFormatError, first_line
 from carto_cli.log.durable import write_atomic
+from carto_cli.version import __version__
 
 PROVENANCE_KEY = "carto.provenance"
 SIDECAR_SUFFIX = ".json"

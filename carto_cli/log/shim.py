@@ -51,10 +51,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from carto_cli import __version__
 from carto_cli.errors import CartoError, OptionError, require_torch
 from carto_cli.log import fused, schema
 from carto_cli.log.durable import write_atomic
+from carto_cli.version import __version__
 
 LOG_DIR_ENV = "CARTO_LOG_DIR"
 DEFAULT_TAIL_K = 8
