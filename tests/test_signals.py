@@ -87,7 +87,7 @@ def test_score_cli_ranks_by_a_signal_and_says_which(token_log: Path, tmp_path: P
     [
         (["--memorization", "token-drop"], "column 'token_loss' is missing, needed by --memorization token-drop"),
         (["--memorization", "tail-var"], "column 'tail_loss' holds only nulls"),
-        (["--memorization", "loss"], "--memorization must be one of forgets, token-drop, tail-var"),
+        (["--memorization", "loss"], "--memorization must be one of auto, extractable, forgets, token-drop, tail-var"),
         (["--memorization", "token-drop", "--drop-k", "0"], "--drop-k must be >= 1"),
         (["--memorization", "tail-var", "--update"], "is not kept in the --update state"),
     ],

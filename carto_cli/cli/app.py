@@ -251,8 +251,9 @@ def score_command(
     method: Annotated[str, typer.Option("--method", help="Forget-event counting: auto | bitmask | general.")] = "auto",
     memorization: Annotated[
         str,
-        typer.Option("--memorization", help="Memorization signal: forgets (the paper) | token-drop | tail-var."),
-    ] = "forgets",
+        typer.Option("--memorization", help="Memorization signal: auto (extractable when the log has the "
+                     "shim's sketch, else forgets) | extractable | forgets (the paper) | token-drop | tail-var."),
+    ] = "auto",
     drop_k: Annotated[
         int, typer.Option("--drop-k", help="token-drop: average of the K largest per-token loss drops.")
     ] = 4,
@@ -377,11 +378,13 @@ def prune_command(
     err.print(f"carto prune: removing {n_pruned:,} of {manifest.height:,} samples ({100 * share:.1f}%) by {by}")
     err.print(f"pruned by quadrant: {detail}")
     if by == "memorization":
-        unforgotten = export.pruned_without_forget_events(scores, manifest)
-        if unforgotten:
+        forgets = str((scores_prov or {}).get("memorization", "forget")).startswith("forget")
+        unranked = export.pruned_without_evidence(scores, manifest, forgets=forgets)
+        if unranked:
+            what, which = ("no forget event", "forgotten") if forgets else ("a memorization of 0", "memorized")
             err.print(
-                f"[yellow]Note:[/] {unforgotten:,} pruned sample(s) have no forget event: the ranking ran out "
-                "of forgotten samples and the tie-break (lowest difficulty) chose them"
+                f"[yellow]Note:[/] {unranked:,} pruned sample(s) have {what}: the ranking ran out "
+                f"of {which} samples and the tie-break (lowest difficulty) chose them"
             )
     err.print(f"wrote {escape(str(out))} and {escape(str(out))}{artifacts.SIDECAR_SUFFIX}")
 

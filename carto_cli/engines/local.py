@@ -39,6 +39,7 @@ class ScoreResult:
 
 def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set."""
+    params = planner.resolve_signal(logset, params)
     plan = planner.plan(logset, params)
     reduced = dense_state(logset, plan.kernel) if plan.dense else None
     if reduced is None and not plan.checked:
@@ -92,7 +93,7 @@ def full_state(kernel: Kernel, parts: list[LogPart], *, dense_ok: bool = True) -
 def signal_values(parts: list[LogPart], plan: Plan, params: ScoreParams) -> pl.DataFrame:
     """sample_id -> `value` of the signal `params.memorization` over `parts`, which must hold every
     row of their samples (a whole log, or one bucket of it)."""
-    columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, signals.SIGNAL_COLUMN[params.memorization]]
+    columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, *signals.SIGNAL_COLUMNS[params.memorization]]
     lf = scan(LogSet(parts), columns)
     if plan.kernel.drop_nonfinite:
         lf = lf.filter(pl.col(schema.LOSS).is_finite())

@@ -13,7 +13,7 @@ any other's by sample_id.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -85,6 +85,12 @@ def run_score(
     n_buckets = 0 if None in groups else len(groups)
     notes: list[str] = []
     cleanup = None
+    if update and params.memorization == "auto":
+        params = replace(params, memorization="forgets")
+        if planner.resolve_signal(logset, rules.ScoreParams()).memorization != "forgets":
+            notes.append("memorization: forget events, because --update keeps no state for the extractable "
+                         "signal; rescore without --update to rank by it")
+    params = planner.resolve_signal(logset, params)
     if params.memorization != "forgets" and update:
         raise OptionError(
             f"--memorization {params.memorization} is not kept in the --update state (it is not additive in "

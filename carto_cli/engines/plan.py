@@ -18,7 +18,7 @@ and return per-sample state, and never call back into this module.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
@@ -107,8 +107,20 @@ class Plan:
 
 
 def plan(logset: LogSet, params: ScoreParams) -> Plan:
-    """The plan for scoring `logset` in one piece: from the footers when they suffice, else `prepare`."""
+    """The plan for scoring `logset` in one piece: from the footers when they suffice, else `prepare`.
+    `params.memorization` must be resolved (`resolve_signal`)."""
     return from_footers(logset, params) or prepare(logset, params)
+
+
+def resolve_signal(logset: LogSet, params: ScoreParams) -> ScoreParams:
+    """`params` with `--memorization auto` decided from the footers: `extractable` when every
+    part has the sketch columns with some non-null rows, else `forgets`."""
+    if params.memorization != "auto":
+        return params
+    has_sketch = all(
+        all(c in p.columns and p.null_counts.get(c) != p.num_rows for c in schema.SKETCH_COLUMNS)
+        for p in logset.parts)
+    return replace(params, memorization=signals.resolve("auto", has_sketch))
 
 
 def from_footers(logset: LogSet, params: ScoreParams) -> Plan | None:
@@ -183,11 +195,10 @@ def prepare(logset: LogSet, params: ScoreParams) -> Plan:
             f"{missing}: column '{column}' is missing, needed by --correct-from {params.correct_from}; "
             "log with the logits path of the shim, or use --correct-from log"
         )
-    signal_column = signals.SIGNAL_COLUMN.get(params.memorization)
-    if signal_column is not None:
-        signals.require_column(logset.has_column(signal_column),
-                               next((p.path for p in logset.parts if signal_column not in p.columns), None),
-                               params.memorization)
+    for signal_column in signals.SIGNAL_COLUMNS.get(params.memorization, ()):
+        if not logset.has_column(signal_column):
+            signals.require_column(signal_column, next(p.path for p in logset.parts if signal_column not in p.columns),
+                                   params.memorization)
     needed = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, schema.CORRECT]
     if column is not None:
         needed.append(column)
@@ -228,11 +239,12 @@ def prepare(logset: LogSet, params: ScoreParams) -> Plan:
     if params.memorization == "tail-var":
         max_epoch = int(epochs[schema.EPOCH].max()) if epochs.height else 0
         late_from = params.late_from if params.late_from is not None else signals.late_from_default(max_epoch)
-    if signal_column is not None and not scan(logset, [signal_column]).select(
-        pl.col(signal_column).is_not_null().any()
+    signal_columns = signals.SIGNAL_COLUMNS.get(params.memorization, ())
+    if signal_columns and not scan(logset, [signal_columns[0]]).select(
+        pl.col(signal_columns[0]).is_not_null().any()
     ).collect().item():
         raise LogFormatError(
-            f"column '{signal_column}' holds only nulls, needed by --memorization {params.memorization}; "
+            f"column '{signal_columns[0]}' holds only nulls, needed by --memorization {params.memorization}; "
             "log it, or use --memorization forgets"
         )
     description = signals.describe(params.memorization, drop_k=params.drop_k,

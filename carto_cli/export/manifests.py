@@ -85,10 +85,12 @@ def prune_manifest(scores: pl.DataFrame, *, frac: float, by: str = "memorization
     )
 
 
-def pruned_without_forget_events(scores: pl.DataFrame, manifest: pl.DataFrame) -> int:
-    """How many pruned samples have no forget event (picked by the tie-break, not the score)."""
+def pruned_without_evidence(scores: pl.DataFrame, manifest: pl.DataFrame, *, forgets: bool = True) -> int:
+    """How many pruned samples the tie-break picked, not the score: those with no forget event
+    (memorization by forget events), or with a memorization of 0 (another signal)."""
     pruned = manifest.filter(~pl.col("keep")).select("sample_id")
-    return scores.join(pruned, on="sample_id", how="semi").filter(pl.col("forget_events") == 0).height
+    no_evidence = pl.col("forget_events") == 0 if forgets else pl.col("memorization") == 0
+    return scores.join(pruned, on="sample_id", how="semi").filter(no_evidence).height
 
 
 def sample_weights(scores: pl.DataFrame, multipliers: dict[str, float] | None = None) -> pl.DataFrame:

@@ -41,6 +41,9 @@ SCAN_DTYPES = {
     schema.N_TOKENS: pl.Int64,
     schema.RANK: pl.Int64,
     schema.TOKEN_LOSS: pl.List(pl.Float64),
+    schema.TOP_POS: pl.List(pl.Int64),
+    schema.TOP_LOSS: pl.List(pl.Float64),
+    schema.HIT_RUNS: pl.List(pl.Int64),
 }
 
 
@@ -140,7 +143,7 @@ def inspect_part(path: Location) -> LogPart:
             if schema.column_kind(dtype) != kind:
                 raise LogFormatError(
                     f"{path}: column '{name}' has type {dtype}, expected {kind}; "
-                    "write it with that type (see the log contract in README.md)"
+                    "write it with that type (see the log contract in docs/logging.md)"
                 )
     meta = pf.metadata
     null_counts: dict[str, int | None] = {}

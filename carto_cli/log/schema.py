@@ -15,10 +15,16 @@ one writer per data-parallel rank. Each row is one *presentation* of one trainin
 | n_tokens    | integer                   | no       | number of target (non-ignored) tokens                    |
 | rank        | integer                   | no       | data-parallel rank of the writer                         |
 | token_loss  | list of float             | no       | per-position token losses (nats), NaN where no target    |
+| top_pos     | list of integer (k)       | no       | positions of the k largest token losses, largest first   |
+| top_loss    | list of float (k)         | no       | those losses (nats); NaN pads a sample with < k targets  |
+| hit_runs    | list of integer (2r)      | no       | start, length of the r longest runs of greedy hits       |
 
 `token_loss` is written only when asked for (`CartoLogger(token_losses=...)`): it costs 2 bytes
 (float16) per position per presentation before compression, so it suits small runs or a probe
-subset of samples; `carto score --memorization token-drop` reads it.
+subset of samples; `carto score --memorization token-drop` reads it. The sketch columns
+(`top_pos`, `top_loss`, `hit_runs`; `carto_cli.log.sketch`) are written by default from logits:
+48 bytes per presentation before compression whatever the sequence length, read by the default
+memorization signal (`extractable`).
 
 Other columns are allowed and ignored. A part is written under a temporary name (hidden, ending in
 `.tmp`) and renamed when complete, so a reader never sees a half-written part and ignores temporary
@@ -39,9 +45,14 @@ TAIL_LOSS = "tail_loss"
 N_TOKENS = "n_tokens"
 RANK = "rank"
 TOKEN_LOSS = "token_loss"
+# The memorization sketch (`carto_cli.log.sketch`): fixed-size lists, whatever the sequence length.
+TOP_POS = "top_pos"
+TOP_LOSS = "top_loss"
+HIT_RUNS = "hit_runs"
+SKETCH_COLUMNS = (TOP_POS, TOP_LOSS, HIT_RUNS)
 
 REQUIRED_COLUMNS = (SAMPLE_ID, EPOCH, STEP, LOSS, CORRECT)
-OPTIONAL_COLUMNS = (TOKEN_ACC, TAIL_LOSS, N_TOKENS, RANK, TOKEN_LOSS)
+OPTIONAL_COLUMNS = (TOKEN_ACC, TAIL_LOSS, N_TOKENS, RANK, TOKEN_LOSS, TOP_POS, TOP_LOSS, HIT_RUNS)
 
 # The schema the shim writes. Readers accept any integer width for the integer columns and any
 # float width for the float columns (see `column_kind`).
@@ -57,6 +68,9 @@ LOG_SCHEMA = pa.schema(
         pa.field(N_TOKENS, pa.int32()),
         pa.field(RANK, pa.int32()),
         pa.field(TOKEN_LOSS, pa.list_(pa.float16())),
+        pa.field(TOP_POS, pa.list_(pa.uint16())),  # uint32 in parts whose sequences reach 65,536
+        pa.field(TOP_LOSS, pa.list_(pa.float16())),
+        pa.field(HIT_RUNS, pa.list_(pa.uint16())),
     ]
 )
 
@@ -72,6 +86,9 @@ COLUMN_KINDS = {
     N_TOKENS: "integer",
     RANK: "integer",
     TOKEN_LOSS: "float_list",
+    TOP_POS: "integer_list",
+    TOP_LOSS: "float_list",
+    HIT_RUNS: "integer_list",
 }
 
 # Parquet key-value metadata written by the shim (all values are strings).
@@ -83,6 +100,7 @@ META_RUN_ID = "carto.run_id"
 META_STARTED = "carto.started_at"
 META_CORRECT_RULE = "carto.correct_rule"
 META_TAIL_K = "carto.tail_k"
+META_SKETCH = "carto.sketch"  # "k=8,runs=4", or "off"
 
 PART_SUFFIX = ".parquet"
 TMP_SUFFIX = ".tmp"
@@ -94,13 +112,17 @@ def is_temporary_name(name: str) -> bool:
 
 
 def column_kind(dtype: pa.DataType) -> str | None:
-    """Classify an Arrow type as 'integer', 'float', 'bool' or 'float_list' (None for anything else)."""
+    """Classify an Arrow type as 'integer', 'float', 'bool', 'float_list' or 'integer_list' (None
+    for anything else)."""
     if pa.types.is_integer(dtype):
         return "integer"
     if pa.types.is_floating(dtype):
         return "float"
     if pa.types.is_boolean(dtype):
         return "bool"
-    if (pa.types.is_list(dtype) or pa.types.is_large_list(dtype)) and pa.types.is_floating(dtype.value_type):
-        return "float_list"
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype):
+        if pa.types.is_floating(dtype.value_type):
+            return "float_list"
+        if pa.types.is_integer(dtype.value_type):
+            return "integer_list"
     return None

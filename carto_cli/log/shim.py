@@ -24,6 +24,11 @@ What `record` does, and what it costs the training loop:
   written under a hidden `.tmp` name, fsynced and renamed, so a reader only ever sees whole parts.
   A SIGKILL loses at most the rows recorded since the last flush or part rotation.
 
+The memorization sketch (on by default, `carto_cli.log.sketch`): from the same per-token losses and
+greedy hits, the positions and losses of the 8 largest token losses and the 4 longest runs of greedy
+hits, 48 bytes per presentation whatever the sequence length. `carto score` ranks memorization by
+it by default (`--memorization extractable`).
+
 Per-token losses (`token_losses=True`, or a collection of sample ids: a probe subset) add the
 `token_loss` list column, float16 with NaN where there is no target: 2 bytes per position per
 presentation before compression, and one more (B, T) float16 device -> host copy per `record`.
@@ -52,7 +57,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from carto_cli.errors import CartoError, OptionError, require_torch
-from carto_cli.log import fused, schema
+from carto_cli.log import fused, schema, sketch
 from carto_cli.log.durable import write_atomic
 from carto_cli.version import __version__
 
@@ -78,6 +83,8 @@ class _Flush:
 
 
 _STOP = object()
+# Columns of one fixed-width list per sample: (B, W) arrays on their way to the writer.
+_LIST_COLUMNS = (schema.TOKEN_LOSS, *schema.SKETCH_COLUMNS)
 
 
 def _resolve_rank(rank: int | None) -> tuple[int, int]:
@@ -111,6 +118,10 @@ class CartoLogger:
             `carto_cli.engines.ray`), so that scoring can work one bucket at a time.
         token_losses: also log each sample's per-position token losses (`token_loss`): True for
             every sample, or a collection of sample ids to log them for (others get null).
+        sketch_k, sketch_runs: the memorization sketch logged from logits (`carto_cli.log.sketch`):
+            the `sketch_k` largest token losses with their positions and the `sketch_runs` longest
+            runs of greedy hits; `sketch_k=0` turns it off (then `carto score` ranks by forget
+            events).
     """
 
     def __init__(
@@ -126,6 +137,8 @@ class CartoLogger:
         chunk_bytes: int = 256 * 2**20,
         buckets: int | None = None,
         token_losses: bool | Collection[int] = False,
+        sketch_k: int = sketch.DEFAULT_TOP_K,
+        sketch_runs: int = sketch.DEFAULT_RUNS,
     ) -> None:
         if out_dir is None:
             out_dir = os.environ.get(LOG_DIR_ENV)
@@ -136,11 +149,14 @@ class CartoLogger:
                 )
         if rows_per_part < 1 or max_pending < 1 or tail_k < 1 or (buckets is not None and buckets < 1):
             raise OptionError("CartoLogger: rows_per_part, max_pending, tail_k and buckets must be >= 1")
+        if sketch_k < 0 or sketch_runs < 0 or (sketch_k > 0) != (sketch_runs > 0):
+            raise OptionError("CartoLogger: sketch_k and sketch_runs must both be >= 1, or both 0 (no sketch)")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = _resolve_rank(rank)
         self.rows_per_part = rows_per_part
         self.tail_k = tail_k
+        self.sketch_k, self.sketch_runs = sketch_k, sketch_runs
         self.correct_threshold = correct_threshold
         self.ignore_index = ignore_index
         self.chunk_bytes = chunk_bytes
@@ -296,6 +312,10 @@ class CartoLogger:
             }
             if self.token_losses:
                 columns[schema.TOKEN_LOSS] = tok_loss.masked_fill(~valid, float("nan")).half()
+            if self.sketch_k:
+                columns[schema.TOP_POS], columns[schema.TOP_LOSS] = sketch.top_losses(
+                    torch, tok_loss, valid, self.sketch_k)
+                columns[schema.HIT_RUNS] = sketch.hit_runs(torch, tok_hit, valid, self.sketch_runs)
         return columns
 
     def _token_stats(self, torch: Any, logits: Any, labels: Any) -> tuple[Any, Any]:
@@ -340,7 +360,7 @@ class CartoLogger:
         for name, value in columns.items():
             if torch.is_tensor(value):
                 value = value.detach()
-                value = value.reshape(value.shape[0], -1) if name == schema.TOKEN_LOSS else value.reshape(-1)
+                value = value.reshape(value.shape[0], -1) if name in _LIST_COLUMNS else value.reshape(-1)
                 if value.is_cuda:
                     pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
                     pinned.copy_(value, non_blocking=True)
@@ -350,7 +370,7 @@ class CartoLogger:
                     host[name] = value.to("cpu", copy=True)
             else:
                 value = np.array(value)
-                host[name] = value.reshape(len(value), -1) if name == schema.TOKEN_LOSS else value.reshape(-1)
+                host[name] = value.reshape(len(value), -1) if name in _LIST_COLUMNS else value.reshape(-1)
         ready = None
         if on_cuda:
             ready = torch.cuda.Event()
@@ -412,18 +432,23 @@ class CartoLogger:
         if not self._buffer:
             return
         tables = [self._batch_table(b) for b in self._buffer]
-        columns = []
+        columns, fields = [], []
         for field in schema.LOG_SCHEMA:
+            if field.name in (schema.TOP_POS, schema.HIT_RUNS) and any(
+                    field.name in t and len(t[field.name]) and t[field.name].max() > np.iinfo(np.uint16).max
+                    for t in tables):
+                field = field.with_type(pa.list_(pa.uint32()))  # positions of sequences of 65,536 and more
             # Optional columns a batch did not give are nulls; NaN stays NaN (the reader reports it).
             pieces = [
-                self._token_loss_array(t) if field.name == schema.TOKEN_LOSS and field.name in t
+                self._list_array(t, field) if field.name in _LIST_COLUMNS and field.name in t
                 else pa.array(t[field.name], type=field.type) if field.name in t
                 else pa.nulls(len(t[schema.SAMPLE_ID]), type=field.type)
                 for t in tables
             ]
             columns.append(pa.concat_arrays(pieces))
+            fields.append(field)
         rules = ",".join(sorted({b.rule for b in self._buffer}))
-        table = pa.Table.from_arrays(columns, schema=self._part_schema(rules))
+        table = pa.Table.from_arrays(columns, schema=self._part_schema(rules, fields))
         name = f"part-r{self.rank:05d}-{self.run_id}-{self._seq:06d}{schema.PART_SUFFIX}"
         if self.buckets is None:
             self._write_atomic(table, self.out_dir / name)
@@ -440,21 +465,22 @@ class CartoLogger:
         self._buffer = []
         self._buffered_rows = 0
 
-    def _token_loss_array(self, table: dict[str, np.ndarray]) -> pa.Array:
-        """(B, T) token losses as a list<float16> column; null outside the probe subset."""
-        losses = np.ascontiguousarray(table[schema.TOKEN_LOSS], dtype=np.float16)
-        B, T = losses.shape
-        offsets = pa.array(np.arange(0, (B + 1) * T, T, dtype=np.int32))
+    def _list_array(self, table: dict[str, np.ndarray], field: pa.Field) -> pa.Array:
+        """A (B, W) array as a list column of `field`'s type; token losses are null outside the
+        probe subset."""
+        values = np.ascontiguousarray(table[field.name], dtype=field.type.value_type.to_pandas_dtype())
+        B, W = values.shape
+        offsets = pa.array(np.arange(0, (B + 1) * W, W, dtype=np.int32))
         mask = None
-        if self._token_probe is not None:
+        if field.name == schema.TOKEN_LOSS and self._token_probe is not None:
             mask = pa.array(~np.isin(np.asarray(table[schema.SAMPLE_ID]), self._token_probe))
-        return pa.ListArray.from_arrays(offsets, pa.array(losses.reshape(-1)), mask=mask)
+        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=field.type.value_type), mask=mask)
 
     def _write_atomic(self, table: pa.Table, final: Path) -> None:
         write_atomic(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         self.parts_written.append(final)
 
-    def _part_schema(self, rules: str) -> pa.Schema:
+    def _part_schema(self, rules: str, fields: list[pa.Field]) -> pa.Schema:
         meta = {
             schema.META_VERSION: __version__,
             schema.META_RANK: str(self.rank),
@@ -463,6 +489,7 @@ class CartoLogger:
             schema.META_STARTED: self.started_at,
             schema.META_CORRECT_RULE: rules,
             schema.META_TAIL_K: str(self.tail_k),
+            schema.META_SKETCH: f"k={self.sketch_k},runs={self.sketch_runs}" if self.sketch_k else "off",
             "carto.host": socket.gethostname(),
         }
-        return schema.LOG_SCHEMA.with_metadata(meta)
+        return pa.schema(fields, metadata=meta)

@@ -62,7 +62,7 @@ class ScoreParams:
     threshold: str | None = None
     nonfinite: str = "drop"
     method: str = "auto"
-    memorization: str = "forgets"  # or a signal of `carto_cli.score.signals`
+    memorization: str = "auto"  # a signal of `carto_cli.score.signals`; auto: extractable if logged, else forgets
     drop_k: int = 4  # token-drop: how many of the largest per-token drops are averaged
     late_from: int | None = None  # tail-var: first late epoch (None: the second half of the epochs)
 

@@ -1,7 +1,22 @@
-"""Memorization signals besides forget events: what `carto score --memorization` can rank by.
+"""Memorization signals: what `carto score --memorization` can rank by.
 
-- `forgets` (default): the paper's forget events / transitions, from the per-presentation
-  correctness (`carto_cli.score.scoring`).
+- `auto` (default): `extractable` when the log has the sketch columns (the shim writes them by
+  default), else `forgets`; `resolve` decides, and `carto score` says which in its header.
+- `extractable`: how much of a sample's early surprise the model now reproduces verbatim. Needs
+  the sketch (`carto_cli.log.sketch`: per presentation, the positions and losses of the k largest
+  token losses, and the r longest runs of greedy hits). Per sample: early_j = the mean over its
+  presentations with epoch < early_epochs of the loss of position j in that presentation's
+  sketch, 0 where j was not among its k largest (a lower bound: such a loss was at most the k-th
+  largest); then, at its last presentation with epoch >= early_epochs (largest step, then largest
+  epoch), the largest sum of early_j over one run of greedy hits, in nats. Under teacher forcing a
+  run of greedy hits is exactly what greedy decoding reproduces from the run's true prefix
+  (extractability: Carlini et al. 2021 and 2023; Biderman et al. 2023), and weighting its tokens by
+  their early loss counts the tokens no general skill predicted (a key, a number), not
+  boilerplate the model could always continue. Null without an early and a late presentation
+  with a sketch; 0 when no late run covers a sketched early position.
+- `forgets`: the paper's forget events / transitions, from the per-presentation correctness
+  (`carto_cli.score.state`). The experiment found it ranks memorized samples at chance
+  (docs/experiment.md).
 - `token-drop`: how far a sample's *most improved* tokens fell. Needs per-token losses in the log
   (`CartoLogger(token_losses=...)`, the `token_loss` column). Per target position j:
   early_j = the mean loss of position j over the presentations with epoch < early_epochs, and
@@ -16,11 +31,10 @@
   epochs 0..E-1), in nats. A sample still being pushed down late in training keeps moving; a
   settled one does not. Needs only per-sample values. Null with fewer than 2 late presentations.
 
-Both are label-free: no correctness rule or threshold. Sums are taken in the same fixed point as
+All three are label-free: no correctness rule or threshold. Sums are taken in the same fixed point as
 the scores (2^-32 nats), so the signals, too, do not depend on file or thread order. A sample with
 a null signal gets no quadrant and is never pruned by memorization.
-Both were found to rank planted canaries far better than sample-level forget events in the issue's
-prototype runs (docs/experiment.md compares them on the experiment's runs).
+docs/experiment.md compares them with forget events on the experiment's runs.
 """
 
 from __future__ import annotations
@@ -31,17 +45,31 @@ import polars as pl
 
 from carto_cli.errors import LogFormatError, OptionError
 from carto_cli.log import schema
-from carto_cli.score.fixedpoint import fixed_mean
+from carto_cli.score.fixedpoint import SCALE, fixed_mean, fixed_sum
 
-SIGNALS = ("forgets", "token-drop", "tail-var")
-# The log column each non-default signal reads.
-SIGNAL_COLUMN = {"token-drop": schema.TOKEN_LOSS, "tail-var": schema.TAIL_LOSS}
+SIGNALS = ("auto", "extractable", "forgets", "token-drop", "tail-var")
+# The log columns each signal besides forget events reads.
+SIGNAL_COLUMNS = {
+    "extractable": schema.SKETCH_COLUMNS,
+    "token-drop": (schema.TOKEN_LOSS,),
+    "tail-var": (schema.TAIL_LOSS,),
+}
+
+
+def resolve(signal: str, has_sketch: bool) -> str:
+    """`auto` -> `extractable` when the log has the sketch columns (not all null), else `forgets`."""
+    if signal != "auto":
+        return signal
+    return "extractable" if has_sketch else "forgets"
 
 
 def describe(signal: str, *, drop_k: int, early_epochs: int, late_from: int | None) -> str:
     """One line saying what the memorization column holds."""
     if signal == "forgets":
         return "forget events / transitions"
+    if signal == "extractable":
+        return (f"largest early loss (epochs < {early_epochs}) in one run of greedy hits at the last "
+                "presentation (nats)")
     if signal == "token-drop":
         return (f"mean of the {drop_k} largest per-token loss drops, epochs < {early_epochs} "
                 "to the last presentation (nats)")
@@ -68,11 +96,39 @@ def signal_frame(lf: pl.LazyFrame, signal: str, *, early_epochs: int, drop_k: in
     `lf` has sample_id, epoch, step and the signal's column (rows with a non-finite loss already
     dropped by the caller, as for the scores).
     """
+    if signal == "extractable":
+        return extractable(lf, early_epochs=early_epochs)
     if signal == "token-drop":
         return token_drop(lf, early_epochs=early_epochs, drop_k=drop_k)
     if signal == "tail-var":
         return tail_variability(lf, late_from=late_from)
     raise ValueError(f"not a column signal: {signal}")
+
+
+def extractable(lf: pl.LazyFrame, *, early_epochs: int) -> pl.DataFrame:
+    sid, pos, loss, runs = schema.SAMPLE_ID, schema.TOP_POS, schema.TOP_LOSS, schema.HIT_RUNS
+    sketched = lf.filter(pl.col(pos).is_not_null() & pl.col(loss).is_not_null() & pl.col(runs).is_not_null())
+    early_rows = sketched.filter(pl.col(schema.EPOCH) < early_epochs)
+    n_early = early_rows.group_by(sid).agg(pl.len().alias("n_early"))
+    # per (sample, position): the sum of its sketched early losses, in fixed point (exact)
+    early = (early_rows.select(sid, pos, loss).explode([pos, loss])
+             .filter(pl.col(loss).is_finite())
+             .group_by(sid, pos).agg(fixed_sum(pl.col(loss)).alias("early")))
+    last_runs = (sketched.filter(pl.col(schema.EPOCH) >= early_epochs)
+                 .group_by(sid).agg(pl.col(runs).sort_by([schema.STEP, schema.EPOCH]).last()))
+    spans = (last_runs.select(sid, pl.col(runs).list.gather_every(2).alias("start"),
+                              pl.col(runs).list.gather_every(2, offset=1).alias("length"))
+             .with_columns(run=pl.int_ranges(pl.col("start").list.len()))
+             .explode(["start", "length", "run"])
+             .filter(pl.col("length") > 0))
+    best = (spans.join(early, on=sid)
+            .filter((pl.col(pos) >= pl.col("start")) & (pl.col(pos) < pl.col("start") + pl.col("length")))
+            .group_by(sid, "run").agg(pl.col("early").sum())
+            .group_by(sid).agg(pl.col("early").max().alias("best")))
+    value = pl.col("best").fill_null(0).cast(pl.Float64) / SCALE / pl.col("n_early")
+    scored = (last_runs.select(sid).join(n_early, on=sid)  # an early and a late sketched presentation
+              .join(best, on=sid, how="left").select(sid, value.alias("value")))
+    return lf.select(sid).unique().join(scored, on=sid, how="left").collect()
 
 
 def token_drop(lf: pl.LazyFrame, *, early_epochs: int, drop_k: int) -> pl.DataFrame:
@@ -104,13 +160,11 @@ def tail_variability(lf: pl.LazyFrame, *, late_from: int) -> pl.DataFrame:
     return lf.select(sid).unique().join(moments.select(sid, value.alias("value")), on=sid, how="left").collect()
 
 
-def require_column(has_column: bool, first_without: object, signal: str) -> None:
-    """A one-line error when the log lacks the column a signal reads."""
-    if has_column:
-        return
-    column = SIGNAL_COLUMN[signal]
-    how = ("log with CartoLogger(token_losses=True)" if signal == "token-drop"
-           else "log with the logits path of the shim")
+def require_column(column: str, first_without: object, signal: str) -> None:
+    """A one-line error: the log lacks `column`, which `signal` reads (`first_without`: a part without it)."""
+    how = {"token-drop": "log with CartoLogger(token_losses=True)",
+           "extractable": "log from logits with the shim's sketch on (the default)"}.get(
+        signal, "log with the logits path of the shim")
     raise LogFormatError(
         f"{first_without}: column '{column}' is missing, needed by --memorization {signal}; {how}, "
         "or use --memorization forgets"

@@ -1,0 +1,73 @@
+"""A fixed-size sketch of one presentation's token losses and greedy hits, for the memorization signal.
+
+Full per-token losses cost 2 bytes per position per presentation; the sketch costs the same
+whatever the sequence length (k = 8, r = 4: 48 bytes before compression, positions below 65,536):
+
+- `top_pos`, `top_loss` (k each): the positions of the k largest token losses among the target
+  positions, largest first, and those losses (float16). A sample with fewer than k targets pads
+  with position 0 and loss NaN.
+- `hit_runs` (2r): the r longest runs of consecutive greedy hits among target positions, longest
+  first (ties: the earlier run first), as start, length pairs; padded with (0, 0). Under teacher
+  forcing a run of greedy hits is exactly what greedy decoding reproduces from the run's true
+  prefix, so a run is an extractable span (Carlini et al. 2021; Biderman et al. 2023's
+  memorization score counts the same hits on a fixed 32-token continuation).
+
+The scorer (`carto_cli.score.signals`, `extract-drop`) combines them: how much of the loss a
+sample's tokens had early in training the model now reproduces verbatim. Both are computed on the
+logits' device from the per-token losses and hits the shim already has, with a top-k and a
+cumulative maximum: no host-device synchronisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_TOP_K = 8
+DEFAULT_RUNS = 4
+
+
+def top_losses(torch: Any, tok_loss: Any, valid: Any, k: int) -> tuple[Any, Any]:
+    """(positions int32 (B, k), losses float16 (B, k)) of the k largest losses at valid positions.
+
+    `tok_loss` (B, T) float, `valid` (B, T) bool. With fewer than k valid positions the rest are
+    (0, NaN); with T < k the sketch is padded to k the same way.
+    """
+    B, T = tok_loss.shape
+    width = min(k, T)
+    masked = tok_loss.float().masked_fill(~valid, float("-inf"))
+    values, positions = masked.topk(width, dim=1)  # (B, width), largest first, ties: lower position
+    missing = values == float("-inf")
+    positions = positions.masked_fill(missing, 0).int()
+    losses = values.masked_fill(missing, float("nan")).half()
+    if width < k:  # a sequence shorter than k
+        positions = torch.nn.functional.pad(positions, (0, k - width), value=0)
+        losses = torch.nn.functional.pad(losses, (0, k - width), value=float("nan"))
+    return positions, losses
+
+
+def hit_runs(torch: Any, tok_hit: Any, valid: Any, r: int) -> Any:
+    """(B, 2r) int32: start and length of the r longest runs of greedy hits at valid positions.
+
+    A run is a maximal stretch of consecutive positions that are all valid hits. Longest first;
+    among runs of equal length, the one that starts first. Padded with (0, 0).
+    """
+    B, T = tok_hit.shape
+    hits = tok_hit & valid
+    index = torch.arange(T, device=hits.device).expand(B, T)
+    # the last position before t that is not a hit (-1 if none): a run ending at t starts after it
+    breaks = torch.where(hits, torch.full_like(index, -1), index)
+    last_break = breaks.cummax(dim=1).values
+    length = torch.where(hits, index - last_break, torch.zeros_like(index))  # (B, T)
+    # keep each run's length at its last position only
+    next_hit = torch.nn.functional.pad(hits[:, 1:], (0, 1), value=False)
+    ends = torch.where(hits & ~next_hit, length, torch.zeros_like(length))
+    width = min(r, T)
+    # longest first; among equal lengths the earlier run (a smaller end): order by length * (T + 1) - end
+    key = ends * (T + 1) - index
+    _, end_at = key.topk(width, dim=1)
+    run_length = ends.gather(1, end_at)
+    start = torch.where(run_length > 0, end_at - run_length + 1, torch.zeros_like(end_at))
+    runs = torch.stack([start, run_length], dim=2).reshape(B, 2 * width).int()  # (B, 2 * width)
+    if width < r:
+        runs = torch.nn.functional.pad(runs, (0, 2 * (r - width)), value=0)
+    return runs

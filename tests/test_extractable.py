@@ -1,0 +1,274 @@
+"""The default memorization signal, `extractable`, and the sketch the shim logs for it.
+
+- the sketch (`carto_cli.log.sketch`) against a plain-Python reading of its definition;
+- the signal on a hand-made log whose answer is worked out on paper;
+- `auto`: the sketch decides, old logs keep scoring by forget events, `--update` says why not;
+- end to end in a small world unlike the experiment's (a word-level Markov language, a GRU, secret
+  key tokens): `CartoLogger()`, `carto score` and `carto prune --frac 0.1` at their defaults
+  prune most samples whose secret the model gives back.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import write_parts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from carto_cli import score_logs
+from carto_cli.cli import app
+
+torch = pytest.importorskip("torch")
+from carto_cli.log import sketch  # noqa: E402  (needs torch only at call time, but its tests need it)
+
+runner = CliRunner()
+SAMPLE_LOGS = Path(__file__).resolve().parent.parent / "sample_logs"
+
+# ------------------------------------------------------------------ the sketch
+
+
+def naive_runs(hits: list[bool], r: int) -> list[int]:
+    runs, t = [], 0
+    while t < len(hits):
+        if hits[t]:
+            start = t
+            while t < len(hits) and hits[t]:
+                t += 1
+            runs.append((start, t - start))
+        else:
+            t += 1
+    runs = sorted(runs, key=lambda run: (-run[1], run[0]))[:r]
+    runs += [(0, 0)] * (r - len(runs))
+    return [x for run in runs for x in run]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_sketch_matches_its_definition(data) -> None:
+    B, T = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 24))
+    k, r = data.draw(st.integers(1, 10)), data.draw(st.integers(1, 6))
+    flags = st.lists(st.booleans(), min_size=B * T, max_size=B * T)
+    hit = torch.tensor(data.draw(flags)).view(B, T)
+    valid = torch.tensor(data.draw(flags)).view(B, T)
+    # distinct losses (ties in a top-k are ordered by position, tested below)
+    loss = torch.randperm(B * T, generator=torch.Generator().manual_seed(B * T + k)).view(B, T).float() / 8
+
+    runs = sketch.hit_runs(torch, hit, valid, r)
+    positions, losses = sketch.top_losses(torch, loss, valid, k)
+    assert runs.shape == (B, 2 * r) and positions.shape == losses.shape == (B, k)
+    for b in range(B):
+        assert runs[b].tolist() == naive_runs((hit[b] & valid[b]).tolist(), r)
+        ranked = sorted(((-float(loss[b, t]), t) for t in range(T) if valid[b, t]))[:k]
+        for i in range(k):
+            if i < len(ranked):
+                assert int(positions[b, i]) == ranked[i][1]
+                assert math.isclose(float(losses[b, i]), -ranked[i][0], rel_tol=1e-3)
+            else:  # fewer targets than k: padded with (0, NaN)
+                assert int(positions[b, i]) == 0 and math.isnan(float(losses[b, i]))
+
+
+def test_sketch_ties_and_edges() -> None:
+    loss = torch.tensor([[1.0, 2.0, 2.0, 0.5]])
+    valid = torch.tensor([[True, True, True, False]])
+    positions, losses = sketch.top_losses(torch, loss, valid, 2)
+    assert positions.tolist() == [[1, 2]]  # equal losses: the earlier position first
+    hit = torch.tensor([[True, False, True, True, False, True, True]])
+    assert sketch.hit_runs(torch, hit, torch.ones_like(hit), 3).tolist() == [[2, 2, 5, 2, 0, 1]]
+    # an ignored position breaks a run
+    valid = torch.tensor([[True, True, True, False, True, True, True]])
+    assert sketch.hit_runs(torch, torch.ones_like(hit), valid, 2).tolist() == [[0, 3, 4, 3]]
+
+
+# ------------------------------------------------------------------ the signal, by hand
+
+SKETCH_SCHEMA = {"sample_id": pl.Int64, "epoch": pl.Int32, "step": pl.Int64, "loss": pl.Float32,
+                 "correct": pl.Boolean, "top_pos": pl.List(pl.UInt16), "top_loss": pl.List(pl.Float16),
+                 "hit_runs": pl.List(pl.UInt16)}
+
+
+def sketch_rows() -> list[dict]:
+    """k = 2, r = 2, early epochs 0 and 1. Expected values in EXPECTED."""
+    def row(sid, epoch, step, pos, loss, runs):
+        return {"sample_id": sid, "epoch": epoch, "step": step, "loss": 1.0, "correct": True,
+                "top_pos": pos, "top_loss": loss, "hit_runs": runs}
+    nan = float("nan")
+    return [
+        # sample 1: early_5 = (3 + 2) / 2 = 2.5, early_2 = 1 / 2 = 0.5, early_7 = 1.5 / 2 = 0.75.
+        # Its last presentation (step 40) has runs 1..2 (0.5) and 6..8 (0.75): 0.75. The earlier
+        # late run 4..7 (2.5 + 0.75) does not count.
+        row(1, 0, 0, [5, 2], [3.0, 1.0], [0, 0, 0, 0]),
+        row(1, 1, 10, [5, 7], [2.0, 1.5], [0, 0, 0, 0]),
+        row(1, 2, 20, [0, 1], [0.1, 0.1], [4, 4, 0, 0]),
+        row(1, 3, 40, [0, 1], [0.1, 0.1], [1, 2, 6, 3]),
+        # sample 2: no late presentation: null
+        row(2, 0, 1, [0, 1], [2.0, 1.0], [0, 0, 0, 0]),
+        # sample 3: a late presentation without hits: 0
+        row(3, 0, 2, [3, 4], [2.0, 1.0], [3, 2, 0, 0]),
+        row(3, 2, 22, [3, 4], [0.5, 0.5], [0, 0, 0, 0]),
+        # sample 4: one target (the sketch padded with NaN); the run covers it: early_0 = 4.0
+        row(4, 0, 3, [0, 0], [4.0, nan], [0, 0, 0, 0]),
+        row(4, 1, 13, [0, 0], [4.0, nan], [0, 0, 0, 0]),
+        row(4, 3, 43, [0, 0], [0.0, nan], [0, 1, 0, 0]),
+    ]
+
+
+EXPECTED = {1: 0.75, 2: None, 3: 0.0, 4: 4.0}
+
+
+def test_extractable_by_hand(tmp_path: Path) -> None:
+    write_parts(tmp_path / "logs", sketch_rows(), schema=SKETCH_SCHEMA)
+    scores = score_logs(tmp_path / "logs", memorization="extractable")
+    assert dict(scores.select("sample_id", "memorization").iter_rows()) == EXPECTED
+    # the default (auto) picks it, because the log has the sketch
+    assert score_logs(tmp_path / "logs")["memorization"].to_list() == list(EXPECTED.values())
+
+
+def test_extractable_does_not_depend_on_file_order(tmp_path: Path) -> None:
+    outs = []
+    for seed in (0, 1, 2):
+        write_parts(tmp_path / f"logs{seed}", sketch_rows(), schema=SKETCH_SCHEMA, seed=seed, n_files=seed + 1)
+        outs.append(score_logs(tmp_path / f"logs{seed}"))
+    assert outs[0].equals(outs[1]) and outs[0].equals(outs[2])
+
+
+def test_extractable_of_a_bucketed_log_equals_the_in_memory_one(tmp_path: Path) -> None:
+    write_parts(tmp_path / "flat", sketch_rows(), schema=SKETCH_SCHEMA)
+    assert runner.invoke(app, ["logs", "bucketize", str(tmp_path / "flat"), "--out", str(tmp_path / "b"),
+                               "--buckets", "3"]).exit_code == 0
+    for name in ("flat", "b"):
+        result = runner.invoke(app, ["score", str(tmp_path / name), "--out", str(tmp_path / f"{name}.parquet")])
+        assert result.exit_code == 0, result.output
+    bucketed = pl.read_parquet(tmp_path / "b.parquet").sort("sample_id")
+    assert bucketed.equals(pl.read_parquet(tmp_path / "flat.parquet"))
+    assert dict(bucketed.select("sample_id", "memorization").iter_rows()) == EXPECTED
+
+
+# ------------------------------------------------------------------ the default and what it says
+
+
+def test_score_says_which_signal_it_ranks_by(tmp_path: Path) -> None:
+    write_parts(tmp_path / "logs", sketch_rows(), schema=SKETCH_SCHEMA)
+    result = runner.invoke(app, ["score", str(tmp_path / "logs"), "--out", str(tmp_path / "s.parquet")])
+    assert result.exit_code == 0, result.output
+    assert ("memorization = largest early loss (epochs < 2) in one run of greedy hits at the last presentation "
+            "(nats)") in result.output
+    # the paper's forget events stay one option away
+    result = runner.invoke(app, ["score", str(tmp_path / "logs"), "--out", str(tmp_path / "f.parquet"),
+                                 "--memorization", "forgets"])
+    assert "memorization = forget events / transitions" in result.output
+
+
+def test_logs_without_the_sketch_keep_scoring_by_forget_events(tmp_path: Path) -> None:
+    auto = score_logs(SAMPLE_LOGS)
+    assert auto.equals(score_logs(SAMPLE_LOGS, memorization="forgets"))
+
+
+def test_update_scores_forget_events_and_says_why(tmp_path: Path) -> None:
+    write_parts(tmp_path / "logs", sketch_rows(), schema=SKETCH_SCHEMA)
+    out = str(tmp_path / "s.parquet")
+    result = runner.invoke(app, ["score", str(tmp_path / "logs"), "--out", out, "--update"])
+    assert result.exit_code == 0, result.output
+    assert "memorization = forget events / transitions" in result.output
+    assert "--update keeps no state for the extractable signal" in result.output
+    result = runner.invoke(app, ["score", str(tmp_path / "logs"), "--out", out, "--update",
+                                 "--memorization", "extractable"])
+    assert result.exit_code == 1 and "is not kept in the --update state" in result.output
+
+
+def test_a_log_without_the_sketch_names_the_missing_column(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["score", str(SAMPLE_LOGS), "--out", str(tmp_path / "s.parquet"),
+                                 "--memorization", "extractable"])
+    assert result.exit_code == 1
+    assert "column 'top_pos' is missing, needed by --memorization extractable" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ a small world, end to end
+
+
+class _GRU(torch.nn.Module):
+    def __init__(self, vocab: int) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, 64)
+        self.rnn = torch.nn.GRU(64, 192, batch_first=True)
+        self.out = torch.nn.Linear(192, vocab)
+
+    def forward(self, x):
+        return self.out(self.rnn(self.emb(x))[0])  # (B, T, V)
+
+
+def small_world(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """1,200 samples of 48 words from a Markov language (each word has 3 likely successors), 8
+    secrets of 6 random words, each behind a marker and its own key word, in 10 samples each."""
+    rng = np.random.default_rng(seed)
+    V, T, N = 96, 48, 1200
+    successors = rng.integers(0, V - 1, size=(V - 1, 3))
+    data = np.empty((N, T + 1), dtype=np.int64)
+    for i in range(N):
+        data[i, 0] = rng.integers(0, V - 1)
+        for t in range(1, T + 1):
+            data[i, t] = successors[data[i, t - 1], rng.choice(3, p=[0.6, 0.3, 0.1])]
+    keys = rng.choice(V - 1, size=8, replace=False)
+    secrets = rng.integers(0, V - 1, size=(8, 6))
+    carriers = rng.choice(N, size=(8, 10), replace=False)
+    for s in range(8):
+        for row in carriers[s]:
+            at = int(rng.integers(1, T - 7))
+            data[row, at:at + 8] = [V - 1, keys[s], *secrets[s]]
+    return data, keys, secrets, carriers
+
+
+def test_defaults_prune_what_the_model_memorized(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small: thread hand-offs cost more than they save
+    try:
+        run_small_world(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_small_world(tmp_path: Path) -> None:
+    from carto_cli import CartoLogger
+
+    torch.manual_seed(0)
+    data, keys, secrets, carriers = small_world(seed=1)
+    model = _GRU(96)
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    x, y = torch.from_numpy(data[:, :-1]), torch.from_numpy(data[:, 1:])
+    step = 0
+    with CartoLogger(tmp_path / "logs") as log:  # the defaults
+        for epoch in range(5):
+            order = torch.from_numpy(np.random.default_rng(epoch).permutation(len(data)))
+            for i in range(0, len(data), 32):
+                ids = order[i:i + 32]
+                logits = model(x[ids])
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[ids].flatten())
+                log.record(ids, epoch=epoch, step=step, logits=logits, labels=y[ids])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+
+    extracted = []
+    with torch.no_grad():
+        for s in range(8):
+            seq = torch.tensor([[95, keys[s]]])
+            for _ in range(6):
+                seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            extracted.append(seq[0, 2:].tolist() == secrets[s].tolist())
+    assert sum(extracted) >= 2, "the world must let the model memorize some secrets, or the test shows nothing"
+    memorized = set(carriers[np.flatnonzero(extracted)].ravel().tolist())
+
+    scores, manifest = tmp_path / "scores.parquet", tmp_path / "manifest.parquet"
+    assert runner.invoke(app, ["score", str(tmp_path / "logs"), "--out", str(scores)]).exit_code == 0
+    result = runner.invoke(app, ["prune", "--frac", "0.1", "--scores", str(scores), "--out", str(manifest)])
+    assert result.exit_code == 0, result.output
+    pruned = set(pl.read_parquet(manifest).filter(~pl.col("keep"))["sample_id"].to_list())
+    assert len(pruned) == 120
+    assert len(memorized & pruned) >= 0.5 * len(memorized), (len(memorized & pruned), len(memorized))
