@@ -104,7 +104,7 @@ def check_logged_values(data, device: str = "cuda", vocab: int = 5000) -> str:
     # index), misses at 2 and 3 (the second): 3 hits where a last-index rule gives 2 and any-tie 5
     ties = [(0, 100, 4500, 100), (1, 10, 20, 10), (2, 30, 40, 40), (3, 200, 4700, 4700), (4, 50, 60, 50)]
     errors = {"loss": 0.0, "tail_loss": 0.0, "token_acc": 0.0}
-    n_tokens_wrong = 0
+    n_tokens_wrong = sketch_wrong = 0
     for dtype in (torch.float32, torch.bfloat16):
         logits = torch.randn(B, T, vocab, generator=gen)
         labels = torch.randint(0, vocab, (B, T), generator=gen)
@@ -141,12 +141,45 @@ def check_logged_values(data, device: str = "cuda", vocab: int = 5000) -> str:
             errors[name] = max(errors[name], diff)
         got_n = table.column("n_tokens").to_pylist()
         n_tokens_wrong += sum(g != r for g, r in zip(got_n, n.tolist()))
+        sketch_wrong += _sketch_mismatches(table, tok, hit, valid)
     ok = (errors["loss"] < 1e-4 and errors["tail_loss"] < 1e-4 and errors["token_acc"] < 1e-6
-          and n_tokens_wrong == 0)
+          and n_tokens_wrong == 0 and sketch_wrong == 0)
     return (f"{'passed' if ok else 'FAILED'}: fp32 and bf16 logits, {B} x {T}, vocabulary {vocab}, padded, "
             f"fewer than tail_k={tail_k} and no targets, forced argmax ties: max |loss - float64 reference| "
             f"{errors['loss']:.2e}, max |tail_loss - reference| {errors['tail_loss']:.2e}, "
-            f"max |token_acc - reference| {errors['token_acc']:.2e}, n_tokens mismatches {n_tokens_wrong}")
+            f"max |token_acc - reference| {errors['token_acc']:.2e}, n_tokens mismatches {n_tokens_wrong}, "
+            f"sketch mismatches {sketch_wrong}")
+
+
+def _sketch_mismatches(table, tok, hit, valid) -> int:
+    """Samples whose logged sketch (top_pos, top_loss, hit_runs) disagrees with the float64
+    reference: the runs exactly (they follow the hits), the k largest losses within float16's
+    resolution, and each logged position's reference loss equal to the loss logged beside it (the
+    order of near-equal losses may differ between fp32 and float64)."""
+    wrong = 0
+    positions, losses, runs = (table.column(c).to_pylist() for c in ("top_pos", "top_loss", "hit_runs"))
+    for b in range(tok.shape[0]):
+        k, r = len(positions[b]), len(runs[b]) // 2
+        targets = valid[b].nonzero().flatten().tolist()
+        ref_losses = sorted((float(tok[b, t]) for t in targets), reverse=True)[:k]
+        got = [(p, x) for p, x in zip(positions[b], losses[b]) if x == x]  # NaN pads the missing
+        ok = len(got) == len(ref_losses) and all(
+            abs(x - ref) <= 2e-3 * max(1.0, ref) and abs(x - float(tok[b, p])) <= 2e-3 * max(1.0, ref)
+            for (p, x), ref in zip(got, ref_losses))
+        spans, t = [], 0
+        hits = (hit[b] & valid[b]).tolist()
+        while t < len(hits):  # maximal runs of hits, then the r longest (earlier first on ties)
+            if hits[t]:
+                start = t
+                while t < len(hits) and hits[t]:
+                    t += 1
+                spans.append((start, t - start))
+            else:
+                t += 1
+        spans = sorted(spans, key=lambda s: (-s[1], s[0]))[:r] + [(0, 0)] * r
+        ok = ok and runs[b] == [x for s in spans[:r] for x in s]
+        wrong += not ok
+    return wrong
 
 
 def main() -> None:
@@ -160,9 +193,12 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=256, help="vocabulary size (256: bytes)")
     ap.add_argument("--bf16", action="store_true", help="forward and loss under bfloat16 autocast")
+    ap.add_argument("--no-sketch", action="store_true",
+                    help="log without the memorization sketch (CartoLogger(sketch_k=0, sketch_runs=0))")
     args = ap.parse_args()
     torch.manual_seed(0)
     device = args.device
+    sketch = {"sketch_k": 0, "sketch_runs": 0} if args.no_sketch else {}
     config = GPTConfig(vocab_size=args.vocab, block_size=args.context, n_layer=args.layers, n_head=4,
                        n_embd=args.width)
     model = GPT(config).to(device)
@@ -174,7 +210,7 @@ def main() -> None:
     ids = [torch.arange(i * args.batch, (i + 1) * args.batch, device=device) for i in range(4)]
 
     plain, logged, in_record = [], [], []
-    with tempfile.TemporaryDirectory() as out, CartoLogger(out) as logger:
+    with tempfile.TemporaryDirectory() as out, CartoLogger(out, **sketch) as logger:
         steps(model, opt, data, ids, 3, None, device, 0, bf16=args.bf16)  # warm-up
         steps(model, opt, data, ids, 3, logger, device, 0, bf16=args.bf16)
         for r in range(args.rounds):
@@ -210,6 +246,7 @@ def main() -> None:
         "context": args.context,
         "vocab": args.vocab,
         "bf16": args.bf16,
+        "sketch": not args.no_sketch,
         "steps_per_arm": len(plain),
         "median_step_s_without": round(base, 5),
         "median_step_s_with": round(with_log, 5),
@@ -223,7 +260,7 @@ def main() -> None:
     }
     print(f"model {result['params'] / 1e6:.2f}M params, vocab {args.vocab}, batch {args.batch} x {args.context}, "
           f"{device}{' bf16 autocast' if args.bf16 else ''}, "
-          f"{result['threads']} threads, {len(plain)} steps per arm")
+          f"{result['threads']} threads, {len(plain)} steps per arm, sketch {'off' if args.no_sketch else 'on'}")
     print(f"median step without logger: {base * 1e3:8.1f} ms")
     print(f"median step with logger:    {with_log * 1e3:8.1f} ms")
     print(f"ratio with/without: {with_log / base:.4f}   (goal <= 1.02)")
