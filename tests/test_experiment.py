@@ -62,7 +62,7 @@ def test_arms_keep_what_they_should(quick_run):
 
 def test_progress_reaches_the_end(quick_run):
     _, _, calls = quick_run
-    assert calls[-1] == ("done", 8, 8)  # 1 development run + 7 arms
+    assert calls[-1] == ("done", 9, 9)  # 1 development run + 8 arms
     assert all(0 <= done <= total for _, done, total in calls)
 
 
@@ -151,13 +151,15 @@ def test_headline_and_results_are_json_even_where_the_baseline_extracts(quick_ru
     def arm(extraction, ppl):
         return {"extraction_rate": extraction, "val_ppl": ppl}
 
-    runs = [{"arms": {"baseline": arm(0.8, 10.0), "paper": arm(0.8, 10.01), "carto": arm(0.2, 10.02),
+    runs = [{"arms": {"baseline": arm(0.8, 10.0), "paper": arm(0.8, 10.01), "default": arm(0.4, 10.01),
+                      "carto": arm(0.2, 10.02),
                       "random": arm(0.7, 10.0), "loss": arm(0.4, 10.3), "weights": arm(0.6, 10.0),
                       "oracle": arm(0.0, 9.9)}} for _ in range(3)]
     runs[1]["arms"]["carto"] = arm(0.3, 10.03)
     headline = json.loads(json.dumps(_headline(runs)))
     assert headline["carto"]["holds_for_means"] is True and headline["carto"]["holds_for_intervals"] is True
     assert headline["paper"]["holds_for_means"] is False  # no cut
+    assert headline["default"]["holds_for_means"] is True  # cut 50% at +0.1%
     assert headline["loss"]["holds_for_means"] is False  # cut 50% but perplexity +3%
     assert headline["carto"]["extraction_cut"]["mean"] == pytest.approx((0.75 + 0.625 + 0.75) / 3)
     _, results, _ = quick_run

@@ -24,6 +24,7 @@ BASE_PPL = (10.0, 20.0, 8.0)  # per seed
 PLAN = {
     "baseline": ((4, 2, 0), (0.0, 0.0, 0.0)),
     "paper": ((2, 1, 0), (0.001, 0.002, 0.003)),
+    "default": ((1, 0, 0), (0.002, 0.002, 0.002)),
     "carto": ((0, 1, 0), (0.001, 0.001, 0.001)),
     "random": ((4, 2, 0), (0.0, 0.0, 0.0)),
     "loss": ((0, 0, 0), (0.01, 0.01, 0.01)),
@@ -103,7 +104,7 @@ def test_headline_cut_rise_and_verdicts() -> None:
     headline = _headline(make_runs())
     assert list(headline) == list(ARMS[1:])
     # cut = 1 - arm / baseline extraction, over seeds 0 and 1 only (seed 2's baseline extracted none)
-    cuts = {"paper": [0.5, 0.5], "carto": [1.0, 0.5], "random": [0.0, 0.0], "loss": [1.0, 1.0],
+    cuts = {"paper": [0.5, 0.5], "default": [0.75, 1.0], "carto": [1.0, 0.5], "random": [0.0, 0.0], "loss": [1.0, 1.0],
             "weights": [0.0, -0.5], "oracle": [1.0, 1.0]}
     for arm, want in cuts.items():
         cut = headline[arm]["extraction_cut"]
@@ -120,6 +121,7 @@ def test_headline_cut_rise_and_verdicts() -> None:
     verdicts = {arm: (entry["holds_for_means"], entry["holds_for_intervals"]) for arm, entry in headline.items()}
     assert verdicts == {
         "paper": (True, True),  # cut 50% [50%, 50%], rise upper bound 0.45% < 0.5%
+        "default": (True, False),  # mean cut 87.5%, lower bound 0.875 - T1 * 0.125 < 0
         "carto": (True, False),  # mean cut 75%, but the cut's lower bound is negative
         "random": (False, False),  # no cut
         "loss": (False, False),  # cut 100%, but perplexity +1%
@@ -168,6 +170,7 @@ def test_results_and_markdown_report_the_headline() -> None:
         in lines
     for row in (
         "| paper | 50% [50%, 50%] | +0.20% [-0.05%, +0.45%] | yes | yes |",
+        "| default | 88% [-71%, 246%] | +0.20% [+0.20%, +0.20%] | yes | no |",
         "| carto | 75% [-243%, 393%] | +0.10% [+0.10%, +0.10%] | yes | no |",
         "| random | 0% [0%, 0%] | +0.00% [+0.00%, +0.00%] | no | no |",
         "| loss | 100% [100%, 100%] | +1.00% [+1.00%, +1.00%] | no | no |",

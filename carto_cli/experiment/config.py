@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-ARMS = ("baseline", "paper", "carto", "random", "loss", "weights", "oracle")
+ARMS = ("baseline", "paper", "default", "carto", "random", "loss", "weights", "oracle")
 METRICS = ("extraction_rate", "exposure", "exposure_skewnorm", "val_ppl", "mia_auc", "kept_copies")
 DEV_SEED = 1000  # the development seed (canaries, split, init) that chooses carto's rule
 Progress = Callable[[str, float, int], None]  # (description, runs completed, runs in all)
@@ -39,7 +39,7 @@ class Config:
 QUICK = Config(corpus_bytes=30_000, sample_len=48, n_layer=1, n_head=2, n_embd=32, epochs=9,
                batch_size=32, lr=1e-2, repetitions=(8, 16), per_count=2, n_references=32, early_epochs=2,
                threads=1)
-# 22 runs (1 development + 3 seeds x 7 arms) of 9 epochs x ~5.8k rows x 64 tokens = 3.3M tokens:
+# 25 runs (1 development + 3 seeds x 8 arms; 22 when the reported run below was made, before the default arm) of 9 epochs x ~5.8k rows x 64 tokens = 3.3M tokens:
 # 35 minutes on this 2-core machine with --jobs 2 (one run ~170-250 s at one thread; the baselines
 # also make an evaluation pass per epoch); one run at a time, about 22 x 200 s = 75 minutes (estimated).
 # Calibrated on seed 0 (baseline only, the arms untouched): with (8, 16, 32) x 6 canaries the
@@ -55,11 +55,13 @@ DEFAULT = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_emb
 # (memorization signal, --correct-from, --threshold). The paper's own ranking (forget events with the
 # logged correctness, token accuracy >= 0.5) is the `paper` arm; it is compared but not a candidate.
 PAPER_RANKING = ("forgets", "log", None)
+# `carto score` at its defaults: the `default` arm (extractable, from the shim's default sketch).
+DEFAULT_RANKING = ("auto", "log", None)
 CANDIDATES = (
     ("forgets", "tail", "p25"), ("forgets", "tail", "p50"), ("forgets", "tail", "p75"),
     ("forgets", "loss", "p25"), ("forgets", "loss", "p50"), ("forgets", "loss", "p75"),
     ("forgets", "acc", "p50"), ("forgets", "acc", "p75"),
-    ("token-drop", "log", None), ("tail-var", "log", None),
+    ("token-drop", "log", None), ("tail-var", "log", None), ("extractable", "log", None),
 )
 RANKINGS = (PAPER_RANKING, *CANDIDATES)
 
@@ -67,6 +69,8 @@ RANKINGS = (PAPER_RANKING, *CANDIDATES)
 def ranking_name(ranking: tuple[str, str, str | None]) -> str:
     """How a ranking is named in results: its `carto score` options."""
     signal, source, threshold = ranking
+    if signal == "auto":
+        return "(defaults)"
     if signal != "forgets":
         return f"--memorization {signal}"
     if source == "log":

@@ -12,11 +12,14 @@ What runs (`carto experiment` on the command line):
    scratch with the `CartoLogger` logging every presentation.
 3. The baseline's logs are scored with `pipeline.run_score`, exactly as `carto score` does, and
    every ranking comes from those scores only (the scoring path never sees the canaries):
-   - `paper`: `carto score` defaults (correct = greedy token accuracy >= 0.5, memorization =
-     forget events / transitions, never-learned = 0), pruned by memorization;
+   - `paper`: the paper's rule (correct = greedy token accuracy >= 0.5, memorization = forget
+     events / transitions, never-learned = 0), pruned by memorization;
+   - `default`: `carto score` at its defaults (memorization = `extractable`, from the sketch the
+     shim logs by default), pruned by memorization: what a user gets;
    - `carto`: the memorization ranking carto recommends for generative models, chosen once per
      experiment on a development seed with its own canaries among forget events under other
-     correctness rules and the label-free signals token-drop and tail-var (see `choose_ranking`);
+     correctness rules and the label-free signals token-drop, tail-var and extractable (see
+     `choose_ranking`);
    - `random`: the same fraction at random; `loss`: the highest early loss (difficulty) first;
    - `weights`: no pruning, carto's quadrant weights (`export.sample_weights`, scored by the
      `carto` rule) drawn by a WeightedRandomSampler (`sampling.weighted_sampler`);
@@ -53,6 +56,7 @@ from carto_cli.experiment.canaries import CanarySet, plant
 from carto_cli.experiment.config import (
     ARMS,
     DEFAULT,
+    DEFAULT_RANKING,
     DEV_SEED,
     PAPER_RANKING,
     QUICK,
@@ -189,15 +193,18 @@ def compare_rankings(cfg: Config, data: SeedData, frac: float, log_dir: Path, wo
 def prepare_arms(
     cfg: Config, data: SeedData, frac: float, seed: int, carto_ranking: tuple, work: Path
 ) -> dict:
-    """Score one seed's baseline logs and set up its arms (paper, carto, random, loss, weights, oracle)."""
+    """Score one seed's baseline logs and set up its arms (paper, default, carto, random, loss,
+    weights, oracle)."""
     n = len(data.train)
     log_dir = work / "logs"
     rankings = (compare_rankings(cfg, data, frac, log_dir, work)
                 + compare_rankings(cfg, data, frac, work / "eval_logs", work, source="evaluation"))
     paper = _score(log_dir, _params(cfg, *PAPER_RANKING), work / "scores-paper.parquet")
+    default = _score(log_dir, _params(cfg, *DEFAULT_RANKING), work / "scores-default.parquet")
     carto = _score(log_dir, _params(cfg, *carto_ranking), work / "scores-carto.parquet")
     manifests = {
         "paper": export.prune_manifest(paper, frac=frac, by="memorization"),
+        "default": export.prune_manifest(default, frac=frac, by="memorization"),
         "carto": export.prune_manifest(carto, frac=frac, by="memorization"),
         "random": export.prune_manifest(paper, frac=frac, by="random", seed=seed),
         "loss": export.prune_manifest(paper, frac=frac, by="difficulty"),
