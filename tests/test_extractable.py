@@ -272,3 +272,42 @@ def run_small_world(tmp_path: Path) -> None:
     pruned = set(pl.read_parquet(manifest).filter(~pl.col("keep"))["sample_id"].to_list())
     assert len(pruned) == 120
     assert len(memorized & pruned) >= 0.5 * len(memorized), (len(memorized & pruned), len(memorized))
+
+
+# ------------------------------------------------------------------ the numpy kernel
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_numpy_kernel_equals_the_polars_definition(tmp_path: Path, seed: int) -> None:
+    """Random sketched logs (ids dense or sparse, a sample twice in one row group, NaN losses and
+    sketches, null sketches, several parts and row groups): `extract.extractable` gives exactly
+    `signals.extractable`'s values."""
+    from carto_cli.io.logs import open_logs, scan
+    from carto_cli.score import extract, signals
+
+    rng = np.random.default_rng(seed)
+    k, r, T = 3, 2, 12
+    ids = rng.choice(10_000, size=40, replace=False) if seed % 2 else np.arange(40)
+    rows = []
+    for epoch in range(4):
+        for sid in rng.permutation(ids):
+            for _ in range(1 + (rng.random() < 0.1)):  # now and then twice in an epoch
+                pos = rng.integers(0, T, k).tolist()
+                loss = np.round(rng.random(k) * 4, 3).tolist()
+                if rng.random() < 0.1:
+                    loss[-1] = float("nan")
+                runs = [int(x) for x in rng.integers(0, 5, 2 * r)]
+                sketched = rng.random() > 0.05
+                rows.append({"sample_id": int(sid), "epoch": epoch, "step": int(rng.integers(0, 10_000)),
+                             "loss": float("nan") if rng.random() < 0.02 else 1.0, "correct": True,
+                             "top_pos": pos if sketched else None, "top_loss": loss if sketched else None,
+                             "hit_runs": runs if sketched else None})
+    write_parts(tmp_path / "logs", rows, schema=SKETCH_SCHEMA, n_files=3, seed=seed)
+    logset = open_logs([tmp_path / "logs"])
+    for drop in (True, False):
+        lf = scan(logset, ["sample_id", "epoch", "step", "loss", "top_pos", "top_loss", "hit_runs"])
+        if drop:
+            lf = lf.filter(pl.col("loss").is_finite())
+        want = signals.extractable(lf, early_epochs=2).filter(pl.col("value").is_not_null()).sort("sample_id")
+        got = extract.extractable(logset, early_epochs=2, drop_nonfinite=drop).sort("sample_id")
+        assert got.height > 10 and got.equals(want), (drop, got, want)

@@ -18,7 +18,7 @@ from carto_cli.engines import plan as planner
 from carto_cli.engines.plan import Kernel, Plan
 from carto_cli.io.logs import LogPart, LogSet, scan
 from carto_cli.log import schema
-from carto_cli.score import dense, signals
+from carto_cli.score import dense, extract, signals
 from carto_cli.score.rules import CorrectnessRule, ScoreParams
 from carto_cli.score.state import SCORE_COLUMNS, finalize, segment_state
 
@@ -93,6 +93,11 @@ def full_state(kernel: Kernel, parts: list[LogPart], *, dense_ok: bool = True) -
 def signal_values(parts: list[LogPart], plan: Plan, params: ScoreParams) -> pl.DataFrame:
     """sample_id -> `value` of the signal `params.memorization` over `parts`, which must hold every
     row of their samples (a whole log, or one bucket of it)."""
+    if params.memorization == "extractable":  # the numpy kernel; the Polars definition where it declines
+        values = extract.extractable(LogSet(parts), early_epochs=params.early_epochs,
+                                     drop_nonfinite=plan.kernel.drop_nonfinite)
+        if values is not None:
+            return values
     columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.LOSS, *signals.SIGNAL_COLUMNS[params.memorization]]
     lf = scan(LogSet(parts), columns)
     if plan.kernel.drop_nonfinite:

@@ -117,18 +117,24 @@ def resolve_signal(logset: LogSet, params: ScoreParams) -> ScoreParams:
     part has the sketch columns with some non-null rows, else `forgets`."""
     if params.memorization != "auto":
         return params
-    has_sketch = all(
-        all(c in p.columns and p.null_counts.get(c) != p.num_rows for c in schema.SKETCH_COLUMNS)
-        for p in logset.parts)
-    return replace(params, memorization=signals.resolve("auto", has_sketch))
+    return replace(params, memorization=signals.resolve("auto", _has_sketch(logset)))
+
+
+def _has_sketch(logset: LogSet) -> bool:
+    """Whether every part has the sketch columns, not all null (from the footers)."""
+    return all(all(c in p.columns and p.null_counts.get(c) != p.num_rows for c in schema.SKETCH_COLUMNS)
+               for p in logset.parts)
 
 
 def from_footers(logset: LogSet, params: ScoreParams) -> Plan | None:
     """The dense kernel with no pass over the data first, when the footers show that the bitmask
-    method applies (one epoch per row group, epochs in step order, |loss| in range) and the rule
-    needs no percentile; None otherwise."""
-    if params.method != "auto" or params.memorization != "forgets":
-        return None
+    method applies (one epoch per row group, epochs in step order, |loss| in range), the rule
+    needs no percentile and the memorization signal needs no checking pass (forget events, or
+    the sketch, present in every part); None otherwise."""
+    if params.method != "auto" or params.memorization not in ("forgets", "extractable"):
+        return None  # token-drop and tail-var: `prepare` checks their column and resolves late_from
+    if params.memorization == "extractable" and not _has_sketch(logset):
+        return None  # `prepare` names the missing column
     rule = fixed_rule(params)
     column = RULE_COLUMN.get(params.correct_from)
     if rule is None or (column is not None and any(p.null_counts.get(column) != 0 for p in logset.parts)):
@@ -141,7 +147,8 @@ def from_footers(logset: LogSet, params: ScoreParams) -> Plan | None:
         return None
     kernel = Kernel(rule=rule, early_epochs=params.early_epochs, method="bitmask", drop_nonfinite=True,
                     sample_id_dtype=str(sample_id_dtype(logset.parts)))
-    memorization = signals.describe("forgets", drop_k=params.drop_k, early_epochs=params.early_epochs, late_from=None)
+    memorization = signals.describe(params.memorization, drop_k=params.drop_k, early_epochs=params.early_epochs,
+                                    late_from=None)
     return Plan(kernel, memorization=memorization, dense=True, checked=False)
 
 

@@ -39,7 +39,8 @@ class Config:
 QUICK = Config(corpus_bytes=30_000, sample_len=48, n_layer=1, n_head=2, n_embd=32, epochs=9,
                batch_size=32, lr=1e-2, repetitions=(8, 16), per_count=2, n_references=32, early_epochs=2,
                threads=1)
-# 25 runs (1 development + 3 seeds x 8 arms; 22 when the reported run below was made, before the default arm) of 9 epochs x ~5.8k rows x 64 tokens = 3.3M tokens:
+# 25 runs (1 development + 3 seeds x 8 arms; the reported run, before the default arm, had 22)
+# of 9 epochs x ~5.8k rows x 64 tokens = 3.3M tokens:
 # 35 minutes on this 2-core machine with --jobs 2 (one run ~170-250 s at one thread; the baselines
 # also make an evaluation pass per epoch); one run at a time, about 22 x 200 s = 75 minutes (estimated).
 # Calibrated on seed 0 (baseline only, the arms untouched): with (8, 16, 32) x 6 canaries the
