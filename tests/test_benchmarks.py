@@ -3,8 +3,8 @@
 Timings are not checked here (the scripts print them as ratios against a baseline of the same run;
 see benchmarks/README.md). What is checked is what the scripts assert about correctness: every
 contender's per-sample output against carto's (DuckDB's SQL among them), bucketed scores against
-the hash kernel's, `--update` against a full rescore, and the shim's logged values against a
-float64 reference.
+the hash kernel's, `--update` against a full rescore, the shim's logged values against a float64
+reference, and the default signal's numpy kernel against its Polars definition.
 """
 
 from __future__ import annotations
@@ -109,3 +109,10 @@ def test_bench_shim_values_match_the_reference() -> None:
     for what in ("tail_loss - reference", "n_tokens mismatches 0", "forced argmax ties", "no targets"):
         assert what in check, check  # the check covers every logged column and the tie rule
     assert result["rows_logged"] > 0
+
+
+def test_bench_signal_kernel_equals_the_definition(tmp_path: Path) -> None:
+    result = last_json(bench("bench_signal.py", "--samples", 3000, "--logs", tmp_path / "sketch", "--repeat", 1,
+                             "--check"))
+    assert result["kernel_vs_definition_mismatches"] == 0
+    assert result["other_columns_identical"] is True  # the signal changes the memorization column only

@@ -1,0 +1,118 @@
+"""The default memorization signal's cost: `carto score` on a log with the shim's sketch, ranked by
+`extractable` (the default) against the same command ranked by forget events.
+
+    python benchmarks/bench_signal.py                       # 1M samples x 4 epochs (~1 minute)
+    python benchmarks/bench_signal.py --samples 200000 --check
+
+Writes a log shaped as the shim writes it (one part per epoch, ids permuted each epoch, the sketch
+columns with k = 8 and r = 4, zstd) under /work/bench_data, with random sketches: positions
+uniform in a 256-token sequence, losses uniform in [0, 5), runs up to 40 tokens (random values
+compress less than real ones: a conservative read cost). Then runs, each in its own process,
+alternately `--repeat` times: `carto score LOGS` (extractable) and
+`carto score LOGS --memorization forgets`, and prints wall time and peak RSS (wait4) of each and
+their ratios. `--check` also compares the numpy kernel with the Polars definition of the signal
+on the whole log (slow: the definition explodes every early sketch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from common import DATA_ROOT, carto_source, run_step
+
+CARTO = [sys.executable, "-c", "from carto_cli.cli import main; main()"]
+
+
+def write_log(out: Path, samples: int, epochs: int, *, k: int = 8, r: int = 4, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def lists(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
+        n, width = values.shape
+        offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=dtype))
+
+    for epoch in range(epochs):
+        ids = rng.permutation(samples).astype(np.int64)
+        table = pa.table({
+            "sample_id": ids,
+            "epoch": np.full(samples, epoch, dtype=np.int32),
+            "step": (epoch * samples + np.arange(samples)) // 32,
+            "loss": rng.random(samples).astype(np.float32) * 4,
+            "correct": rng.random(samples) < 0.5,
+            "top_pos": lists(rng.integers(0, 256, (samples, k)).astype(np.uint16), pa.uint16()),
+            "top_loss": lists((rng.random((samples, k)) * 5).astype(np.float16), pa.float16()),
+            "hit_runs": lists(rng.integers(0, 40, (samples, 2 * r)).astype(np.uint16), pa.uint16()),
+        })
+        pq.write_table(table, out / f"part-e{epoch}.parquet", compression="zstd", row_group_size=1_000_000)
+
+
+def check(logs: Path) -> int:
+    """Samples where the numpy kernel and the Polars definition disagree."""
+    import polars as pl
+
+    from carto_cli.io.logs import open_logs, scan
+    from carto_cli.score import extract, signals
+
+    logset = open_logs([logs])
+    lf = scan(logset, ["sample_id", "epoch", "step", "loss", "top_pos", "top_loss", "hit_runs"])
+    want = signals.extractable(lf, early_epochs=2).filter(pl.col("value").is_not_null())
+    got = extract.extractable(logset, early_epochs=2, drop_nonfinite=True)
+    joined = want.join(got, on="sample_id", how="full", coalesce=True, suffix="_np")
+    return joined.filter(pl.col("value").ne_missing(pl.col("value_np"))).height
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=1_000_000)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--logs", type=Path, help="the sketched log (generated there if missing)")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--timeout", type=float, default=900)
+    args = ap.parse_args()
+    logs = args.logs or DATA_ROOT / f"sketch-{args.samples}x{args.epochs}"
+    if not logs.exists():
+        write_log(logs, args.samples, args.epochs)
+    print(f"log: {logs}; carto: {json.dumps(carto_source())}")
+    runs: dict[str, list[dict]] = {"extractable": [], "forgets": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        outs = {name: Path(tmp) / f"{name}.parquet" for name in runs}
+        for _ in range(args.repeat):
+            for name, extra in (("extractable", []), ("forgets", ["--memorization", "forgets"])):
+                argv = [*CARTO, "score", str(logs), "--out", str(outs[name]), *extra]
+                runs[name].append(run_step(name, argv, args.timeout, tail=2, width=12))
+        ok = all(r["status"] == "ok" for rs in runs.values() for r in rs)
+        import polars as pl
+
+        same_state = ok and pl.read_parquet(outs["extractable"]).drop("memorization", "quadrant").equals(
+            pl.read_parquet(outs["forgets"]).drop("memorization", "quadrant"))
+    best = {name: min(r["wall_s"] for r in rs) for name, rs in runs.items()}
+    rss = {name: max(r["peak_rss_mib"] for r in rs) for name, rs in runs.items()}
+    result = {
+        "samples": args.samples, "epochs": args.epochs, "repeat": args.repeat,
+        "best_wall_s": best, "median_wall_s": {n: statistics.median(r["wall_s"] for r in rs) for n, rs in runs.items()},
+        "peak_rss_mib": rss,
+        "time_ratio": best["extractable"] / best["forgets"], "rss_ratio": rss["extractable"] / rss["forgets"],
+        "other_columns_identical": same_state,
+    }
+    if args.check:
+        result["kernel_vs_definition_mismatches"] = check(logs)
+    print(f"extractable / forgets: time {result['time_ratio']:.2f} (best of {args.repeat}), "
+          f"peak RSS {result['rss_ratio']:.2f}; the other score columns identical: {same_state}")
+    if args.check:
+        print(f"numpy kernel vs Polars definition: {result['kernel_vs_definition_mismatches']} mismatching samples")
+    print(json.dumps(result))
+    return 0 if ok and same_state and not result.get("kernel_vs_definition_mismatches") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
