@@ -5,7 +5,7 @@
     python benchmarks/bench_signal.py --samples 200000 --check
 
 Writes a log shaped as the shim writes it (one part per epoch, ids permuted each epoch, the sketch
-columns with k = 8 and r = 4, zstd) under /work/bench_data, with random sketches: positions
+columns with the shim's default k = 10 and r = 6, zstd) under /work/bench_data, with random sketches: positions
 uniform in a 256-token sequence, losses uniform in [0, 5), runs up to 40 tokens (random values
 compress less than real ones: a conservative read cost). Then runs, each in its own process,
 alternately `--repeat` times: `carto score LOGS` (extractable) and
@@ -31,7 +31,7 @@ from common import DATA_ROOT, carto_source, run_step
 CARTO = [sys.executable, "-c", "from carto_cli.cli import main; main()"]
 
 
-def write_log(out: Path, samples: int, epochs: int, *, k: int = 8, r: int = 4, seed: int = 0) -> None:
+def write_log(out: Path, samples: int, epochs: int, *, k: int = 10, r: int = 6, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -23,7 +23,7 @@ one writer per data-parallel rank. Each row is one *presentation* of one trainin
 (float16) per position per presentation before compression, so it suits small runs or a probe
 subset of samples; `carto score --memorization token-drop` reads it. The sketch columns
 (`top_pos`, `top_loss`, `hit_runs`; `carto_cli.log.sketch`) are written by default from logits:
-48 bytes per presentation before compression whatever the sequence length, read by the default
+64 bytes per presentation before compression whatever the sequence length, read by the default
 memorization signal (`extractable`).
 
 Other columns are allowed and ignored. A part is written under a temporary name (hidden, ending in
@@ -100,7 +100,7 @@ META_RUN_ID = "carto.run_id"
 META_STARTED = "carto.started_at"
 META_CORRECT_RULE = "carto.correct_rule"
 META_TAIL_K = "carto.tail_k"
-META_SKETCH = "carto.sketch"  # "k=8,runs=4", or "off"
+META_SKETCH = "carto.sketch"  # "k=10,runs=6", or "off"
 
 PART_SUFFIX = ".parquet"
 TMP_SUFFIX = ".tmp"

@@ -25,8 +25,8 @@ What `record` does, and what it costs the training loop:
   A SIGKILL loses at most the rows recorded since the last flush or part rotation.
 
 The memorization sketch (on by default, `carto_cli.log.sketch`): from the same per-token losses and
-greedy hits, the positions and losses of the 8 largest token losses and the 4 longest runs of greedy
-hits, 48 bytes per presentation whatever the sequence length. `carto score` ranks memorization by
+greedy hits, the positions and losses of the 10 largest token losses and the 6 longest runs of greedy
+hits, 64 bytes per presentation whatever the sequence length. `carto score` ranks memorization by
 it by default (`--memorization extractable`).
 
 Per-token losses (`token_losses=True`, or a collection of sample ids: a probe subset) add the

@@ -1,7 +1,7 @@
 """A fixed-size sketch of one presentation's token losses and greedy hits, for the memorization signal.
 
 Full per-token losses cost 2 bytes per position per presentation; the sketch costs the same
-whatever the sequence length (k = 8, r = 4: 48 bytes before compression, positions below 65,536):
+whatever the sequence length (k = 10, r = 6: 64 bytes before compression, positions below 65,536):
 
 - `top_pos`, `top_loss` (k each): the positions of the k largest token losses among the target
   positions, largest first, and those losses (float16). A sample with fewer than k targets pads
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULT_TOP_K = 8
-DEFAULT_RUNS = 4
+DEFAULT_TOP_K = 10
+DEFAULT_RUNS = 6
 
 
 def top_losses(torch: Any, tok_loss: Any, valid: Any, k: int) -> tuple[Any, Any]:
