@@ -94,9 +94,16 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
             np.add.at(n_early, idx, 1)
             finite = np.isfinite(loss)
             fixed = np.rint(np.where(finite, loss, 0.0) * SCALE).astype(np.int64)  # (m, k), 0 for the padding
-            for j in range(starts.shape[1]):
-                s, e = starts[idx, j][:, None], ends[idx, j][:, None]
-                np.add.at(totals[:, j], idx, np.where((pos >= s) & (pos < e), fixed, 0).sum(axis=1))
+            s, e = starts[idx], ends[idx]  # (m, r): the late runs of each row's sample
+            contributions = np.empty(s.shape, dtype=np.int64)
+            for j in range(s.shape[1]):
+                inside = (pos >= s[:, j, None]) & (pos < e[:, j, None])  # (m, k)
+                contributions[:, j] = np.where(inside, fixed, 0).sum(axis=1)
+            mark[idx] = np.arange(len(idx))
+            if (mark[idx] == np.arange(len(idx))).all():  # each sample once in this row group
+                totals[idx] += contributions
+            else:
+                np.add.at(totals, idx, contributions)
         best = totals.max(axis=1)
     has_late = last_step != _NO_STEP
     scored = (n_early > 0) & has_late
