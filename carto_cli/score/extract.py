@@ -61,7 +61,7 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
             continue
         where, values = rows
         if runs is None:
-            runs = np.zeros((n_slots, values.shape[1]), dtype=np.int64)
+            runs = np.zeros((n_slots, values.shape[1]), dtype=np.int32)  # positions < 2^31
         elif values.shape[1] != runs.shape[1]:
             return None
         idx = slots(chunk[schema.SAMPLE_ID][where])
