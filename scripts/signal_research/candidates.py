@@ -125,7 +125,10 @@ def candidates(loss: np.ndarray, hit: np.ndarray, early_epochs: int) -> dict[str
     drop = early_full - last
     out["token-drop (full, reference)"] = (mean_topk(drop, DROP_K), 2 * T, "f16 per position")
     out["schedule: full losses at epochs < Ee and the last"] = (
-        mean_topk(drop, DROP_K), 2 * T * (Ee + 1) / E, "same value as token-drop; bytes averaged")
+        mean_topk(drop, DROP_K),
+        2 * T * (Ee + 1) / E,
+        "same value as token-drop; bytes averaged",
+    )
 
     # --- top-k sketches
     for k in (4, 8, 16):
@@ -162,16 +165,27 @@ def candidates(loss: np.ndarray, hit: np.ndarray, early_epochs: int) -> dict[str
     out["greedy run: longest at last"] = (runs[E - 1], 2, "int16")
     out["greedy run: last - mean early"] = (runs[E - 1] - runs[:Ee].mean(0), 2, "int16")
     out["weighted run: sum early_j (full early) over longest last run"] = (
-        run_sum(early_full, starts[E - 1], runs[E - 1].astype(int)), 2 * T * Ee / E + 4,
-        "needs full early losses + (start, len) int16")
+        run_sum(early_full, starts[E - 1], runs[E - 1].astype(int)),
+        2 * T * Ee / E + 4,
+        "needs full early losses + (start, len) int16",
+    )
     out["weighted run: max over last runs of sum early_j (full early)"] = (
-        max_weighted_run(hit[E - 1], early_full), 2 * T * Ee / E + 2, "needs full early losses")
+        max_weighted_run(hit[E - 1], early_full),
+        2 * T * Ee / E + 2,
+        "needs full early losses",
+    )
     m8, k8 = zip(*(topk_mask(L[e], 8) for e in range(Ee)))
     early_sk_lb = np.where(np.stack(m8), L[:Ee], 0.0).mean(0)  # lower bound from 8-sketches
     out["weighted run: sum early sketch8 (unseen=0) over longest last run"] = (
-        run_sum(early_sk_lb, starts[E - 1], runs[E - 1].astype(int)), 32 + 4, "sketch8 + (start, len) int16")
+        run_sum(early_sk_lb, starts[E - 1], runs[E - 1].astype(int)),
+        32 + 4,
+        "sketch8 + (start, len) int16",
+    )
     out["weighted run: max over last runs of sum early sketch8"] = (
-        max_weighted_run(hit[E - 1], early_sk_lb), 32 + 2, "sketch8 + the run, scored offline needs hits: not loggable as is")
+        max_weighted_run(hit[E - 1], early_sk_lb),
+        32 + 2,
+        "sketch8 + the run, scored offline needs hits: not loggable as is",
+    )
     # loggable: sketch k + the R longest greedy-hit runs (int16 start, int16 length) per presentation
     for R in (1, 4, 8):
         rs, rl = top_runs(hit[E - 1], R)
@@ -184,7 +198,10 @@ def candidates(loss: np.ndarray, hit: np.ndarray, early_epochs: int) -> dict[str
             nb = 4 * k + 4 * R
             per_run = [run_sum(e_lb, rs[:, i], rl[:, i]) for i in range(R)]
             out[f"sketch{k}+runs{R}: max over runs of sum early (mean, unseen=0)"] = (
-                np.max(per_run, axis=0), nb, f"{k} x (int16, f16) + {R} x (int16 start, int16 len)")
+                np.max(per_run, axis=0),
+                nb,
+                f"{k} x (int16, f16) + {R} x (int16 start, int16 len)",
+            )
             per_run = [run_sum(e_max, rs[:, i], rl[:, i]) for i in range(R)]
             out[f"sketch{k}+runs{R}: max over runs of sum early (max)"] = (np.max(per_run, axis=0), nb, "")
             out[f"sketch{k}+runs{R}: sum early over all logged runs"] = ((e_lb * inrun).sum(1), nb, "")
@@ -194,7 +211,10 @@ def candidates(loss: np.ndarray, hit: np.ndarray, early_epochs: int) -> dict[str
     conf = last < 0.1
     out["confident run: longest run with loss<0.1 at last"] = (longest_run(conf)[0].astype(float), 2, "int16")
     out["extractable: hits in longest last run with loss<0.1"] = (
-        run_sum(conf.astype(float), starts[E - 1], runs[E - 1].astype(int)), 2, "int16")
+        run_sum(conf.astype(float), starts[E - 1], runs[E - 1].astype(int)),
+        2,
+        "int16",
+    )
 
     # --- cheap scalars (per presentation f16), combined early vs last
     def scalar(name, per_pres, note="f16"):
@@ -241,24 +261,37 @@ def main() -> None:
     rows = []
     for name, (sig, nbytes, note) in candidates(loss, hit, Ee).items():
         top = top_frac(sig, args.frac)
-        row = {"candidate": name, "bytes": nbytes, "note": note,
-               "auc": auc(sig, carrier, non), "rec10": float(top[carrier].mean()),
-               "prec10": float(carrier[top].mean()),
-               "auc_ext": auc(sig, ext, non) if ext.any() else None,
-               "rec10_ext": float(top[ext].mean()) if ext.any() else None,
-               "null": int((~np.isfinite(sig)).sum())}
+        row = {
+            "candidate": name,
+            "bytes": nbytes,
+            "note": note,
+            "auc": auc(sig, carrier, non),
+            "rec10": float(top[carrier].mean()),
+            "prec10": float(carrier[top].mean()),
+            "auc_ext": auc(sig, ext, non) if ext.any() else None,
+            "rec10_ext": float(top[ext].mean()) if ext.any() else None,
+            "null": int((~np.isfinite(sig)).sum()),
+        }
         rows.append(row)
-    header = (f"# {run.name}: E={E} epochs, N={N} train rows, T={T}, early_epochs={Ee}; "
-              f"carriers {carrier.sum()} ({carrier.mean():.1%}); extracted canaries "
-              f"{sum(c['extracted'] for c in meta['canaries'])}/{len(meta['canaries'])} "
-              f"({ext.sum()} carriers); val loss {meta['val_loss']:.4f} (ppl {meta['val_ppl']:.4f}); "
-              f"train {meta['train_seconds']:.0f} s\n")
-    md = [header, "| candidate | bytes/pres | AUC | rec@10% | prec@10% | AUC (extracted) | rec@10% (extracted) | nulls |",
-          "|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    header = (
+        f"# {run.name}: E={E} epochs, N={N} train rows, T={T}, early_epochs={Ee}; "
+        f"carriers {carrier.sum()} ({carrier.mean():.1%}); extracted canaries "
+        f"{sum(c['extracted'] for c in meta['canaries'])}/{len(meta['canaries'])} "
+        f"({ext.sum()} carriers); val loss {meta['val_loss']:.4f} (ppl {meta['val_ppl']:.4f}); "
+        f"train {meta['train_seconds']:.0f} s\n"
+    )
+    md = [
+        header,
+        "| candidate | bytes/pres | AUC | rec@10% | prec@10% | AUC (extracted) | rec@10% (extracted) | nulls |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
     for r in rows:
-        md.append(f"| {r['candidate']} | {r['bytes']:.1f} | {r['auc']:.3f} | {r['rec10']:.2f} | {r['prec10']:.2f} | "
-                  f"{fmt(r['auc_ext'])} | {fmt(r['rec10_ext'])} | {r['null']} |")
+        md.append(
+            f"| {r['candidate']} | {r['bytes']:.1f} | {r['auc']:.3f} | {r['rec10']:.2f} | {r['prec10']:.2f} | "
+            f"{fmt(r['auc_ext'])} | {fmt(r['rec10_ext'])} | {r['null']} |"
+        )
     text = "\n".join(md) + "\n"
     (run / f"candidates-Ee{Ee}.md").write_text(text)
     (run / f"candidates-Ee{Ee}.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -47,17 +47,19 @@ def write_log(record: dict, out: Path) -> None:
             offsets = pa.array(np.arange(0, (N + 1) * width, width, dtype=np.int32))
             return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=dtype))
 
-        table = pa.table({
-            schema.SAMPLE_ID: np.arange(N, dtype=np.int64),
-            schema.EPOCH: np.full(N, e, dtype=np.int32),
-            schema.STEP: step[e].astype(np.int64),
-            schema.LOSS: np.nanmean(loss[e].astype(np.float32), axis=1),
-            schema.CORRECT: token_acc >= 0.5,
-            schema.TOKEN_ACC: token_acc.astype(np.float32),
-            schema.TOP_POS: lists(positions.numpy().astype(np.uint16), pa.uint16()),
-            schema.TOP_LOSS: lists(top.numpy(), pa.float16()),
-            schema.HIT_RUNS: lists(runs.numpy().astype(np.uint16), pa.uint16()),
-        })
+        table = pa.table(
+            {
+                schema.SAMPLE_ID: np.arange(N, dtype=np.int64),
+                schema.EPOCH: np.full(N, e, dtype=np.int32),
+                schema.STEP: step[e].astype(np.int64),
+                schema.LOSS: np.nanmean(loss[e].astype(np.float32), axis=1),
+                schema.CORRECT: token_acc >= 0.5,
+                schema.TOKEN_ACC: token_acc.astype(np.float32),
+                schema.TOP_POS: lists(positions.numpy().astype(np.uint16), pa.uint16()),
+                schema.TOP_LOSS: lists(top.numpy(), pa.float16()),
+                schema.HIT_RUNS: lists(runs.numpy().astype(np.uint16), pa.uint16()),
+            }
+        )
         pq.write_table(table, out / f"part-e{e}.parquet")
 
 
@@ -86,8 +88,7 @@ def main() -> None:
     ap.add_argument("--early-epochs", type=int, nargs="+", default=[2])
     args = ap.parse_args()
     print(f"sketch: k = {sketch.DEFAULT_TOP_K}, r = {sketch.DEFAULT_RUNS}\n")
-    print("| run | early epochs | signal | carrier AUC | carriers in top 10% | AUC (extracted) | "
-          "top 10% (extracted) |")
+    print("| run | early epochs | signal | carrier AUC | carriers in top 10% | AUC (extracted) | top 10% (extracted) |")
     print("|---|---|---|---|---|---|---|")
     for run in args.runs:
         meta = json.loads((run / "meta.json").read_text())
@@ -105,7 +106,7 @@ def main() -> None:
                     scores = score_logs(Path(tmp) / "logs", early_epochs=early, memorization=signal)
                     r = rank(scores, carriers, extracted)
                     name = "extractable (default)" if signal == "auto" else "forget events (paper)"
-                    ext = (f"{r['auc_ext']:.3f} | {r['rec10_ext']:.2f}" if "auc_ext" in r else "n/a | n/a")
+                    ext = f"{r['auc_ext']:.3f} | {r['rec10_ext']:.2f}" if "auc_ext" in r else "n/a | n/a"
                     print(f"| {run.name} | {early} | {name} | {r['auc']:.3f} | {r['rec10']:.2f} | {ext} |", flush=True)
 
 

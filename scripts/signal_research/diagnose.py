@@ -1,4 +1,5 @@
 """Where the canary tokens sit in the early sketch and the late hit runs (carriers of extracted canaries)."""
+
 import json
 import sys
 
@@ -7,11 +8,16 @@ import numpy as np
 sys.path.insert(0, "proto")
 from candidates import run_mask, top_runs, topk_mask
 
-run = sys.argv[1]; Ee = int(sys.argv[2])
-meta = json.load(open(f"{run}/meta.json")); rec = np.load(f"{run}/record.npz")
-L = rec["loss"].astype(np.float32); H = rec["hit"]; E, N, T = L.shape
+run = sys.argv[1]
+Ee = int(sys.argv[2])
+meta = json.load(open(f"{run}/meta.json"))
+rec = np.load(f"{run}/record.npz")
+L = rec["loss"].astype(np.float32)
+H = rec["hit"]
+E, N, T = L.shape
 for c in meta["canaries"]:
-    ids = np.array(c["sample_ids"]); off = np.array(c["offsets"])
+    ids = np.array(c["sample_ids"])
+    off = np.array(c["offsets"])
     # canary text: "\nthe pin of KEY is DDDD\n": key bytes at off+12..16, digits at off+21..24;
     # the target position predicting byte b is b-1
     key = off[:, None] + np.arange(12, 17)[None] - 1

@@ -32,9 +32,21 @@ from carto_cli.experiment.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
 
 # Regime B: data-rich. The whole shipped corpus (0.47 MB topics + 2 MB stdlib source), 256-byte
 # samples (a canary, 26 bytes, is ~10% of one), few epochs, few carriers.
-REGIME_B = Config(corpus_bytes=2_600_000, sample_len=256, n_layer=3, n_head=4, n_embd=128, epochs=3,
-                  batch_size=32, lr=3e-3, repetitions=(16, 32, 64), per_count=4, n_references=64,
-                  early_epochs=1, threads=1)
+REGIME_B = Config(
+    corpus_bytes=2_600_000,
+    sample_len=256,
+    n_layer=3,
+    n_head=4,
+    n_embd=128,
+    epochs=3,
+    batch_size=32,
+    lr=3e-3,
+    repetitions=(16, 32, 64),
+    per_count=4,
+    n_references=64,
+    early_epochs=1,
+    threads=1,
+)
 
 
 class Recorder:
@@ -67,15 +79,28 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--repetitions", type=lambda v: tuple(int(x) for x in v.split(",")))
     ap.add_argument("--per-count", type=int)
-    ap.add_argument("--prune-random", type=float, default=0.0,
-                    help="train on a random (1-f) of the rows for the same number of presentations")
+    ap.add_argument(
+        "--prune-random",
+        type=float,
+        default=0.0,
+        help="train on a random (1-f) of the rows for the same number of presentations",
+    )
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
     cfg = DEFAULT if args.regime == "A" else REGIME_B
-    over = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("n_embd", args.n_embd),
-                              ("corpus_bytes", args.corpus_bytes),
-                              ("batch_size", args.batch_size), ("repetitions", args.repetitions),
-                              ("per_count", args.per_count)) if v is not None}
+    over = {
+        k: v
+        for k, v in (
+            ("epochs", args.epochs),
+            ("lr", args.lr),
+            ("n_embd", args.n_embd),
+            ("corpus_bytes", args.corpus_bytes),
+            ("batch_size", args.batch_size),
+            ("repetitions", args.repetitions),
+            ("per_count", args.per_count),
+        )
+        if v is not None
+    }
     cfg = replace(cfg, **over)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,20 +125,25 @@ def main() -> None:
         rows = np.concatenate(tiled)
         epochs = 1
     torch.manual_seed(args.seed)
-    model = GPT(GPTConfig(block_size=cfg.sample_len, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                          n_embd=cfg.n_embd))
+    model = GPT(GPTConfig(block_size=cfg.sample_len, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
     rec = None if (args.no_record or args.prune_random > 0) else Recorder(epochs, n, cfg.sample_len)
     t0 = time.perf_counter()
-    last = [t0]
 
     def progress(step: int, total: int) -> None:
         if step % 100 == 0 or step == total:
             now = time.perf_counter()
             print(f"step {step}/{total} {now - t0:.0f}s", flush=True)
 
-    stats = train_epochs(model, data.train[rows], epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                         seed=args.seed, logger=_Remap(rec, rows) if rec is not None else None,
-                         progress=progress)
+    stats = train_epochs(
+        model,
+        data.train[rows],
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=args.seed,
+        logger=_Remap(rec, rows) if rec is not None else None,
+        progress=progress,
+    )
     train_s = time.perf_counter() - t0
     cs = data.canaries
     prefixes = [c.prefix for c in cs.canaries]
@@ -122,15 +152,31 @@ def main() -> None:
     canary_lp = metrics.secret_log_perplexity(model, prefixes, secrets)
     val = eval_loss(model, data.val)
     meta = {
-        "regime": args.regime, "seed": args.seed, "config": asdict(cfg), "prune_random": args.prune_random,
-        "n_train": int(n), "n_val": int(len(data.val)), "params": model.num_params(),
-        "presentations": int(len(rows) * epochs), "train_seconds": train_s, "stats": stats,
-        "val_loss": val, "val_ppl": math.exp(val),
+        "regime": args.regime,
+        "seed": args.seed,
+        "config": asdict(cfg),
+        "prune_random": args.prune_random,
+        "n_train": int(n),
+        "n_val": int(len(data.val)),
+        "params": model.num_params(),
+        "presentations": int(len(rows) * epochs),
+        "train_seconds": train_s,
+        "stats": stats,
+        "val_loss": val,
+        "val_ppl": math.exp(val),
         "extraction_rate": float(extracted.mean()),
-        "canaries": [{"key": c.key, "secret": c.secret, "repetitions": c.repetitions,
-                      "sample_ids": list(c.sample_ids), "offsets": list(c.offsets),
-                      "extracted": bool(e), "log_perplexity_bits": float(lp)}
-                     for c, e, lp in zip(cs.canaries, extracted, canary_lp)],
+        "canaries": [
+            {
+                "key": c.key,
+                "secret": c.secret,
+                "repetitions": c.repetitions,
+                "sample_ids": list(c.sample_ids),
+                "offsets": list(c.offsets),
+                "extracted": bool(e),
+                "log_perplexity_bits": float(lp),
+            }
+            for c, e, lp in zip(cs.canaries, extracted, canary_lp)
+        ],
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=float) + "\n")
     if rec is not None:
@@ -138,10 +184,19 @@ def main() -> None:
     by_r: dict[int, list[bool]] = {}
     for c in meta["canaries"]:
         by_r.setdefault(c["repetitions"], []).append(c["extracted"])
-    print(json.dumps({"train_s": round(train_s), "val_loss": val, "val_ppl": math.exp(val),
-                      "extraction": meta["extraction_rate"],
-                      "by_reps": {r: f"{sum(v)}/{len(v)}" for r, v in by_r.items()},
-                      "n_train": n, "params": meta["params"]}))
+    print(
+        json.dumps(
+            {
+                "train_s": round(train_s),
+                "val_loss": val,
+                "val_ppl": math.exp(val),
+                "extraction": meta["extraction_rate"],
+                "by_reps": {r: f"{sum(v)}/{len(v)}" for r, v in by_r.items()},
+                "n_train": n,
+                "params": meta["params"],
+            }
+        )
+    )
 
 
 class _Remap:
