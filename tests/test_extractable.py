@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import write_parts
+from conftest import assert_hand_scores, hand_rows, write_parts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -165,8 +165,16 @@ def test_score_says_which_signal_it_ranks_by(tmp_path: Path) -> None:
 
 
 def test_logs_without_the_sketch_keep_scoring_by_forget_events(tmp_path: Path) -> None:
-    auto = score_logs(SAMPLE_LOGS)
-    assert auto.equals(score_logs(SAMPLE_LOGS, memorization="forgets"))
+    write_parts(tmp_path / "old", hand_rows())  # a log as carto wrote them before the sketch
+    auto = score_logs(tmp_path / "old")
+    assert auto.equals(score_logs(tmp_path / "old", memorization="forgets"))
+    assert_hand_scores(auto)
+
+
+def test_the_shipped_sample_logs_have_the_sketch() -> None:
+    scores = score_logs(SAMPLE_LOGS)
+    assert scores.height == 2025 and scores["memorization"].null_count() == 0
+    assert not scores.equals(score_logs(SAMPLE_LOGS, memorization="forgets"))
 
 
 def test_update_scores_forget_events_and_says_why(tmp_path: Path) -> None:
@@ -182,7 +190,8 @@ def test_update_scores_forget_events_and_says_why(tmp_path: Path) -> None:
 
 
 def test_a_log_without_the_sketch_names_the_missing_column(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["score", str(SAMPLE_LOGS), "--out", str(tmp_path / "s.parquet"),
+    write_parts(tmp_path / "old", hand_rows())
+    result = runner.invoke(app, ["score", str(tmp_path / "old"), "--out", str(tmp_path / "s.parquet"),
                                  "--memorization", "extractable"])
     assert result.exit_code == 1
     assert "column 'top_pos' is missing, needed by --memorization extractable" in result.output
