@@ -287,13 +287,14 @@ def run_small_world(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_numpy_kernel_equals_the_polars_definition(tmp_path: Path, seed: int) -> None:
-    """Random sketched logs (ids dense or sparse, a sample twice in one row group, NaN losses and
-    sketches, null sketches, several parts and row groups): `extract.extractable` gives exactly
-    `signals.extractable`'s values."""
+def test_numpy_kernel_equals_the_polars_definition(tmp_path: Path, seed: int, monkeypatch) -> None:
+    """Random sketched logs (ids dense or sparse, a sample twice in one batch, NaN losses and
+    sketches, null sketches, several parts, batches of 7 rows or whole parts): `extract.extractable`
+    gives exactly `signals.extractable`'s values."""
     from carto_cli.io.logs import open_logs, scan
     from carto_cli.score import extract, signals
 
+    monkeypatch.setattr(extract, "BATCH_ROWS", 7 if seed % 2 == 0 else 100_000)
     rng = np.random.default_rng(seed)
     k, r, T = 3, 2, 12
     ids = rng.choice(10_000, size=40, replace=False) if seed % 2 else np.arange(40)

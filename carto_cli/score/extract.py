@@ -1,4 +1,4 @@
-"""The `extractable` signal with numpy, a row group at a time: the same values as the Polars
+"""The `extractable` signal with numpy, a batch of rows at a time: the same values as the Polars
 definition (`signals.extractable`), bit for bit, in bounded memory.
 
 The Polars definition explodes every early sketch into one row per position and joins it with the
@@ -36,6 +36,8 @@ from carto_cli.score import dense
 from carto_cli.score.fixedpoint import SCALE
 
 _NO_STEP = np.iinfo(np.int64).min
+# Rows decoded at a time: the decoded sketch lists, not the log's size, set the peak memory.
+BATCH_ROWS = 262_144
 
 
 def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> pl.DataFrame | None:
@@ -52,7 +54,7 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
     last_step = np.full(n_slots, _NO_STEP, dtype=np.int64)
     last_epoch = np.full(n_slots, _NO_STEP, dtype=np.int64)
     runs = None
-    mark = np.zeros(n_slots, dtype=np.int64)  # finds a slot twice in one row group without sorting
+    mark = np.zeros(n_slots, dtype=np.int64)  # finds a slot twice in one batch without sorting
     late_columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.HIT_RUNS]
     for chunk in _chunks(logset, late_columns, drop_nonfinite, epochs=(early_epochs, None)):
         late = chunk[schema.EPOCH] >= early_epochs
@@ -67,7 +69,7 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
         idx = slots(chunk[schema.SAMPLE_ID][where])
         step, epoch = chunk[schema.STEP][where], chunk[schema.EPOCH][where]
         mark[idx] = np.arange(len(idx))
-        if (mark[idx] != np.arange(len(idx))).any():  # a sample twice in this row group: its last row only
+        if (mark[idx] != np.arange(len(idx))).any():  # a sample twice in this batch: its last row only
             order = np.lexsort((epoch, step, idx))
             take = order[np.append(idx[order][1:] != idx[order][:-1], True)]
             idx, step, epoch, values = idx[take], step[take], epoch[take], values[take]
@@ -100,7 +102,7 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
                 inside = (pos >= s[:, j, None]) & (pos < e[:, j, None])  # (m, k)
                 contributions[:, j] = np.where(inside, fixed, 0).sum(axis=1)
             mark[idx] = np.arange(len(idx))
-            if (mark[idx] == np.arange(len(idx))).all():  # each sample once in this row group
+            if (mark[idx] == np.arange(len(idx))).all():  # each sample once in this batch
                 totals[idx] += contributions
             else:
                 np.add.at(totals, idx, contributions)
@@ -133,7 +135,8 @@ def _sketched(chunk: dict, rows: np.ndarray, column: str) -> tuple[np.ndarray, n
 
 def _chunks(logset: LogSet, columns: list[str], drop_nonfinite: bool,
             epochs: tuple[int | None, int | None] = (None, None)) -> Iterator[dict]:
-    """Each row group's `columns`: plain columns as numpy arrays, list columns as Arrow arrays.
+    """Each row group's `columns`, BATCH_ROWS rows at a time: plain columns as numpy arrays, list
+    columns as Arrow arrays.
     `epochs` (lo, hi): skip the row groups whose footer statistics show no epoch in [lo, hi)."""
     lo, hi = epochs
     for part in logset.parts:
@@ -149,16 +152,16 @@ def _chunks(logset: LogSet, columns: list[str], drop_nonfinite: bool,
             if stats is not None and stats.has_min_max and (
                     (lo is not None and stats.max < lo) or (hi is not None and stats.min >= hi)):
                 continue
-            table = file.read_row_group(rg, columns=read)
-            keep = None
-            if drop_nonfinite:
-                keep = np.isfinite(table.column(schema.LOSS).to_numpy(zero_copy_only=False))
-            chunk = {}
-            for name in names:
-                column = table.column(name).combine_chunks()
-                if name in schema.SKETCH_COLUMNS:
-                    chunk[name] = column if keep is None else column.filter(pa.array(keep))
-                else:
-                    values = column.to_numpy(zero_copy_only=False)
-                    chunk[name] = values if keep is None else values[keep]
-            yield chunk
+            for batch in file.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=read):
+                keep = None
+                if drop_nonfinite:
+                    keep = np.isfinite(batch.column(schema.LOSS).to_numpy(zero_copy_only=False))
+                chunk = {}
+                for name in names:
+                    column = batch.column(name)
+                    if name in schema.SKETCH_COLUMNS:
+                        chunk[name] = column if keep is None else column.filter(pa.array(keep))
+                    else:
+                        values = column.to_numpy(zero_copy_only=False)
+                        chunk[name] = values if keep is None else values[keep]
+                yield chunk
