@@ -87,7 +87,7 @@ def run_score(
     cleanup = None
     if update and params.memorization == "auto":
         params = replace(params, memorization="forgets")
-        if planner.resolve_signal(logset, rules.ScoreParams()).memorization != "forgets":
+        if planner.has_sketch(logset):
             notes.append("memorization: forget events, because --update keeps no state for the extractable "
                          "signal; rescore without --update to rank by it")
     params = planner.resolve_signal(logset, params)

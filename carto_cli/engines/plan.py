@@ -117,10 +117,10 @@ def resolve_signal(logset: LogSet, params: ScoreParams) -> ScoreParams:
     part has the sketch columns with some non-null rows, else `forgets`."""
     if params.memorization != "auto":
         return params
-    return replace(params, memorization=signals.resolve("auto", _has_sketch(logset)))
+    return replace(params, memorization=signals.resolve("auto", has_sketch(logset)))
 
 
-def _has_sketch(logset: LogSet) -> bool:
+def has_sketch(logset: LogSet) -> bool:
     """Whether every part has the sketch columns, not all null (from the footers)."""
     return all(all(c in p.columns and p.null_counts.get(c) != p.num_rows for c in schema.SKETCH_COLUMNS)
                for p in logset.parts)
@@ -133,7 +133,7 @@ def from_footers(logset: LogSet, params: ScoreParams) -> Plan | None:
     the sketch, present in every part); None otherwise."""
     if params.method != "auto" or params.memorization not in ("forgets", "extractable"):
         return None  # token-drop and tail-var: `prepare` checks their column and resolves late_from
-    if params.memorization == "extractable" and not _has_sketch(logset):
+    if params.memorization == "extractable" and not has_sketch(logset):
         return None  # `prepare` names the missing column
     rule = fixed_rule(params)
     column = RULE_COLUMN.get(params.correct_from)
