@@ -22,6 +22,10 @@ class OptionError(CartoError):
     """An option value is out of range or inconsistent with the data."""
 
 
+class DatasetError(CartoError):
+    """A dataset or id list passed in (`carto inspect --data`, `--ids`) cannot be read or does not fit."""
+
+
 class MissingDependencyError(CartoError):
     """An optional dependency (an extra) is not installed."""
 
