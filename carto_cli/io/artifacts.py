@@ -83,13 +83,30 @@ def read_provenance(path: Path) -> dict | None:
 
 def read(path: Path, kind: str) -> tuple[pl.DataFrame, dict]:
     """Read an artefact of `kind`, checking it is one carto wrote. Raises ScoresFormatError."""
+    prov = _checked(path, kind)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ScoresFormatError(f"{path}: not a readable Parquet file ({first_line(exc)}); "
+                                f"pass a {kind} file written by carto") from None
+    return pl.from_arrow(table), prov
+
+
+def scan(path: Path, kind: str) -> tuple[pl.LazyFrame, dict]:
+    """`read`, lazily: the same checks (from the footer), the rows left on disk."""
+    return pl.scan_parquet(path), _checked(path, kind)
+
+
+def _checked(path: Path, kind: str) -> dict:
+    """The provenance of the artefact at `path`, after checking from its footer that it exists, is a
+    carto file of `kind` and has the columns that kind needs. Raises ScoresFormatError."""
     option = {"scores": "--scores"}.get(kind, "input")
     if not path.exists():
         hint = "run `carto score LOGS` first" if kind == "scores" else f"pass a {kind} file"
         raise ScoresFormatError(f"{path}: no such file; {hint} (or pass {option} PATH)")
     try:
         prov = read_provenance(path)
-        table = pq.read_table(path)
+        names = pq.read_schema(path).names
     except (pa.ArrowInvalid, OSError) as exc:
         raise ScoresFormatError(f"{path}: not a readable Parquet file ({first_line(exc)}); "
                                 f"pass a {kind} file written by carto") from None
@@ -99,8 +116,8 @@ def read(path: Path, kind: str) -> tuple[pl.DataFrame, dict]:
             f"{path}: not a carto {kind} file ({found}); pass the output of `carto "
             f"{'score' if kind == 'scores' else kind}`"
         )
-    missing = [c for c in REQUIRED[kind] if c not in table.column_names]
+    missing = [c for c in REQUIRED[kind] if c not in names]
     if missing:
         raise ScoresFormatError(f"{path}: {kind} file lacks column(s) {', '.join(missing)}; "
                                 "re-create it with this carto version")
-    return pl.from_arrow(table), prov
+    return prov
