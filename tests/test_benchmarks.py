@@ -116,3 +116,8 @@ def test_bench_signal_kernel_equals_the_definition(tmp_path: Path) -> None:
                              "--check"))
     assert result["kernel_vs_definition_mismatches"] == 0
     assert result["other_columns_identical"] is True  # the signal changes the memorization column only
+
+
+def test_bench_map_draws_a_density_map(tmp_path: Path) -> None:
+    result = last_json(bench("bench_map.py", "--samples", 30_000, "--scores", tmp_path / "scores.parquet"))
+    assert result["ok"] is True and result["samples"] == 30_000
