@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from carto_cli.cli import experiment as cli_experiment
+from carto_cli.cli import inspect_command as cli_inspect
 from carto_cli.cli import map_command
 from carto_cli.cli.console import err
 from carto_cli.engines import buckets, pipeline
@@ -450,6 +451,7 @@ def weights_command(
 
 # `carto experiment` lives in its own module; it imports torch only when it runs.
 app.command("experiment")(_cli_errors(cli_experiment.experiment_command))
+app.command("inspect")(_cli_errors(cli_inspect.inspect_command))
 # `carto map` too; Matplotlib is imported only when a map is drawn.
 app.command("map")(_cli_errors(map_command.map_command))
 
