@@ -327,3 +327,16 @@ def test_scores_from_carto_score(hand_log: Path, tmp_path: Path) -> None:
     pl.DataFrame({"text": [f"sample {i}" for i in range(9)]}).write_csv(data)
     shown = as_json(run("inspect", "--scores", scores, "--data", data, "--json"))
     assert [(r["sample_id"], r["text"]) for r in shown][:3] == [(5, "sample 5"), (6, "sample 6"), (4, "sample 4")]
+
+
+def test_datasets_directory_with_splits(scores: Path, tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    import pyarrow as pa
+    from datasets.table import InMemoryTable
+
+    path = tmp_path / "splits"
+    split = datasets.Dataset(InMemoryTable(pa.table({"text": TEXTS})), fingerprint="test")
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(path))
+    assert_error(run("inspect", "--scores", scores, "--data", path),
+                 f"{path}: holds several splits (train, test); pass the training split's directory, such as "
+                 f"{path / 'train'}")
