@@ -3,7 +3,7 @@
     carto inspect --quadrant hotspot-memorized --data train.parquet   # what did the model memorize?
     carto inspect --ids flagged.txt --by difficulty --json            # for scripts
 
-The selection is `carto_cli.export.inspect`, the dataset reading `carto_cli.io.datasets`.
+The selection is `carto_cli.report.inspect`, the dataset reading `carto_cli.io.datasets`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from rich.table import Table
 
 from carto_cli.cli.console import err
 from carto_cli.errors import OptionError
-from carto_cli.export import inspect as picking
 from carto_cli.io import artifacts, datasets
+from carto_cli.report import inspect as picking
 
 TEXT_WIDTH = 200  # characters of text a sample at most in the terminal, fewer to fit its width (--json: all)
 NEWLINE = "⏎"
