@@ -104,8 +104,8 @@ def test_left_out_samples_are_counted(tmp_path: Path) -> None:
         (["--x", "nope"], "--x nope: not a numeric column of the scores file; choose one of difficulty,"),
         (["--y", "quadrant"], "--y quadrant: not a numeric column of the scores file"),
         (["--color", "ever_learned"], "--color ever_learned: not a numeric column of the scores file"),
-        (["--highlight", "{tmp}/none.txt"], "--highlight {tmp}/none.txt: no such file"),
-        (["--highlight", "{tmp}/bad.txt"], "--highlight {tmp}/bad.txt: line 2 is not a sample id ('x7')"),
+        (["--highlight", "{tmp}/none.txt"], "{tmp}/none.txt: no such file; pass --highlight a text file"),
+        (["--highlight", "{tmp}/bad.txt"], "{tmp}/bad.txt, line 2: 'x7' is not a sample id; --highlight takes one"),
     ],
 )
 def test_bad_input_is_one_line(scores: Path, tmp_path: Path, args: list[str], message: str) -> None:

@@ -10,8 +10,7 @@ import typer
 from rich.markup import escape
 
 from carto_cli.cli.console import err
-from carto_cli.errors import OptionError
-from carto_cli.io import artifacts
+from carto_cli.io import artifacts, datasets
 from carto_cli.report import maps
 
 
@@ -23,8 +22,8 @@ def map_command(
     y: Annotated[str, typer.Option("--y", help="Column on the vertical axis.")] = "memorization",
     color: Annotated[str, typer.Option("--color", help="quadrant | correctness | a numeric column (scatter).")
                      ] = "quadrant",
-    highlight: Annotated[Path | None, typer.Option("--highlight", help="File of sample ids to ring, one per line.")
-                         ] = None,
+    highlight: Annotated[Path | None, typer.Option(
+        "--highlight", help="Sample ids to ring: a text file, one per line, or Parquet/CSV with sample_id.")] = None,
     scatter_max: Annotated[int, typer.Option("--scatter-max", min=0,
                                              help="Up to this many samples a scatter, above a binned density.")
                            ] = maps.SCATTER_MAX,
@@ -33,7 +32,7 @@ def map_command(
     """Draw the data map: two score columns against each other, with thresholds and marginals."""
     artifacts.ensure_not_input(out, [scores_path])
     scores, prov = artifacts.scan(scores_path, "scores")
-    ids = _read_ids(highlight) if highlight is not None else None
+    ids = datasets.read_ids(highlight, option="--highlight") if highlight is not None else None
     facts = maps.draw_map(scores, prov, out, x=x, y=y, color=color, highlight=ids, scatter_max=scatter_max,
                           title=f"carto data map of {scores_path.name}")
     if as_json:
@@ -46,19 +45,3 @@ def map_command(
               + (f"; {facts.highlighted:,} of {len(ids):,} highlighted ids found" if ids is not None else ""))
     err.print(f"wrote {escape(str(out))}")
 
-
-def _read_ids(path: Path) -> list[int]:
-    """Sample ids, one integer per line (blank lines and # comments skipped)."""
-    if not path.is_file():
-        raise OptionError(f"--highlight {path}: no such file; pass a text file of sample ids, one per line")
-    ids = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            ids.append(int(text))
-        except ValueError:
-            raise OptionError(f"--highlight {path}: line {number} is not a sample id ({text!r}); "
-                              "write one integer per line") from None
-    return ids

@@ -175,12 +175,13 @@ def _as_text(column: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return column.map_elements(str, return_dtype=pl.String)
 
 
-def read_ids(path: Path) -> list[int]:
+def read_ids(path: Path, *, option: str = "--ids") -> list[int]:
     """Sample ids from a file: Parquet or CSV with a sample_id column, or text with one id a line
-    (blank lines and lines starting with # are skipped). Order kept, repeats dropped."""
+    (blank lines and lines starting with # are skipped). Order kept, repeats dropped. `option`
+    names the option that passed the file, in the messages."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: no such file; pass --ids a text file with one sample id a line, "
+        raise DatasetError(f"{path}: no such file; pass {option} a text file with one sample id a line, "
                            "or a Parquet or CSV file with a sample_id column")
     kind = SUFFIXES.get(path.suffix.lower())
     if kind in ("parquet", "csv"):
@@ -189,7 +190,7 @@ def read_ids(path: Path) -> list[int]:
             names = frame.collect_schema().names()
             if SAMPLE_ID not in names:
                 raise DatasetError(f"{path}: no sample_id column (columns: {', '.join(names) or 'none'}); "
-                                   "--ids needs a sample_id column, or a text file with one id a line")
+                                   f"{option} needs a sample_id column, or a text file with one id a line")
             column = frame.select(SAMPLE_ID).collect()[SAMPLE_ID]
         except (pl.exceptions.PolarsError, OSError) as exc:
             raise DatasetError(f"{path}: not readable as an id list ({first_line(exc)})") from None
@@ -211,5 +212,5 @@ def read_ids(path: Path) -> list[int]:
                 ids.append(int(line))
             except ValueError:
                 raise DatasetError(f"{path}, line {number}: '{line[:40]}' is not a sample id; "
-                                   "--ids takes one integer id a line") from None
+                                   f"{option} takes one integer id a line") from None
     return list(dict.fromkeys(ids))
