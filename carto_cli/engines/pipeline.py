@@ -35,6 +35,15 @@ class Placement:
     d_threshold: float | None = None
     m_threshold: float | None = None
 
+    def thresholds(self, scores: pl.DataFrame | pl.LazyFrame) -> quadrants.Thresholds:
+        return quadrants.resolve_thresholds(
+            scores,
+            difficulty_quantile=self.d_quantile,
+            memorization_quantile=self.m_quantile,
+            difficulty_threshold=self.d_threshold,
+            memorization_threshold=self.m_threshold,
+        )
+
 
 @dataclass
 class ScoreRun:
@@ -124,13 +133,7 @@ def run_score(
                 method = "dense" if facts["dense_buckets"] == facts["buckets"] else \
                     f"dense in {facts['dense_buckets']} of {facts['buckets']} buckets, {method} in the others"
             dropped, notes, memorization = plan.rows_dropped_nonfinite, plan.notes + notes, plan.memorization
-        thresholds = quadrants.resolve_thresholds(
-            frame,
-            difficulty_quantile=placement.d_quantile,
-            memorization_quantile=placement.m_quantile,
-            difficulty_threshold=placement.d_threshold,
-            memorization_threshold=placement.m_threshold,
-        )
+        thresholds = placement.thresholds(frame)
         prov = artifacts.provenance(
             "scores",
             inputs=[{"path": p} for p in inputs],
@@ -190,11 +193,4 @@ def score_logs(
     """
     paths = list(logs) if isinstance(logs, list | tuple) else [logs]
     result = local.score(open_logs(paths), rules.ScoreParams(**params))
-    thresholds = quadrants.resolve_thresholds(
-        result.scores,
-        difficulty_quantile=placement.d_quantile,
-        memorization_quantile=placement.m_quantile,
-        difficulty_threshold=placement.d_threshold,
-        memorization_threshold=placement.m_threshold,
-    )
-    return quadrants.assign(result.scores, thresholds)
+    return quadrants.assign(result.scores, placement.thresholds(result.scores))
