@@ -9,9 +9,9 @@ runs when called) or type-only (under `if TYPE_CHECKING:`: never runs). Then:
 - the shim (carto_cli/log/) never imports Polars, directly or through what it imports;
 - nothing outside carto_cli/cli/ imports Typer or Rich (any part of Rich: console output is the CLI's);
 - no import cycles among carto_cli modules;
-- version < errors < log < io < score < engines < export < report < experiment < cli: a module imports only from its own
-  layer and the layers before it, lazily too (carto_cli/__init__.py, the public API, is exempt;
-  importing it counts as importing what it imports).
+- version < errors < log < io < score < engines < export < report < experiment < integrations < cli: a module
+  imports only from its own layer and the layers before it, lazily too (carto_cli/__init__.py, the public API,
+  is exempt; importing it counts as importing what it imports).
 
 "Through what it imports" follows top-level imports, and the package `__init__`s Python runs
 before a module (importing carto_cli.score.state runs carto_cli/__init__.py and
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "carto_cli"
-LAYERS = ("version", "errors", "log", "io", "score", "engines", "export", "report", "experiment", "cli")
+LAYERS = ("version", "errors", "log", "io", "score", "engines", "export", "report", "experiment", "integrations", "cli")
 
 
 @dataclass(frozen=True)
