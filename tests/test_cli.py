@@ -178,7 +178,7 @@ def test_logs_summary(hand_log: Path) -> None:
     result = run("logs", "summary", hand_log, "--json")
     payload = json.loads(result.stdout)
     assert payload == {"parts": 3, "rows": 27, "samples": 8, "epochs": 4, "epoch_range": [0, 3],
-                       "ranks": 2, "skipped": []}
+                       "ranks": 2, "skipped": [], "runs": 1, "replayed_rows": 0}
 
 
 TRAIN_SCRIPT = """

@@ -26,7 +26,7 @@ from carto_cli.cli import experiment as cli_experiment
 from carto_cli.cli import inspect_command as cli_inspect
 from carto_cli.cli import map_command
 from carto_cli.cli.console import err
-from carto_cli.engines import buckets, pipeline
+from carto_cli.engines import buckets, pipeline, runs
 from carto_cli.errors import CartoError, OptionError, first_line
 from carto_cli.export import manifests as export
 from carto_cli.io import artifacts, logs, storage
@@ -162,6 +162,9 @@ def _summary_line(prefix: str, s: dict) -> str:
     return (
         f"{escape(prefix)}: {s['parts']:,} part(s), {s['rows']:,} rows, {s['samples']:,} samples, "
         f"{s['epochs']} epoch(s) ({epochs}), {s['ranks']} rank(s)"
+        + (f", {s['runs']} runs" if s["runs"] > 1 else "")
+        + (f"; {s['replayed_rows']:,} rows left out as replays of a restart (the latest attempt counts)"
+           if s["replayed_rows"] else "")
     )
 
 
@@ -272,6 +275,10 @@ def score_command(
     address: Annotated[
         str | None, typer.Option("--address", help="Ray cluster address (default: start a local instance).")
     ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Score one run of a log that holds several (default: all of "
+                                 "them, counted per run and summed).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Score every sample: difficulty, forget events, memorization, quadrant."""
@@ -289,12 +296,14 @@ def score_command(
     placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
     artifacts.ensure_not_input(out, _local(paths))
     logset = _open(paths, skip_corrupt)
+    if run_id is not None:
+        logset = runs.select_run(logset, run_id)
     groups = buckets.bucket_groups(logset)
     with _progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
         run = pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths], placement=placement,
                                  engine=engine, address=address, update=update, on_bucket=advance)
     for note in run.notes:
-        err.print(f"[yellow]Note:[/] {escape(note)}" if note.startswith(("folded", "no saved"))
+        err.print(f"[yellow]Note:[/] {escape(note)}" if note.startswith(("folded", "no saved", "left out"))
                   else f"[yellow]Warning:[/] {escape(note)}")
     if as_json:
         _emit_json({"out": str(out), "samples": run.samples, "rows": run.rows, "parts": run.parts,
@@ -302,7 +311,8 @@ def score_command(
                     "memorization": run.memorization,
                     "thresholds": run.thresholds.as_dict(), "method_used": run.method,
                     "rows_dropped_nonfinite": run.rows_dropped_nonfinite, "engine": run.engine,
-                    "buckets": run.buckets})
+                    "buckets": run.buckets, "replayed_rows": logset.replayed_rows,
+                    "runs": runs.run_ids(logset)})
         return
     _print_score_report(run, never_learned, early_epochs)
     err.print(f"wrote {escape(str(out))}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli.engines import local
+from carto_cli.engines import local, runs
 from carto_cli.engines import plan as planner
 from carto_cli.errors import OptionError, ScoresFormatError
 from carto_cli.io import artifacts
@@ -49,6 +49,14 @@ def score_update(logset: LogSet, params: rules.ScoreParams, state_file: Path) ->
             "--update needs a fixed correctness threshold (a percentile moves as data arrives); "
             "pass --threshold as a number"
         )
+    if logset.replayed_rows:
+        raise OptionError(
+            f"the log holds {logset.replayed_rows:,} row(s) replayed by a restarted run; --update cannot "
+            "take back rows it folded before the restart: rescore without --update"
+        )
+    if len(runs.run_ids(logset)) > 1:
+        raise OptionError("--update scores one run; these logs hold several: rescore without --update, "
+                          "or pass --run to score one of them")
     wanted = {name: getattr(params, name) for name in _STATE_PARAMETERS}
     previous = _load(state_file) if state_file.exists() else None
     if previous is None:

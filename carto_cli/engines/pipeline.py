@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli.engines import buckets, incremental, local, ray
+from carto_cli.engines import buckets, incremental, ray, runs
 from carto_cli.engines import plan as planner
 from carto_cli.errors import OptionError
 from carto_cli.io import artifacts
@@ -111,8 +111,12 @@ def run_score(
         result, account = incremental.score_update(logset, params, incremental.state_path(out))
         notes.append(account)
     elif engine == "local" and not n_buckets:
-        result = local.score(logset, params)
+        result = runs.score_runs(logset, params)
     else:
+        if len(runs.run_ids(logset)) > 1:
+            where = "a bucketed log" if n_buckets else "--engine ray"
+            raise OptionError(f"{where} is scored one run at a time and these logs hold several; pass --run ID "
+                              f"(runs: {', '.join(repr(r) for r in runs.run_ids(logset))})")
         result = None
         plan = planner.prepare(logset, params)
         stride = buckets.stride(groups, dense=params.method == "auto")
@@ -122,6 +126,9 @@ def run_score(
         else:
             states = buckets.local_states(plan.kernel, groups, stride=stride, signal=signal)
         frame, cleanup, facts = buckets.score_buckets(states, params, n_buckets=len(groups), on_bucket=on_bucket)
+    if logset.replayed_rows:
+        notes.append(f"left out {logset.replayed_rows:,} row(s) as replays of a restarted run (the latest "
+                     "attempt of a step counts; see docs/logging.md#restarts-and-replays)")
     try:
         if result is not None:
             frame = result.scores.lazy()
@@ -139,7 +146,8 @@ def run_score(
             inputs=[{"path": p} for p in inputs],
             parameters={**asdict(params), **asdict(placement)},
             parts={"count": len(logset.parts), "rows": logset.num_rows, "sha256": logset.digest(),
-                   "skipped": [str(p) for p, _ in logset.skipped]},
+                   "skipped": [str(p) for p, _ in logset.skipped], "replayed_rows": logset.replayed_rows,
+                   "runs": runs.run_ids(logset)},
             correctness_rule=rule.describe(),
             memorization=memorization,
             thresholds=thresholds.as_dict(),
@@ -192,5 +200,5 @@ def score_logs(
     the local engine; nothing is written.
     """
     paths = list(logs) if isinstance(logs, list | tuple) else [logs]
-    result = local.score(open_logs(paths), rules.ScoreParams(**params))
+    result = runs.score_runs(open_logs(paths), rules.ScoreParams(**params))
     return quadrants.assign(result.scores, placement.thresholds(result.scores))

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from carto_cli.errors import LogFormatError, first_line
-from carto_cli.io import storage
+from carto_cli.io import replays, storage
 from carto_cli.io.storage import Location
 from carto_cli.log import schema
 
@@ -57,6 +57,7 @@ class LogPart:
     arrow_schema: pa.Schema
     null_counts: dict[str, int | None]  # per known column; None where statistics are missing
     footer: pq.FileMetaData = field(repr=False, compare=False)  # row groups and their statistics
+    origin: Location | None = None  # the part this one was trimmed from (`carto_cli.io.replays`)
 
     @property
     def columns(self) -> set[str]:
@@ -74,6 +75,7 @@ class LogSet:
 
     parts: list[LogPart]
     skipped: list[tuple[Location, str]] = field(default_factory=list)
+    replayed_rows: int = 0  # rows left out as replays of a restarted run (`carto_cli.io.replays`)
 
     @property
     def num_rows(self) -> int:
@@ -86,8 +88,8 @@ class LogSet:
     def digest(self) -> str:
         """sha256 over (path, size, rows) of every part: identifies exactly which data was scored."""
         h = hashlib.sha256()
-        for p in self.parts:
-            h.update(f"{p.path}\0{p.size_bytes}\0{p.num_rows}\n".encode())
+        for p in self.parts:  # a trimmed part by its origin and kept rows: the same log, the same digest
+            h.update(f"{p.origin or p.path}\0{p.size_bytes if p.origin is None else 0}\0{p.num_rows}\n".encode())
         return h.hexdigest()
 
 
@@ -195,6 +197,7 @@ def open_logs(
         )
     _check_sample_id_types(logset.parts)
     _check_required_nulls(logset.parts)
+    logset.parts, logset.replayed_rows = replays.apply(logset.parts)
     return logset
 
 
@@ -267,4 +270,6 @@ def summarize(logset: LogSet) -> dict[str, object]:
         "epoch_range": [min(row["epochs"]), max(row["epochs"])] if row["epochs"] else None,
         "ranks": len(row["ranks"]) or 1,
         "skipped": [str(p) for p, _ in logset.skipped],
+        "runs": len({replays.run_of(p.metadata) for p in logset.parts}),
+        "replayed_rows": logset.replayed_rows,
     }

@@ -42,6 +42,7 @@ The default correctness rule (`correct` not given): greedy token accuracy >= `co
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import queue
 import socket
@@ -62,6 +63,7 @@ from carto_cli.log.durable import write_atomic
 from carto_cli.version import __version__
 
 LOG_DIR_ENV = "CARTO_LOG_DIR"
+RUN_ID_ENV = "CARTO_RUN_ID"
 DEFAULT_TAIL_K = 8
 DEFAULT_CORRECT_THRESHOLD = 0.5
 
@@ -83,6 +85,7 @@ class _Flush:
 
 
 _STOP = object()
+_KEEP = "_keep"  # the batch's row mask on its way to the writer thread (not a log column)
 # Columns of one fixed-width list per sample: (B, W) arrays on their way to the writer.
 _LIST_COLUMNS = (schema.TOKEN_LOSS, *schema.SKETCH_COLUMNS)
 
@@ -102,6 +105,16 @@ def _resolve_rank(rank: int | None) -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), world
 
 
+def default_run_id(out_dir: Path) -> str:
+    """`$CARTO_RUN_ID`, else `<directory name>-<8 hex of the resolved path>`: the same for every rank
+    and every restart that logs into the same directory, different for runs in other directories."""
+    from_env = os.environ.get(RUN_ID_ENV)
+    if from_env:
+        return from_env
+    resolved = str(Path(out_dir).resolve())
+    return f"{Path(resolved).name or 'run'}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+
+
 class CartoLogger:
     """Per-sample training-dynamics logger writing the carto log contract (see `carto_cli.log.schema`).
 
@@ -118,6 +131,10 @@ class CartoLogger:
             `carto_cli.engines.ray`), so that scoring can work one bucket at a time.
         token_losses: also log each sample's per-position token losses (`token_loss`): True for
             every sample, or a collection of sample ids to log them for (others get null).
+        run_id: a stable name of the training run, the same for every rank and every restart of
+            it (`carto score` combines several runs as seeds and drops the replays of a restart);
+            defaults to `$CARTO_RUN_ID`, else to the log directory's name and a hash of its
+            resolved path. Each logger instance is one *attempt* of its run (`attempt`).
         sketch_k, sketch_runs: the memorization sketch logged from logits (`carto_cli.log.sketch`):
             the `sketch_k` largest token losses with their positions and the `sketch_runs` longest
             runs of greedy hits; `sketch_k=0` turns it off (then `carto score` ranks by forget
@@ -136,6 +153,7 @@ class CartoLogger:
         ignore_index: int = -100,
         chunk_bytes: int = 256 * 2**20,
         buckets: int | None = None,
+        run_id: str | None = None,
         token_losses: bool | Collection[int] = False,
         sketch_k: int = sketch.DEFAULT_TOP_K,
         sketch_runs: int = sketch.DEFAULT_RUNS,
@@ -166,7 +184,13 @@ class CartoLogger:
         self._token_probe = None if isinstance(token_losses, bool) else np.unique(np.fromiter(token_losses, np.int64))
         self.token_losses = token_losses if self._token_probe is None else len(self._token_probe) > 0
         self.started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.run_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        self.run_id = default_run_id(self.out_dir) if run_id is None else str(run_id)
+        if not self.run_id or "\n" in self.run_id:
+            raise OptionError("CartoLogger: run_id must be a non-empty single-line string")
+        # The attempt: this process's share of the run, ordered against other attempts of the run by
+        # its start time in nanoseconds (see `carto_cli.io.replays`).
+        self.attempt_started_ns = time.time_ns()
+        self.attempt = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{os.urandom(2).hex()}"
         self.parts_written: list[Path] = []
         self.rows_written = 0
         self._correct_rule = f"token_acc>={correct_threshold}"
@@ -196,6 +220,7 @@ class CartoLogger:
         tail_loss: Any = None,
         n_tokens: Any = None,
         token_loss: Any = None,
+        keep: Any = None,
     ) -> None:
         """Record one presentation of each sample in a batch.
 
@@ -203,6 +228,9 @@ class CartoLogger:
         precomputed per-sample `loss` (B,) with `correct` (B,) (or `token_acc`, from which the
         default rule derives `correct`), logged as given, with optional per-token losses
         `token_loss` (B, T) (NaN where no target). `epoch` and `step` are Python ints.
+        `keep` (B,) bool: rows where it is False are not logged (for example the duplicates a
+        distributed sampler pads the last batch with); applied by the writer thread, so the mask
+        may stay on the device.
         """
         self._raise_if_failed()
         if self._closed:
@@ -222,6 +250,8 @@ class CartoLogger:
                     raise OptionError("CartoLogger.record: token_loss= needs CartoLogger(token_losses=True)")
                 columns[schema.TOKEN_LOSS] = token_loss
         columns[schema.SAMPLE_ID] = sample_ids
+        if keep is not None:
+            columns[_KEEP] = keep
         n = None
         for name, value in columns.items():
             size = len(value) if not hasattr(value, "shape") else int(value.shape[0])
@@ -422,6 +452,10 @@ class CartoLogger:
         arrays = {}
         for name, value in batch.columns.items():
             arrays[name] = value.numpy() if hasattr(value, "numpy") else value
+        keep = arrays.pop(_KEEP, None)
+        if keep is not None:
+            keep = np.asarray(keep, dtype=bool)
+            arrays = {name: value[keep] for name, value in arrays.items()}
         n = len(arrays[schema.SAMPLE_ID])
         arrays[schema.EPOCH] = np.full(n, batch.epoch, dtype=np.int32)
         arrays[schema.STEP] = np.full(n, batch.step, dtype=np.int64)
@@ -449,7 +483,10 @@ class CartoLogger:
             fields.append(field)
         rules = ",".join(sorted({b.rule for b in self._buffer}))
         table = pa.Table.from_arrays(columns, schema=self._part_schema(rules, fields))
-        name = f"part-r{self.rank:05d}-{self.run_id}-{self._seq:06d}{schema.PART_SUFFIX}"
+        if table.num_rows == 0:  # every row of the buffered batches was masked out by `keep`
+            self._buffer, self._buffered_rows = [], 0
+            return
+        name = f"part-r{self.rank:05d}-{self.attempt}-{self._seq:06d}{schema.PART_SUFFIX}"
         if self.buckets is None:
             self._write_atomic(table, self.out_dir / name)
         else:  # one file per bucket present, in bucket=<b>/ (b = sample_id mod buckets, floored)
@@ -486,6 +523,8 @@ class CartoLogger:
             schema.META_RANK: str(self.rank),
             schema.META_WORLD_SIZE: str(self.world_size),
             schema.META_RUN_ID: self.run_id,
+            schema.META_ATTEMPT: self.attempt,
+            schema.META_ATTEMPT_STARTED: str(self.attempt_started_ns),
             schema.META_STARTED: self.started_at,
             schema.META_CORRECT_RULE: rules,
             schema.META_TAIL_K: str(self.tail_k),

@@ -1,0 +1,153 @@
+"""Runs, attempts and replays: what a restarted run logged twice, and which copy counts.
+
+A training run that crashes and resumes from a checkpoint replays the steps after the checkpoint.
+Each `CartoLogger` instance is one *attempt* of its run: its parts carry the run id
+(`carto.run_id`, stable across ranks and restarts), the attempt id (`carto.attempt`) and the
+attempt's start time (`carto.attempt_started_ns`). The rule, per run and rank:
+
+    A row of an attempt is a *replay* when a later attempt of the same run and rank (later by
+    start time) logged a step at or before the row's step: that attempt re-ran the row's step.
+    Replays are dropped; the latest attempt's rows count.
+
+So a presentation logged before a crash and again after the resume is counted once, whether or not
+the first process exited cleanly. The rule is per rank because a data-parallel resume replays each
+rank's shard on the same rank; a resume with a different world size leaves the rows of ranks that no
+longer exist (their replays cannot be matched) and says so in no way: keep the world size.
+
+Parts without attempt metadata (written by hand, or by an earlier carto) belong to one unnamed run
+and are never dropped. Two runs logged into one directory without distinct `run_id`s are one run to
+this rule: the second supersedes the first from its first step (`carto logs summary` reports the
+replayed rows, so it shows).
+
+Applying the rule costs footer reads only, except for a part that straddles a later attempt's first
+step: its kept rows are copied once into a temporary part (typically one part per rank and restart).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from carto_cli.io import storage
+from carto_cli.log import schema
+
+LEGACY_RUN = ""  # the run of parts without attempt metadata
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Where one part sits among its run's attempts."""
+
+    run: str
+    rank: int
+    attempt: str
+    started_ns: int
+
+
+def attempt_of(metadata: dict[str, str]) -> Attempt | None:
+    """The attempt a part's metadata names, or None for a part without attempt metadata."""
+    attempt = metadata.get(schema.META_ATTEMPT)
+    started = metadata.get(schema.META_ATTEMPT_STARTED)
+    if not attempt or started is None:
+        return None
+    return Attempt(
+        run=metadata.get(schema.META_RUN_ID, LEGACY_RUN),
+        rank=int(metadata.get(schema.META_RANK, "0")),
+        attempt=attempt,
+        started_ns=int(started),
+    )
+
+
+def run_of(metadata: dict[str, str]) -> str:
+    """The run a part belongs to (LEGACY_RUN for parts without attempt metadata)."""
+    found = attempt_of(metadata)
+    return LEGACY_RUN if found is None else found.run
+
+
+def step_range(part) -> tuple[int, int]:
+    """(min, max) step of a part from its footer statistics; reads the column where they are missing."""
+    idx = part.arrow_schema.names.index(schema.STEP)
+    lo = hi = None
+    for rg in range(part.footer.num_row_groups):
+        stats = part.footer.row_group(rg).column(idx).statistics
+        if stats is None or not stats.has_min_max:
+            column = storage.open_parquet(part.path).read(columns=[schema.STEP]).column(0)
+            bounds = pc.min_max(column)
+            return int(bounds["min"].as_py()), int(bounds["max"].as_py())
+        lo = stats.min if lo is None else min(lo, stats.min)
+        hi = stats.max if hi is None else max(hi, stats.max)
+    return (0, -1) if lo is None else (int(lo), int(hi))
+
+
+def apply(parts: list) -> tuple[list, int]:
+    """The parts with replays removed, and how many rows were replays. Parts wholly replayed are
+    left out; a part partly replayed is replaced by a temporary copy of its kept rows (the returned
+    LogPart names the original in `origin`)."""
+    by_attempt: dict[tuple[str, int], dict[str, list]] = {}
+    started: dict[str, int] = {}
+    for part in parts:
+        found = attempt_of(part.metadata)
+        if found is None:
+            continue
+        by_attempt.setdefault((found.run, found.rank), {}).setdefault(found.attempt, []).append(part)
+        started[found.attempt] = found.started_ns
+    cutoff: dict[int, int] = {}  # id(part) -> first step of the earliest later attempt
+    for attempts in by_attempt.values():
+        if len(attempts) < 2:
+            continue
+        ordered = sorted(attempts, key=lambda a: (started[a], a))
+        first_step = {a: min(step_range(p)[0] for p in attempts[a]) for a in ordered}
+        later_min = None
+        for a in reversed(ordered):  # the earliest first step among the attempts after `a`
+            if later_min is not None:
+                for part in attempts[a]:
+                    cutoff[id(part)] = later_min
+            later_min = first_step[a] if later_min is None else min(later_min, first_step[a])
+    if not cutoff:
+        return parts, 0
+    kept, replayed = [], 0
+    for part in parts:
+        limit = cutoff.get(id(part))
+        if limit is None:
+            kept.append(part)
+            continue
+        lo, hi = step_range(part)
+        if hi < limit:
+            kept.append(part)
+        elif lo >= limit:
+            replayed += part.num_rows
+        else:
+            trimmed = _trimmed_copy(part, limit)
+            replayed += part.num_rows - trimmed.num_rows
+            if trimmed.num_rows:
+                kept.append(trimmed)
+    return kept, replayed
+
+
+_scratch: Path | None = None
+
+
+def _scratch_dir() -> Path:
+    """One temporary directory per process for trimmed parts, removed at exit."""
+    global _scratch
+    if _scratch is None:
+        _scratch = Path(tempfile.mkdtemp(prefix="carto-replays-"))
+        atexit.register(shutil.rmtree, _scratch, True)
+    return _scratch
+
+
+def _trimmed_copy(part, limit: int):
+    """A temporary part holding the rows of `part` with step < limit (same schema and metadata)."""
+    from carto_cli.io.logs import inspect_part  # io.logs imports this module
+
+    table = storage.open_parquet(part.path).read()
+    table = table.filter(pc.less(table.column(schema.STEP), limit))
+    target = _scratch_dir() / f"{len(list(_scratch_dir().iterdir())):06d}-{Path(str(part.path)).name}"
+    pq.write_table(table, target, compression="zstd")
+    return replace(inspect_part(target), origin=part.path)
