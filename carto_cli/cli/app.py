@@ -12,20 +12,18 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import polars as pl
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from carto_cli.cli import experiment as cli_experiment
 from carto_cli.cli import inspect_command as cli_inspect
-from carto_cli.cli import map_command
-from carto_cli.cli.console import err
+from carto_cli.cli import map_command, report_command
+from carto_cli.cli.console import err, progress
 from carto_cli.engines import buckets, pipeline, runs
 from carto_cli.errors import CartoError, OptionError, first_line
 from carto_cli.export import manifests as export
@@ -92,18 +90,6 @@ def _root(
     ] = False,
 ) -> None:
     """carto: per-sample difficulty and memorization from training logs; prune and weight exports."""
-
-
-@contextmanager
-def _progress(description: str, total: int | None = None):
-    """A Rich progress bar on stderr (drawn only on a terminal); yields an advance() callable."""
-    columns = [SpinnerColumn(), TextColumn("{task.description}")]
-    if total is not None:
-        columns += [BarColumn(), MofNCompleteColumn()]
-    columns.append(TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda *_: progress.advance(task)
 
 
 def _emit_json(payload: dict) -> None:
@@ -196,7 +182,7 @@ def logs_bucketize(
     """Rewrite a log as bucket=<sample_id mod N>/ parts, so scoring can go one bucket at a time."""
     artifacts.ensure_not_input(out, _local(paths))
     logset = _open(paths, skip_corrupt)
-    with _progress(f"bucketizing {logset.num_rows:,} rows"):
+    with progress(f"bucketizing {logset.num_rows:,} rows"):
         rows = buckets.bucketize(logset, out, n_buckets)
     if as_json:
         _emit_json({"out": str(out), "buckets": n_buckets, "rows": sum(rows.values()),
@@ -214,7 +200,7 @@ def _local(paths: list[str]) -> list[Path]:
 
 def _open(paths: list[str], skip_corrupt: bool) -> logs.LogSet:
     found = logs.discover(paths)
-    with _progress("checking log parts", total=len(found)) as advance:
+    with progress("checking log parts", total=len(found)) as advance:
         logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance)
     for path, why in logset.skipped:
         err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
@@ -299,7 +285,7 @@ def score_command(
     if run_id is not None:
         logset = runs.select_run(logset, run_id)
     groups = buckets.bucket_groups(logset)
-    with _progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
+    with progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
         run = pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths], placement=placement,
                                  engine=engine, address=address, update=update, on_bucket=advance)
     for note in run.notes:
@@ -464,6 +450,7 @@ app.command("experiment")(_cli_errors(cli_experiment.experiment_command))
 app.command("inspect")(_cli_errors(cli_inspect.inspect_command))
 # `carto map` too; Matplotlib is imported only when a map is drawn.
 app.command("map")(_cli_errors(map_command.map_command))
+app.command("report")(_cli_errors(report_command.report_command))
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from carto_cli.cli.console import err
+from carto_cli.cli.console import err, progress
 from carto_cli.io import artifacts, datasets
 from carto_cli.report import maps
 
@@ -33,8 +33,9 @@ def map_command(
     artifacts.ensure_not_input(out, [scores_path])
     scores, prov = artifacts.scan(scores_path, "scores")
     ids = datasets.read_ids(highlight, option="--highlight") if highlight is not None else None
-    facts = maps.draw_map(scores, prov, out, x=x, y=y, color=color, highlight=ids, scatter_max=scatter_max,
-                          title=f"carto data map of {scores_path.name}")
+    with progress(f"drawing the map of {scores_path.name}"):
+        facts = maps.draw_map(scores, prov, out, x=x, y=y, color=color, highlight=ids, scatter_max=scatter_max,
+                              title=f"carto data map of {scores_path.name}")
     if as_json:
         typer.echo(json.dumps({"out": str(out), "samples": facts.samples, "left_out": facts.left_out,
                                "mode": facts.mode, "x": x, "y": y, "color": color,
