@@ -58,7 +58,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from carto_cli.errors import CartoError, OptionError, require_torch
-from carto_cli.log import fused, schema, sketch
+from carto_cli.log import fused, packed, schema, sketch
 from carto_cli.log.durable import write_atomic
 from carto_cli.version import __version__
 
@@ -221,6 +221,8 @@ class CartoLogger:
         n_tokens: Any = None,
         token_loss: Any = None,
         keep: Any = None,
+        segment_ids: Any = None,
+        max_docs_per_row: int = packed.DEFAULT_MAX_DOCS,
     ) -> None:
         """Record one presentation of each sample in a batch.
 
@@ -231,6 +233,10 @@ class CartoLogger:
         `keep` (B,) bool: rows where it is False are not logged (for example the duplicates a
         distributed sampler pads the last batch with); applied by the writer thread, so the mask
         may stay on the device.
+        Packed rows (`carto_cli.log.packed`): `segment_ids` (B, T) gives the sample id of the
+        document each position's label belongs to (negative: none); each document of a row is
+        logged as one presentation, `sample_ids` must be None, `keep` masks whole rows, and a row
+        may hold at most `max_docs_per_row` documents (more fails at the next call).
         """
         self._raise_if_failed()
         if self._closed:
@@ -238,7 +244,10 @@ class CartoLogger:
         torch = require_torch()
         if (logits is None) == (loss is None):
             raise OptionError("CartoLogger.record: pass either logits= and labels=, or loss=")
-        if logits is not None:
+        if segment_ids is not None:
+            columns = self._from_packed(torch, sample_ids, logits, labels, segment_ids, keep, max_docs_per_row)
+            rule = self._correct_rule
+        elif logits is not None:
             if labels is None:
                 raise OptionError("CartoLogger.record: logits= needs labels= (B, T)")
             columns = self._from_logits(torch, logits, labels)
@@ -249,9 +258,10 @@ class CartoLogger:
                 if not self.token_losses:
                     raise OptionError("CartoLogger.record: token_loss= needs CartoLogger(token_losses=True)")
                 columns[schema.TOKEN_LOSS] = token_loss
-        columns[schema.SAMPLE_ID] = sample_ids
-        if keep is not None:
-            columns[_KEEP] = keep
+        if segment_ids is None:
+            columns[schema.SAMPLE_ID] = sample_ids
+            if keep is not None:
+                columns[_KEEP] = keep
         n = None
         for name, value in columns.items():
             size = len(value) if not hasattr(value, "shape") else int(value.shape[0])
@@ -300,30 +310,12 @@ class CartoLogger:
 
     def _from_logits(self, torch: Any, logits: Any, labels: Any) -> dict[str, Any]:
         """Per-sample loss, token accuracy, tail loss and token count, on the logits' device."""
-        if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
-            raise OptionError(
-                f"CartoLogger.record: logits must be (B, T, V) and labels (B, T); got "
-                f"{tuple(logits.shape)} and {tuple(labels.shape)}"
-            )
-        B, T, V = logits.shape
         # Few kernels (each launch costs host time in every step): cross_entropy's own ignore_index
         # zeroes the losses of positions without a target, the three per-sample means are one
         # division of stacked sums, and a NaN mean (no target) is never >= the threshold.
         with torch.no_grad():
-            labels = labels.to(logits.device).long()
-            valid = labels != self.ignore_index  # (B, T)
-            rows = max(1, self.chunk_bytes // max(1, T * V * 4))
-            fused_stats = fused.token_stats(torch, logits.detach(), labels, self.ignore_index)
-            if fused_stats is not None:  # CUDA with Triton: one read of the logits, no fp32 copy
-                tok_loss, tok_hit = fused_stats
-            elif rows >= B:  # one chunk: no preallocation and copy
-                tok_loss, tok_hit = self._token_stats(torch, logits, labels)
-            else:
-                tok_loss = torch.empty((B, T), dtype=torch.float32, device=logits.device)
-                tok_hit = torch.empty((B, T), dtype=torch.bool, device=logits.device)
-                for lo in range(0, B, rows):
-                    hi = min(B, lo + rows)
-                    tok_loss[lo:hi], tok_hit[lo:hi] = self._token_stats(torch, logits[lo:hi], labels[lo:hi])
+            tok_loss, tok_hit, valid = self._per_token(torch, logits, labels)
+            T = valid.shape[1]
             k = min(self.tail_k, T)
             n_tok = valid.sum(dim=1)  # (B,)
             n = n_tok.float()
@@ -347,6 +339,51 @@ class CartoLogger:
                     torch, tok_loss, valid, self.sketch_k)
                 columns[schema.HIT_RUNS] = sketch.hit_runs(torch, tok_hit, valid, self.sketch_runs)
         return columns
+
+    def _per_token(self, torch: Any, logits: Any, labels: Any) -> tuple[Any, Any, Any]:
+        """(loss, hit, valid), each (B, T) on the logits' device: token loss in fp32 (0 where no target),
+        greedy hit, and whether the position has a target."""
+        if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
+            raise OptionError(
+                f"CartoLogger.record: logits must be (B, T, V) and labels (B, T); got "
+                f"{tuple(logits.shape)} and {tuple(labels.shape)}"
+            )
+        B, T, V = logits.shape
+        with torch.no_grad():
+            labels = labels.to(logits.device).long()
+            valid = labels != self.ignore_index  # (B, T)
+            rows = max(1, self.chunk_bytes // max(1, T * V * 4))
+            fused_stats = fused.token_stats(torch, logits.detach(), labels, self.ignore_index)
+            if fused_stats is not None:  # CUDA with Triton: one read of the logits, no fp32 copy
+                tok_loss, tok_hit = fused_stats
+            elif rows >= B:  # one chunk: no preallocation and copy
+                tok_loss, tok_hit = self._token_stats(torch, logits, labels)
+            else:
+                tok_loss = torch.empty((B, T), dtype=torch.float32, device=logits.device)
+                tok_hit = torch.empty((B, T), dtype=torch.bool, device=logits.device)
+                for lo in range(0, B, rows):
+                    hi = min(B, lo + rows)
+                    tok_loss[lo:hi], tok_hit[lo:hi] = self._token_stats(torch, logits[lo:hi], labels[lo:hi])
+        return tok_loss, tok_hit, valid
+
+    def _from_packed(
+        self, torch: Any, sample_ids: Any, logits: Any, labels: Any, segment_ids: Any, keep: Any, max_docs: int
+    ) -> dict[str, Any]:
+        """One slot per document of each packed row (`carto_cli.log.packed`), on the logits' device."""
+        if sample_ids is not None:
+            raise OptionError("CartoLogger.record: with segment_ids= the sample ids come from segment_ids; "
+                              "pass None as sample_ids")
+        if logits is None or labels is None:
+            raise OptionError("CartoLogger.record: segment_ids= needs logits= (B, T, V) and labels= (B, T)")
+        if self.token_losses:
+            raise OptionError("CartoLogger.record: segment_ids= does not log per-token losses; "
+                              "use CartoLogger(token_losses=False) for packed rows")
+        tok_loss, tok_hit, valid = self._per_token(torch, logits, labels)
+        with torch.no_grad():
+            return packed.document_columns(
+                torch, tok_loss, tok_hit, valid, torch.as_tensor(segment_ids), keep=keep, max_docs=max_docs,
+                tail_k=self.tail_k, correct_threshold=self.correct_threshold, sketch_k=self.sketch_k,
+                sketch_runs=self.sketch_runs)
 
     def _token_stats(self, torch: Any, logits: Any, labels: Any) -> tuple[Any, Any]:
         """Per-token loss (0 where no target) and greedy hit of (b, T, V) logits, upcast to fp32:
@@ -436,6 +473,7 @@ class CartoLogger:
                     if isinstance(item, _Flush):
                         self._write_part()
                     else:
+                        packed.compact(item)  # a packed batch: its document slots only
                         self._buffer.append(item)
                         self._buffered_rows += len(item.columns[schema.SAMPLE_ID])
                         if self._buffered_rows >= self.rows_per_part:
