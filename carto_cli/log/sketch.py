@@ -35,7 +35,9 @@ def top_losses(torch: Any, tok_loss: Any, valid: Any, k: int) -> tuple[Any, Any]
     B, T = tok_loss.shape
     width = min(k, T)
     masked = tok_loss.float().masked_fill(~valid, float("-inf"))
-    values, positions = masked.topk(width, dim=1)  # (B, width), largest first, ties: lower position
+    # (B, width), largest first; torch.topk promises no order among exactly equal losses (nor which of
+    # them makes the cut at k); exact float ties are rare in real token losses
+    values, positions = masked.topk(width, dim=1)
     missing = values == float("-inf")
     positions = positions.masked_fill(missing, 0).int()
     losses = values.masked_fill(missing, float("nan")).half()
