@@ -91,15 +91,107 @@ def test_bench_score_agrees_only_within_the_difficulty_tolerance(tmp_path: Path,
 
 
 def test_bench_buckets_scores_equal_the_hash_kernel(small_logs: Path, tmp_path: Path) -> None:
-    result = last_json(bench("bench_buckets.py", "--logs", small_logs, "--buckets", 4, "--work",
-                             tmp_path / "bucketed", "--compare-hash"))
+    run = bench("bench_buckets.py", "--logs", small_logs, "--buckets", 4, "--work", tmp_path / "bucketed",
+                "--compare-hash")
+    result = last_json(run)
     assert (result["rows"], result["samples"], result["buckets"]) == (12_000, 3000, 4)
-    assert result["same_scores_as_hash"] is True
+    assert result["same_scores_as_hash"] is True and result["same_scores_as_hash_per_run"] == [True]
+    assert result["repeat"] == 1 and [len(runs) for runs in result["runs"].values()] == [1, 1, 1]
+    header = run.stdout.splitlines()[0]  # the command and the code it measured, for a result file
+    assert header.startswith(f"# python benchmarks/bench_buckets.py --logs {small_logs} --buckets 4")
+    assert json.dumps(result["carto"]) in header and result["carto"]["sha256"]
 
 
 def test_bench_update_equals_a_full_rescore(small_logs: Path, tmp_path: Path) -> None:
-    result = last_json(bench("bench_update.py", "--logs", small_logs, "--work", tmp_path / "update"))
-    assert result["identical_scores"] is True and result["new_parts"] == 2
+    run = bench("bench_update.py", "--logs", small_logs, "--work", tmp_path / "update")
+    result = last_json(run)
+    assert result["identical_scores"] is True and result["identical_scores_per_run"] == [True]
+    assert result["new_parts"] == 2 and result["repeat"] == 1
+    assert {step: len(runs) for step, runs in result["runs"].items()} == {"first": 1, "update": 1, "full": 1}
+    assert result["update_wall_s"] == min(r["wall_s"] for r in result["runs"]["update"])  # best of the rounds
+    assert result["full_peak_rss_mib"] == max(r["peak_rss_mib"] for r in result["runs"]["full"])  # largest
+    assert run.stdout.startswith(f"# python benchmarks/bench_update.py --logs {small_logs}")
+    assert not (tmp_path / "update").exists()
+
+
+@pytest.mark.parametrize("script", ["bench_update.py", "bench_buckets.py"])
+def test_bench_repeat_below_one_is_refused(script: str, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(BENCH / script), "--logs", str(tmp_path), "--repeat", "0"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--repeat must be >= 1" in result.stderr
+
+
+def fake_steps(walls: dict[str, list[float]], rss: dict[str, list[float]], calls: list[str], write):
+    """A stand-in for the scripts' `step`: each call takes the next wall time and peak RSS of its
+    step (keyed by the step's name), records the name, and writes the step's --out with `write`."""
+    def step(name: str, argv: list[str], timeout: float) -> dict:
+        key = name.split(",")[0]
+        calls.append(key)
+        if "--out" in argv:
+            write(key, Path(argv[argv.index("--out") + 1]))
+        return {"status": "ok", "wall_s": walls[key].pop(0), "peak_rss_mib": rss[key].pop(0), "cpu_s": 0.0}
+    return step
+
+
+def test_bench_update_repeat_alternates_and_reports_every_round(small_logs: Path, tmp_path: Path,
+                                                                 monkeypatch, capsys) -> None:
+    bench_update = bench_module("bench_update", monkeypatch)
+    walls = {"epochs 0-2": [9.0, 8.0, 9.5], "+ epoch 3": [2.0, 2.0, 3.0], "full rescore": [1.0, 4.0, 2.0]}
+    rss = {"epochs 0-2": [50.0, 60.0, 55.0], "+ epoch 3": [300.0, 200.0, 250.0], "full rescore": [100.0, 150.0, 125.0]}
+    calls: list[str] = []
+
+    def write(key: str, out: Path) -> None:
+        assert key != "epochs 0-2" or not out.exists(), "a round starts without the previous round's scores"
+        out.touch()
+
+    monkeypatch.setattr(bench_update, "step", fake_steps(walls, rss, calls, write))
+    monkeypatch.setattr(bench_update, "same_frames", lambda a, b: True)
+    monkeypatch.setattr(sys, "argv", ["bench_update.py", "--logs", str(small_logs), "--work", str(tmp_path / "w"),
+                                      "--repeat", "3"])
+    assert bench_update.main() == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # the fold and the full rescore swap order every round
+    assert calls == ["epochs 0-2", "+ epoch 3", "full rescore", "epochs 0-2", "full rescore", "+ epoch 3",
+                     "epochs 0-2", "+ epoch 3", "full rescore"]
+    assert (result["update_wall_s"], result["full_wall_s"], result["update_over_full_wall"]) == (2.0, 1.0, 2.0)
+    assert (result["update_peak_rss_mib"], result["full_peak_rss_mib"], result["update_over_full_rss"]) == \
+        (300.0, 150.0, 2.0)
+    assert result["update_over_full_wall_per_run"] == [2.0, 0.5, 1.5]
+    assert result["update_over_full_wall_spread"] == [0.5, 2.0]
+    assert result["update_over_full_rss_per_run"] == [3.0, 1.333, 2.0]
+    assert result["first_wall_s"] == 8.0 and result["first_peak_rss_mib"] == 60.0
+
+
+def test_bench_buckets_repeat_alternates_and_reports_every_round(tmp_path: Path, monkeypatch, capsys) -> None:
+    import polars as pl
+
+    bench_buckets = bench_module("bench_buckets", monkeypatch)
+
+    def write(key: str, out: Path) -> None:  # 2 buckets of 100 and 300 rows; 150 samples scored
+        if key == "bucketize":
+            for name, rows in (("bucket-0", 100), ("bucket-1", 300)):
+                (out / name).mkdir(parents=True)
+                pl.DataFrame({"sample_id": range(rows)}).write_parquet(out / name / "part.parquet")
+        else:
+            pl.DataFrame({"sample_id": range(150)}).write_parquet(out)
+
+    mib = 400 * bench_buckets.BYTES_PER_ROW / 2**20  # the log's columns in memory
+    walls = {"bucketize": [5.0, 4.0], "score": [3.0, 2.0], "score-hash": [6.0, 1.0]}
+    rss = {"bucketize": [10.0, 10.0], "score": [mib, 2 * mib], "score-hash": [mib, mib]}
+    calls: list[str] = []
+    monkeypatch.setattr(bench_buckets, "step", fake_steps(walls, rss, calls, write))
+    monkeypatch.setattr(bench_buckets, "same_frames", lambda a, b: True)
+    monkeypatch.setattr(sys, "argv", ["bench_buckets.py", "--logs", str(tmp_path), "--work", str(tmp_path / "w"),
+                                      "--buckets", "2", "--compare-hash", "--repeat", "2"])
+    assert bench_buckets.main() == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert calls == ["bucketize", "score", "score-hash", "bucketize", "score-hash", "score"]
+    assert (result["rows"], result["samples"], result["largest_bucket_rows"]) == (400, 150, 300)
+    assert (result["score_wall_s"], result["score_hash_wall_s"], result["score_over_hash_wall"]) == (2.0, 1.0, 2.0)
+    assert result["score_over_hash_wall_per_run"] == [0.5, 2.0] and result["score_over_hash_wall_spread"] == [0.5, 2.0]
+    assert result["score_peak_over_log_in_memory"] == 2.0  # the largest scoring peak of the rounds
+    assert result["score_peak_over_log_in_memory_per_run"] == [1.0, 2.0]
+    assert result["same_scores_as_hash_per_run"] == [True, True]
 
 
 def test_bench_shim_values_match_the_reference() -> None:
