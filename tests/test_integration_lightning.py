@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from typer.testing import CliRunner
 
 from carto_cli import CartoLogger
@@ -98,7 +98,7 @@ def loader() -> DataLoader:
 
 
 def read_log(path: Path) -> pl.DataFrame:
-    return pl.read_parquet(sorted(path.glob("*.parquet"))).sort("step", "sample_id", maintain_order=True)
+    return pl.read_parquet(sorted(path.glob("*.parquet"))).sort("step", maintain_order=True)  # rows in record order
 
 
 def expected_rows(epochs: int, accumulate: int) -> list[tuple[int, int, int]]:
@@ -193,6 +193,21 @@ def test_a_skipped_batch_logs_nothing(tmp_path: Path) -> None:
     assert log["sample_id"].to_list() == [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19]  # batches 0, 2, 4
     # Lightning counts a step for the skipped batches too (it calls the optimizer, whose closure skips)
     assert log["step"].to_list() == [0] * 4 + [2] * 4 + [4] * 4
+
+
+@pytest.mark.parametrize("drop_padding", [True, False])
+def test_the_distributed_sampler_s_repeat_is_masked_with_the_step_s_own_mask(tmp_path: Path, drop_padding) -> None:
+    """Rank 3 of 4 over 22 samples, its sampler given as is (use_distributed_sampler=False): 6 samples,
+    the last a repeat (padded position 23 >= 22). The callback's mask and carto_keep (even ids) combine."""
+    data = IndexedDataset(tokens())
+    sampler = DistributedSampler(data, num_replicas=4, rank=3, shuffle=True, seed=1)
+    fit = trainer([CartoCallback(log_dir=tmp_path / "logs", drop_padding=drop_padding)], epochs=1,
+                  use_distributed_sampler=False)
+    fit.fit(TinyLM("values"), DataLoader(data, batch_size=BATCH, sampler=sampler))
+    loaded = list(sampler)
+    expected = [i for i in (loaded[:-1] if drop_padding else loaded) if i % 2 == 0]
+    assert loaded[-1] % 2 == 0  # seed 1: the repeat is an even id, so carto_keep alone would log it
+    assert read_log(tmp_path / "logs")["sample_id"].to_list() == expected
 
 
 def test_rows_are_on_disk_when_a_checkpoint_is_saved(tmp_path: Path) -> None:
