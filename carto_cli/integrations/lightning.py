@@ -104,9 +104,9 @@ class CartoCallback(pl.Callback):
     """Log what `training_step` returns under the `carto_*` keys, one row per sample presentation.
 
     Args:
-        logger: a `CartoLogger` to record into (one process: it is not re-created per rank, and it
-            is closed at the end of `fit`); or None, and the callback opens one per `fit` on each
-            rank, in `log_dir`.
+        logger: a `CartoLogger` to record into (one process: it is not re-created per rank; it is
+            flushed at checkpoints and at the end of `fit` but never closed: it is yours); or None,
+            and the callback opens one per `fit` on each rank, in `log_dir`, and closes it.
         log_dir: where the callback's own logger writes; default `$CARTO_LOG_DIR` (set by `carto log`).
         drop_padding: leave out the padding duplicates of the distributed sampler (see the module
             docstring); the mask is combined with a `carto_keep` the step returns.
@@ -161,7 +161,9 @@ class CartoCallback(pl.Callback):
             return
         if self._owns_logger:
             self.logger = None  # the next fit opens a new attempt
-        logger.close()
+            logger.close()
+        else:  # a logger the user passed in is theirs to close: write what it holds, keep it open
+            logger.flush()
 
     # ------------------------------------------------------------------ logging
 
