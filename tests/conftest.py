@@ -61,6 +61,12 @@ def assert_hand_scores(scores: pl.DataFrame) -> None:
         assert row["first_learned_epoch"] == first, sid
         assert row["ever_learned"] == (n_correct > 0), sid
         assert math.isclose(row["memorization"], memorization), sid
+        # Dataset Cartography's coordinates over p = exp(-loss) of every presentation (all losses >= 0)
+        p = [math.exp(-loss) for _, _, loss, _ in HAND_LOG[sid]]
+        mean = sum(p) / len(p)
+        assert abs(row["confidence"] - mean) <= 3.5e-10, sid
+        assert abs(row["variability"] - math.sqrt(sum((x - mean) ** 2 for x in p) / len(p))) <= 3.5e-10, sid
+        assert row["correctness"] == n_correct / n_seen, sid
 
 
 def hand_rows() -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from conftest import EXPECTED, HAND_LOG, assert_hand_scores, hand_rows, write_parts
@@ -210,7 +211,10 @@ def reference_scores(rows: list[dict], early_epochs: int) -> dict[int, tuple]:
         pres.sort(key=lambda r: (r["step"], r["epoch"], r["correct"]))
         forgets = sum(1 for a, b in zip(pres, pres[1:]) if a["correct"] and not b["correct"])
         early = [r["loss"] for r in pres if r["epoch"] < early_epochs]
-        out[sid] = (forgets, len(pres), sum(early) / len(early) if early else None)
+        p = np.exp(-np.maximum([r["loss"] for r in pres], 0.0))  # Dataset Cartography's p, float64
+        correctness = sum(r["correct"] for r in pres) / len(pres)
+        out[sid] = (forgets, len(pres), sum(early) / len(early) if early else None,
+                    (float(np.mean(p)), float(np.std(p)), correctness))
     return out
 
 
@@ -252,8 +256,12 @@ def test_every_path_matches_the_reference(tmp_path_factory, rows, epoch_major, n
         frames.append(result.scores)
         got = _by_id(result)
         assert sorted(got) == sorted(expected), method
-        for sid, (forgets, n_seen, difficulty) in expected.items():
+        for sid, (forgets, n_seen, difficulty, (confidence, variability, correctness)) in expected.items():
             assert got[sid]["forget_events"] == forgets, (method, sid)
+            # within the documented 3.5e-10 of numpy's mean and population std on the raw rows
+            assert abs(got[sid]["confidence"] - confidence) <= 3.5e-10, (method, sid)
+            assert abs(got[sid]["variability"] - variability) <= 3.5e-10, (method, sid)
+            assert got[sid]["correctness"] == correctness
             assert got[sid]["n_seen"] == n_seen
             assert got[sid]["forget_events"] < got[sid]["n_seen"]
             if difficulty is None:
@@ -316,9 +324,9 @@ def _layouts(monkeypatch) -> list[bool]:
     seen: list[bool] = []
     real = dense._Sums.__init__
 
-    def spy(self, width, packed, full=False):
+    def spy(self, width, packed, *args, **kwargs):
         seen.append(packed)
-        real(self, width, packed, full)
+        real(self, width, packed, *args, **kwargs)
 
     monkeypatch.setattr(dense._Sums, "__init__", spy)
     return seen

@@ -7,7 +7,8 @@ new parts alone and merges them (`state.merge_states`), which gives exactly the 
 run as long as the new parts continue the run in time (checked per sample).
 
 Refused, with a message saying to rescore without --update: a folded part that changed or
-disappeared, different scoring parameters, a percentile threshold (it would move with new data).
+disappeared, different scoring parameters, a percentile threshold (it would move with new data),
+a saved state that lacks a state column (written before the state carried it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from carto_cli.errors import OptionError, ScoresFormatError
 from carto_cli.io import artifacts
 from carto_cli.io.logs import LogPart, LogSet
 from carto_cli.score import rules
-from carto_cli.score.state import merge_states
+from carto_cli.score.state import STATE_COLUMNS, merge_states
 from carto_cli.version import __version__
 
 STATE_SUFFIX = ".state"
@@ -107,4 +108,9 @@ def _load(path: Path) -> tuple[pl.DataFrame, dict, dict]:
             f"{path} was written by carto {prov.get('carto_version')}, this is {__version__}; "
             "rescore without --update"
         )
-    return df, {k: tuple(v) for k, v in prov["ledger"].items()}, prov["parameters"]
+    missing = [c for c in STATE_COLUMNS if c not in df.columns]
+    if missing:  # saved before the state carried them (e.g. confidence's sums): they cannot be rebuilt
+        raise ScoresFormatError(
+            f"{path} was saved without the state column(s) {', '.join(missing)}; rescore without --update"
+        )
+    return df.select(STATE_COLUMNS), {k: tuple(v) for k, v in prov["ledger"].items()}, prov["parameters"]

@@ -15,9 +15,17 @@ gives the same numbers bit for bit:
   overflowed into the next is checked exactly afterwards (the sum of each field over all samples
   must equal the same sum over rows: an overflow only ever moves value out of a field). With more
   epochs they are three arrays (exact while epochs + log2(rows per sample) < 64);
-- losses are summed in the same fixed point as the other paths (round(loss * 2^32), half to even,
-  as Polars rounds) as int64, in two arrays, rows of early epochs and the others, so each row is
-  added once (checked: max |loss| * 2^32 * rows per sample < 2^62, else fall back);
+- each row's loss is stored (not added) at (its epoch, its sample's slot) of a matrix with one
+  row per epoch, in the log's float type. After the pass, the matrix is read in blocks of slots
+  that stay in cache, one epoch row at a time: the losses are summed in the same fixed point as
+  the other paths (round(loss * 2^32), half to even, as Polars rounds) as int64, early epochs and
+  the others apart (checked: max |loss| * 2^32 * rows per sample < 2^62, else fall back), and the
+  probabilities p = exp(-loss) of the epochs each sample was seen in are turned into the state's
+  exact sums of p and p^2 (`state.prob_units`). A store costs less than a scatter-add, and the
+  per-row arithmetic (fixed point, p) runs over contiguous memory. A sample seen twice in an epoch
+  keeps only one loss there, but it is irregular (below) and recounted anyway; a slot never seen
+  in an epoch holds 0 there, which adds nothing to the loss sums and is masked out of p's sums
+  by the sample's epoch mask;
 - samples that break the bitmask conditions (a repeat within an epoch, a gap between epochs) are
   recounted by the general path, exactly as the Polars bitmask kernel does.
 
@@ -37,16 +45,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from carto_cli.io import storage
 from carto_cli.io.logs import LogSet
 from carto_cli.log import schema
 from carto_cli.score.fixedpoint import SCALE
-from carto_cli.score.state import STATE_COLUMNS, power_of_two
+from carto_cli.score.state import SQ_SPLIT, STATE_COLUMNS, power_of_two, prob_units
 
-# Samples per pass over the log: bounds the accumulators to 32M x 24 bytes (packed) or 40 bytes,
-# 0.8-1.3 GB.
+# Samples per pass over the log: bounds the accumulators to 32M x 8 bytes (packed) or 24 bytes, plus
+# the loss matrix (below), plus 64 bytes per sample for the counts and sums derived from them.
 SAMPLES_PER_PASS = 32_000_000
+# The loss matrix of a pass (epochs x samples x 4 or 8 bytes) stays below this: logs with many
+# epochs are reduced in more passes.
+LOSS_MATRIX_BYTES = 512 * 2**20
+_BLOCK = 1 << 15  # slots per block when the matrix is read back: a block's arrays stay in cache
 # The packed layout: n in the low _N_BITS bits, then the two masks, _MASK_BITS bits each.
 _N_BITS = 9
 _MASK_BITS = 27
@@ -55,7 +68,7 @@ _FIXED_LIMIT = 2**62  # |early sum| and |late sum| below this, so their int64 to
 
 # The state columns `state.finalize` reads.
 COLUMNS = ("sample_id", "n_seen", "n_correct", "n_early", "loss_sum", "early_sum", "first_learned_epoch",
-           "forget_events")
+           "forget_events", "prob_sum", "prob_sq_hi", "prob_sq_lo")
 
 
 def _footer_stats(logset: LogSet, column: str) -> Iterator[tuple[int, int, object]]:
@@ -106,16 +119,18 @@ def state(logset: LogSet, kernel, *, stride: int = 1, full: bool = False
         return None
     lo, hi = span
     n_ids = (hi - lo) // stride + 1  # slots
-    passes = max(1, math.ceil(n_ids / SAMPLES_PER_PASS))
+    losses = _loss_matrix(logset)
+    per_pass = min(SAMPLES_PER_PASS, max(1, LOSS_MATRIX_BYTES // (losses[1] * losses[2].itemsize)))
+    passes = max(1, math.ceil(n_ids / per_pass))
     width = math.ceil(n_ids / passes)
     groups = _row_groups(logset)
     frames, irregular, dropped = [], [], 0
     for p in range(passes):
         start = p * width
         slots = (lo, start, min(width, n_ids - start), n_ids, stride)
-        result = _pass(logset, groups, kernel, slots, packed=True, full=full)
+        result = _pass(logset, groups, kernel, slots, losses, packed=True, full=full)
         if result == "unpack":  # a packed field overflowed (many rows per sample): one array per field
-            result = _pass(logset, groups, kernel, slots, packed=False, full=full)
+            result = _pass(logset, groups, kernel, slots, losses, packed=False, full=full)
         if result is None or result == "unpack":
             return None
         frame, odd, n_dropped = result
@@ -123,6 +138,19 @@ def state(logset: LogSet, kernel, *, stride: int = 1, full: bool = False
         irregular.append(odd)
         dropped += n_dropped
     return pl.concat(frames), np.concatenate(irregular), dropped  # ascending sample_id, pass after pass
+
+
+def _loss_matrix(logset: LogSet) -> tuple[int, int, np.dtype]:
+    """The loss matrix's first epoch, rows and float type: the epochs of the footer statistics
+    (from 0 if a row group has none; the matrix grows if such a row group holds a later epoch), so
+    parts holding only late epochs (`--update` folding epoch 40) take a row per epoch they hold;
+    float32 when every part stores the loss as float32, else float64: a stored loss is the logged one."""
+    stats = [s for _, _, s in _footer_stats(logset, schema.EPOCH)]
+    known = [s for s in stats if s is not None]
+    first = min(int(s.min) for s in known) if known and len(known) == len(stats) else 0
+    last = max([first, *(int(s.max) for s in known)])
+    single = all(part.arrow_schema.field(schema.LOSS).type == pa.float32() for part in logset.parts)
+    return max(first, 0), last - max(first, 0) + 1, np.dtype(np.float32 if single else np.float64)
 
 
 def _row_groups(logset: LogSet) -> list[tuple[int, int, int | None]]:
@@ -166,10 +194,11 @@ def _read(logset: LogSet, groups: list, kernel, unsigned: bool, full: bool) -> I
 
 
 class _Sums:
-    """The accumulators of one pass: per-sample row counts, epoch masks and fixed-point loss sums,
-    and the same totals over rows, to check the packed fields afterwards."""
+    """The accumulators of one pass: per-sample row counts and epoch masks (added), each row's loss
+    (stored at its epoch and slot), and the totals over rows, to check the packed fields afterwards."""
 
-    def __init__(self, width: int, packed: bool, full: bool = False) -> None:
+    def __init__(self, width: int, packed: bool, full: bool = False, *,
+                 losses: tuple[int, int, np.dtype] = (0, 1, np.dtype(np.float64))) -> None:
         self.packed = packed
         # the full state: each sample's first and last step
         self.first_step = np.full(width, np.iinfo(np.int64).max, dtype=np.int64) if full else None
@@ -177,15 +206,15 @@ class _Sums:
         self.words = np.zeros(width, dtype=np.uint64)  # packed: n | s << 9 | c << 36; else s
         self.n_seen = None if packed else np.zeros(width, dtype=np.int64)
         self.corr = None if packed else np.zeros(width, dtype=np.uint64)
-        self.early = np.zeros(width, dtype=np.int64)
-        self.late = np.zeros(width, dtype=np.int64)
+        self.first_epoch = losses[0]  # the epoch of the loss matrix's row 0
+        self.losses = np.zeros((losses[1], width), dtype=losses[2])  # (epoch - first_epoch, slot) -> loss
         self.rows = self.seen_total = self.corr_total = 0
         self.max_epoch = 0
         self.max_abs_fixed = 0
 
-    def add(self, idx: np.ndarray, epoch: np.ndarray | int, fixed: np.ndarray, correct: np.ndarray,
-            early_epochs: int, step: np.ndarray | None = None) -> None:
-        """Add rows: sample slots, epochs, fixed-point losses, correctness (and steps, full state)."""
+    def add(self, idx: np.ndarray, epoch: np.ndarray | int, loss: np.ndarray, correct: np.ndarray,
+            step: np.ndarray | None = None) -> None:
+        """Add rows: sample slots, epochs, losses, correctness (and steps, full state)."""
         self.rows += len(idx)
         if self.first_step is not None:
             np.minimum.at(self.first_step, idx, step)
@@ -199,38 +228,44 @@ class _Sums:
                 weight = correct.astype(np.uint64)
                 weight *= np.uint64(bit << (_N_BITS + _MASK_BITS))
                 weight += one
-                np.add.at(self.words, idx, weight)
+                _add_at(self.words, idx, weight)
             else:
                 np.add.at(self.n_seen, idx, 1)
                 np.add.at(self.words, idx, np.uint64(bit))
                 np.add.at(self.corr, idx[correct], np.uint64(bit))
-            np.add.at(self.early if epoch < early_epochs else self.late, idx, fixed)
+            self._grow(epoch)
+            self.losses[epoch - self.first_epoch][idx] = loss
             return
         # several epochs in a row group: never packed (the layout is chosen from the footers)
         bits = np.left_shift(np.uint64(1), epoch.astype(np.uint64))
         np.add.at(self.n_seen, idx, 1)
-        np.add.at(self.words, idx, bits)
+        _add_at(self.words, idx, bits)
         bits *= correct
-        np.add.at(self.corr, idx, bits)
-        early = epoch < early_epochs
-        np.add.at(self.early, idx[early], fixed[early])
-        late = ~early
-        np.add.at(self.late, idx[late], fixed[late])
+        _add_at(self.corr, idx, bits)
+        self._grow(int(epoch.max()))
+        self.losses[epoch - self.first_epoch, idx] = loss
+
+    def _grow(self, epoch: int) -> None:
+        """Room in the loss matrix for `epoch` (its row count comes from the footers; a row group
+        without statistics may hold a later epoch)."""
+        if epoch - self.first_epoch >= len(self.losses):
+            grown = np.zeros((epoch - self.first_epoch + 1, self.losses.shape[1]), dtype=self.losses.dtype)
+            grown[: len(self.losses)] = self.losses
+            self.losses = grown
 
     def fields(self) -> pl.DataFrame | None:
-        """n_seen, seen (s), corr (c), early_sum and late (the other rows' loss sum) per sample slot,
-        as a frame over these arrays (the packed words split by Polars, which does it faster and in
-        fewer fresh pages than numpy); None where a packed field overflowed into the next."""
+        """n_seen, seen (s) and corr (c) per sample slot, as a frame over these arrays (the packed
+        words split by Polars, which does it faster and in fewer fresh pages than numpy); None where
+        a packed field overflowed into the next."""
         steps = {} if self.first_step is None else {"first_step": self.first_step, "last_step": self.last_step}
         if not self.packed:
-            return pl.DataFrame({"n_seen": self.n_seen, "seen": self.words, "corr": self.corr,
-                                 "early_sum": self.early, "late": self.late, **steps})
+            return pl.DataFrame({"n_seen": self.n_seen, "seen": self.words, "corr": self.corr, **steps})
         words = pl.col("words")
-        frame = pl.DataFrame({"words": self.words, "early_sum": self.early, "late": self.late, **steps}).select(
+        frame = pl.DataFrame({"words": self.words, **steps}).select(
             (words & _u64((1 << _N_BITS) - 1)).cast(pl.Int64).alias("n_seen"),
             ((words // _u64(1 << _N_BITS)) & _u64((1 << _MASK_BITS) - 1)).alias("seen"),
             (words // _u64(1 << (_N_BITS + _MASK_BITS))).alias("corr"),
-            "early_sum", "late", *steps,
+            *steps,
         )
         # an overflow moves value out of a field, so that field's total over samples falls short
         totals = frame.select(pl.col("n_seen", "seen", "corr").sum()).row(0)
@@ -238,21 +273,58 @@ class _Sums:
             return None
         return frame
 
+    def loss_sums(self, seen: np.ndarray, early_epochs: int) -> dict[str, np.ndarray]:
+        """Per sample slot, from the loss matrix: early_sum and late (the fixed-point loss sums of
+        the early epochs and of the others), prob_sum, prob_sq_hi and prob_sq_lo (the exact sums of
+        p and p^2 in `state.prob_units`, over the epochs in the slot's mask `seen`, normalised).
+        Read in blocks of _BLOCK slots, one epoch row at a time, so every array stays in cache."""
+        width = self.losses.shape[1]
+        names = ("early_sum", "late", "prob_sum", "prob_sq_hi", "prob_sq_lo")
+        sums = {name: np.zeros(width, dtype=np.int64) for name in names}
+        masks = seen.view(np.int64)  # epochs < 53: the top bit is never set
+        for start in range(0, width, _BLOCK):
+            block = slice(start, start + _BLOCK)
+            mask = masks[block]
+            early, late, total, high, low = (sums[name][block] for name in names)
+            for epoch, losses in enumerate(self.losses[:, block], start=self.first_epoch):
+                fixed = losses.astype(np.float64)
+                fixed *= SCALE
+                fixed = np.rint(fixed, out=fixed).astype(np.int64)  # as fixedpoint.fixed_sum; 0 where unseen
+                target = early if epoch < early_epochs else late
+                target += fixed
+                units = prob_units(fixed)
+                units *= (mask >> epoch) & 1
+                total += units
+                units *= units  # below 2^62
+                low += units & (SQ_SPLIT - 1)
+                units >>= SQ_SPLIT.bit_length() - 1
+                high += units
+        sums["prob_sq_hi"] += sums["prob_sq_lo"] >> (SQ_SPLIT.bit_length() - 1)
+        sums["prob_sq_lo"] &= SQ_SPLIT - 1
+        return sums
+
     def bounded(self, n_seen: pl.Series) -> bool:
         """Whether no mask or loss sum can have wrapped (else the Polars kernel, exact there, runs)."""
         most = int(n_seen.max() or 0)
         return not most or (self.max_epoch + math.log2(most) < 63 and self.max_abs_fixed * most < _FIXED_LIMIT)
 
 
+def _add_at(target: np.ndarray, idx: np.ndarray, values: np.ndarray) -> None:
+    """np.add.at of uint64 values into a uint64 array, through int64 views: the same bits
+    (two's complement), and numpy's int64 scatter-add is the faster one."""
+    np.add.at(target.view(np.int64), idx, values.view(np.int64))
+
+
 def _u64(value: int) -> pl.Expr:
     return pl.lit(value, dtype=pl.UInt64)
 
 
-def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int, int], packed: bool,
-          full: bool = False) -> tuple[pl.DataFrame, np.ndarray, int] | str | None:
+def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int, int],
+          losses: tuple[int, np.dtype], packed: bool, full: bool = False
+          ) -> tuple[pl.DataFrame, np.ndarray, int] | str | None:
     """Accumulate the samples in slots [start, start + width) of the n_ids slots of ids
     lo + slot * stride, over the whole log, one row group at a time, the next row group read while
-    this one is added.
+    this one is added; `losses`: the loss matrix's epochs and float type (`_loss_matrix`).
 
     With `packed`, the packed layout is used where the footers allow it; "unpack" says that a
     packed field overflowed and the pass must be run again without it.
@@ -263,7 +335,7 @@ def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int,
     base = np.uint64(first_id) if unsigned else np.int64(first_id)
     whole = start == 0 and width == n_ids  # one pass: every id is in [lo, hi] by the footers
     packed = packed and all(e is not None and 0 <= e < PACKED_EPOCHS for _, _, e in groups)
-    sums = _Sums(width, packed, full)
+    sums = _Sums(width, packed, full, losses=losses)
     dropped = 0
     chunks = _read(logset, groups, kernel, unsigned, full)
     with ThreadPoolExecutor(max_workers=1) as reader:
@@ -294,18 +366,20 @@ def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int,
                 continue
             low, high = (int(epoch.min()), int(epoch.max())) if many else (epoch, epoch)
             peak = float(np.abs(loss).max()) * SCALE
-            if low < 0 or high > 52 or peak >= _FIXED_LIMIT:  # see _Sums.bounded
+            if low < sums.first_epoch or high > 52 or peak >= _FIXED_LIMIT:  # see _Sums.bounded
                 ahead.cancel()
                 return None
             sums.max_epoch = max(sums.max_epoch, high)
             sums.max_abs_fixed = max(sums.max_abs_fixed, round(peak))
-            fixed = np.rint(loss.astype(np.float64) * SCALE).astype(np.int64)  # as fixedpoint.fixed_sum
-            sums.add(idx, epoch, fixed, _correct(kernel, rule_values), kernel.early_epochs, step)
+            sums.add(idx, epoch, loss, _correct(kernel, rule_values), step)
     fields = sums.fields()
     if fields is None:
         return "unpack"
     if not sums.bounded(fields["n_seen"]):
         return None
+    sums.words = sums.n_seen = sums.corr = None  # in `fields` now: free them before the sums are made
+    sums_of_losses = sums.loss_sums(fields["seen"].to_numpy(), kernel.early_epochs)
+    fields = fields.hstack([pl.Series(name, values) for name, values in sums_of_losses.items()])
     del sums
     return (*_derive(fields, kernel.early_epochs, first_id, stride, unsigned, full), dropped)
 

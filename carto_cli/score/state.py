@@ -26,6 +26,23 @@ Definitions (GenDataCarto, Patel & Shanbhag 2025, arXiv 2509.00083, after Toneva
 - Rows whose loss is NaN or infinite are dropped and counted (`nonfinite="drop"`), or refused
   (`nonfinite="error"`).
 
+Dataset Cartography's coordinates (Swayamdipta et al., EMNLP 2020, allenai/cartography), with the
+probability of the gold label replaced by p = exp(-loss): for a generative sample whose `loss` is
+its mean token negative log-likelihood, p is the geometric mean of its target tokens' probabilities.
+
+- **confidence**: the mean of p over the sample's presentations (all epochs).
+- **variability**: the population standard deviation (ddof 0, as allenai/cartography's `np.std`)
+  of p over the same presentations; 0 for a sample seen once.
+- **correctness**: n_correct / n_seen, the share of presentations counted correct.
+- p is held in fixed point, PROB_SCALE units per probability 1 (`prob_units`): the state keeps
+  the sums of the units and of their squares (exact integers), so the variance of the rounded
+  values, (n * sum(u^2) - sum(u)^2) / n^2, is exact and order-free; only the final division and
+  square root are floating point. Each p is within 3.5e-10 of exp(-loss): half a unit (2^-32),
+  the loss's own rounding to 2^-32 nats (at most 2^-33 in p) and the table's error (below 1e-13);
+  a mean, and a standard deviation, move by at most as much as the values do, so confidence and
+  variability are within 3.5e-10 of the float64 mean and `np.std` of exp(-loss) over the raw
+  rows. A negative loss (not a negative log-likelihood) counts as p = 1.
+
 Two exact Polars kernels of forget_events, chosen per run (`method="auto"`):
 - *bitmask* (no sort): when every sample appears at most once per epoch, in consecutive epochs
   below 64, and epochs never go back in step order, a per-sample sum of 2^epoch over correct
@@ -39,6 +56,9 @@ log can be reduced in slices of samples (passes, buckets, Ray tasks) or in slice
 
 
 from __future__ import annotations
+
+import functools
+from decimal import Decimal, localcontext
 
 import numpy as np
 import polars as pl
@@ -58,6 +78,9 @@ SCORE_COLUMNS = (
     "ever_learned",
     "first_learned_epoch",
     "mean_loss",
+    "confidence",
+    "variability",
+    "correctness",
 )
 
 # ----------------------------------------------------------------------------- per-sample state
@@ -82,16 +105,97 @@ STATE_COLUMNS = (
     "last_epoch",
     "last_correct",
     "forget_events",
+    "prob_sum",  # sum of p in units of 1/PROB_SCALE (p = exp(-loss), see `prob_units`)
+    "prob_sq_hi",  # sum of squared units = prob_sq_hi * SQ_SPLIT + prob_sq_lo, 0 <= prob_sq_lo < SQ_SPLIT
+    "prob_sq_lo",
 )
 
 # Losses are summed in fixed point (carto_cli.score.fixedpoint): bit-identical scores in any order.
 MAX_ABS_LOSS = 1e9
+
+# ----------------------------------------------------------------------------- p = exp(-loss)
+#
+# p is computed from the fixed-point loss L = round(loss * 2^32) (what `loss_sum` adds) with
+# additions and multiplications only, so that numpy (the dense kernel) and Polars (the other
+# kernels) give the same bits on every machine (an `exp` from a maths library may differ in the
+# last bit between libraries and CPUs): L is clipped to [0, 32 nats], split into steps of 2^-10
+# nats, j = L >> 22, and a remainder r = L mod 2^22 (units of 2^-32 nats); then
+# p * PROB_SCALE = prob_table()[j] * exp(-r 2^-32), the table built once, exactly (`decimal`),
+# and exp(-t) for t < 2^-10 by its Taylor polynomial of degree 3 (relative error < 4e-14).
+# A loss beyond 32 nats gives p * 2^31 < 1e-4: 0 units.
+
+PROB_SCALE = 2**31  # units per probability 1: a unit squared fits an int64 (2^62)
+SQ_SPLIT = 2**31  # the sum of squared units is kept as two int64 columns, high and low part
+_STEP_BITS = 22  # 2^22 units of 2^-32 nats = 2^-10 nats per table step
+_MAX_FIXED_LOSS = (32 << 32) - 1  # 32 nats, in units of 2^-32 nats
+
+
+@functools.cache
+def prob_table() -> np.ndarray:
+    """exp(-j / 1024) * PROB_SCALE for every table step j up to 32 nats, correctly rounded to
+    float64, the same on every machine: j = 1024 a + 32 b + c, the three factors exp(-a), exp(-b/32)
+    and exp(-c/1024) to 128 bits in `decimal`, their product in integers, one rounding at the end.
+    Built on first use (about 15 ms)."""
+    bits = 128
+    with localcontext() as ctx:
+        ctx.prec = 60  # digits: beyond 2^-128
+
+        def fixed_exp(steps: int) -> int:
+            return int((Decimal(-steps) / 1024).exp() * Decimal(2) ** bits)
+
+        factors = [[fixed_exp(n << shift) for n in range(32)] for shift in (10, 5, 0)]
+    scale = 2 ** (3 * bits) // PROB_SCALE
+    pairs = [a * b for a in factors[0] for b in factors[1]]
+    return np.array([ab * c / scale for ab in pairs for c in factors[2]])  # int / int: correctly rounded
+
+
+# exp(-r / 2^32) = 1 + C1 r + C2 r^2 + C3 r^3, evaluated as ((C3 r + C2) r + C1) r + 1
+_C1, _C2, _C3 = -(2.0**-32), 2.0**-65, -(2.0**-96) / 6
+
+
+def prob_units(fixed_loss: np.ndarray) -> np.ndarray:
+    """round(exp(-loss) * PROB_SCALE) as int64, from the fixed-point losses round(loss * 2^32)."""
+    clipped = np.clip(fixed_loss, 0, _MAX_FIXED_LOSS)
+    r = (clipped & ((1 << _STEP_BITS) - 1)).astype(np.float64)
+    poly = r * _C3
+    poly += _C2
+    poly *= r
+    poly += _C1
+    poly *= r
+    poly += 1.0
+    poly *= prob_table()[clipped >> _STEP_BITS]
+    return np.rint(poly, out=poly).astype(np.int64)
+
+
+def prob_units_expr(loss: pl.Expr) -> pl.Expr:
+    """`prob_units` as a Polars expression over a loss column: the same operations, the same bits."""
+    clipped = (loss * SCALE).round().cast(pl.Int64).clip(0, _MAX_FIXED_LOSS)
+    r = (clipped % (1 << _STEP_BITS)).cast(pl.Float64)
+    poly = ((r * _C3 + _C2) * r + _C1) * r + 1.0
+    table = pl.lit(pl.Series("prob_table", prob_table()))
+    return (poly * table.gather(clipped // (1 << _STEP_BITS))).round().cast(pl.Int64)
+
+
+def prob_aggregations(units: pl.Expr) -> list[pl.Expr]:
+    """The state's sums of p (`units`: `prob_units_expr`) and of its square (split, not normalised)."""
+    square = units * units
+    return [units.sum().alias("prob_sum"), (square // SQ_SPLIT).sum().alias("prob_sq_hi"),
+            (square % SQ_SPLIT).sum().alias("prob_sq_lo")]
+
+
+def normalized_square() -> list[pl.Expr]:
+    """prob_sq_hi and prob_sq_lo with the low part carried into the high one (0 <= low < SQ_SPLIT),
+    so that every kernel and every merge stores the same sum the same way."""
+    low = pl.col("prob_sq_lo")
+    return [(pl.col("prob_sq_hi") + low // SQ_SPLIT).alias("prob_sq_hi"), (low % SQ_SPLIT).alias("prob_sq_lo")]
 
 
 def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[pl.DataFrame, int]:
     """One row of state per sample of the segment, and how many samples the general path counted."""
     early = pl.col(schema.EPOCH) < early_epochs
     correct = pl.col(schema.CORRECT)
+    lf = lf.with_columns(prob_units_expr(pl.col(schema.LOSS)).alias("_p"))
+    prob = prob_aggregations(pl.col("_p"))
     # `when/then` rather than `filter` inside aggregations: Polars evaluates it without
     # materialising a filtered copy per group (about 2x faster over 40M rows).
     order_free = [
@@ -101,9 +205,10 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
         fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
         fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
         pl.when(correct).then(pl.col(schema.EPOCH)).min().cast(pl.Int64).alias("first_learned_epoch"),
+        *prob,
     ]
     if method == "general":
-        return _general_state(lf, order_free).collect().select(STATE_COLUMNS), 0
+        return _general_state(lf, order_free).collect().with_columns(normalized_square()).select(STATE_COLUMNS), 0
 
     # s = sum of 2^epoch over the sample's rows, c = the same over its correct rows. With at most one
     # row per epoch a sum is an OR; a repeated epoch carries, so popcount(s) < n_seen flags it.
@@ -117,7 +222,8 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
         (bit * correct.cast(pl.UInt64)).sum().alias("_corr"),
         pl.col(schema.STEP).min().cast(pl.Int64).alias("first_step"),
         pl.col(schema.STEP).max().cast(pl.Int64).alias("last_step"),
-    ).collect()
+        *prob,
+    ).collect().with_columns(normalized_square())
     seen, corr = pl.col("_seen"), pl.col("_corr")
     early_mask = pl.lit((1 << min(early_epochs, 64)) - 1, dtype=pl.UInt64)
     state = state.with_columns(
@@ -146,7 +252,7 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
     if irregular.height:
         recount = _general_state(lf.join(irregular.lazy(), on=schema.SAMPLE_ID, how="semi"), order_free)
         state = pl.concat([state.filter(pl.col("forget_events").is_not_null()).select(STATE_COLUMNS),
-                           recount.collect().select(STATE_COLUMNS)])
+                           recount.collect().with_columns(normalized_square()).select(STATE_COLUMNS)])
     return state.select(STATE_COLUMNS), irregular.height
 
 
@@ -203,14 +309,15 @@ def merge_states(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame:
         return (pl.coalesce(b, a) if prefer_later else pl.coalesce(a, b)).alias(name)
 
     boundary = (both & pl.col("last_correct") & ~pl.col("first_correct_b")).cast(pl.Int64)
+    sums = ("n_seen", "n_correct", "n_early", "loss_sum", "early_sum", "prob_sum", "prob_sq_hi", "prob_sq_lo")
     return joined.select(
         schema.SAMPLE_ID,
-        *(add(c).alias(c) for c in ("n_seen", "n_correct", "n_early", "loss_sum", "early_sum")),
+        *(add(c).alias(c) for c in sums),
         pl.min_horizontal("first_learned_epoch", "first_learned_epoch_b").alias("first_learned_epoch"),
         *(pick(c, prefer_later=False) for c in ("first_step", "first_epoch", "first_correct")),
         *(pick(c, prefer_later=True) for c in ("last_step", "last_epoch", "last_correct")),
         (add("forget_events") + boundary).alias("forget_events"),
-    ).select(STATE_COLUMNS)
+    ).with_columns(normalized_square()).select(STATE_COLUMNS)
 
 
 def _aligned(earlier: pl.DataFrame, later: pl.DataFrame) -> pl.DataFrame | None:
@@ -267,12 +374,26 @@ def finalize(state: pl.DataFrame, *, never_learned: str) -> pl.DataFrame:
             ),
             mean_loss=pl.col("loss_sum").cast(pl.Float64) / SCALE / pl.col("n_seen"),
             ever_learned=pl.col("n_correct") > 0,
+            confidence=pl.col("prob_sum").cast(pl.Float64) / PROB_SCALE / pl.col("n_seen"),
+            variability=_variability(),
+            correctness=pl.col("n_correct") / pl.col("n_seen"),
         )
         .with_columns(memorization=_memorization(never_learned))
         .select(SCORE_COLUMNS)
         .sort(schema.SAMPLE_ID)
         .collect()
     )
+
+
+def _variability() -> pl.Expr:
+    """The population standard deviation of p, from the exact sums: with u = p * PROB_SCALE,
+    n^2 Var(u) = n sum(u^2) - sum(u)^2, an exact integer (Int128: below n^2 2^62), then one
+    conversion to float64, a square root and a division."""
+    n = pl.col("n_seen").cast(pl.Int128)
+    square_sum = pl.col("prob_sq_hi").cast(pl.Int128) * SQ_SPLIT + pl.col("prob_sq_lo")
+    total = pl.col("prob_sum").cast(pl.Int128)
+    scaled_variance = n * square_sum - total * total
+    return scaled_variance.cast(pl.Float64).sqrt() / pl.col("n_seen") / PROB_SCALE
 
 
 def _memorization(never_learned: str) -> pl.Expr:
