@@ -1,4 +1,4 @@
-"""Per-sample state: difficulty and memorization from logged presentations.
+"""Per-sample state: difficulty, memorization and Dataset Cartography's coordinates from logged presentations.
 
 Definitions (GenDataCarto, Patel & Shanbhag 2025, arXiv 2509.00083, after Toneva et al. 2019):
 
