@@ -10,6 +10,10 @@ here, on CPU, for a handful of steps. What is checked:
 - the log is flushed before each checkpoint is written, and a run that stops after a checkpoint
   and resumes from it with a new trainer counts every presentation once (the replay rule);
 - eval forwards are not logged; log directory, run id and logger ownership; bad input is one line;
+- several processes: the repeats Accelerate pads an epoch with are masked, not logged. The masks on
+  Accelerate's real loaders for both ranks in one process; then one real 2-process torchrun run
+  (gloo, CPU; this file is its script: `--ddp-worker OUT`) of a run stopped after a checkpoint, its
+  resume and an iterable dataset, its log compared with what each rank loaded and scored;
 - TRL's SFTTrainer with the mixin (its fused LM head: no logits), if trl is installed;
 - examples/hf_trainer.py runs and its log scores.
 """
@@ -17,6 +21,8 @@ here, on CPU, for a handful of steps. What is checked:
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +34,8 @@ transformers = pytest.importorskip("transformers", reason="the Trainer integrati
 
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+from accelerate.data_loader import prepare_data_loader, skip_first_batches  # noqa: E402
+from accelerate.state import GradientState  # noqa: E402
 from test_cli import run  # noqa: E402
 from transformers import (  # noqa: E402
     DataCollatorWithFlattening,
@@ -37,11 +45,23 @@ from transformers import (  # noqa: E402
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    default_data_collator,
 )
+from transformers.trainer_pt_utils import BatchRebalanceSampler  # noqa: E402
 
 from carto_cli import CartoLogger  # noqa: E402
 from carto_cli.errors import CartoError, OptionError  # noqa: E402
-from carto_cli.integrations.hf import ID_KEY, CartoTrainer, CartoTrainerMixin  # noqa: E402
+from carto_cli.integrations.hf import (  # noqa: E402
+    ID_KEY,
+    KEEP_KEY,
+    CartoTrainer,
+    CartoTrainerMixin,
+    IdCollator,
+    PaddingMasks,
+    dispatched_keep,
+    indexed,
+    padding_rule,
+)
 from carto_cli.io import logs  # noqa: E402
 from carto_cli.log import schema  # noqa: E402
 from carto_cli.log.shim import default_run_id  # noqa: E402
@@ -395,6 +415,246 @@ def test_the_reserved_key_never_reaches_the_model_or_the_collator(tmp_path: Path
     assert seen_keys == {"input_ids", "attention_mask", "labels"}  # text stripped, the id taken out
 
 
+# ------------------------------------------------------------------ several processes: the padding repeats
+
+
+def test_one_process_puts_no_mask_on_the_batches(tmp_path: Path) -> None:
+    """Nothing pads with one process: no batch gets a keep mask, record(keep=None), no cost."""
+    seen = []
+
+    class Watching(CartoTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            seen.append(sorted(k for k in inputs if k.startswith("__carto")))
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    trainer = train(tmp_path, trainer_class=Watching)
+    assert seen == [[ID_KEY]] * 6 and trainer._carto_batches is None
+
+
+def shard_loaders(dataset, batch: int, **options) -> list:
+    """The loaders Accelerate's `prepare` gives ranks 0 and 1 of 2 over the Trainer's wrapped dataset."""
+    base = torch.utils.data.DataLoader(indexed(dataset), batch_size=batch, collate_fn=IdCollator(default_data_collator))
+    return [prepare_data_loader(base, num_processes=2, process_index=rank, put_on_device=False, **options)
+            for rank in (0, 1)]
+
+
+def masked(loader) -> tuple[list[int], list[int]]:
+    """(ids loaded, ids kept) over one iteration of `loader`, masked as CartoTrainer masks the Trainer's batches."""
+    loaded_ids, kept = [], []
+    for batch in PaddingMasks(iter(loader), GradientState(), 2):
+        ids = batch[ID_KEY].tolist()
+        keep = batch.get(KEEP_KEY, [True] * len(ids))
+        loaded_ids += ids
+        kept += [i for i, k in zip(ids, keep, strict=True) if k]
+    return loaded_ids, kept
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["even_batches", "split_batches"])
+@pytest.mark.parametrize(("n", "batch"), [(21, 2), (13, 4), (16, 4), (5, 8)])
+def test_the_masks_keep_every_sample_once_over_the_ranks(n: int, batch: int, split: bool) -> None:
+    """Accelerate's real sharding, both ranks in one process, as the Trainer iterates them (also after
+    skip_first_batches on a resume: the skipped batches count)."""
+    loaders = shard_loaders(Corpus(n), batch, split_batches=split)
+    runs = [masked(loader) for loader in loaders]
+    assert sorted(kept for _, ids in runs for kept in ids) == list(range(n))
+    round_rows = batch if split else 2 * batch  # rows a round of batches over both ranks holds
+    assert sum(len(ids) for ids, _ in runs) == n + (-n % round_rows)  # the repeats were loaded
+    for loader, (_, kept) in zip(loaders, runs, strict=True):
+        if len(loader) > 2:  # the first 2 batches (round_rows // 2 rows each on a rank) hold no repeat
+            assert masked(skip_first_batches(loader, 2))[1] == kept[2 * (round_rows // 2):]
+
+
+def test_loaders_that_repeat_nothing_get_no_mask() -> None:
+    assert padding_rule(shard_loaders(Corpus(21), 2, even_batches=False)[1]) is None
+    assert padding_rule(shard_loaders(Corpus(21), 2, split_batches=True)[1]) is not None
+    assert padding_rule(torch.utils.data.DataLoader(indexed(Corpus(21)), batch_size=2)) is None
+
+
+def test_the_dispatchers_repeats_are_the_last_rows_past_the_remainder() -> None:
+    """The last round had 5 rows; 2 ranks get 3 each of them plus the epoch's first: rank 1's last repeats."""
+    assert dispatched_keep(0, 3, last=True, remainder=5).tolist() == [True, True, True]
+    assert dispatched_keep(1, 3, last=True, remainder=5).tolist() == [True, True, False]
+    assert dispatched_keep(1, 1, last=True, remainder=1).tolist() == [False]
+    assert dispatched_keep(1, 4, last=False, remainder=-1).tolist() == [True] * 4
+
+
+def test_repeats_carto_cannot_tell_apart_are_one_line_errors() -> None:
+    stream = shard_loaders(Stream(13), 4, dispatch_batches=False)[1]  # IterableDatasetShard: pads unseen
+    with pytest.raises(OptionError, match="sharded on every process .* set dataloader_drop_last=True") as info:
+        padding_rule(stream)
+    rebalanced = BatchRebalanceSampler(lengths=[T] * 5, effective_batch_size=4, dp_size=2, grad_accum=2,
+                                       drop_last=False)  # a tail of 1 sample for 4 (rank, micro-batch) groups
+    loader = torch.utils.data.DataLoader(indexed(Corpus(5)), batch_sampler=rebalanced)
+    with pytest.raises(OptionError, match="'batch_rebalance' fills the epoch's last 1 samples up to 4 with repeats"):
+        padding_rule(loader)
+    foreign = prepare_data_loader(torch.utils.data.DataLoader([{ID_KEY: i} for i in range(3)], batch_size=2),
+                                  num_processes=2, process_index=0, put_on_device=False)
+    with pytest.raises(OptionError, match="the training batches come from another loader"):
+        masked(foreign)
+    assert "\n" not in str(info.value)
+
+
+class Stream(torch.utils.data.IterableDataset):
+    """An iterable dataset of `Corpus(n)` items with `sample_id` 300 + i (an iterable has no index)."""
+
+    def __init__(self, n: int) -> None:
+        self.data = Corpus(n)
+
+    def __iter__(self):
+        for i in range(len(self.data)):
+            yield {**self.data[i], schema.SAMPLE_ID: 300 + i}
+
+
+class Recording(CartoTrainer):
+    """Writes down the ids of every training batch its forward gets, repeats included (what would be
+    logged without the mask): [epoch, step, ids] in `loaded`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loaded = []
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if model.training and ID_KEY in inputs:
+            self.loaded.append([self._carto_epoch, self.state.global_step, inputs[ID_KEY].tolist()])
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
+def ddp_worker(out: Path) -> None:
+    """One rank of the 2-process run (`python tests/test_integration_hf.py --ddp-worker OUT` under
+    torchrun): three trainings on gloo, each writing the ids its rank loaded to OUT/<name>-r<rank>.json.
+
+    - "map": 21 samples, batches of 2, 2 accumulated, 2 epochs (3 steps an epoch); checkpoint-4,
+      stopped after step 5 (steps 0..4 logged);
+    - "resumed": the same run resumed from checkpoint-4 by a new trainer: epoch 1 with its first 2
+      batches skipped (steps 4 and 5);
+    - "stream": an iterable dataset of 13 samples, batches of 4, through Accelerate's dispatcher, 2 passes.
+    """
+    rank = int(os.environ["RANK"])
+    settings = dict(ddp_backend="gloo", dataloader_drop_last=False, logging_steps=100)
+
+    def run_one(name: str, trainer: Recording, **train_kwargs) -> None:
+        trainer.train(**train_kwargs)
+        (out / f"{name}-r{rank}.json").write_text(json.dumps(trainer.loaded))
+
+    map_args = training_args(out / "map", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                             save_strategy="steps", save_steps=4, **settings)
+    run_one("map", Recording(model=tiny_gpt(), args=map_args, train_dataset=Corpus(21), callbacks=[StopAt(5)]))
+    run_one("resumed", Recording(model=tiny_gpt(), args=map_args, train_dataset=Corpus(21)),
+            resume_from_checkpoint=str(out / "map" / "checkpoint-4"))
+    stream_args = training_args(out / "stream", max_steps=4, **settings)
+    run_one("stream", Recording(model=tiny_gpt(), args=stream_args, train_dataset=Stream(13)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 2-process run of `ddp_worker`, once for the tests that read it."""
+    out = tmp_path_factory.mktemp("ddp")
+    unset = ("MASTER_PORT", "MASTER_ADDR", "RANK", "WORLD_SIZE", "CARTO_LOG_DIR", "CARTO_RUN_ID")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    env["OMP_NUM_THREADS"] = "1"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", str(Path(__file__).resolve()), "--ddp-worker", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env, cwd=out)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return out
+
+
+def loaded(out: Path, name: str, rank: int) -> dict[int, list[int]]:
+    """epoch -> the ids rank `rank` loaded in that epoch, in order."""
+    per_epoch = {}
+    for epoch, _, ids in json.loads((out / f"{name}-r{rank}.json").read_text()):
+        per_epoch.setdefault(epoch, []).extend(ids)
+    return per_epoch
+
+
+def attempt_rows(log_dir: Path) -> list[pl.DataFrame]:
+    """Every attempt's rows (one attempt per process and train() call), from each part's metadata."""
+    frames = {}
+    for part in sorted(log_dir.glob("*.parquet")):
+        attempt = pq.read_schema(part).metadata[schema.META_ATTEMPT.encode()].decode()
+        frames.setdefault(attempt, []).append(pl.read_parquet(part))
+    return [pl.concat(parts) for parts in frames.values()]
+
+
+def check_rank_logged_its_loads_less_the_tail(rows: pl.DataFrame, loads: dict[int, list[int]], rank: int,
+                                              repeats: int, counted: pl.DataFrame) -> None:
+    """In every epoch of `loads` the rank logged (`rows`) exactly what it loaded less its last `repeats`
+    rows, and those are samples the log counts elsewhere in the epoch (`counted`): the repeats that pad
+    the end of the epoch."""
+    for epoch, ids in loads.items():
+        logged = rows.filter((pl.col("epoch") == epoch) & (pl.col("rank") == rank))["sample_id"].to_list()
+        assert sorted(logged) == sorted(ids[:len(ids) - repeats]), (rank, epoch)
+        in_epoch = set(counted.filter(pl.col("epoch") == epoch)["sample_id"])
+        assert set(ids[len(ids) - repeats:]) <= in_epoch, (rank, epoch)
+
+
+def score(log_dir: Path, tmp_path: Path) -> pl.DataFrame:
+    scored = run("score", log_dir, "--out", tmp_path / "scores.parquet")
+    assert scored.exit_code == 0, scored.output
+    return pl.read_parquet(tmp_path / "scores.parquet").sort("sample_id")
+
+
+def test_two_processes_log_each_sample_once_an_epoch_although_accelerate_repeats_some(
+        ddp_run: Path, tmp_path: Path) -> None:
+    """21 samples in batches of 2 on 2 ranks: Accelerate deals 11 batches round robin and completes the
+    short last round from the start of the epoch, so rank 0 loads 12 rows (its last a repeat) and rank
+    1 12 rows (its last batch, 2 rows, repeats). Without the mask 3 samples would count twice an epoch.
+    The run stops after step 5 and resumes from checkpoint-4, skipping the epoch's first 2 batches:
+    the skipped batches count, or rank 1's last batch would be logged."""
+    log_dir = ddp_run / "map" / "carto_logs"
+    loads = {(name, rank): loaded(ddp_run, name, rank) for name in ("map", "resumed") for rank in (0, 1)}
+    for rank in (0, 1):
+        assert [len(loads["map", rank][e]) for e in (0, 1)] == [12, 8]  # epoch 1 stopped after 2 of 3 steps
+        assert list(loads["resumed", rank]) == [1] and len(loads["resumed", rank][1]) == 8  # batches 2..5
+    epoch0 = loads["map", 0][0] + loads["map", 1][0]
+    assert len(epoch0) == 24 and len(set(epoch0)) == 21  # what logging every forward would have counted
+
+    attempts = attempt_rows(log_dir)
+    assert sorted((a["rank"].unique().to_list(), a["step"].min()) for a in attempts) == [
+        ([0], 0), ([0], 4), ([1], 0), ([1], 4)]  # both ranks wrote parts, in both train() calls
+    first_rows = pl.concat([a for a in attempts if a["step"].min() == 0])
+    second_rows = pl.concat([a for a in attempts if a["step"].min() == 4])
+    assert first_rows["step"].unique().sort().to_list() == [0, 1, 2, 3, 4]
+    assert second_rows["step"].unique().sort().to_list() == [4, 5]
+    counted = pl.concat([first_rows.filter(pl.col("step") < 4), second_rows])  # the replay rule, by hand
+    for rank, repeats in ((0, 1), (1, 2)):
+        check_rank_logged_its_loads_less_the_tail(first_rows, {0: loads["map", rank][0]}, rank, repeats, counted)
+        check_rank_logged_its_loads_less_the_tail(first_rows, {1: loads["map", rank][1]}, rank, 0, counted)
+        check_rank_logged_its_loads_less_the_tail(second_rows, loads["resumed", rank], rank, repeats, counted)
+    per_epoch = counted.group_by("sample_id", "epoch").len()
+    assert per_epoch.height == 2 * 21 and (per_epoch["len"] == 1).all()
+
+    facts = json.loads(run("logs", "summary", log_dir, "--json").stdout)
+    assert (facts["rows"], facts["samples"], facts["epochs"]) == (42, 21, 2)
+    assert facts["replayed_rows"] == first_rows.filter(pl.col("step") == 4).height == 8  # 2 x 2 rows, 2 ranks
+    scores = score(log_dir, tmp_path)
+    assert scores["sample_id"].to_list() == list(range(21)) and (scores["n_seen"] == 2).all()
+
+
+def test_two_processes_leave_out_the_repeats_of_accelerates_dispatcher(ddp_run: Path, tmp_path: Path) -> None:
+    """An iterable dataset of 13 samples, batches of 4, 2 ranks: rank 0 loads and splits each round of
+    8; the last round has 5 rows, completed to 6 with the epoch's first: rank 1's last row repeats."""
+    log_dir = ddp_run / "stream" / "carto_logs"
+    rows = raw_rows(log_dir)
+    assert {int(pq.read_schema(p).metadata[schema.META_RANK.encode()]) for p in log_dir.glob("*.parquet")} == {0, 1}
+    for rank, repeats in ((0, 0), (1, 1)):
+        loads = loaded(ddp_run, "stream", rank)
+        assert sorted(loads) == [0, 1] and [len(ids) for ids in loads.values()] == [7, 7]
+        check_rank_logged_its_loads_less_the_tail(rows, loads, rank, repeats, rows)
+    epoch0 = loaded(ddp_run, "stream", 0)[0] + loaded(ddp_run, "stream", 1)[0]
+    assert len(epoch0) == 14 and len(set(epoch0)) == 13
+    per_epoch = rows.group_by("sample_id", "epoch").len()
+    assert per_epoch.height == 2 * 13 and (per_epoch["len"] == 1).all()
+    scores = score(log_dir, tmp_path)
+    assert scores["sample_id"].to_list() == list(range(300, 313)) and (scores["n_seen"] == 2).all()
+
+
 # ------------------------------------------------------------------ TRL
 
 
@@ -447,5 +707,12 @@ def test_the_example_trains_logs_and_scores(tmp_path: Path) -> None:
     assert (scores["n_seen"] == 2).all()
 
 
-def test_the_reserved_key_is_not_a_column_anyone_uses() -> None:
-    assert ID_KEY.startswith("__carto") and ID_KEY not in schema.LOG_SCHEMA.names
+def test_the_reserved_keys_are_not_columns_anyone_uses() -> None:
+    for key in (ID_KEY, KEEP_KEY):
+        assert key.startswith("__carto") and key not in schema.LOG_SCHEMA.names
+
+
+if __name__ == "__main__":  # one rank of the 2-process run (see ddp_run)
+    if sys.argv[1:2] != ["--ddp-worker"] or len(sys.argv) != 3:
+        raise SystemExit("usage: torchrun --nproc_per_node=2 tests/test_integration_hf.py --ddp-worker OUT")
+    ddp_worker(Path(sys.argv[2]))

@@ -34,7 +34,17 @@ What is logged, and how it gets there:
   it are replayed by the resume. Each `train()` call opens its own `CartoLogger`, one *attempt* of
   the run (closed when `train()` returns or raises), so the reader drops the rows a resume replays
   (`carto_cli.io.replays`). The run id is `$CARTO_RUN_ID`, else `args.run_name` when you set one,
-  else derived from the log directory, which a resume shares.
+  else derived from the log directory, which a resume shares. A `carto_logger` you pass in is yours:
+  flushed before checkpoints and when `train()` ends, never closed by the Trainer.
+- **Padding repeats (several processes).** To give every rank the same number of batches,
+  Accelerate's prepared loader completes a short last round of the epoch with samples from its
+  start (`even_batches`, the default). Those rows are trained on but not logged: every batch the
+  Trainer fetches (`get_batch_samples`) gets a keep mask under the reserved key `KEEP_KEY`, built
+  on the CPU from the batch's index in the epoch and the loader being iterated (its
+  `skip_first_batches` copy on a resume, whose skipped batches count), by the rule of
+  `carto_cli.integrations.distributed`; for Accelerate's dispatching loader (iterable datasets)
+  from the loader's own end-of-epoch count. `compute_loss` pops it and passes it to
+  `record(keep=...)`. One process, or `dataloader_drop_last=True`: no mask, no cost.
 
 Evaluation and prediction forwards are not logged. See docs/integrations/huggingface.md.
 """
@@ -43,20 +53,23 @@ from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 from transformers import Trainer, TrainerCallback
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from carto_cli.errors import OptionError
+from carto_cli.integrations.distributed import sharding_of
 from carto_cli.log import schema
 from carto_cli.log.shim import LOG_DIR_ENV, RUN_ID_ENV, CartoLogger
 
 ID_KEY = "__carto_sample_id__"  # reserved batch key: the sample ids on their way to compute_loss
+KEEP_KEY = "__carto_keep__"  # reserved batch key: (B,) bool numpy, False for the rows that are padding repeats
 DEFAULT_SUBDIR = "carto_logs"  # under args.output_dir when neither carto_log_dir nor $CARTO_LOG_DIR is given
 _CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
@@ -199,6 +212,133 @@ def _batch_mismatch(what: str, rows: int, samples: int) -> OptionError:
     )
 
 
+# ------------------------------------------------------------------ the repeats that pad an epoch (several processes)
+
+
+def dispatched_keep(rank: int, rows: int, *, last: bool, remainder: int) -> np.ndarray:
+    """(rows,) bool for a batch that Accelerate's `DataLoaderDispatcher` gives rank `rank`: False for
+    the padding repeats.
+
+    Rank 0 loads each round (one batch per rank, or one whole batch with `split_batches`) and rank r
+    gets rows `[r*rows, (r+1)*rows)` of it. When the epoch's last round has `remainder` rows and that
+    does not divide among the ranks, the dispatcher first appends the first rows of the epoch: in the
+    last batch (`last`, the loader's `end_of_dataloader`, `remainder` its `remainder`) the rows at
+    positions >= remainder are repeats. Every other batch is kept whole.
+    """
+    if not last:
+        return np.ones(rows, dtype=bool)
+    return rank * rows + np.arange(rows) < remainder
+
+
+def padding_rule(loader: Any) -> Callable[[int, int], np.ndarray] | None:
+    """How to tell the padding repeats in the batches of one iteration of `loader`: the training loader
+    the Trainer iterates (Accelerate's prepared loader, or its `skip_first_batches` copy on a resume).
+
+    None when the loader repeats nothing (one process, `drop_last`, `even_batches=False`). Else a
+    function of (the batch's 0-based index in this iteration, its rows) -> (rows,) bool numpy, False
+    for the repeats: the rule of `carto_cli.integrations.distributed` (skipped batches counted), or for
+    the dispatcher (iterable datasets) `dispatched_keep`, which reads the loader's end-of-epoch state
+    and so must be called right after the batch is fetched. Loaders that repeat samples carto cannot
+    tell apart are one-line errors.
+    """
+    if type(loader).__name__ == "DataLoaderDispatcher":
+        rank = int(loader.state.process_index)
+        return lambda index, rows: dispatched_keep(rank, rows, last=bool(loader.end_of_dataloader),
+                                                   remainder=int(loader.remainder))
+    dataset = getattr(loader, "dataset", None)
+    if _is_iterable_shard(dataset) and dataset.num_processes > 1 and not dataset.drop_last:
+        raise OptionError(
+            "CartoTrainer: an iterable training dataset sharded on every process (accelerator_config "
+            "dispatch_batches=False) completes its last batches with repeats carto cannot tell apart; keep "
+            "dispatch_batches at its default, set dataloader_drop_last=True, or use a map-style dataset"
+        )
+    for batch_sampler in _batch_samplers(loader):
+        if _pads_rebalanced_tail(batch_sampler):
+            tail, groups = batch_sampler.remainder, batch_sampler.dp_size * batch_sampler.grad_accum
+            raise OptionError(
+                f"CartoTrainer: train_sampling_strategy='batch_rebalance' fills the epoch's last {tail} samples up "
+                f"to {groups} with repeats that carto cannot tell apart once sorted by length; set "
+                "dataloader_drop_last=True or another train_sampling_strategy"
+            )
+    sharding = sharding_of(loader)
+    if sharding.kind == "none":
+        return None
+    return lambda index, rows: sharding.keep(index, rows).numpy()
+
+
+def _is_iterable_shard(dataset: Any) -> bool:
+    """Accelerate's `IterableDatasetShard`, recognised by its attributes."""
+    return all(hasattr(dataset, a) for a in ("dataset", "num_processes", "process_index", "drop_last", "split_batches"))
+
+
+def _batch_samplers(loader: Any) -> Iterator[Any]:
+    """The loader's batch sampler and those it wraps (Accelerate's SkipBatchSampler, BatchSamplerShard)."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for _ in range(8):
+        if batch_sampler is None:
+            return
+        yield batch_sampler
+        batch_sampler = getattr(batch_sampler, "batch_sampler", None)
+
+
+def _pads_rebalanced_tail(batch_sampler: Any) -> bool:
+    """transformers' `BatchRebalanceSampler` with drop_last=False repeats samples when the epoch's tail
+    has fewer samples than (rank, micro-batch) groups."""
+    if not all(hasattr(batch_sampler, a) for a in ("has_tail", "remainder", "dp_size", "grad_accum")):
+        return False
+    return bool(batch_sampler.has_tail) and batch_sampler.remainder < batch_sampler.dp_size * batch_sampler.grad_accum
+
+
+def _carries_ids(loader: Any) -> bool:
+    """Whether `loader` iterates the training dataset CartoTrainer wrapped (directly or sharded)."""
+    dataset = getattr(loader, "dataset", None)
+    if _is_iterable_shard(dataset):
+        dataset = dataset.dataset
+    return isinstance(dataset, (SampleIdDataset, SampleIdIterableDataset))
+
+
+class PaddingMasks:
+    """One epoch's iterator of training batches, as the Trainer fetches them, each with its keep mask.
+
+    Counts the batches (their index in this iteration of the loader, whatever the gradient
+    accumulation) and puts `rule(index, rows)` on every batch that carries sample ids, under
+    KEEP_KEY; no mask when the loader repeats nothing. The loader is found when the first batch is
+    fetched: Accelerate registers the loader it iterates in `gradient_state.active_dataloader`.
+    """
+
+    def __init__(self, iterator: Iterator[Any], gradient_state: Any, processes: int) -> None:
+        self.iterator = iterator
+        self.gradient_state = gradient_state
+        self.processes = processes
+        self.index = 0  # batches fetched so far in this iteration
+        self.rule: Callable[[int, int], np.ndarray] | None = None
+        self.found = False
+
+    def __iter__(self) -> PaddingMasks:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.iterator)
+        if isinstance(batch, MutableMapping) and ID_KEY in batch:
+            if not self.found:
+                self.rule = padding_rule(self._loader())
+                self.found = True
+            if self.rule is not None:
+                batch[KEEP_KEY] = self.rule(self.index, int(batch[ID_KEY].shape[0]))
+        self.index += 1
+        return batch
+
+    def _loader(self) -> Any:
+        loader = self.gradient_state.active_dataloader
+        if not _carries_ids(loader):
+            raise OptionError(
+                f"CartoTrainer: with {self.processes} processes carto leaves out the repeats that pad the epoch, "
+                "found from the DataLoader that Accelerate prepares in get_train_dataloader, but the training "
+                "batches come from another loader; return the Trainer's loader or set dataloader_drop_last=True"
+            )
+        return loader
+
+
 # ------------------------------------------------------------------ the Trainer side
 
 
@@ -224,8 +364,9 @@ class CartoTrainerMixin:
     Put it first among the bases: `class MyTrainer(CartoTrainerMixin, SFTTrainer)`.
 
     Args (besides the Trainer's own):
-        carto_logger: a `CartoLogger` to log into (yours: not closed by the Trainer; use a new
-            one for each `train()` call, so that a resume is a new attempt).
+        carto_logger: a `CartoLogger` to log into (yours: flushed before every checkpoint and when
+            `train()` ends, never closed by the Trainer; use a new one for each `train()` call, so
+            that a resume is a new attempt).
         carto_log_dir: where the Trainer's own loggers write; default `$CARTO_LOG_DIR`, else
             `<args.output_dir>/carto_logs`.
         carto_shift_labels: whether logits[:, t] predict labels[:, t + 1] (causal LMs); default:
@@ -257,6 +398,7 @@ class CartoTrainerMixin:
         self._carto_outputs: list[Any] | None = None  # forward outputs captured during one compute_loss
         self._carto_hooked: tuple[Any, Any] | None = None  # (module, hook handle)
         self._carto_causal = False  # whether the hooked model is a causal LM (labels shifted by one)
+        self._carto_batches: PaddingMasks | None = None  # the current epoch's batches, with padding masks
         self.add_callback(_CartoCallback(self))
 
     # -------------------------------------------------------------- the logger's life
@@ -281,6 +423,7 @@ class CartoTrainerMixin:
         return result
 
     def _carto_finish(self, *, raising: bool) -> None:
+        self._carto_batches = None
         if self._carto_hooked is not None:
             self._carto_hooked[1].remove()
             self._carto_hooked = None
@@ -324,11 +467,29 @@ class CartoTrainerMixin:
         if self._signature_columns is not None and ID_KEY not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, ID_KEY]
 
+    # -------------------------------------------------------------- the repeats that pad an epoch
+
+    def get_batch_samples(self, epoch_iterator: Any, num_batches: int, *args: Any, **kwargs: Any) -> Any:
+        # Every training batch passes here, in the loader's order, before its forward: the place to
+        # count it and put its padding mask on it. One process or drop_last: nothing to mask, no cost.
+        if self._carto_masks_padding():
+            if self._carto_batches is None or self._carto_batches.iterator is not epoch_iterator:
+                self._carto_batches = PaddingMasks(epoch_iterator, self.accelerator.gradient_state,
+                                                   self.accelerator.num_processes)
+            epoch_iterator = self._carto_batches
+        return super().get_batch_samples(epoch_iterator, num_batches, *args, **kwargs)
+
+    def _carto_masks_padding(self) -> bool:
+        """Whether the training loader may repeat samples to even out the processes."""
+        return (self.carto_logger is not None and self.accelerator.num_processes > 1
+                and not self.args.dataloader_drop_last)
+
     # -------------------------------------------------------------- logging the forward
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         ids = inputs.pop(ID_KEY, None)
+        keep = inputs.pop(KEEP_KEY, None)  # (B,) bool numpy: False for padding repeats; None: keep all
         if ids is None or not model.training or self.carto_logger is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
@@ -342,7 +503,7 @@ class CartoTrainerMixin:
             captured = self._carto_outputs
         finally:
             self._carto_outputs = None
-        self._carto_record(model, ids, labels, captured, step=step, epoch=epoch)
+        self._carto_record(model, ids, labels, captured, step=step, epoch=epoch, keep=keep)
         return result
 
     def _carto_listen(self, model: Any) -> None:
@@ -367,7 +528,8 @@ class CartoTrainerMixin:
             inner = inner.get_base_model()
         return type(inner).__name__ in _CAUSAL_LM_CLASSES
 
-    def _carto_record(self, model: Any, ids: Any, labels: Any, captured: list[Any], *, step: int, epoch: int) -> None:
+    def _carto_record(self, model: Any, ids: Any, labels: Any, captured: list[Any], *, step: int, epoch: int,
+                      keep: Any = None) -> None:
         samples = int(ids.shape[0])
         with_logits = [o for o in captured if _field(o, "logits") is not None]
         fused = [o for o in captured if _is_fused(o)]
@@ -387,12 +549,12 @@ class CartoTrainerMixin:
                 logits, labels = logits[:, None], labels[:, None]
             elif self._carto_causal:
                 logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V): position t predicts label t+1
-            self.carto_logger.record(ids, epoch=epoch, step=step, logits=logits, labels=labels)
+            self.carto_logger.record(ids, epoch=epoch, step=step, logits=logits, labels=labels, keep=keep)
         elif fused:
             columns = fused_columns(fused[0], self.carto_logger.tail_k)
             if int(columns["loss"].shape[0]) != samples:
                 raise _batch_mismatch("per-token log-probs", int(columns["loss"].shape[0]), samples)
-            self.carto_logger.record(ids, epoch=epoch, step=step, **columns)
+            self.carto_logger.record(ids, epoch=epoch, step=step, keep=keep, **columns)
         else:
             raise OptionError(
                 "CartoTrainer: the model's forward returned no `logits` (nor a fused LM head's log_probs); "
