@@ -215,3 +215,13 @@ def test_bench_signal_kernel_equals_the_definition(tmp_path: Path) -> None:
 def test_bench_map_draws_a_density_map(tmp_path: Path) -> None:
     result = last_json(bench("bench_map.py", "--samples", 30_000, "--scores", tmp_path / "scores.parquet"))
     assert result["ok"] is True and result["samples"] == 30_000
+
+
+def test_bench_commits_runs_two_commits_from_their_own_worktrees(small_logs: Path) -> None:
+    if not (BENCH.parent / ".git").exists():
+        pytest.skip("bench_commits.py checks commits out of the git repository; this tree has none")
+    result = last_json(bench("bench_commits.py", "--logs", small_logs, "--base", "HEAD", "--repeat", 1))
+    assert result["commits"]["base"] == result["commits"]["head"]
+    assert result["scores"]["equal"] is True and result["scores"]["only_head"] == []
+    assert [len(result["runs"][side]) for side in ("base", "head")] == [1, 1]
+    assert all(run["exit"] == 0 for runs in result["runs"].values() for run in runs)
