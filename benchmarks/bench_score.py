@@ -240,6 +240,7 @@ def main() -> int:
             while fh.read(1 << 23):
                 pass
     info = machine()
+    print(f"command: python benchmarks/bench_score.py {' '.join(sys.argv[1:])}")
     print(f"logs: {args.logs} ({len(parts)} parts, {dir_size_mib(args.logs):,.1f} MiB); "
           f"{info['cores']} cores, {info['mem_gib']} GiB, {info['cpu']}; load {info['load_avg_1m']:.2f}; "
           f"polars {info['polars']}, duckdb {info['duckdb']}; carto_cli {info['carto']}", flush=True)
