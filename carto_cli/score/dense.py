@@ -50,7 +50,6 @@ import pyarrow as pa
 from carto_cli.io import storage
 from carto_cli.io.logs import LogSet
 from carto_cli.log import schema
-from carto_cli.score import compiled
 from carto_cli.score.fixedpoint import SCALE
 from carto_cli.score.state import SQ_SPLIT, STATE_COLUMNS, power_of_two, prob_units
 
@@ -217,16 +216,6 @@ class _Sums:
             step: np.ndarray | None = None) -> None:
         """Add rows: sample slots, epochs, losses, correctness (and steps, full state)."""
         self.rows += len(idx)
-        if compiled.available():  # the same adds and stores in one compiled pass (`compiled.add_rows`)
-            if isinstance(epoch, int):
-                bit = 1 << epoch
-                self.seen_total += bit * len(idx)
-                self.corr_total += bit * int(np.count_nonzero(correct))
-                self._grow(epoch)
-            else:
-                self._grow(int(epoch.max()))
-            compiled.add_rows(self, idx, epoch, loss, correct, step, n_bits=_N_BITS, mask_bits=_MASK_BITS)
-            return
         if self.first_step is not None:
             np.minimum.at(self.first_step, idx, step)
             np.maximum.at(self.last_step, idx, step)
@@ -293,18 +282,7 @@ class _Sums:
         names = ("early_sum", "late", "prob_sum", "prob_sq_hi", "prob_sq_lo")
         sums = {name: np.zeros(width, dtype=np.int64) for name in names}
         masks = seen.view(np.int64)  # epochs < 53: the top bit is never set
-        if compiled.available():  # the same sums, per slot, compiled (`compiled.loss_sums`)
-            compiled.loss_sums(self.losses, self.first_epoch, masks, early_epochs, sums)
-        else:
-            self._block_sums(masks, early_epochs, sums)
-        sums["prob_sq_hi"] += sums["prob_sq_lo"] >> (SQ_SPLIT.bit_length() - 1)
-        sums["prob_sq_lo"] &= SQ_SPLIT - 1
-        return sums
-
-    def _block_sums(self, masks: np.ndarray, early_epochs: int, sums: dict[str, np.ndarray]) -> None:
-        """`loss_sums` in numpy: blocks of _BLOCK slots, one epoch row at a time."""
-        names = ("early_sum", "late", "prob_sum", "prob_sq_hi", "prob_sq_lo")
-        for start in range(0, self.losses.shape[1], _BLOCK):
+        for start in range(0, width, _BLOCK):
             block = slice(start, start + _BLOCK)
             mask = masks[block]
             early, late, total, high, low = (sums[name][block] for name in names)
@@ -321,6 +299,9 @@ class _Sums:
                 low += units & (SQ_SPLIT - 1)
                 units >>= SQ_SPLIT.bit_length() - 1
                 high += units
+        sums["prob_sq_hi"] += sums["prob_sq_lo"] >> (SQ_SPLIT.bit_length() - 1)
+        sums["prob_sq_lo"] &= SQ_SPLIT - 1
+        return sums
 
     def bounded(self, n_seen: pl.Series) -> bool:
         """Whether no mask or loss sum can have wrapped (else the Polars kernel, exact there, runs)."""
