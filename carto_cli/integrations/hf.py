@@ -24,7 +24,7 @@ What is logged, and how it gets there:
   Sequence classification (logits (B, C), labels (B,)) is logged as one-token sequences. A model
   with a fused LM head (TRL's `SFTTrainer` since 1.x: per-token `log_probs`, `is_top1` and
   `label_mask`, no logits) is logged from those: loss, token accuracy, tail loss and token count,
-  without the memorization sketch (`carto score --memorization forget-events`).
+  without the memorization sketch (`carto score` then ranks by forget events, `--memorization forgets`).
 - **Steps and epochs.** `step` is `state.global_step` when the forward runs: the 0-based index of
   the optimizer step being taken (every micro-batch of a gradient-accumulation group has the same
   step; a checkpoint `checkpoint-S` holds steps 0..S-1). `epoch` is the Trainer's epoch loop
