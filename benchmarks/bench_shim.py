@@ -29,13 +29,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import tempfile
 import time
 
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
+from common import carto_source
 
 from carto_cli import CartoLogger
 from carto_cli.experiment.tinygpt import GPT, GPTConfig
@@ -205,6 +208,8 @@ def main() -> None:
     ap.add_argument("--no-sketch", action="store_true",
                     help="log without the memorization sketch (CartoLogger(sketch_k=0, sketch_runs=0))")
     args = ap.parse_args()
+    print(f"command: python benchmarks/bench_shim.py {' '.join(sys.argv[1:])}; carto_cli {carto_source()['git']}; "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
     torch.manual_seed(0)
     device = args.device
     sketch = {"sketch_k": 0, "sketch_runs": 0} if args.no_sketch else {}
