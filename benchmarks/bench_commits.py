@@ -4,7 +4,8 @@
     python benchmarks/bench_commits.py --logs DIR --base A --head B -- --early-epochs 2
 
 Each commit is checked out into a temporary `git worktree` (the current tree is never used, so
-uncommitted edits cannot leak into either side) and run as `carto score LOGS --out <tmp>
+uncommitted edits cannot leak into either side; a commit with a `setup.py` gets its C extension
+built there, as `pip install` would) and run as `carto score LOGS --out <tmp>
 [options after --]` in a fresh process that imports carto_cli from that worktree (the editable
 install's import hook is bypassed). The two commits run alternately, `--repeat` times each, the
 order swapped every round, so the machine's drift hits both alike. For each run: wall time
@@ -67,6 +68,9 @@ def main() -> int:
             trees[side] = Path(tmp) / side
             subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(trees[side]), commit],
                            check=True)
+            if (trees[side] / "setup.py").exists():  # a commit with a C extension: build it there, as pip would
+                subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=trees[side],
+                               check=True, capture_output=True)
         runner = Path(tmp) / "runner.py"
         runner.write_text(RUNNER)
         try:
