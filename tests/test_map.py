@@ -65,6 +65,17 @@ def test_pdf_density_and_other_coordinates(scores: Path, tmp_path: Path) -> None
     carto_map("--scores", scores, "--out", tmp_path / "f.png", "--color", "forget_events")
 
 
+def test_the_classic_dataset_cartography_map(scores: Path, tmp_path: Path) -> None:
+    # Swayamdipta et al.'s map: variability across, confidence up, coloured by correctness, from
+    # the coordinates every scores file carries
+    facts = carto_map("--scores", scores, "--out", tmp_path / "classic.png", "--x", "variability",
+                      "--y", "confidence", "--color", "correctness")
+    assert (facts["x"], facts["y"], facts["mode"], facts["samples"]) == ("variability", "confidence", "scatter", 2025)
+    frame = pl.read_parquet(scores)
+    assert frame["confidence"].is_between(0, 1).all() and (frame["variability"] >= 0).all()
+    assert frame["correctness"].equals((frame["n_correct"] / frame["n_seen"]).alias("correctness"))
+
+
 def test_highlight_rings_the_ids_it_finds(scores: Path, tmp_path: Path) -> None:
     ids = tmp_path / "ids.txt"
     ids.write_text("# carriers\n1\n2\n\n5\n999999\n")
