@@ -184,3 +184,16 @@ def test_run_selects_one_run_and_an_unknown_run_is_one_line(tmp_path: Path) -> N
                           "--run 'seed7'", "'seed0', 'seed1'")
     assert_one_line_error(run("score", log_dir, "--out", tmp_path / "t.parquet", "--engine", "ray"),
                           "one run at a time", "--run ID")
+
+
+def test_an_attempt_that_wrote_only_an_empty_part_replays_nothing(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    first = log_steps(tmp_path, range(0, 4), run_id="r")
+    later = log_steps(tmp_path, range(2, 4), run_id="r")
+    # the later attempt's part, emptied (a writer of its own could leave one): it re-ran no step
+    table = pq.read_table(later.parts_written[0])
+    pq.write_table(table.slice(0, 0).replace_schema_metadata(table.schema.metadata), later.parts_written[0])
+    logset = logs.open_logs([tmp_path])
+    assert logset.replayed_rows == 0 and logset.num_rows == 4 * N
+    assert first.parts_written[0] in {p.path for p in logset.parts}

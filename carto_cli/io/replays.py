@@ -102,13 +102,15 @@ def apply(parts: list) -> tuple[list, int]:
         if len(attempts) < 2:
             continue
         ordered = sorted(attempts, key=lambda a: (started[a], a))
-        first_step = {a: min(step_range(p)[0] for p in attempts[a]) for a in ordered}
+        # an attempt's first step, over its parts that hold rows (an empty part re-ran nothing)
+        first_step = {a: min((step_range(p)[0] for p in attempts[a] if p.num_rows), default=None) for a in ordered}
         later_min = None
         for a in reversed(ordered):  # the earliest first step among the attempts after `a`
             if later_min is not None:
                 for part in attempts[a]:
                     cutoff[id(part)] = later_min
-            later_min = first_step[a] if later_min is None else min(later_min, first_step[a])
+            if first_step[a] is not None:
+                later_min = first_step[a] if later_min is None else min(later_min, first_step[a])
     if not cutoff:
         return parts, 0
     kept, replayed = [], 0
