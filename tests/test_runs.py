@@ -197,3 +197,12 @@ def test_an_attempt_that_wrote_only_an_empty_part_replays_nothing(tmp_path: Path
     logset = logs.open_logs([tmp_path])
     assert logset.replayed_rows == 0 and logset.num_rows == 4 * N
     assert first.parts_written[0] in {p.path for p in logset.parts}
+
+
+def test_bucketize_refuses_several_runs_rather_than_merging_them(tmp_path: Path) -> None:
+    log_dir = tmp_path / "logs"
+    for seed in (0, 1):
+        log_steps(log_dir, range(0, 3), run=seed, run_id=f"seed{seed}")
+    assert_one_line_error(run("logs", "bucketize", log_dir, "--out", tmp_path / "b", "--buckets", 2),
+                          "2 runs ('seed0', 'seed1')", "bucketize each run's parts on their own")
+    assert not (tmp_path / "b").exists()
