@@ -36,9 +36,9 @@ naming `max_docs_per_row`: nothing is truncated silently.
 Against unpacked logging (tests/test_packed.py): the token losses and hits are the same values, so
 every column is equal except `loss`, which sums a document's token losses one after another (the
 scatter-add) where the unpacked row sum is a vectorised tree: equal to float32 rounding (1-2 ulp).
-`tail_loss` sums the same k losses in the same order, largest first. Equal token losses are taken
-earlier position first, the rule docs/logging.md states for the sketch (the unpacked `topk` on the
-CPU does not keep it among exact ties, which random logits do not produce).
+`tail_loss` sums the same k losses in the same order, largest first. Among exactly equal token
+losses a packed row takes the earlier position first (its sort is stable); the unpacked `topk`
+promises no order among exact ties (docs/logging.md), which random logits do not produce.
 """
 
 from __future__ import annotations
