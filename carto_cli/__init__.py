@@ -6,8 +6,8 @@ The public API (what users import; the modules behind it may move):
     from carto_cli import score_logs                       # scores as a Polars frame, in a notebook
     from carto_cli import kept_subset, weighted_sampler    # feed a manifest or weights to the next run
 
-Importing carto_cli imports neither torch nor Polars: `CartoLogger` needs torch at `record` time
-only, and the other names load their modules when first used.
+Importing carto_cli imports neither torch nor Polars (nor numpy or pyarrow): every name but
+`CartoError` loads its module when first used, and `CartoLogger` needs torch at `record` time only.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from carto_cli.errors import CartoError
-from carto_cli.log.shim import CartoLogger
 from carto_cli.version import __version__
 
 # name -> module that defines it, imported on first use (PEP 562)
 _LAZY = {
+    "CartoLogger": "carto_cli.log.shim",
     "score_logs": "carto_cli.engines.pipeline",
     "kept_indices": "carto_cli.export.sampling",
     "kept_subset": "carto_cli.export.sampling",
@@ -27,7 +27,7 @@ _LAZY = {
     "weighted_sampler": "carto_cli.export.sampling",
 }
 
-__all__ = ["CartoError", "CartoLogger", "__version__", *_LAZY]
+__all__ = ["CartoError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

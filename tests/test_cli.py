@@ -346,3 +346,18 @@ def test_help_shows_flags_without_a_type(argv: list[str]) -> None:
     assert result.exit_code == 0
     assert "--version" in result.output or argv != ["--help"]
     assert "<bool>" not in result.output and "BOOLEAN" not in result.output
+
+
+def test_the_cli_constants_written_out_for_a_fast_help_agree_with_their_modules() -> None:
+    import importlib
+
+    from carto_cli.cli import inspect_command, map_command, report_command
+    from carto_cli.log import shim
+    from carto_cli.report import html, inspect, maps
+
+    app_module = importlib.import_module("carto_cli.cli.app")  # (carto_cli.cli.app is also the Typer app's name)
+    assert app_module.LOG_DIR_ENV == shim.LOG_DIR_ENV
+    assert map_command.SCATTER_MAX == maps.SCATTER_MAX
+    assert inspect_command.QUADRANT_CHOICES == inspect.QUADRANT_CHOICES
+    assert (inspect_command.DEFAULT_BY, inspect_command.DEFAULT_TOP) == (inspect.DEFAULT_BY, inspect.DEFAULT_TOP)
+    assert (report_command.DEFAULT_FRAC, report_command.DEFAULT_TOP) == (html.DEFAULT_FRAC, html.DEFAULT_TOP)

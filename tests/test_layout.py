@@ -308,7 +308,8 @@ def test_the_graph_sees_the_package() -> None:
     assert any(i.target == "torch" and i.lazy for i in shim)  # import torch.distributed inside a function
     tinygpt = g.imports["carto_cli.experiment.tinygpt"]
     assert any(i.target == "carto_cli.log.shim" and i.type_only for i in tinygpt)
-    assert "carto_cli.log.shim" in loaded_by(g, "carto_cli.score.quadrants")  # through carto_cli/__init__.py
+    assert "carto_cli.errors" in loaded_by(g, "carto_cli.score.quadrants")  # also through carto_cli/__init__.py
+    assert "carto_cli.log.shim" not in loaded_by(g, "carto_cli.score.quadrants")  # CartoLogger loads on first use
 
 
 def test_scoring_never_imports_torch() -> None:
@@ -332,12 +333,27 @@ def test_layers_import_only_downward() -> None:
     fail_on(layer_violations(GRAPH))
 
 
-def test_importing_carto_cli_imports_neither_torch_nor_polars() -> None:
-    code = ("import json, sys\nimport carto_cli\nfrom carto_cli import CartoError, CartoLogger, __version__\n"
-            "print(json.dumps(sorted(m for m in ('torch', 'polars') if m in sys.modules)))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+HEAVY = ("torch", "polars", "pyarrow", "numpy", "matplotlib")
+
+
+def _loaded_after(code: str) -> list[str]:
+    """The heavy libraries a fresh interpreter has loaded after running `code`."""
+    probe = f"import json, sys\n{code}\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [], f"import carto_cli loaded {result.stdout.strip()}"
+    return json.loads(result.stdout)
+
+
+def test_importing_carto_cli_imports_no_heavy_library() -> None:
+    assert _loaded_after("import carto_cli\nfrom carto_cli import CartoError, __version__") == []
+    # the public names load their modules when first used
+    assert set(_loaded_after("from carto_cli import CartoLogger")) == {"numpy", "pyarrow"}
+
+
+def test_the_cli_imports_no_heavy_library_until_a_command_needs_one() -> None:
+    # `carto --help`, `--version` and a bad option answer without importing Polars, pyarrow or
+    # numpy (`carto_cli.cli.lazy`)
+    assert _loaded_after("import carto_cli.cli") == []
 
 
 # ------------------------------------------------------------------ the checks can fail

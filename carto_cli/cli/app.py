@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import polars as pl
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -24,14 +23,19 @@ from carto_cli.cli import experiment as cli_experiment
 from carto_cli.cli import inspect_command as cli_inspect
 from carto_cli.cli import map_command, report_command
 from carto_cli.cli.console import err, progress
-from carto_cli.engines import buckets, pipeline, runs
+from carto_cli.cli.lazy import lazy
 from carto_cli.errors import CartoError, OptionError, first_line
-from carto_cli.export import manifests as export
-from carto_cli.io import artifacts, logs, storage
-from carto_cli.log import schema
-from carto_cli.log.shim import LOG_DIR_ENV
-from carto_cli.score import quadrants, rules
 from carto_cli.version import __version__
+
+# Imported on first use (`carto_cli.cli.lazy`): `carto --help` needs none of them.
+pl = lazy("polars")
+buckets, pipeline, runs = lazy("carto_cli.engines.buckets"), lazy("carto_cli.engines.pipeline"), lazy(
+    "carto_cli.engines.runs")
+export = lazy("carto_cli.export.manifests")
+artifacts, logs, storage = lazy("carto_cli.io.artifacts"), lazy("carto_cli.io.logs"), lazy("carto_cli.io.storage")
+schema = lazy("carto_cli.log.schema")
+quadrants, rules = lazy("carto_cli.score.quadrants"), lazy("carto_cli.score.rules")
+LOG_DIR_ENV = "CARTO_LOG_DIR"  # carto_cli.log.shim.LOG_DIR_ENV (tests/test_cli.py checks they agree)
 
 app = typer.Typer(
     name="carto",

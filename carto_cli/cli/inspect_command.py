@@ -13,15 +13,21 @@ import math
 from pathlib import Path
 from typing import Annotated
 
-import polars as pl
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from carto_cli.cli.console import err
+from carto_cli.cli.lazy import lazy
 from carto_cli.errors import OptionError
-from carto_cli.io import artifacts, datasets
-from carto_cli.report import inspect as picking
+
+pl = lazy("polars")
+artifacts, datasets, picking = lazy("carto_cli.io.artifacts"), lazy("carto_cli.io.datasets"), lazy(
+    "carto_cli.report.inspect")
+# picking's QUADRANT_CHOICES, DEFAULT_BY and DEFAULT_TOP, written out so that the options' help
+# needs no import (tests/test_cli.py checks they agree)
+QUADRANT_CHOICES = ("stable-easy", "ambiguous-hard", "hotspot-memorized", "noisy-outlier", "unplaced")
+DEFAULT_BY, DEFAULT_TOP = "memorization", 20
 
 TEXT_WIDTH = 200  # characters of text a sample at most in the terminal, fewer to fit its width (--json: all)
 NEWLINE = "⏎"
@@ -40,7 +46,7 @@ def inspect_command(
     ] = None,
     quadrant: Annotated[
         str | None,
-        typer.Option("--quadrant", help="Only this quadrant: " + " | ".join(picking.QUADRANT_CHOICES) + ".",
+        typer.Option("--quadrant", help="Only this quadrant: " + " | ".join(QUADRANT_CHOICES) + ".",
                      show_default=False),
     ] = None,
     ids: Annotated[
@@ -49,9 +55,9 @@ def inspect_command(
                      "file with a sample_id column.", show_default=False),
     ] = None,
     by: Annotated[str, typer.Option("--by", help="Rank by this numeric score column, highest first.")] = (
-        picking.DEFAULT_BY
+        DEFAULT_BY
     ),
-    top: Annotated[int, typer.Option("--top", help="Show the first K samples (0: all).")] = picking.DEFAULT_TOP,
+    top: Annotated[int, typer.Option("--top", help="Show the first K samples (0: all).")] = DEFAULT_TOP,
     text_column: Annotated[
         str | None,
         typer.Option("--text-column", help="The dataset's text column [default: found by name].", show_default=False),

@@ -10,8 +10,10 @@ import typer
 from rich.markup import escape
 
 from carto_cli.cli.console import err, progress
-from carto_cli.io import artifacts, datasets
-from carto_cli.report import maps
+from carto_cli.cli.lazy import lazy
+
+artifacts, datasets, maps = lazy("carto_cli.io.artifacts"), lazy("carto_cli.io.datasets"), lazy("carto_cli.report.maps")
+SCATTER_MAX = 20_000  # maps.SCATTER_MAX, written out so that the option's help needs no import (tested equal)
 
 
 def map_command(
@@ -26,7 +28,7 @@ def map_command(
         "--highlight", help="Sample ids to ring: a text file, one per line, or Parquet/CSV with sample_id.")] = None,
     scatter_max: Annotated[int, typer.Option("--scatter-max", min=0,
                                              help="Up to this many samples a scatter, above a binned density.")
-                           ] = maps.SCATTER_MAX,
+                           ] = SCATTER_MAX,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
 ) -> None:
     """Draw the data map: two score columns against each other, with thresholds and marginals."""

@@ -15,10 +15,13 @@ import typer
 from rich.markup import escape
 
 from carto_cli.cli.console import err
+from carto_cli.cli.lazy import lazy
 from carto_cli.errors import OptionError
-from carto_cli.io import artifacts, datasets, logs, storage
-from carto_cli.log import schema
-from carto_cli.report import html as page
+
+artifacts, datasets = lazy("carto_cli.io.artifacts"), lazy("carto_cli.io.datasets")
+logs, storage, schema = lazy("carto_cli.io.logs"), lazy("carto_cli.io.storage"), lazy("carto_cli.log.schema")
+page = lazy("carto_cli.report.html")
+DEFAULT_FRAC, DEFAULT_TOP = 0.1, 10  # page's, written out so that the options' help needs no import (tested equal)
 
 SUFFIXES = (".html", ".htm")
 
@@ -42,9 +45,9 @@ def report_command(
         typer.Option("--text-column", help="The dataset's text column [default: found by name].", show_default=False),
     ] = None,
     frac: Annotated[float, typer.Option("--frac", help="Show what a prune of this fraction would remove, in [0, 1).")
-                    ] = page.DEFAULT_FRAC,
+                    ] = DEFAULT_FRAC,
     top: Annotated[int, typer.Option("--top", help="The first K samples of each quadrant (0: none).")
-                   ] = page.DEFAULT_TOP,
+                   ] = DEFAULT_TOP,
     as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
 ) -> None:
     """Write one self-contained HTML page: map, quadrants, distributions, curves, exports, samples."""
