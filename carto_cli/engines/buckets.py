@@ -23,8 +23,8 @@ import polars as pl
 
 from carto_cli.engines.local import dense_state, signal_values, with_signal
 from carto_cli.engines.plan import Kernel, Plan
+from carto_cli.engines.runs import run_ids
 from carto_cli.errors import LogFormatError, OptionError
-from carto_cli.io import replays
 from carto_cli.io.logs import LogPart, LogSet, scan
 from carto_cli.io.storage import Location
 from carto_cli.log import schema
@@ -72,7 +72,7 @@ def bucketize(logset: LogSet, out_dir: Path, n_buckets: int) -> dict[int, int]:
         raise OptionError(f"--buckets must be >= 1; got {n_buckets}")
     if out_dir.exists():
         raise OptionError(f"--out {out_dir} already exists; choose a new directory")
-    runs = sorted({replays.run_of(p.metadata) for p in logset.parts})
+    runs = run_ids(logset)
     if len(runs) > 1:  # the rewritten parts carry no run: the runs would be merged into one
         raise OptionError(f"these logs hold {len(runs)} runs ({', '.join(repr(r) for r in runs)}); bucketize "
                           "each run's parts on their own (several runs are scored per run, unbucketed)")

@@ -113,10 +113,11 @@ def run_score(
     elif engine == "local" and not n_buckets:
         result = runs.score_runs(logset, params)
     else:
-        if len(runs.run_ids(logset)) > 1:
+        run_ids = runs.run_ids(logset)
+        if len(run_ids) > 1:
             where = "a bucketed log" if n_buckets else "--engine ray"
             raise OptionError(f"{where} is scored one run at a time and these logs hold several; pass --run ID "
-                              f"(runs: {', '.join(repr(r) for r in runs.run_ids(logset))})")
+                              f"(runs: {', '.join(repr(r) for r in run_ids)})")
         result = None
         plan = planner.prepare(logset, params)
         stride = buckets.stride(groups, dense=params.method == "auto")
