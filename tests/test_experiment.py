@@ -112,7 +112,7 @@ def test_results_compare_every_ranking_and_state_the_headline(quick_run):
     for entry in results["headline"].values():  # no cut to compute when the baseline extracts nothing
         assert (entry["extraction_cut"] is not None) == extracted
         assert entry["holds_for_means"] is False or extracted
-    assert set(results["rank_vs_exposure"]) == {"paper", "carto"}
+    assert set(results["rank_vs_exposure"]) == {"paper", "default", "carto"}
 
 
 def test_evaluation_passes_are_logged_without_changing_training(tmp_path):
@@ -164,3 +164,30 @@ def test_headline_and_results_are_json_even_where_the_baseline_extracts(quick_ru
     assert headline["carto"]["extraction_cut"]["mean"] == pytest.approx((0.75 + 0.625 + 0.75) / 3)
     _, results, _ = quick_run
     json.dumps(results)  # raises on a numpy scalar
+
+
+def test_a_regime_without_the_carto_arm_trains_no_development_seed(tmp_path):
+    """The data-rich regime runs six arms and no development seed (nothing to choose): the same
+    code path, shown on the quick sizes with the data-rich regime's arms."""
+    from dataclasses import replace
+
+    from carto_cli.experiment.config import DATA_RICH, QUICK
+
+    cfg = replace(QUICK, arms=DATA_RICH.arms)
+    results = run_experiment(tmp_path, quick=True, seeds=1, frac=0.1, config=cfg)
+    assert tuple(results["arms"]) == DATA_RICH.arms and "carto" not in DATA_RICH.arms
+    assert results["carto_ranking"] is None
+    saved = sorted(p.stem for p in (tmp_path / "runs").glob("*.json"))
+    assert saved == sorted(f"seed-0-{arm}" for arm in DATA_RICH.arms)
+    assert set(results["headline"]) == set(DATA_RICH.arms[1:])
+    assert set(results["rank_vs_exposure"]) == {"paper", "default"}
+    table = (tmp_path / "results.md").read_text()
+    assert "development seed" not in table and "| default |" in table
+    # weights follow `carto weights` at its defaults: over the default scores
+    weights = sorted((tmp_path / "seed0").glob("weights.parquet"))
+    assert weights and (tmp_path / "seed0" / "scores-default.parquet").exists()
+
+
+def test_an_unknown_regime_is_one_clear_error(tmp_path):
+    with pytest.raises(OptionError, match="--regime must be one of data-rich, small"):
+        run_experiment(tmp_path, quick=False, seeds=1, frac=0.1, regime="huge")

@@ -16,9 +16,11 @@ from carto_cli.version import __version__
 # ------------------------------------------------------------------------------------ results
 
 
-def results(cfg: Config, quick: bool, frac: float, dev: dict, runs: list[dict]) -> dict:
+def results(cfg: Config, quick: bool, frac: float, dev: dict | None, runs: list[dict]) -> dict:
+    """Everything results.json holds. `dev`: the development seed's choice of the `carto` arm's
+    ranking (None when the regime has no `carto` arm)."""
     arms = {}
-    for arm in ARMS:
+    for arm in cfg.arms:
         seeds = [run["arms"][arm] for run in runs]
         summary = {m: summarise([s[m] for s in seeds]) for m in METRICS}
         summary["steps"] = [s["steps"] for s in seeds]
@@ -32,10 +34,10 @@ def results(cfg: Config, quick: bool, frac: float, dev: dict, runs: list[dict]) 
         "config": asdict(cfg),
         "carto_ranking": dev,
         "arms": arms,
-        "headline": _headline(runs),
+        "headline": _headline(runs, cfg.arms),
         "rankings": _rankings(runs),
-        "rank_vs_exposure": {name: _rank_vs_exposure(runs, name) for name in ("paper", "carto")},
-        "per_canary": {arm: [run["arms"][arm]["per_canary"] for run in runs] for arm in ARMS},
+        "rank_vs_exposure": {name: _rank_vs_exposure(runs, name) for name in runs[0]["canary_ranks"]},
+        "per_canary": {arm: [run["arms"][arm]["per_canary"] for run in runs] for arm in cfg.arms},
     }
 
 
@@ -44,12 +46,12 @@ HEADLINE_REDUCTION = 0.40
 HEADLINE_PPL = 0.005
 
 
-def _headline(runs: list[dict]) -> dict:
+def _headline(runs: list[dict], arms: tuple[str, ...] = ARMS) -> dict:
     """Per pruning arm and seed: relative cut in extraction and rise in validation perplexity
     against the same seed's baseline; whether the headline holds for the means and for the
     whole 95% intervals (cut's lower bound > 40%, rise's upper bound < 0.5%)."""
     out = {}
-    for arm in ARMS[1:]:
+    for arm in arms[1:]:
         cut, rise = [], []
         for run in runs:
             base, this = run["arms"]["baseline"], run["arms"][arm]
@@ -120,7 +122,6 @@ def render_markdown(results: dict) -> str:
     """The results table (mean and 95% interval over seeds per cell) with the facts behind it."""
     base = results["arms"]["baseline"]
     dev = results["carto_ranking"]
-    chosen = dev["chosen"]
     lines = [
         f"# carto experiment: prune {results['frac']:.0%} of the data, then look for the canaries",
         "",
@@ -134,11 +135,15 @@ def render_markdown(results: dict) -> str:
             "canaries (< 50%): too little memorization for pruning to reduce; read exposure instead."),
             "",
         ]
+    if dev is not None:
+        chosen = dev["chosen"]
+        lines += [
+            (f"`carto` arm: memorization ranked by `carto score {chosen['name']}`, chosen on development "
+             f"seed {dev['seed']} (canary copies among the pruned {results['frac']:.0%}: "
+             f"{chosen['canary_recall']:.0%})."),
+            "",
+        ]
     lines += [
-        (f"`carto` arm: memorization ranked by `carto score {chosen['name']}`, chosen on development "
-         f"seed {dev['seed']} (canary copies among the pruned {results['frac']:.0%}: "
-         f"{chosen['canary_recall']:.0%})."),
-        "",
         *_table(results["arms"]),
         "",
         ("Cells: mean over seeds [95% Student-t interval]. Exposure by rank is at most log2 of the "
@@ -161,19 +166,19 @@ def render_markdown(results: dict) -> str:
         "## Which ranking finds the canaries (baseline logs of the reported seeds)",
         "",
         ("Training: every presentation as trained on (what the shim logs). Evaluation: a forward pass "
-         "over every row after each epoch, no update (the forgetting literature's periodic evaluation). "
-         "The development-seed column (training logs) is what chose the `carto` arm."),
+         "over every row after each epoch, no update (the forgetting literature's periodic evaluation)."
+         + (" The development-seed column (training logs) is what chose the `carto` arm." if dev else "")),
         "",
         f"| ranking (`carto score` options) | logs | canary copies among the top {results['frac']:.0%} | "
-        "carrier AUC | development seed |",
-        "|---|---|---|---|---|",
+        "carrier AUC |" + (" development seed |" if dev else ""),
+        "|---|---|---|---|" + ("---|" if dev else ""),
     ]
-    dev_recall = {row["name"]: row["canary_recall"] for row in dev["candidates"]}
+    dev_recall = {row["name"]: row["canary_recall"] for row in dev["candidates"]} if dev else {}
     for source, rankings in results["rankings"].items():
         for name, entry in rankings.items():
-            dev_cell = f"{dev_recall[name]:.0%}" if source == "training" else ""
+            dev_cell = (f" {dev_recall[name]:.0%} |" if source == "training" else "  |") if dev else ""
             lines.append(f"| `{name}` | {source} | {_cell(entry['canary_recall'], '{:.0%}')} | "
-                         f"{_cell(entry['carrier_auc'], '{:.3f}')} | {dev_cell} |")
+                         f"{_cell(entry['carrier_auc'], '{:.3f}')} |{dev_cell}")
     lines += ["", "## Memorization rank against exposure", ""]
     for name, entry in results["rank_vs_exposure"].items():
         rho = ("undefined" if entry["spearman_rho"] is None
@@ -231,9 +236,10 @@ def plot(results: dict, first_run: dict, path: Path) -> None:
     axes[0].legend(fontsize=8)
     carriers = np.zeros(len(first_run["maps"]["paper"]["difficulty"]), dtype=bool)
     carriers[first_run["carriers"]] = True
-    for ax, name in zip(axes[1:], ("paper", "carto")):
-        d = np.array(first_run["maps"][name]["difficulty"], dtype=float)
-        m = np.array(first_run["maps"][name]["memorization"], dtype=float)
+    mapped = first_run["maps"]
+    for ax, name in zip(axes[1:], ("paper", "carto" if "carto" in mapped else "default")):
+        d = np.array(mapped[name]["difficulty"], dtype=float)
+        m = np.array(mapped[name]["memorization"], dtype=float)
         ax.scatter(d[~carriers], m[~carriers], s=4, alpha=0.3, label="samples")
         ax.scatter(d[carriers], m[carriers], s=10, color="red", label="canary carriers")
         ax.set(xlabel="difficulty (mean early loss)", ylabel="memorization",

@@ -3,11 +3,14 @@ extraction by over 40% at under 0.5% validation perplexity (Patel & Shanbhag 202
 
     from carto_cli.experiment.run import run_experiment
     results = run_experiment("exp/", quick=True, seeds=1, frac=0.1)   # 10-20 s
+    results = run_experiment("exp/", quick=False, seeds=3, frac=0.1, jobs=2)  # data-rich, ~50 min
     # exp/results.json, exp/results.md, exp/results.png
 
 What runs (`carto experiment` on the command line):
 1. Corpus: CPython's own docs and sources (`corpus.cpython_text`), cut into byte windows and split
-   into train and held-out validation rows.
+   into train and held-out validation rows. The regime (`config.REGIMES`) fixes the sizes and
+   which arms run: `data-rich` (the default: 256-byte samples, the whole corpus, 3 epochs) or
+   `small` (the first reportable run: 64-byte samples, 9 epochs, every arm).
 2. Per seed, fresh canaries (`canaries.plant`) go into the train rows, and `baseline` trains from
    scratch with the `CartoLogger` logging every presentation.
 3. The baseline's logs are scored with `pipeline.run_score`, exactly as `carto score` does, and
@@ -21,10 +24,11 @@ What runs (`carto experiment` on the command line):
      correctness rules and the label-free signals token-drop, tail-var and extractable (see
      `choose_ranking`);
    - `random`: the same fraction at random; `loss`: the highest early loss (difficulty) first;
-   - `weights`: no pruning, carto's quadrant weights (`export.sample_weights`, scored by the
-     `carto` rule) drawn by a WeightedRandomSampler (`sampling.weighted_sampler`);
-   - `oracle`: removes exactly the samples that carry canaries, however many (7% in the default
-     configuration): an upper bound, not a method.
+   - `weights`: no pruning, `carto weights` at its defaults (`export.sample_weights` over the
+     `default` scores) drawn by a WeightedRandomSampler (`sampling.weighted_sampler`);
+   - `oracle`: removes exactly the samples that carry canaries, however many (10.4% in the
+     data-rich regime, 7.2% in the small one): an upper bound, not a method.
+   A regime without the `carto` arm trains no development seed.
 4. Every arm trains from scratch from the same initial weights with the same budget: whole epochs
    over its own rows, as many as make up the baseline's presentations (`round(E * N / kept)`; with
    E = 9 and frac 0.1 that is exactly 10 epochs); the weights arm draws E * N presentations.
@@ -54,13 +58,12 @@ from carto_cli.errors import OptionError
 from carto_cli.experiment import metrics
 from carto_cli.experiment.canaries import CanarySet, plant
 from carto_cli.experiment.config import (
-    ARMS,
-    DEFAULT,
     DEFAULT_RANKING,
     DEV_SEED,
     PAPER_RANKING,
     QUICK,
     RANKINGS,
+    REGIMES,
     Config,
     OnStep,
     Progress,
@@ -107,12 +110,16 @@ class Run:
 
 def run_experiment(
     out_dir: str | Path, *, quick: bool, seeds: int, frac: float, jobs: int = 1, first_seed: int = 0,
-    progress: Progress | None = None,
+    progress: Progress | None = None, regime: str = "data-rich", config: Config | None = None,
 ) -> dict:
     """Run every arm for `seeds` seeds; write results.json, results.md, results.png in `out_dir`.
 
-    `jobs` > 1 trains that many runs at once in worker processes (one torch thread each).
+    The sizes and arms are QUICK's when `quick`, else `regime`'s (a name in REGIMES); `config`
+    overrides both. `jobs` > 1 trains that many runs at once in worker processes (one torch
+    thread each).
     """
+    if regime not in REGIMES:
+        raise OptionError(f"--regime must be one of {', '.join(REGIMES)}; got '{regime}'")
     if seeds < 1 or first_seed < 0 or first_seed + seeds > DEV_SEED:
         raise OptionError(f"--seeds {seeds} --first-seed {first_seed}: need --seeds >= 1, --first-seed >= 0 "
                           f"and every seed < {DEV_SEED}")
@@ -125,11 +132,12 @@ def run_experiment(
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file; give a directory")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = QUICK if quick else DEFAULT
+    cfg = config or (QUICK if quick else REGIMES[regime])
     samples = to_bytes_samples(cpython_text(cfg.corpus_bytes), cfg.sample_len)
-    tracker = _Tracker(progress, total=1 + seeds * len(ARMS))
+    with_dev = "carto" in cfg.arms  # the development seed only chooses the `carto` arm's ranking
+    tracker = _Tracker(progress, total=int(with_dev) + seeds * len(cfg.arms))
     reported = range(first_seed, first_seed + seeds)
-    data = {seed: _prepare(cfg, samples, seed) for seed in (DEV_SEED, *reported)}
+    data = {seed: _prepare(cfg, samples, seed) for seed in ((DEV_SEED,) if with_dev else ()) + tuple(reported)}
     work = {seed: out / ("dev" if seed == DEV_SEED else f"seed{seed}") for seed in data}
     with _torch_threads(cfg.threads):
         # 1. Every baseline (the development seed's too) trains with the logger on.
@@ -137,15 +145,15 @@ def run_experiment(
         base = dict(zip(data, baselines))
         # 2. The development seed chooses carto's ranking; every reported seed's arms follow from
         #    its own baseline's logs only.
-        dev = choose_ranking(cfg, data[DEV_SEED], frac, work[DEV_SEED], base[DEV_SEED])
-        chosen = tuple(dev["chosen"]["ranking"])
+        dev = choose_ranking(cfg, data[DEV_SEED], frac, work[DEV_SEED], base[DEV_SEED]) if with_dev else None
+        chosen = tuple(dev["chosen"]["ranking"]) if dev is not None else None
         seeds_ = [prepare_arms(cfg, data[s], frac, s, chosen, work[s]) for s in reported]
         # 3. Every other arm of every seed trains from scratch.
         arm_runs = [replace(run, out_dir=out) for seed_arms in seeds_ for run in seed_arms["runs"]]
         results = iter(_run_all(arm_runs, jobs, tracker))
     runs = []
     for s, seed_arms in zip(reported, seeds_):
-        arms = {"baseline": base[s], **{name: next(results) for name in ARMS[1:]}}
+        arms = {"baseline": base[s], **{name: next(results) for name in cfg.arms[1:]}}
         runs.append({"seed": s, "arms": arms, "rankings": seed_arms["rankings"], "maps": seed_arms["maps"],
                      "canary_ranks": seed_arms["canary_ranks"], "carriers": data[s].canaries.carriers.tolist()})
         (work[s] / "canaries.json").write_text(json.dumps(data[s].canaries.to_dict(), indent=1) + "\n")
@@ -191,35 +199,39 @@ def compare_rankings(cfg: Config, data: SeedData, frac: float, log_dir: Path, wo
 
 
 def prepare_arms(
-    cfg: Config, data: SeedData, frac: float, seed: int, carto_ranking: tuple, work: Path
+    cfg: Config, data: SeedData, frac: float, seed: int, carto_ranking: tuple | None, work: Path
 ) -> dict:
-    """Score one seed's baseline logs and set up its arms (paper, default, carto, random, loss,
-    weights, oracle)."""
+    """Score one seed's baseline logs and set up the runs of its arms after the baseline, in
+    `cfg.arms` order (of paper, default, carto, random, loss, weights, oracle)."""
     n = len(data.train)
     log_dir = work / "logs"
     rankings = (compare_rankings(cfg, data, frac, log_dir, work)
                 + compare_rankings(cfg, data, frac, work / "eval_logs", work, source="evaluation"))
-    paper = _score(log_dir, _params(cfg, *PAPER_RANKING), work / "scores-paper.parquet")
-    default = _score(log_dir, _params(cfg, *DEFAULT_RANKING), work / "scores-default.parquet")
-    carto = _score(log_dir, _params(cfg, *carto_ranking), work / "scores-carto.parquet")
+    scored = {"paper": _score(log_dir, _params(cfg, *PAPER_RANKING), work / "scores-paper.parquet"),
+              "default": _score(log_dir, _params(cfg, *DEFAULT_RANKING), work / "scores-default.parquet")}
+    if "carto" in cfg.arms:
+        scored["carto"] = _score(log_dir, _params(cfg, *carto_ranking), work / "scores-carto.parquet")
     manifests = {
-        "paper": export.prune_manifest(paper, frac=frac, by="memorization"),
-        "default": export.prune_manifest(default, frac=frac, by="memorization"),
-        "carto": export.prune_manifest(carto, frac=frac, by="memorization"),
-        "random": export.prune_manifest(paper, frac=frac, by="random", seed=seed),
-        "loss": export.prune_manifest(paper, frac=frac, by="difficulty"),
+        "paper": lambda: export.prune_manifest(scored["paper"], frac=frac, by="memorization"),
+        "default": lambda: export.prune_manifest(scored["default"], frac=frac, by="memorization"),
+        "carto": lambda: export.prune_manifest(scored["carto"], frac=frac, by="memorization"),
+        "random": lambda: export.prune_manifest(scored["paper"], frac=frac, by="random", seed=seed),
+        "loss": lambda: export.prune_manifest(scored["paper"], frac=frac, by="difficulty"),
     }
     runs = []
-    for name, manifest in manifests.items():
-        path = work / f"manifest-{name}.parquet"
-        _write(manifest, path, "manifest", {"frac": frac, "arm": name})
-        runs.append(_pruned_run(cfg, data, np.array(sampling.kept_indices(path, n)), seed, f"seed {seed} · {name}"))
-    runs.append(_weighted_run(cfg, data, carto, seed, work))
-    oracle = np.setdiff1d(np.arange(n), data.canaries.carriers)
-    runs.append(_pruned_run(cfg, data, oracle, seed, f"seed {seed} · oracle"))
-    return {"runs": runs, "rankings": rankings, "maps": {"paper": _map(paper), "carto": _map(carto)},
-            "canary_ranks": {name: _canary_ranks(scores, data.canaries)
-                             for name, scores in (("paper", paper), ("carto", carto))}}
+    for name in cfg.arms[1:]:
+        if name == "weights":
+            runs.append(_weighted_run(cfg, data, scored["default"], seed, work))
+        elif name == "oracle":
+            oracle = np.setdiff1d(np.arange(n), data.canaries.carriers)
+            runs.append(_pruned_run(cfg, data, oracle, seed, f"seed {seed} · oracle"))
+        else:
+            path = work / f"manifest-{name}.parquet"
+            _write(manifests[name](), path, "manifest", {"frac": frac, "arm": name})
+            runs.append(_pruned_run(cfg, data, np.array(sampling.kept_indices(path, n)), seed,
+                                    f"seed {seed} · {name}"))
+    return {"runs": runs, "rankings": rankings, "maps": {name: _map(s) for name, s in scored.items()},
+            "canary_ranks": {name: _canary_ranks(s, data.canaries) for name, s in scored.items()}}
 
 
 # ----------------------------------------------------------------------------- the arms

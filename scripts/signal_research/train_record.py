@@ -26,8 +26,9 @@ from torch.nn import functional as F
 torch.set_num_threads(1)
 
 from carto_cli.experiment import metrics  # noqa: E402
+from carto_cli.experiment.config import SMALL, Config  # noqa: E402
 from carto_cli.experiment.corpus import cpython_text, to_bytes_samples  # noqa: E402
-from carto_cli.experiment.run import DEFAULT, Config, _prepare  # noqa: E402
+from carto_cli.experiment.run import _prepare  # noqa: E402
 from carto_cli.experiment.tinygpt import GPT, GPTConfig, eval_loss, train_epochs  # noqa: E402
 
 # Regime B: data-rich. The whole shipped corpus (0.47 MB topics + 2 MB stdlib source), 256-byte
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--lr", type=float)
     ap.add_argument("--n-embd", type=int)
+    ap.add_argument("--n-layer", type=int)
     ap.add_argument("--corpus-bytes", type=int)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--repetitions", type=lambda v: tuple(int(x) for x in v.split(",")))
@@ -87,13 +89,14 @@ def main() -> None:
     )
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    cfg = DEFAULT if args.regime == "A" else REGIME_B
+    cfg = SMALL if args.regime == "A" else REGIME_B
     over = {
         k: v
         for k, v in (
             ("epochs", args.epochs),
             ("lr", args.lr),
             ("n_embd", args.n_embd),
+            ("n_layer", args.n_layer),
             ("corpus_bytes", args.corpus_bytes),
             ("batch_size", args.batch_size),
             ("repetitions", args.repetitions),
