@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import polars as pl
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -62,7 +63,7 @@ def test_arms_keep_what_they_should(quick_run):
 
 def test_progress_reaches_the_end(quick_run):
     _, _, calls = quick_run
-    assert calls[-1] == ("done", 9, 9)  # 1 development run + 8 arms
+    assert calls[-1] == ("done", 10, 10)  # 1 development run + 9 arms
     assert all(0 <= done <= total for _, done, total in calls)
 
 
@@ -72,7 +73,8 @@ def test_summarise_gives_a_t_interval():
     assert lo < 2.0 < hi and hi - 2.0 == pytest.approx(4.303 * 1 / math.sqrt(3), rel=1e-3)
 
 
-@pytest.mark.parametrize("args", [["--seeds", "0"], ["--frac", "0"], ["--frac", "1.5"]])
+@pytest.mark.parametrize("args", [["--seeds", "0"], ["--frac", "0"], ["--frac", "1.5"], ["--regime", "huge"],
+                                  ["--arms", "default,everything"]])
 def test_bad_options_are_refused(tmp_path, args):
     app = typer.Typer()
     app.command()(experiment_command)
@@ -156,7 +158,7 @@ def test_headline_and_results_are_json_even_where_the_baseline_extracts(quick_ru
                       "random": arm(0.7, 10.0), "loss": arm(0.4, 10.3), "weights": arm(0.6, 10.0),
                       "oracle": arm(0.0, 9.9)}} for _ in range(3)]
     runs[1]["arms"]["carto"] = arm(0.3, 10.03)
-    headline = json.loads(json.dumps(_headline(runs)))
+    headline = json.loads(json.dumps(_headline(runs, tuple(runs[0]["arms"]))))
     assert headline["carto"]["holds_for_means"] is True and headline["carto"]["holds_for_intervals"] is True
     assert headline["paper"]["holds_for_means"] is False  # no cut
     assert headline["default"]["holds_for_means"] is True  # cut 50% at +0.1%
@@ -191,3 +193,21 @@ def test_a_regime_without_the_carto_arm_trains_no_development_seed(tmp_path):
 def test_an_unknown_regime_is_one_clear_error(tmp_path):
     with pytest.raises(OptionError, match="--regime must be one of data-rich, small"):
         run_experiment(tmp_path, quick=False, seeds=1, frac=0.1, regime="huge")
+
+
+def test_arms_chooses_which_arms_run_and_refuses_unknown_ones(tmp_path):
+    from carto_cli.experiment.config import QUICK
+
+    results = run_experiment(tmp_path, quick=True, seeds=1, frac=0.2, arms=("default-half", "default"))
+    assert tuple(results["arms"]) == ("baseline", "default", "default-half")  # ARMS order, baseline first
+    manifests = {arm: pl.read_parquet(tmp_path / "seed0" / f"manifest-{arm}.parquet")
+                 for arm in ("default", "default-half")}
+    n = manifests["default"].height
+    assert (~manifests["default"]["keep"]).sum() == int(0.2 * n)
+    assert (~manifests["default-half"]["keep"]).sum() == int(0.1 * n)
+    # the half prune is the head of the same ranking
+    half = set(manifests["default-half"].filter(~pl.col("keep"))["sample_id"])
+    assert half <= set(manifests["default"].filter(~pl.col("keep"))["sample_id"])
+    assert QUICK.arms[0] == "baseline"
+    with pytest.raises(OptionError, match="--arms takes names from"):
+        run_experiment(tmp_path, quick=True, seeds=1, frac=0.1, arms=("default", "everything"))

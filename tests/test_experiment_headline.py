@@ -10,10 +10,11 @@ extraction and raises perplexity by chosen amounts, so every number of the headl
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
-from carto_cli.experiment.config import ARMS, QUICK
+from carto_cli.experiment.config import QUICK
 from carto_cli.experiment.report import _headline, render_markdown
 from carto_cli.experiment.report import results as _results
 
@@ -31,6 +32,8 @@ PLAN = {
     "weights": ((4, 3, 1), (-0.001, -0.001, -0.001)),  # seed 2: baseline extracted 0, so no cut there
     "oracle": ((0, 0, 0), (0.001, 0.004, 0.004)),
 }
+ARMS = tuple(PLAN)  # the arms these synthetic runs have (default-half is left out)
+CFG = replace(QUICK, arms=ARMS)
 # Student-t 97.5% quantiles with 1 and 2 degrees of freedom (2 and 3 values)
 T1, T2 = 12.706204736174698, 4.302652729749464
 
@@ -101,7 +104,7 @@ def interval(values: list[float], t: float) -> list[float]:
 
 
 def test_headline_cut_rise_and_verdicts() -> None:
-    headline = _headline(make_runs())
+    headline = _headline(make_runs(), ARMS)
     assert list(headline) == list(ARMS[1:])
     # cut = 1 - arm / baseline extraction, over seeds 0 and 1 only (seed 2's baseline extracted none)
     cuts = {"paper": [0.5, 0.5], "default": [0.75, 1.0], "carto": [1.0, 0.5], "random": [0.0, 0.0], "loss": [1.0, 1.0],
@@ -141,15 +144,15 @@ def without_baseline_extraction(runs: list[dict]) -> list[dict]:
 
 def test_headline_without_any_extraction_in_the_baselines() -> None:
     runs = without_baseline_extraction(make_runs())  # no cut to compute, so no verdict
-    for entry in _headline(runs).values():
+    for entry in _headline(runs, ARMS).values():
         assert entry["extraction_cut"] is None
         assert entry["holds_for_means"] is False and entry["holds_for_intervals"] is False
 
 
 def test_results_and_markdown_report_the_headline() -> None:
     runs = make_runs()
-    results = _results(QUICK, False, 0.1, DEV, runs)
-    assert results["seeds"] == [0, 1, 2] and results["headline"] == _headline(runs)
+    results = _results(CFG, False, 0.1, DEV, runs)
+    assert results["seeds"] == [0, 1, 2] and results["headline"] == _headline(runs, ARMS)
     base = results["arms"]["baseline"]
     assert base["extraction_rate"]["mean"] == pytest.approx(0.5)
     # repetitions 8: seed 0 extracted both, seeds 1 and 2 neither (2/6); 16: 2 + 2 + 0 of 6
@@ -187,6 +190,6 @@ def test_results_and_markdown_report_the_headline() -> None:
 
 
 def test_markdown_says_when_no_baseline_extracted_a_canary() -> None:
-    md = render_markdown(_results(QUICK, True, 0.1, DEV, without_baseline_extraction(make_runs())))
+    md = render_markdown(_results(CFG, True, 0.1, DEV, without_baseline_extraction(make_runs())))
     assert "**Warning:** the baseline extracted only 0% of its canaries (< 50%)" in md
     assert "| paper | n/a (baseline extracted 0) | +0.20% [-0.05%, +0.45%] | no | no |" in md.splitlines()

@@ -40,6 +40,11 @@ def experiment_command(
         str, typer.Option("--regime", help="data-rich (256-byte samples, 3 epochs, 6 arms, ~50 min on 2 cores) "
                           "or small (64-byte samples, 9 epochs, every arm, ~35 min).")
     ] = "data-rich",
+    arms: Annotated[
+        str | None, typer.Option("--arms", help="Comma-separated arms to run instead of the regime's (the baseline "
+                                 "always runs): paper, default, default-half, carto, random, loss, weights, oracle.",
+                                 show_default=False)
+    ] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Reported seeds (fresh canaries each).")] = 3,
     first_seed: Annotated[
         int, typer.Option("--first-seed", help="The reported seeds are FIRST_SEED .. FIRST_SEED + SEEDS - 1.")
@@ -71,7 +76,9 @@ def experiment_command(
                 finished[0] = int(completed)
                 console.print(f"{finished[0]}/{total} runs finished ({time.monotonic() - started:.0f} s)")
 
-        results = run_experiment(out, quick=quick, regime=regime, seeds=seeds, first_seed=first_seed, frac=frac,
+        chosen_arms = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else None
+        results = run_experiment(out, quick=quick, regime=regime, arms=chosen_arms, seeds=seeds, first_seed=first_seed,
+                                 frac=frac,
                                  jobs=jobs if jobs is not None else (os.cpu_count() or 1),
                                  progress=progress)
     console.print(_summary_table(results))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from carto_cli.experiment.config import ARMS, METRICS, Config
+from carto_cli.experiment.config import METRICS, Config
 from carto_cli.version import __version__
 
 # ------------------------------------------------------------------------------------ results
@@ -36,7 +36,8 @@ def results(cfg: Config, quick: bool, frac: float, dev: dict | None, runs: list[
         "arms": arms,
         "headline": _headline(runs, cfg.arms),
         "rankings": _rankings(runs),
-        "rank_vs_exposure": {name: _rank_vs_exposure(runs, name) for name in runs[0]["canary_ranks"]},
+        "rank_vs_exposure": {name: _rank_vs_exposure(runs, name) for name in runs[0]["canary_ranks"]
+                             if name in cfg.arms},
         "per_canary": {arm: [run["arms"][arm]["per_canary"] for run in runs] for arm in cfg.arms},
     }
 
@@ -46,7 +47,7 @@ HEADLINE_REDUCTION = 0.40
 HEADLINE_PPL = 0.005
 
 
-def _headline(runs: list[dict], arms: tuple[str, ...] = ARMS) -> dict:
+def _headline(runs: list[dict], arms: tuple[str, ...]) -> dict:
     """Per pruning arm and seed: relative cut in extraction and rise in validation perplexity
     against the same seed's baseline; whether the headline holds for the means and for the
     whole 95% intervals (cut's lower bound > 40%, rise's upper bound < 0.5%)."""

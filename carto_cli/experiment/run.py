@@ -23,6 +23,7 @@ What runs (`carto experiment` on the command line):
      experiment on a development seed with its own canaries among forget events under other
      correctness rules and the label-free signals token-drop, tail-var and extractable (see
      `choose_ranking`);
+   - `default-half`: the same ranking, half the fraction (does a smaller prune keep the cut?);
    - `random`: the same fraction at random; `loss`: the highest early loss (difficulty) first;
    - `weights`: no pruning, `carto weights` at its defaults (`export.sample_weights` over the
      `default` scores) drawn by a WeightedRandomSampler (`sampling.weighted_sampler`);
@@ -58,6 +59,7 @@ from carto_cli.errors import OptionError
 from carto_cli.experiment import metrics
 from carto_cli.experiment.canaries import CanarySet, plant
 from carto_cli.experiment.config import (
+    ARMS,
     DEFAULT_RANKING,
     DEV_SEED,
     PAPER_RANKING,
@@ -111,15 +113,22 @@ class Run:
 def run_experiment(
     out_dir: str | Path, *, quick: bool, seeds: int, frac: float, jobs: int = 1, first_seed: int = 0,
     progress: Progress | None = None, regime: str = "data-rich", config: Config | None = None,
+    arms: tuple[str, ...] | None = None,
 ) -> dict:
     """Run every arm for `seeds` seeds; write results.json, results.md, results.png in `out_dir`.
 
     The sizes and arms are QUICK's when `quick`, else `regime`'s (a name in REGIMES); `config`
-    overrides both. `jobs` > 1 trains that many runs at once in worker processes (one torch
-    thread each).
+    overrides both, and `arms` (names from ARMS; `baseline` is always run) the arms. `jobs` > 1
+    trains that many runs at once in worker processes (one torch thread each).
     """
     if regime not in REGIMES:
         raise OptionError(f"--regime must be one of {', '.join(REGIMES)}; got '{regime}'")
+    cfg = config or (QUICK if quick else REGIMES[regime])
+    if arms is not None:
+        unknown = [arm for arm in arms if arm not in ARMS]
+        if unknown or not arms:
+            raise OptionError(f"--arms takes names from {', '.join(ARMS[1:])}; got '{','.join(arms)}'")
+        cfg = replace(cfg, arms=tuple(arm for arm in ARMS if arm == "baseline" or arm in arms))
     if seeds < 1 or first_seed < 0 or first_seed + seeds > DEV_SEED:
         raise OptionError(f"--seeds {seeds} --first-seed {first_seed}: need --seeds >= 1, --first-seed >= 0 "
                           f"and every seed < {DEV_SEED}")
@@ -132,7 +141,6 @@ def run_experiment(
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file; give a directory")
     out.mkdir(parents=True, exist_ok=True)
-    cfg = config or (QUICK if quick else REGIMES[regime])
     samples = to_bytes_samples(cpython_text(cfg.corpus_bytes), cfg.sample_len)
     with_dev = "carto" in cfg.arms  # the development seed only chooses the `carto` arm's ranking
     tracker = _Tracker(progress, total=int(with_dev) + seeds * len(cfg.arms))
@@ -214,6 +222,7 @@ def prepare_arms(
     manifests = {
         "paper": lambda: export.prune_manifest(scored["paper"], frac=frac, by="memorization"),
         "default": lambda: export.prune_manifest(scored["default"], frac=frac, by="memorization"),
+        "default-half": lambda: export.prune_manifest(scored["default"], frac=frac / 2, by="memorization"),
         "carto": lambda: export.prune_manifest(scored["carto"], frac=frac, by="memorization"),
         "random": lambda: export.prune_manifest(scored["paper"], frac=frac, by="random", seed=seed),
         "loss": lambda: export.prune_manifest(scored["paper"], frac=frac, by="difficulty"),
