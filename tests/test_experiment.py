@@ -55,8 +55,8 @@ def test_arms_keep_what_they_should(quick_run):
     assert arms["baseline"]["kept_copies"]["mean"] == 1.0
     assert arms["oracle"]["kept_copies"]["mean"] == 0.0
     steps = {name: arm["steps"][0] for name, arm in arms.items()}
-    for name, n in steps.items():  # the same budget, up to rounding to whole epochs
-        assert abs(n / steps["baseline"] - 1) < 0.15, (name, steps)
+    for name, n in steps.items():  # the same presentations; steps differ by short last batches only
+        assert abs(n / steps["baseline"] - 1) < 0.05, (name, steps)
     chosen = results["carto_ranking"]["chosen"]
     assert tuple(chosen["ranking"]) in CANDIDATES and tuple(chosen["ranking"]) != PAPER_RANKING
 

@@ -14,7 +14,7 @@ from carto_cli import CartoLogger
 from carto_cli.errors import OptionError
 from carto_cli.experiment import corpus
 from carto_cli.experiment.corpus import cpython_text, to_bytes_samples, train_val_split
-from carto_cli.experiment.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
+from carto_cli.experiment.tinygpt import GPT, GPTConfig, count_steps, eval_loss, train_epochs
 
 TINY = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32)
 
@@ -82,6 +82,24 @@ def test_train_epochs_is_reproducible_and_logs_every_presentation(tmp_path):
     assert logs["n_tokens"].unique().to_list() == [32]
     key = ["epoch", "sample_id"]
     assert logs.sort(key).equals(runs[1].sort(key))
+
+
+
+def test_a_budget_of_presentations_cuts_the_last_epoch_short(tmp_path):
+    """A pruned arm trains the baseline's presentations: 3 epochs of 40 rows over 36 kept rows is 3
+    full epochs and 12 presentations of a fourth, every kept row at most once per epoch."""
+    samples = to_bytes_samples(cpython_text(36 * 33), sample_len=32)  # (36, 33)
+    torch.manual_seed(0)
+    with CartoLogger(tmp_path / "log", rows_per_part=50) as log:
+        stats = train_epochs(GPT(TINY), samples, epochs=4, batch_size=16, lr=3e-3, seed=1, logger=log,
+                             presentations=3 * 40)
+    logs = pl.read_parquet(sorted((tmp_path / "log").glob("*.parquet")))
+    assert logs.height == 120
+    per_epoch = logs.group_by("epoch").agg(pl.len(), pl.col("sample_id").n_unique().alias("distinct")).sort("epoch")
+    assert per_epoch["len"].to_list() == [36, 36, 36, 12] and per_epoch["distinct"].to_list() == [36, 36, 36, 12]
+    assert stats["steps"] == count_steps(36, 16, 120) == 3 * 3 + 1 == logs["step"].max() + 1
+    with pytest.raises(ValueError, match="presentations"):
+        train_epochs(GPT(TINY), samples, epochs=1, batch_size=16, lr=3e-3, seed=1, presentations=37)
 
 
 # ---------------------------------------------------------------------------- corpus

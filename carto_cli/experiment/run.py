@@ -30,9 +30,9 @@ What runs (`carto experiment` on the command line):
    - `oracle`: removes exactly the samples that carry canaries, however many (10.4% in the
      data-rich regime, 7.2% in the small one): an upper bound, not a method.
    A regime without the `carto` arm trains no development seed.
-4. Every arm trains from scratch from the same initial weights with the same budget: whole epochs
-   over its own rows, as many as make up the baseline's presentations (`round(E * N / kept)`; with
-   E = 9 and frac 0.1 that is exactly 10 epochs); the weights arm draws E * N presentations.
+4. Every arm trains from scratch from the same initial weights with the same budget, the
+   baseline's E * N presentations: epochs over its own rows, the last one cut short where the
+   budget ends (E = 3 and frac 0.1: three epochs and a third); the weights arm draws E * N.
 5. Each arm is evaluated (`metrics`): canary extraction (greedy, exact), exposure against the
    never-planted references (rank-based and skew-normal), validation perplexity, and the loss-based
    membership AUC of canaries against references; plus the share of each canary's copies kept.
@@ -41,7 +41,6 @@ What runs (`carto experiment` on the command line):
 from __future__ import annotations
 
 import json
-import math
 import multiprocessing
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -74,7 +73,7 @@ from carto_cli.experiment.config import (
 from carto_cli.experiment.corpus import cpython_text, to_bytes_samples, train_val_split
 from carto_cli.experiment.report import plot, render_markdown
 from carto_cli.experiment.report import results as report_results
-from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
+from carto_cli.experiment.tinygpt import GPT, GPTConfig, count_steps, train_epochs
 from carto_cli.export import manifests as export
 from carto_cli.export import sampling
 from carto_cli.io import artifacts, logs
@@ -102,6 +101,7 @@ class Run:
     rows: np.ndarray  # indices into data.train, one epoch's worth, in this order
     epochs: int
     kept_share: np.ndarray  # (N,) each train row's presence (0/1) or weight, for kept_copies
+    presentations: int | None = None  # stop after this many (the last epoch cut short); None: every epoch
     log_dir: Path | None = None  # log every presentation here (the baselines)
     eval_log_dir: Path | None = None  # and an evaluation pass over every row after each epoch here
     out_dir: Path | None = None  # the experiment's directory: runs/<label>.json is written there
@@ -263,11 +263,13 @@ def _baseline_run(cfg: Config, data: SeedData, seed: int, work: Path, out: Path 
 
 
 def _pruned_run(cfg: Config, data: SeedData, kept: np.ndarray, seed: int, label: str) -> Run:
-    """The kept rows for as many whole epochs as match the baseline's presentations."""
+    """The kept rows for exactly the baseline's presentations, epochs * N: whole epochs over the
+    kept rows, the last one cut short (3 epochs over 90% of the rows is 3 full epochs and a third)."""
     n = len(data.train)
     keep = np.zeros(n)
     keep[kept] = 1.0
-    return Run(label, cfg, data, seed, kept, max(1, round(cfg.epochs * n / max(1, len(kept)))), keep)
+    budget = cfg.epochs * n
+    return Run(label, cfg, data, seed, kept, -(-budget // max(1, len(kept))), keep, presentations=budget)
 
 
 def _weighted_run(cfg: Config, data: SeedData, scores: pl.DataFrame, seed: int, work: Path) -> Run:
@@ -299,8 +301,9 @@ def train_and_evaluate(run: Run, on_step: OnStep = None) -> dict:
                                     batch_size=cfg.batch_size)
 
         train_epochs(model, rows, epochs=run.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=run.seed,
-                     logger=logger, progress=on_step, on_epoch_end=on_epoch_end)
-    return _evaluate(model, run.data, run.kept_share, steps=_steps(cfg, len(rows), run.epochs))
+                     logger=logger, progress=on_step, on_epoch_end=on_epoch_end, presentations=run.presentations)
+    budget = run.epochs * len(rows) if run.presentations is None else run.presentations
+    return _evaluate(model, run.data, run.kept_share, steps=count_steps(len(rows), cfg.batch_size, budget))
 
 
 def _fresh(directory: Path) -> Path:
@@ -362,10 +365,6 @@ def _torch_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _steps(cfg: Config, rows: int, epochs: int) -> int:
-    return epochs * math.ceil(rows / cfg.batch_size)
 
 
 # ------------------------------------------------------------------------ scores and exports

@@ -153,6 +153,7 @@ def train_epochs(
     logger: CartoLogger | None = None,
     progress: Callable[[int, int], None] | None = None,
     on_epoch_end: Callable[[int, int], None] | None = None,
+    presentations: int | None = None,
     weight_decay: float = 0.1,
     warmup_frac: float = 0.05,
     min_lr_frac: float = 0.1,
@@ -168,7 +169,9 @@ def train_epochs(
     With `logger` (a `CartoLogger`), every step records its samples with the logits of the training
     forward pass itself, before the update: no extra forward. `progress(step, total)` is called
     after each step (step counts from 1), `on_epoch_end(epoch, steps so far)` after each epoch
-    (e.g. for an evaluation pass; it must leave the model in training mode). Returns steps,
+    (e.g. for an evaluation pass; it must leave the model in training mode). With `presentations`
+    (at most epochs * N), training stops after that many: the last epoch presents only the first
+    rows of its order, so a budget need not be a whole number of epochs. Returns steps,
     final_train_loss (mean over the last epoch's presentations), seconds and tokens_per_s.
     """
     if epochs < 0 or batch_size < 1:
@@ -176,8 +179,10 @@ def train_epochs(
     device = next(model.parameters()).device
     data = torch.as_tensor(train_samples, dtype=torch.long, device="cpu")  # (N, T + 1)
     n = data.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    total_steps = epochs * steps_per_epoch
+    budget = epochs * n if presentations is None else presentations
+    if not 0 <= budget <= epochs * n:
+        raise ValueError(f"presentations must be in [0, epochs * N = {epochs * n}]; got {presentations}")
+    total_steps = count_steps(n, batch_size, budget)
     optimizer = _adamw(model, lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
     warmup = max(1, round(warmup_frac * total_steps))
@@ -187,10 +192,14 @@ def train_epochs(
     tokens = 0
     epoch_loss = torch.zeros((), device=device)
     t0 = time.perf_counter()
+    seen = 0  # presentations in the last epoch
     for epoch in range(epochs):
+        seen = min(n, budget - epoch * n)
+        if seen <= 0:
+            break
         epoch_loss.zero_()
-        order = torch.randperm(n, generator=generator)  # (N,)
-        for lo in range(0, n, batch_size):
+        order = torch.randperm(n, generator=generator)[:seen]  # (seen,)
+        for lo in range(0, seen, batch_size):
             ids = order[lo : lo + batch_size]  # (B,) the batch's sample_ids
             batch = data[ids].to(device, non_blocking=True)  # (B, T + 1)
             x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each: y is x shifted by one
@@ -215,10 +224,17 @@ def train_epochs(
     seconds = time.perf_counter() - t0
     return {
         "steps": step,
-        "final_train_loss": (epoch_loss / n).item() if epochs > 0 else float("nan"),
+        "final_train_loss": (epoch_loss / seen).item() if seen > 0 else float("nan"),
         "seconds": seconds,
         "tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
     }
+
+
+def count_steps(n: int, batch_size: int, presentations: int) -> int:
+    """Optimizer steps for `presentations` of `n` rows in epochs of ceil(n / batch_size) batches,
+    the last epoch cut short where the budget ends."""
+    full, rest = divmod(presentations, n) if n else (0, 0)
+    return full * math.ceil(n / batch_size) + math.ceil(rest / batch_size)
 
 
 @torch.no_grad()
