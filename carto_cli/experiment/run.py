@@ -27,7 +27,7 @@ What runs (`carto experiment` on the command line):
    - `random`: the same fraction at random; `loss`: the highest early loss (difficulty) first;
    - `weights`: no pruning, `carto weights` at its defaults (`export.sample_weights` over the
      `default` scores) drawn by a WeightedRandomSampler (`sampling.weighted_sampler`);
-   - `oracle`: removes exactly the samples that carry canaries, however many (10.4% in the
+   - `oracle`: removes exactly the samples that carry canaries, however many (13.3% in the
      data-rich regime, 7.2% in the small one): an upper bound, not a method.
    A regime without the `carto` arm trains no development seed.
 4. Every arm trains from scratch from the same initial weights with the same budget, the
