@@ -1,7 +1,7 @@
 """`carto experiment`: the command-line face of `carto_cli.experiment.run` (parse, call, print).
 
     carto experiment --out exp/ --quick          # smoke run, every arm, 10-20 s
-    carto experiment --out exp/ --seeds 3        # the data-rich run, about 50 minutes on 2 cores
+    carto experiment --out exp/ --seeds 3        # the data-rich run, about 51 minutes on 2 cores
     carto experiment --out exp/ --regime small   # the first reportable run's regime, about 35 minutes
 
 The experiment itself (torch, scipy, matplotlib) is imported only when the command runs, so the
@@ -37,7 +37,7 @@ def experiment_command(
         bool, typer.Option("--quick", help="A smoke run: tiny model, few samples, every arm, under a minute.")
     ] = False,
     regime: Annotated[
-        str, typer.Option("--regime", help="data-rich (256-byte samples, 3 epochs, 6 arms, ~50 min on 2 cores) "
+        str, typer.Option("--regime", help="data-rich (256-byte samples, 3 epochs, 6 arms, ~51 min on 2 cores) "
                           "or small (64-byte samples, 9 epochs, every arm, ~35 min).")
     ] = "data-rich",
     arms: Annotated[

@@ -63,7 +63,7 @@ SMALL = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_embd=
 # data-rich enough that a random 10% prune costs little perplexity. The whole shipped corpus
 # (2.4 MB) in 256-byte samples (a 26-byte canary is 10% of its sample): 8,642 train rows, 3
 # epochs, a 2-layer d = 96 GPT (0.27M parameters). Calibrated on seed 0 (never reported;
-# docs/experiment-results/data-rich-calibration.md): at 32/64/128/256 repetitions x 2 the baseline
+# docs/experiment-results/data-rich-calibration/): at 32/64/128/256 repetitions x 2 the baseline
 # extracted 0/2, 0/2, 0/2, 2/2; with 2 epochs nothing at all; with (192, 256) x 2 it extracted
 # 4/4, and a random 10% prune cost +0.62% perplexity (4.189 -> 4.215; one seed, so it does not
 # separate the prune from the run-to-run spread: the reported seeds measure it). The 3-layer d = 128
@@ -72,8 +72,9 @@ SMALL = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_embd=
 # 3 of 4 canaries at (192, 256), every canary at 12-21 bits of exposure: the counts were raised to
 # (256, 320), and seeds 1-3 are not reported. Canary copies: 1,152 rows, 13.3% of the train rows.
 # 18 runs (3 seeds x 6 arms; no development seed: the `carto` arm is left out, the default
-# signal needs no choosing), one run about 300 s at one thread while another runs beside it:
-# about 50 minutes with --jobs 2 on this 2-core machine.
+# signal needs no choosing). The reported run (these arms and default-half: 21 runs) took 58
+# minutes with --jobs 2 on this 2-core machine: two baselines at once 407 s, an arm about 290 s
+# while another runs beside it; the 18 runs alone about 51 minutes (estimated from those times).
 DATA_RICH = Config(corpus_bytes=2_600_000, sample_len=256, n_layer=2, n_head=4, n_embd=96, epochs=3,
                    batch_size=16, lr=3e-3, repetitions=(256, 320), per_count=2, n_references=512,
                    early_epochs=1, arms=("baseline", "paper", "default", "random", "weights", "oracle"))

@@ -3,7 +3,7 @@ extraction by over 40% at under 0.5% validation perplexity (Patel & Shanbhag 202
 
     from carto_cli.experiment.run import run_experiment
     results = run_experiment("exp/", quick=True, seeds=1, frac=0.1)   # 10-20 s
-    results = run_experiment("exp/", quick=False, seeds=3, frac=0.1, jobs=2)  # data-rich, ~50 min
+    results = run_experiment("exp/", quick=False, seeds=3, frac=0.1, jobs=2)  # data-rich, ~51 min
     # exp/results.json, exp/results.md, exp/results.png
 
 What runs (`carto experiment` on the command line):
@@ -161,8 +161,8 @@ def run_experiment(
         results = iter(_run_all(arm_runs, jobs, tracker))
     runs = []
     for s, seed_arms in zip(reported, seeds_):
-        arms = {"baseline": base[s], **{name: next(results) for name in cfg.arms[1:]}}
-        runs.append({"seed": s, "arms": arms, "rankings": seed_arms["rankings"], "maps": seed_arms["maps"],
+        by_arm = {"baseline": base[s], **{name: next(results) for name in cfg.arms[1:]}}
+        runs.append({"seed": s, "arms": by_arm, "rankings": seed_arms["rankings"], "maps": seed_arms["maps"],
                      "canary_ranks": seed_arms["canary_ranks"], "carriers": data[s].canaries.carriers.tolist()})
         (work[s] / "canaries.json").write_text(json.dumps(data[s].canaries.to_dict(), indent=1) + "\n")
     results = report_results(cfg, quick, frac, dev, runs)
