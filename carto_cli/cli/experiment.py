@@ -77,10 +77,9 @@ def experiment_command(
                 console.print(f"{finished[0]}/{total} runs finished ({time.monotonic() - started:.0f} s)")
 
         chosen_arms = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else None
-        results = run_experiment(out, quick=quick, regime=regime, arms=chosen_arms, seeds=seeds, first_seed=first_seed,
-                                 frac=frac,
-                                 jobs=jobs if jobs is not None else (os.cpu_count() or 1),
-                                 progress=progress)
+        results = run_experiment(out, quick=quick, regime=regime, arms=chosen_arms, seeds=seeds,
+                                 first_seed=first_seed, frac=frac,
+                                 jobs=jobs if jobs is not None else (os.cpu_count() or 1), progress=progress)
     console.print(_summary_table(results))
     extracted = results["arms"]["baseline"]["extraction_rate"]["mean"]
     if extracted < 0.5:

@@ -35,7 +35,7 @@ class Config:
     early_epochs: int  # the paper's T_e: difficulty is the mean loss over epochs < early_epochs
     val_frac: float = 0.1
     threads: int | None = None  # torch intra-op threads while training; None leaves torch's choice
-    arms: tuple[str, ...] = ARMS  # which arms run (baseline first); no `carto` arm, no development seed
+    arms: tuple[str, ...] = ARMS  # which arms run, baseline first; without `carto` no development seed trains
 
 
 # A smoke run: every arm end to end, 10-20 s on 2 shared CPU cores (it shows nothing: no canary is
