@@ -208,6 +208,10 @@ def test_arms_chooses_which_arms_run_and_refuses_unknown_ones(tmp_path):
     # the half prune is the head of the same ranking
     half = set(manifests["default-half"].filter(~pl.col("keep"))["sample_id"])
     assert half <= set(manifests["default"].filter(~pl.col("keep"))["sample_id"])
+    from carto_cli.io import artifacts
+
+    _, provenance = artifacts.read(tmp_path / "seed0" / "manifest-default-half.parquet", "manifest")
+    assert provenance["parameters"] == {"frac": 0.1, "arm": "default-half"}  # the fraction it pruned
     assert QUICK.arms[0] == "baseline"
     with pytest.raises(OptionError, match="--arms takes names from"):
         run_experiment(tmp_path, quick=True, seeds=1, frac=0.1, arms=("default", "everything"))

@@ -235,9 +235,9 @@ def plot(results: dict, first_run: dict, path: Path) -> None:
     axes[0].set_xticks(repetitions, [str(r) for r in repetitions])
     axes[0].minorticks_off()
     axes[0].legend(fontsize=8)
-    carriers = np.zeros(len(first_run["maps"]["paper"]["difficulty"]), dtype=bool)
-    carriers[first_run["carriers"]] = True
     mapped = first_run["maps"]
+    carriers = np.zeros(len(mapped["paper"]["difficulty"]), dtype=bool)
+    carriers[first_run["carriers"]] = True
     for ax, name in zip(axes[1:], ("paper", "carto" if "carto" in mapped else "default")):
         d = np.array(mapped[name]["difficulty"], dtype=float)
         m = np.array(mapped[name]["memorization"], dtype=float)

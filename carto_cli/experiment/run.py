@@ -219,14 +219,10 @@ def prepare_arms(
               "default": _score(log_dir, _params(cfg, *DEFAULT_RANKING), work / "scores-default.parquet")}
     if "carto" in cfg.arms:
         scored["carto"] = _score(log_dir, _params(cfg, *carto_ranking), work / "scores-carto.parquet")
-    manifests = {
-        "paper": lambda: export.prune_manifest(scored["paper"], frac=frac, by="memorization"),
-        "default": lambda: export.prune_manifest(scored["default"], frac=frac, by="memorization"),
-        "default-half": lambda: export.prune_manifest(scored["default"], frac=frac / 2, by="memorization"),
-        "carto": lambda: export.prune_manifest(scored["carto"], frac=frac, by="memorization"),
-        "random": lambda: export.prune_manifest(scored["paper"], frac=frac, by="random", seed=seed),
-        "loss": lambda: export.prune_manifest(scored["paper"], frac=frac, by="difficulty"),
-    }
+    # The pruning arms: (scores they rank, fraction pruned, prune order)
+    prunes = {"paper": ("paper", frac, "memorization"), "default": ("default", frac, "memorization"),
+              "default-half": ("default", frac / 2, "memorization"), "carto": ("carto", frac, "memorization"),
+              "random": ("paper", frac, "random"), "loss": ("paper", frac, "difficulty")}
     runs = []
     for name in cfg.arms[1:]:
         if name == "weights":
@@ -235,8 +231,10 @@ def prepare_arms(
             oracle = np.setdiff1d(np.arange(n), data.canaries.carriers)
             runs.append(_pruned_run(cfg, data, oracle, seed, f"seed {seed} · oracle"))
         else:
+            source, arm_frac, by = prunes[name]
             path = work / f"manifest-{name}.parquet"
-            _write(manifests[name](), path, "manifest", {"frac": frac, "arm": name})
+            manifest = export.prune_manifest(scored[source], frac=arm_frac, by=by, seed=seed)
+            _write(manifest, path, "manifest", {"frac": arm_frac, "arm": name})
             runs.append(_pruned_run(cfg, data, np.array(sampling.kept_indices(path, n)), seed,
                                     f"seed {seed} · {name}"))
     return {"runs": runs, "rankings": rankings, "maps": {name: _map(s) for name, s in scored.items()},
