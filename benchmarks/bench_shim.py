@@ -208,8 +208,9 @@ def main() -> None:
     ap.add_argument("--no-sketch", action="store_true",
                     help="log without the memorization sketch (CartoLogger(sketch_k=0, sketch_runs=0))")
     args = ap.parse_args()
-    print(f"command: python benchmarks/bench_shim.py {' '.join(sys.argv[1:])}; carto_cli {carto_source()['git']}; "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    source = carto_source()  # the commit, and a hash of the sources for copies without .git (a lent GPU machine)
+    print(f"command: python benchmarks/bench_shim.py {' '.join(sys.argv[1:])}; carto_cli {source['git']} "
+          f"(sources sha256 {source['sha256']}); load {os.getloadavg()[0]:.2f}", flush=True)
     torch.manual_seed(0)
     device = args.device
     sketch = {"sketch_k": 0, "sketch_runs": 0} if args.no_sketch else {}
