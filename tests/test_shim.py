@@ -286,11 +286,63 @@ def test_fused_kernel_matches_a_float64_reference_in_the_triton_interpreter() ->
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
 
 
-def test_fused_kernel_is_not_used_for_cpu_tensors() -> None:
+SKETCH_CHECK = """
+import torch
+from carto_cli.log import fused, sketch
+torch.manual_seed(0)
+for B, T in [(4, 37), (3, 5), (2, 1), (5, 300), (2, 16)]:  # T = 1 and 5 are shorter than k; 300 is no power of two
+    loss, hit, valid = torch.rand(B, T) * 5, torch.rand(B, T) < 0.7, torch.rand(B, T) < 0.9
+    if T >= 5:
+        valid[0] = False  # a sample with no targets: (0, NaN) and (0, 0) padding
+        loss[1, 1] = loss[1, 3] = 9.0  # an exact tie for the largest loss
+    for k, r in [(10, 6), (3, 2), (20, 20)]:  # r = 20 > the number of runs and, at T = 16, > T
+        pos, los, runs = fused.launch_sketch(torch, fused._sketch_kernel(), loss, hit, valid, k, r)
+        ref_pos, ref_los = sketch.top_losses(torch, loss, valid, k)
+        assert torch.equal(runs, sketch.hit_runs(torch, hit, valid, r)), (T, k, r)
+        assert torch.equal(los.isnan(), ref_los.isnan()) and torch.equal(los.nan_to_num(), ref_los.nan_to_num())
+        if T >= 5:  # the tie: the kernel keeps the earlier position first (torch.topk promises no order)
+            assert pos[1, :2].tolist() == [1, 3], pos[1]
+            pos[1, :2], ref_pos[1, :2] = 0, 0
+        assert torch.equal(pos, ref_pos), (T, k, r)
+print("ok")
+"""
+
+
+def test_sketch_kernel_matches_the_pytorch_sketch_in_the_triton_interpreter() -> None:
+    """The CUDA sketch kernel (one launch instead of the PyTorch version's ~27 small kernels) writes
+    what carto_cli.log.sketch writes, run on the CPU by Triton's interpreter."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", SKETCH_CHECK], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+def test_the_kernels_are_not_used_for_cpu_tensors() -> None:
     from carto_cli.log import fused
 
     labels = torch.zeros(1, 2, dtype=torch.long)
     assert fused.token_stats(torch, torch.zeros(1, 2, fused.MIN_VOCAB), labels, -100) is None
+    flags = torch.ones(1, 2, dtype=torch.bool)
+    assert fused.sketch_stats(torch, torch.zeros(1, 2), flags, flags, 10, 6) is None
+
+
+def test_a_failing_sketch_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch) -> None:
+    pytest.importorskip("triton")
+    from carto_cli.log import fused
+
+    def fail(*args):
+        raise RuntimeError("out of resources: shared memory\ndetails")
+
+    class CudaLosses:  # stands in for a CUDA tensor: only what sketch_stats looks at before launching
+        is_cuda = True
+        shape = (1, 2)
+
+    monkeypatch.setattr(fused, "_SKETCH_KERNEL", None)
+    monkeypatch.setattr(fused, "launch_sketch", fail)
+    with pytest.warns(RuntimeWarning, match=r"sketch kernel failed \(out of resources: shared memory\)"):
+        assert fused.sketch_stats(torch, CudaLosses(), None, None, 10, 6) is None
+    assert fused._SKETCH_KERNEL is False  # not tried again
+    assert fused.sketch_stats(torch, CudaLosses(), None, None, 10, 6) is None
 
 
 def test_a_failing_fused_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch) -> None:

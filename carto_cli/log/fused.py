@@ -1,4 +1,5 @@
-"""Per-token loss and greedy hit of large logits in one read, on CUDA, with a Triton kernel.
+"""The shim's Triton kernels on CUDA: per-token loss and greedy hit of large logits in one read,
+and the memorization sketch of those in one launch.
 
 The shim's logits path needs, per target position, the cross-entropy loss and whether the greedy
 prediction is the target. With PyTorch ops that is an fp32 copy of the logits, a log-softmax that
@@ -15,6 +16,15 @@ cheap and the kernel's launch costs more host time than it saves (measured on an
 256-word vocabulary: 1.02 against 0.77 ms per `record`). The kernel is checked against a float64
 reference on a GPU by `benchmarks/bench_shim.py --device cuda`, and on the CPU by the tests, through
 Triton's interpreter (the CI machines have no GPU).
+
+`sketch_stats` computes the memorization sketch (`carto_cli.log.sketch`) from those per-token
+losses and hits in one program per sample. The PyTorch version is about 27 small kernels (two
+top-k, a cumulative maximum and their masks) whose launches cost about 1 ms of host time per
+`record` (measured on an H200: 1.96 against 0.92 ms per `record` with and without the sketch,
+docs/device-results/shim-sketch-gpu.txt); the device work is tiny, so one launch is what it should
+cost. Same outputs as the PyTorch version, except that among exactly equal losses the kernel keeps
+the earliest positions (torch.topk promises no order there). Used on CUDA with Triton for any
+vocabulary, up to `MAX_SKETCH_T` positions (the whole row sits in registers); else the PyTorch ops.
 """
 
 from __future__ import annotations
@@ -26,7 +36,9 @@ from typing import Any
 from carto_cli.errors import first_line
 
 MIN_VOCAB = 4096
+MAX_SKETCH_T = 16384
 _KERNEL = None
+_SKETCH_KERNEL = None
 
 
 def _kernel():
@@ -34,40 +46,10 @@ def _kernel():
     global _KERNEL
     if _KERNEL is None:
         try:
-            import triton
-            import triton.language as tl
+            from carto_cli.log.triton_kernels import token_stats_kernel
         except ImportError:
             _KERNEL = False
             return None
-
-        @triton.jit
-        def token_stats_kernel(logits, labels, loss_out, hit_out, n_vocab, row_stride, ignore_index,
-                               BLOCK: tl.constexpr):
-            row = tl.program_id(0)
-            base = logits + row.to(tl.int64) * row_stride
-            label = tl.load(labels + row)
-            running_max = tl.full((), float("-inf"), tl.float32)
-            running_sum = tl.full((), 0.0, tl.float32)
-            best = tl.full((), float("-inf"), tl.float32)
-            best_index = tl.full((), 0, tl.int64)
-            for start in range(0, n_vocab, BLOCK):
-                offsets = start + tl.arange(0, BLOCK)
-                x = tl.load(base + offsets, mask=offsets < n_vocab, other=float("-inf")).to(tl.float32)
-                block_max = tl.max(x, axis=0)
-                block_index = tl.argmax(x, axis=0).to(tl.int64) + start
-                best_index = tl.where(block_max > best, block_index, best_index)  # ties: the first
-                best = tl.maximum(best, block_max)
-                new_max = tl.maximum(running_max, block_max)
-                running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), axis=0)
-                running_max = new_max
-            has_target = label != ignore_index
-            # a label outside [0, V) would make cross_entropy fail; here it must not read out of bounds
-            target = tl.minimum(tl.maximum(tl.where(has_target, label, 0), 0), n_vocab - 1)
-            target_logit = tl.load(base + target).to(tl.float32)
-            loss = running_max + tl.log(running_sum) - target_logit
-            tl.store(loss_out + row, tl.where(has_target, loss, 0.0))
-            tl.store(hit_out + row, (has_target & (best_index == label)).to(tl.uint8))
-
         _KERNEL = token_stats_kernel
     return _KERNEL or None
 
@@ -104,3 +86,53 @@ def launch(torch: Any, kernel: Any, logits: Any, labels: Any, ignore_index: int)
     if B * T:
         kernel[(B * T,)](rows, flat_labels, loss, hit, V, rows.stride(0), ignore_index, BLOCK=2048, num_warps=8)
     return loss.view(B, T), hit.view(torch.bool).view(B, T)
+
+
+def _sketch_kernel():
+    """The compiled sketch kernel, or None where Triton is missing."""
+    global _SKETCH_KERNEL
+    if _SKETCH_KERNEL is None:
+        try:
+            from carto_cli.log.triton_kernels import sketch_kernel
+        except ImportError:
+            _SKETCH_KERNEL = False
+            return None
+        _SKETCH_KERNEL = sketch_kernel
+    return _SKETCH_KERNEL or None
+
+
+def sketch_stats(torch: Any, tok_loss: Any, tok_hit: Any, valid: Any, k: int, r: int) -> tuple[Any, Any, Any] | None:
+    """(top_pos int32 (B, k), top_loss float16 (B, k), hit_runs int32 (B, 2r)) of
+    `carto_cli.log.sketch` from (B, T) per-token losses, hits and valid flags on CUDA, in one launch.
+    None where the kernel does not apply (no CUDA tensor, more than `MAX_SKETCH_T` positions, no
+    Triton, or `CARTO_NO_TRITON=1`): the caller then uses the PyTorch ops."""
+    if not tok_loss.is_cuda or tok_loss.shape[1] > MAX_SKETCH_T or os.environ.get("CARTO_NO_TRITON") == "1":
+        return None
+    kernel = _sketch_kernel()
+    if kernel is None:
+        return None
+    try:
+        return launch_sketch(torch, kernel, tok_loss, tok_hit, valid, k, r)
+    except Exception as exc:  # as in token_stats: logging must never fail the training loop
+        global _SKETCH_KERNEL
+        _SKETCH_KERNEL = False
+        warnings.warn(f"carto: the sketch kernel failed ({first_line(exc)}); using PyTorch ops instead "
+                      "(set CARTO_NO_TRITON=1 to skip it)", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def launch_sketch(torch: Any, kernel: Any, tok_loss: Any, tok_hit: Any, valid: Any, k: int, r: int
+                  ) -> tuple[Any, Any, Any]:
+    """Run the sketch kernel: one program per sample (the tests run it through Triton's interpreter)."""
+    B, T = tok_loss.shape
+    top_pos = torch.empty((B, k), dtype=torch.int32, device=tok_loss.device)
+    top_loss = torch.empty((B, k), dtype=torch.float16, device=tok_loss.device)
+    runs = torch.empty((B, 2 * r), dtype=torch.int32, device=tok_loss.device)
+    if B and T:
+        block = max(16, 1 << (T - 1).bit_length())  # the next power of two
+        kernel[(B,)](tok_loss.float().contiguous(), tok_hit.contiguous().view(torch.uint8),
+                     valid.contiguous().view(torch.uint8), top_pos, top_loss, runs, T,
+                     K=k, R=r, BLOCK=block, num_warps=4 if block <= 2048 else 8)
+    elif B:  # no positions: the padding of carto_cli.log.sketch
+        top_pos.zero_(), top_loss.fill_(float("nan")), runs.zero_()
+    return top_pos, top_loss, runs

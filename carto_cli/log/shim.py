@@ -335,9 +335,11 @@ class CartoLogger:
             if self.token_losses:
                 columns[schema.TOKEN_LOSS] = tok_loss.masked_fill(~valid, float("nan")).half()
             if self.sketch_k:
-                columns[schema.TOP_POS], columns[schema.TOP_LOSS] = sketch.top_losses(
-                    torch, tok_loss, valid, self.sketch_k)
-                columns[schema.HIT_RUNS] = sketch.hit_runs(torch, tok_hit, valid, self.sketch_runs)
+                stats = fused.sketch_stats(torch, tok_loss, tok_hit, valid, self.sketch_k, self.sketch_runs)
+                if stats is None:  # not CUDA, or no Triton: the PyTorch ops
+                    stats = (*sketch.top_losses(torch, tok_loss, valid, self.sketch_k),
+                             sketch.hit_runs(torch, tok_hit, valid, self.sketch_runs))
+                columns[schema.TOP_POS], columns[schema.TOP_LOSS], columns[schema.HIT_RUNS] = stats
         return columns
 
     def _per_token(self, torch: Any, logits: Any, labels: Any) -> tuple[Any, Any, Any]:
