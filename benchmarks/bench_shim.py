@@ -42,6 +42,7 @@ from common import carto_source
 
 from carto_cli import CartoLogger
 from carto_cli.experiment.tinygpt import GPT, GPTConfig
+from carto_cli.log import fused
 
 
 def steps(model, opt, data, ids, n_steps: int, logger, device: str, step0: int,
@@ -207,7 +208,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="whole measurements, each with a fresh logger")
     ap.add_argument("--no-sketch", action="store_true",
                     help="log without the memorization sketch (CartoLogger(sketch_k=0, sketch_runs=0))")
+    ap.add_argument("--sketch-ops", choices=("auto", "torch"), default="auto",
+                    help="torch: compute the sketch with the PyTorch ops even where the CUDA sketch kernel "
+                         "applies (to compare the two on one machine)")
     args = ap.parse_args()
+    if args.sketch_ops == "torch":
+        fused._SKETCH_KERNEL = False  # as after a failed launch: the shim uses carto_cli.log.sketch's ops
     source = carto_source()  # the commit, and a hash of the sources for copies without .git (a lent GPU machine)
     print(f"command: python benchmarks/bench_shim.py {' '.join(sys.argv[1:])}; carto_cli {source['git']} "
           f"(sources sha256 {source['sha256']}); load {os.getloadavg()[0]:.2f}", flush=True)
@@ -277,6 +283,7 @@ def main() -> None:
         "vocab": args.vocab,
         "bf16": args.bf16,
         "sketch": not args.no_sketch,
+        "sketch_ops": ("kernel" if fused._sketch_kernel() and device == "cuda" else "torch"),
         "steps_per_arm": len(plain),
         "rows_per_part": rows_per_part,
         "repeat": args.repeat,
@@ -294,7 +301,8 @@ def main() -> None:
     }
     print(f"model {result['params'] / 1e6:.2f}M params, vocab {args.vocab}, batch {args.batch} x {args.context}, "
           f"{device}{' bf16 autocast' if args.bf16 else ''}, "
-          f"{result['threads']} threads, {len(plain)} steps per arm, sketch {'off' if args.no_sketch else 'on'}, "
+          f"{result['threads']} threads, {len(plain)} steps per arm, "
+          f"sketch {'off' if args.no_sketch else 'on (' + result['sketch_ops'] + ')'}, "
           f"rows_per_part {rows_per_part}")
     print(f"parts written while timing, per run: {result['parts_written_while_timing']}")
     print(f"ratio with/without per run: {', '.join(f'{r:.4f}' for r in ratios)} "
