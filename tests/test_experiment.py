@@ -7,6 +7,7 @@ import math
 
 import polars as pl
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -191,8 +192,33 @@ def test_a_regime_without_the_carto_arm_trains_no_development_seed(tmp_path):
 
 
 def test_an_unknown_regime_is_one_clear_error(tmp_path):
-    with pytest.raises(OptionError, match="--regime must be one of data-rich, small"):
+    with pytest.raises(OptionError, match="--regime must be one of data-rich, small, data-rich-gpu"):
         run_experiment(tmp_path, quick=False, seeds=1, frac=0.1, regime="huge")
+
+
+def test_device_must_be_one_torch_can_use_here(tmp_path, monkeypatch):
+    """`--device cuda` on a machine without a GPU is one clear line before any work (whatever machine
+    the tests run on: CUDA is hidden here), as is a device the experiment does not run on."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(OptionError, match="--device cuda: torch sees no CUDA device here"):
+        run_experiment(tmp_path / "gpu", quick=True, seeds=1, frac=0.1, device="cuda")
+    with pytest.raises(OptionError, match="--device cuda: torch sees no CUDA device here"):
+        run_experiment(tmp_path / "gpu", quick=False, seeds=1, frac=0.1, regime="data-rich-gpu")
+    with pytest.raises(OptionError, match="--device tpu: not a torch device"):
+        run_experiment(tmp_path / "tpu", quick=True, seeds=1, frac=0.1, device="tpu")
+    with pytest.raises(OptionError, match="--device meta: the experiment runs on cpu or cuda"):
+        run_experiment(tmp_path / "meta", quick=True, seeds=1, frac=0.1, device="meta")
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_the_gpu_regime_is_the_data_rich_one_with_a_larger_model():
+    from carto_cli.experiment.config import DATA_RICH, DATA_RICH_GPU, REGIMES
+
+    assert REGIMES["data-rich-gpu"] is DATA_RICH_GPU and DATA_RICH_GPU.device == "cuda"
+    same = ("corpus_bytes", "sample_len", "epochs", "batch_size", "repetitions", "per_count", "n_references",
+            "early_epochs", "arms")
+    assert all(getattr(DATA_RICH_GPU, name) == getattr(DATA_RICH, name) for name in same)
+    assert DATA_RICH_GPU.n_layer * DATA_RICH_GPU.n_embd ** 2 > 10 * DATA_RICH.n_layer * DATA_RICH.n_embd ** 2
 
 
 def test_arms_chooses_which_arms_run_and_refuses_unknown_ones(tmp_path):

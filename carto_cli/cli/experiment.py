@@ -3,6 +3,7 @@
     carto experiment --out exp/ --quick          # smoke run, every arm, 10-20 s
     carto experiment --out exp/ --seeds 3        # the data-rich run, about 51 minutes on 2 cores
     carto experiment --out exp/ --regime small   # the first reportable run's regime, about 35 minutes
+    carto experiment --out exp/ --device cuda    # on a GPU: the data-rich-gpu regime (a larger model)
 
 The experiment itself (torch, scipy, matplotlib) is imported only when the command runs, so the
 rest of the CLI works without those extras.
@@ -37,9 +38,15 @@ def experiment_command(
         bool, typer.Option("--quick", help="A smoke run: tiny model, few samples, every arm, under a minute.")
     ] = False,
     regime: Annotated[
-        str, typer.Option("--regime", help="data-rich (256-byte samples, 3 epochs, 6 arms, ~51 min on 2 cores) "
-                          "or small (64-byte samples, 9 epochs, every arm, ~35 min).")
-    ] = "data-rich",
+        str | None, typer.Option("--regime", help="data-rich (256-byte samples, 3 epochs, 6 arms, ~51 min on 2 "
+                                 "cores), small (64-byte samples, 9 epochs, every arm, ~35 min) or data-rich-gpu "
+                                 "(data-rich with a 3.2M-parameter model, on a GPU) [default: data-rich, or "
+                                 "data-rich-gpu with --device cuda].", show_default=False)
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Where to train and evaluate: cpu or cuda [default: the "
+                                 "regime's].", show_default=False)
+    ] = None,
     arms: Annotated[
         str | None, typer.Option("--arms", help="Comma-separated arms to run instead of the regime's (the baseline "
                                  "always runs): paper, default, default-half, carto, random, loss, weights, oracle.",
@@ -77,8 +84,10 @@ def experiment_command(
                 console.print(f"{finished[0]}/{total} runs finished ({time.monotonic() - started:.0f} s)")
 
         chosen_arms = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else None
+        if regime is None:  # a GPU runs the larger configuration unless a regime is named
+            regime = "data-rich-gpu" if device is not None and device.startswith("cuda") else "data-rich"
         results = run_experiment(out, quick=quick, regime=regime, arms=chosen_arms, seeds=seeds,
-                                 first_seed=first_seed, frac=frac,
+                                 first_seed=first_seed, frac=frac, device=device,
                                  jobs=jobs if jobs is not None else (os.cpu_count() or 1), progress=progress)
     console.print(_summary_table(results))
     extracted = results["arms"]["baseline"]["extraction_rate"]["mean"]

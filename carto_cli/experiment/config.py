@@ -5,7 +5,7 @@ regime in REGIMES, DEFAULT the reportable run) and the candidate memorization ra
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Every arm there is, in the order they run and are reported (`baseline` is always first);
 # `default-half` prunes half the fraction by the default signal (a cheaper prune, for the
@@ -36,6 +36,7 @@ class Config:
     val_frac: float = 0.1
     threads: int | None = None  # torch intra-op threads while training; None leaves torch's choice
     arms: tuple[str, ...] = ARMS  # which arms run, baseline first; without `carto` no development seed trains
+    device: str = "cpu"  # torch device of training and evaluation ("cuda": `carto experiment --device cuda`)
 
 
 # A smoke run: every arm end to end, 10-20 s on 2 shared CPU cores (it shows nothing: no canary is
@@ -78,7 +79,14 @@ SMALL = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_embd=
 DATA_RICH = Config(corpus_bytes=2_600_000, sample_len=256, n_layer=2, n_head=4, n_embd=96, epochs=3,
                    batch_size=16, lr=3e-3, repetitions=(256, 320), per_count=2, n_references=512,
                    early_epochs=1, arms=("baseline", "paper", "default", "random", "weights", "oracle"))
-REGIMES = {"data-rich": DATA_RICH, "small": SMALL}
+# The GPU regime (`--regime data-rich-gpu`, what `--device cuda` runs by default): the data-rich
+# corpus, samples, epochs and canaries with a 12x larger model, 4 layers of d = 256 (3.2M
+# parameters), 8 heads, lr 2e-3 (below the small model's 3e-3, as nanoGPT-style recipes lower it
+# with width; not calibrated). Runs where a lent GPU is, never in CI; its results live beside the
+# CPU ones in docs/experiment-results/data-rich-gpu/. Two torch threads per run: the CPU side of a
+# GPU run is small, and several runs share the machine (--jobs).
+DATA_RICH_GPU = replace(DATA_RICH, n_layer=4, n_head=8, n_embd=256, lr=2e-3, threads=2, device="cuda")
+REGIMES = {"data-rich": DATA_RICH, "small": SMALL, "data-rich-gpu": DATA_RICH_GPU}
 DEFAULT = DATA_RICH
 
 # Candidate memorization rankings for the `carto` arm, all existing `carto score` options:

@@ -97,13 +97,13 @@ def secret_log_perplexity(model: torch.nn.Module, prefixes: Sequence[str], secre
     Pairs with equal prefix and secret lengths are scored in one batch.
     """
     out = np.empty(len(prefixes))
-    for rows, prompts, targets in _batches(prefixes, secrets):
+    for rows, prompts, targets in _batches(prefixes, secrets, _device(model)):
         full = torch.cat([prompts, targets], dim=1)  # (B, P + S)
         with _evaluating(model):
             logits = model(full[:, :-1]).float()  # (B, P + S - 1, V)
         secret_logits = logits[:, prompts.shape[1] - 1 :]  # (B, S, V): these predict the secret
         nll = F.cross_entropy(secret_logits.transpose(1, 2), targets, reduction="none")  # (B, S)
-        out[rows] = nll.sum(dim=1).numpy() / math.log(2)
+        out[rows] = nll.sum(dim=1).cpu().numpy() / math.log(2)
     return out
 
 
@@ -119,10 +119,10 @@ def extraction_successes(model: torch.nn.Module, prefixes: Sequence[str], secret
     greedily (argmax) as many bytes as the secret has, and only an exact match counts.
     """
     out = np.zeros(len(prefixes), dtype=bool)
-    for rows, prompts, targets in _batches(prefixes, secrets):
+    for rows, prompts, targets in _batches(prefixes, secrets, _device(model)):
         with _evaluating(model):
             decoded = model.generate_greedy(prompts, max_new_tokens=targets.shape[1])  # (B, P + S)
-        out[rows] = (decoded[:, prompts.shape[1] :] == targets).all(dim=1).numpy()
+        out[rows] = (decoded[:, prompts.shape[1] :] == targets).all(dim=1).cpu().numpy()
     return out
 
 
@@ -183,12 +183,17 @@ def _nonempty(values: Sequence[float], name: str) -> np.ndarray:
     return array
 
 
-def _encode(texts: Sequence[str]) -> torch.Tensor:
-    return torch.tensor([list(t.encode("utf-8")) for t in texts], dtype=torch.long)  # (B, L)
+def _encode(texts: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.tensor([list(t.encode("utf-8")) for t in texts], dtype=torch.long, device=device)  # (B, L)
 
 
-def _batches(prefixes: Sequence[str], secrets: Sequence[str]):
-    """Yield (row indices, prompts (B, P), secrets (B, S)) for each group of equal byte lengths."""
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _batches(prefixes: Sequence[str], secrets: Sequence[str], device: torch.device | str = "cpu"):
+    """Yield (row indices, prompts (B, P), secrets (B, S)) on `device` for each group of equal byte
+    lengths."""
     if len(prefixes) != len(secrets):
         raise OptionError(f"{len(prefixes)} prefixes but {len(secrets)} secrets")
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -197,7 +202,7 @@ def _batches(prefixes: Sequence[str], secrets: Sequence[str]):
             raise OptionError("every prefix and secret must be non-empty")
         groups[(len(p.encode("utf-8")), len(s.encode("utf-8")))].append(i)
     for rows in groups.values():
-        yield rows, _encode([prefixes[i] for i in rows]), _encode([secrets[i] for i in rows])
+        yield rows, _encode([prefixes[i] for i in rows], device), _encode([secrets[i] for i in rows], device)
 
 
 @contextmanager

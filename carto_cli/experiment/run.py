@@ -113,17 +113,21 @@ class Run:
 def run_experiment(
     out_dir: str | Path, *, quick: bool, seeds: int, frac: float, jobs: int = 1, first_seed: int = 0,
     progress: Progress | None = None, regime: str = "data-rich", config: Config | None = None,
-    arms: tuple[str, ...] | None = None,
+    arms: tuple[str, ...] | None = None, device: str | None = None,
 ) -> dict:
     """Run every arm for `seeds` seeds; write results.json, results.md, results.png in `out_dir`.
 
     The sizes and arms are QUICK's when `quick`, else `regime`'s (a name in REGIMES); `config`
-    overrides both, and `arms` (names from ARMS; `baseline` is always run) the arms. `jobs` > 1
-    trains that many runs at once in worker processes (one torch thread each).
+    overrides both, `arms` (names from ARMS; `baseline` is always run) the arms, and `device`
+    (a torch device: "cpu", "cuda", "cuda:1") where training and evaluation run. `jobs` > 1 trains
+    that many runs at once in worker processes (on a GPU they share it).
     """
     if regime not in REGIMES:
         raise OptionError(f"--regime must be one of {', '.join(REGIMES)}; got '{regime}'")
     cfg = config or (QUICK if quick else REGIMES[regime])
+    if device is not None:
+        cfg = replace(cfg, device=device)
+    _check_device(cfg.device)
     if arms is not None:
         unknown = [arm for arm in arms if arm not in ARMS]
         if unknown or not arms:
@@ -286,6 +290,7 @@ def train_and_evaluate(run: Run, on_step: OnStep = None) -> dict:
     cfg = run.cfg
     torch.manual_seed(run.seed)
     model = GPT(GPTConfig(block_size=cfg.sample_len, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd))
+    model.to(cfg.device)  # made on the CPU first: the same initial weights on any device
     rows = run.data.train[run.rows]
     with ExitStack() as stack:
         logger = eval_logger = on_epoch_end = None
@@ -304,6 +309,19 @@ def train_and_evaluate(run: Run, on_step: OnStep = None) -> dict:
     return _evaluate(model, run.data, run.kept_share, steps=count_steps(len(rows), cfg.batch_size, budget))
 
 
+def _check_device(device: str) -> None:
+    """A device torch can use here, or one line that says what to do instead."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise OptionError(f"--device {device}: not a torch device; use cpu or cuda") from None
+    if kind not in ("cpu", "cuda"):
+        raise OptionError(f"--device {device}: the experiment runs on cpu or cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"--device {device}: torch sees no CUDA device here; run it on a machine with a GPU "
+                          "and a CUDA build of torch, or use --device cpu")
+
+
 def _fresh(directory: Path) -> Path:
     """An empty log directory: a rerun must not mix its presentations with an earlier run's."""
     if directory.exists():
@@ -318,10 +336,11 @@ def log_evaluation_pass(model: GPT, rows: np.ndarray, sample_ids: np.ndarray, lo
     (epoch = the training epoch just finished, step = the steps so far): the forgetting
     literature's periodic evaluation, against which training-time logging is compared."""
     model.eval()
+    device = next(model.parameters()).device
     data = torch.as_tensor(rows, dtype=torch.long)  # (N, T + 1)
     ids = torch.as_tensor(sample_ids)
     for lo in range(0, len(data), batch_size):
-        batch = data[lo : lo + batch_size]  # (B, T + 1)
+        batch = data[lo : lo + batch_size].to(device)  # (B, T + 1)
         logger.record(ids[lo : lo + batch_size], epoch=epoch, step=step, logits=model(batch[:, :-1]),
                       labels=batch[:, 1:])
     model.train()
