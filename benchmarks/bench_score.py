@@ -25,6 +25,10 @@ against the fastest of the three DuckDB formulations (`duckdb*`; see contenders.
 single window query, the bitmask in SQL), and peak RSS against that same DuckDB run; the
 in-process `work` ratios are printed beside them.
 
+`duckdb-full` computes and writes what carto does (every column of the scores file, sorted): the
+like-for-like ratio `carto/duckdb-full` is printed beside the headline, which stays against the
+fastest of the three four-column queries. Its other columns are checked too (`compare_full`).
+
 Then the per-sample outputs of every DuckDB query, polars, carto-bitmask and carto-general are joined with carto's on
 sample_id: forget_events and n_seen must agree exactly (mismatches are counted and must be 0), and
 difficulty within DIFFICULTY_TOLERANCE (1e-6, absolute; null in both or in neither); the largest
@@ -49,9 +53,13 @@ from pathlib import Path
 from common import carto_source, current_rss_mib, dir_size_mib, measure_command
 
 CONTENDERS_PY = Path(__file__).with_name("contenders.py")
-CONTENDERS = ("scan", "duckdb", "duckdb-window", "duckdb-bitmask", "polars", "carto", "carto-bitmask",
-              "carto-general")
+CONTENDERS = ("scan", "duckdb", "duckdb-window", "duckdb-bitmask", "duckdb-full", "polars", "carto",
+              "carto-bitmask", "carto-general")
 DUCKDB = ("duckdb", "duckdb-window", "duckdb-bitmask")  # the headline is against the fastest of them
+FULL = "duckdb-full"  # like for like: every column of carto's file; reported beside the headline
+# duckdb-full's other columns, checked like difficulty (exact integers and flags; floats within the tolerance)
+FULL_EXACT = ("n_correct", "first_learned_epoch", "ever_learned")
+FULL_FLOATS = ("memorization", "mean_loss", "confidence", "variability", "correctness")
 BEST_DUCKDB = "best-duckdb"  # its alias in the ratios
 REFERENCE = "carto"  # the output the others are checked against
 DIFFICULTY_TOLERANCE = 1e-6
@@ -63,7 +71,8 @@ GOALS = (
     ("carto", "scan", "wall_s", 5.0),
     ("carto", BEST_DUCKDB, "peak_rss_mib", 1.0),
 )
-INFO_RATIOS = (("carto", BEST_DUCKDB, "work_s"), ("carto", "scan", "work_s"))
+INFO_RATIOS = (("carto", BEST_DUCKDB, "work_s"), ("carto", "scan", "work_s"), ("carto", FULL, "wall_s"),
+               ("carto", FULL, "work_s"), ("carto", FULL, "peak_rss_mib"))
 
 
 @dataclass
@@ -153,6 +162,40 @@ def compare(reference_path: Path, other_path: Path) -> dict:
         **stats,
         "difficulty_max_abs_diff": stats["difficulty_max_abs_diff"] or 0.0,
     }
+
+
+def compare_full(reference_path: Path, other_path: Path) -> dict:
+    """duckdb-full against carto on the columns beyond `compare`'s: the counts and flags exactly,
+    the floats within DIFFICULTY_TOLERANCE, and the quadrant, which may differ only for samples
+    exactly at one of carto's thresholds (DuckDB's quantile_disc takes the lower middle value at an
+    even count, Polars' "nearest" the upper one; carto records its thresholds in the file)."""
+    import polars as pl
+
+    from carto_cli.io.artifacts import read_provenance
+
+    thresholds = read_provenance(reference_path)["thresholds"]
+    columns = ["sample_id", "difficulty", *FULL_EXACT, *FULL_FLOATS, "quadrant"]
+    j = pl.read_parquet(reference_path, columns=columns).join(
+        pl.read_parquet(other_path, columns=columns).cast({"n_correct": pl.Int64, "first_learned_epoch": pl.Int64}),
+        on="sample_id", how="inner", suffix="_other")
+    other = {name: pl.col(f"{name}_other") for name in columns}
+    stats = j.select(
+        **{f"{name}_mismatches": pl.col(name).ne_missing(other[name]).sum() for name in FULL_EXACT},
+        **{f"{name}_beyond_tolerance": ((pl.col(name) - other[name]).abs() > DIFFICULTY_TOLERANCE).sum()
+           + pl.col(name).is_null().ne(other[name].is_null()).sum() for name in FULL_FLOATS},
+        **{f"{name}_max_abs_diff": (pl.col(name) - other[name]).abs().max() for name in FULL_FLOATS},
+        quadrant_mismatches=pl.col("quadrant").ne_missing(other["quadrant"]).sum(),
+        quadrant_mismatches_off_threshold=(pl.col("quadrant").ne_missing(other["quadrant"])
+                                           & (pl.col("difficulty") != thresholds["difficulty"])
+                                           & (pl.col("memorization") != thresholds["memorization"])).sum(),
+    ).row(0, named=True)
+    return {k: (v or 0) for k, v in stats.items()}
+
+
+def agrees_full(result: dict) -> bool:
+    """Whether a `compare_full` result is agreement (quadrants may differ only at the thresholds)."""
+    return not any(v for k, v in result.items() if k.endswith(("_mismatches", "_beyond_tolerance", "_threshold"))
+                   and k != "quadrant_mismatches")
 
 
 def agrees(result: dict) -> bool:
@@ -262,11 +305,14 @@ def main() -> int:
         best = {n: best_of(r) for n, r in runs.items()}
 
         agreement: dict[str, dict] = {}
+        full_agreement: dict = {}
         checked = [n for n in names if n != "scan" and best[n].ok and outputs[n].exists()]
         if REFERENCE in checked:
             for name in checked:
                 if name != REFERENCE:
                     agreement[name] = compare(outputs[REFERENCE], outputs[name])
+            if FULL in checked:
+                full_agreement = compare_full(outputs[REFERENCE], outputs[FULL])
 
     rows = count_rows(parts)
     print(f"\n{rows:,} rows; parent RSS at spawn {info['parent_rss_mib']:.0f} MiB (floor of every peak RSS)\n")
@@ -296,14 +342,23 @@ def main() -> int:
               f"{result['forget_events_mismatches']} forget_events and {result['n_seen_mismatches']} n_seen "
               f"mismatches, {result['missing_in_other'] + result['missing_in_reference']} missing ids, "
               f"max |difficulty diff| {result['difficulty_max_abs_diff']:.2e}{flag}")
+    if full_agreement:
+        drift = ", ".join(f"{n} {full_agreement[f'{n}_max_abs_diff']:.1e}" for n in FULL_FLOATS)
+        print(f"{FULL} vs {REFERENCE}, the other columns: {'agree' if agrees_full(full_agreement) else 'DISAGREE'}: "
+              f"{sum(full_agreement[f'{n}_mismatches'] for n in FULL_EXACT)} count/flag mismatches, "
+              f"{sum(full_agreement[f'{n}_beyond_tolerance'] for n in FULL_FLOATS)} floats beyond "
+              f"{DIFFICULTY_TOLERANCE:g} (max |diff|: {drift}); quadrant differs for "
+              f"{full_agreement['quadrant_mismatches']:,} sample(s), "
+              f"{full_agreement['quadrant_mismatches_off_threshold']} of them not at a threshold")
     print(json.dumps({
         "logs": str(args.logs), "parts": len(parts), "rows": rows, "repeat": args.repeat,
         "timeout_s": args.timeout, "machine": info,
         "best": {n: asdict(r) for n, r in best.items()},
         "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
-        "goals": goals, "agreement": agreement,
+        "goals": goals, "agreement": agreement, "full_agreement": full_agreement,
     }, default=str))
-    return 0 if all(agrees(r) for r in agreement.values()) else 1
+    return 0 if all(agrees(r) for r in agreement.values()) and (not full_agreement or agrees_full(full_agreement)) \
+        else 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ process's peak RSS is its own.
   rows, s = the same over all rows, forget_events = bit_count(c & ~(c >> 1) & (s >> 1)); no sort
   and no window. Exact only when every sample is seen at most once per epoch, in consecutive
   epochs, epochs in step order (true of this workload; checked against carto like the others).
+- duckdb-full: like for like: every column of carto's scores file (mean loss, Dataset
+  Cartography's confidence, variability and correctness, memorization, first learned epoch, the
+  quadrant at the median thresholds), sorted by sample_id, in one query built on the bitmask one.
+  The three above compute four columns; carto computes and writes thirteen.
 - polars: a straightforward Polars group_by with `sort_by("step")` inside the aggregation.
 - carto / carto-bitmask / carto-general: `carto score LOGS --out OUT [--method bitmask|general]`
   (auto: the dense-id kernel where ids are dense; bitmask: the Polars hash kernel; general: the
@@ -106,6 +110,51 @@ FROM (
 """
 
 
+# Like for like: the scores file carto writes, every column of it, in SQL. The bitmask query's
+# aggregation (the fastest) with the other sums beside it, materialized once; the quadrant
+# thresholds are the medians over the samples that can be placed (quantile_disc: at an even count
+# DuckDB takes the lower middle value, Polars' "nearest" the upper one, so samples exactly at a
+# threshold may be placed differently; bench_score.py checks that only those differ); sorted by
+# sample_id, as carto's file is.
+DUCKDB_FULL_QUERY = f"""
+WITH per_sample AS MATERIALIZED (
+    SELECT sample_id,
+           avg(loss) FILTER (WHERE epoch < {EARLY_EPOCHS}) AS difficulty,
+           bit_or(1::UBIGINT << epoch::UBIGINT) AS s,
+           coalesce(bit_or(1::UBIGINT << epoch::UBIGINT) FILTER (WHERE correct), 0::UBIGINT) AS c,
+           count(*) AS n_seen,
+           count(*) FILTER (WHERE correct) AS n_correct,
+           min(epoch) FILTER (WHERE correct) AS first_learned_epoch,
+           avg(loss) AS mean_loss,
+           avg(exp(-loss)) AS confidence,
+           stddev_pop(exp(-loss)) AS variability
+    FROM read_parquet({{glob}})
+    GROUP BY sample_id
+),
+scored AS MATERIALIZED (
+    SELECT sample_id, difficulty,
+           CASE WHEN n_correct > 0 THEN bit_count(c & ~(c >> 1) & (s >> 1)) / greatest(n_seen - 1, 1)
+                ELSE 0.0 END AS memorization,
+           bit_count(c & ~(c >> 1) & (s >> 1)) AS forget_events, n_seen, n_correct,
+           n_correct > 0 AS ever_learned, first_learned_epoch, mean_loss, confidence, variability,
+           n_correct / n_seen AS correctness
+    FROM per_sample
+),
+thresholds AS (
+    SELECT quantile_disc(difficulty, 0.5) AS d, quantile_disc(memorization, 0.5) AS m
+    FROM scored WHERE difficulty IS NOT NULL AND memorization IS NOT NULL
+)
+SELECT scored.*,
+       CASE WHEN difficulty IS NULL OR memorization IS NULL THEN NULL
+            WHEN difficulty > d AND memorization > m THEN 'noisy-outlier'
+            WHEN difficulty > d THEN 'ambiguous-hard'
+            WHEN memorization > m THEN 'hotspot-memorized'
+            ELSE 'stable-easy' END AS quadrant
+FROM scored, thresholds
+ORDER BY sample_id
+"""
+
+
 def _duckdb(query: str) -> Callable[[Path, Path], dict]:
     def run(logs: Path, out: Path) -> dict:
         import duckdb
@@ -159,6 +208,7 @@ CONTENDERS: dict[str, tuple[tuple[str, ...], Callable[[Path, Path], dict]]] = {
     "duckdb": (("duckdb",), _duckdb(DUCKDB_QUERY)),
     "duckdb-window": (("duckdb",), _duckdb(DUCKDB_WINDOW_QUERY)),
     "duckdb-bitmask": (("duckdb",), _duckdb(DUCKDB_BITMASK_QUERY)),
+    "duckdb-full": (("duckdb",), _duckdb(DUCKDB_FULL_QUERY)),
     "polars": (("polars",), polars_group_by),
     "carto": (("carto_cli.cli",), _carto_cli()),
     "carto-bitmask": (("carto_cli.cli",), _carto_cli("--method", "bitmask")),

@@ -54,8 +54,12 @@ def test_bench_score_contenders_agree_with_carto(small_logs: Path) -> None:
         assert agreement["samples"] == 3000, name
         assert agreement["forget_events_mismatches"] == 0 and agreement["n_seen_mismatches"] == 0, name
         assert agreement["difficulty_beyond_tolerance"] == 0, name
-    assert set(result["agreement"]) == {"duckdb", "duckdb-window", "duckdb-bitmask", "polars", "carto-bitmask",
-                                        "carto-general"}
+    assert set(result["agreement"]) == {"duckdb", "duckdb-window", "duckdb-bitmask", "duckdb-full", "polars",
+                                        "carto-bitmask", "carto-general"}
+    # like for like: duckdb-full's other columns agree too; quadrants may differ only at a threshold
+    full = result["full_agreement"]
+    assert full["quadrant_mismatches_off_threshold"] == 0 and full["confidence_beyond_tolerance"] == 0, full
+    assert all(full[f"{name}_mismatches"] == 0 for name in ("n_correct", "first_learned_epoch", "ever_learned"))
     assert {goal["ratio"].split(" (")[0] for goal in result["goals"]} >= {"carto/best-duckdb", "carto/scan wall_s"}
 
 
@@ -88,6 +92,41 @@ def test_bench_score_agrees_only_within_the_difficulty_tolerance(tmp_path: Path,
     assert not bench_score.agrees(off)  # counts and ids all equal: only the difficulty disagrees
     null = bench_score.compare(reference, scores("null", [1.0, 2.0, 3.0]))
     assert null["difficulty_null_mismatches"] == 1 and not bench_score.agrees(null)
+
+
+def test_duckdb_full_agrees_only_where_quadrants_differ_at_a_threshold(tmp_path: Path, monkeypatch) -> None:
+    """compare_full: samples exactly at carto's threshold may be placed differently (quantile_disc
+    takes the lower middle value); any other difference, or a float beyond the tolerance, disagrees."""
+    import polars as pl
+
+    from carto_cli.io import artifacts
+
+    bench_score = bench_module("bench_score", monkeypatch)
+
+    def scores(name: str, quadrant: list, confidence: list, with_provenance: bool = False) -> Path:
+        path = tmp_path / f"{name}.parquet"
+        frame = pl.DataFrame({
+            "sample_id": [1, 2, 3], "difficulty": [1.0, 2.0, 3.0], "n_correct": [1, 2, 0],
+            "first_learned_epoch": [0, 1, None], "ever_learned": [True, True, False],
+            "memorization": [0.0, 0.5, 0.0], "mean_loss": [1.0, 2.0, 3.0], "confidence": confidence,
+            "variability": [0.1, 0.2, 0.3], "correctness": [0.25, 0.5, 0.0], "quadrant": quadrant})
+        if with_provenance:  # carto's file records its thresholds: difficulty 2.0, memorization 0.25
+            prov = artifacts.provenance("scores", inputs=[], parameters={},
+                                        thresholds={"difficulty": 2.0, "memorization": 0.25})
+            artifacts.write(frame, path, prov)
+        else:
+            frame.write_parquet(path)
+        return path
+
+    placed = ["stable-easy", "hotspot-memorized", "ambiguous-hard"]
+    reference = scores("carto", placed, [0.5, 0.4, 0.3], with_provenance=True)
+    at_threshold = ["stable-easy", "noisy-outlier", "ambiguous-hard"]  # sample 2 sits at difficulty 2.0
+    result = bench_score.compare_full(reference, scores("at", at_threshold, [0.5, 0.4, 0.3]))
+    assert result["quadrant_mismatches"] == 1 and bench_score.agrees_full(result)
+    off = ["ambiguous-hard", "hotspot-memorized", "ambiguous-hard"]  # sample 1 is at neither threshold
+    assert not bench_score.agrees_full(bench_score.compare_full(reference, scores("off", off, [0.5, 0.4, 0.3])))
+    drift = bench_score.compare_full(reference, scores("drift", placed, [0.5, 0.4 + 1e-5, 0.3]))
+    assert drift["confidence_beyond_tolerance"] == 1 and not bench_score.agrees_full(drift)
 
 
 def test_bench_buckets_scores_equal_the_hash_kernel(small_logs: Path, tmp_path: Path) -> None:
