@@ -64,7 +64,9 @@ def test_score_prints_the_quadrant_table_and_writes_scores(hand_log: Path, tmp_p
     out = tmp_path / "scores.parquet"
     result = run("score", hand_log, "--out", out)
     assert result.exit_code == 0
-    lines = result.stderr.splitlines()
+    warning, *lines = result.stderr.splitlines()
+    assert warning == ("Warning: 1 of 8 samples (12%) is unplaced: 1 has no difficulty (no presentation at an "
+                       "epoch < 2)")  # sample 5 (below)
     assert lines[0] == "carto score: 8 samples from 27 presentations in 3 part(s); 7 ever learned"
     assert lines[1] == (
         "correct = logged correct; difficulty = mean loss over epochs < 2; "
@@ -155,6 +157,25 @@ def test_prune_says_when_the_tie_break_chose_samples(scored: Path, tmp_path: Pat
     assert "Note:" not in result.stderr
 
 
+def test_prune_never_removes_samples_without_a_memorization_and_says_so(scored: Path, tmp_path: Path) -> None:
+    from carto_cli.io import artifacts
+
+    # half the samples unplaced (as with no late presentation): a null memorization and no quadrant
+    frame = pl.read_parquet(scored).with_columns(
+        pl.when(pl.col("sample_id") % 2 == 0).then(pl.col(name)).alias(name) for name in ("memorization", "quadrant"))
+    scores = tmp_path / "half-unplaced.parquet"
+    artifacts.write(frame, scores, artifacts.read_provenance(scored))
+    with_memorization = frame["memorization"].drop_nulls().len()
+    assert 0 < with_memorization < int(0.99 * frame.height)
+    result = run("prune", "--frac", "0.99", "--scores", scores, "--out", tmp_path / "m.parquet")
+    assert result.exit_code == 0, result.output
+    manifest = pl.read_parquet(tmp_path / "m.parquet")
+    pruned = manifest.filter(~pl.col("keep")).join(frame, on="sample_id")
+    assert pruned.height == with_memorization and pruned["memorization"].null_count() == 0
+    assert (f"Note: only {with_memorization} sample(s) have a memorization score, fewer than the "
+            f"{int(0.99 * frame.height)} that --frac 0.99 asks for") in " ".join(result.stderr.split())
+
+
 def test_prune_zero_keeps_everything(scored: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.parquet"
     run("prune", "--frac", "0", "--scores", scored, "--out", out)
@@ -235,7 +256,9 @@ def test_truncated_part_fails_naming_it_or_is_skipped_with_a_warning(hand_log: P
     assert_one_line_error(run("score", hand_log, "--out", tmp_path / "s.parquet"), str(truncated), "--skip-corrupt")
     result = run("score", hand_log, "--out", tmp_path / "s.parquet", "--skip-corrupt")
     assert result.exit_code == 0
-    assert result.stderr.splitlines()[0].startswith(f"Warning: skipped {truncated}: ")
+    warning = " ".join(result.stderr.split("carto score:")[0].split())
+    assert warning.startswith(f"Warning: skipped {truncated}: not a readable Parquet file (")
+    assert warning.count(str(truncated)) == 1 and "pass --skip-corrupt" not in warning  # it was passed
 
 
 def test_missing_required_column(tmp_path: Path) -> None:

@@ -72,10 +72,25 @@ def test_prune_removes_floor_frac_and_keeps_every_sample_listed(rows, frac, by, 
     scores = quadrants.assign(scores_frame(rows), quadrants.resolve_thresholds(scores_frame(rows)))
     manifest = export.prune_manifest(scores, frac=frac, by=by, seed=seed)
     assert manifest["sample_id"].to_list() == list(range(len(rows)))
-    assert int((~manifest["keep"]).sum()) == math.floor(frac * len(rows))
+    # floor(frac * n), or every sample the ranking can rank when fewer (see the next test)
+    assert int((~manifest["keep"]).sum()) == min(math.floor(frac * len(rows)), export.rankable(scores, by))
     assert sorted(manifest["prune_rank"].to_list()) == list(range(len(rows)))
     again = export.prune_manifest(scores, frac=frac, by=by, seed=seed)
     assert again.equals(manifest)
+
+
+def test_samples_with_no_memorization_are_never_pruned_by_memorization_or_quadrant() -> None:
+    """A sample with a null memorization (unplaced: no late presentation, or excluded as never
+    learned) has no evidence against it: pruning by memorization or by quadrant stops before it,
+    even if --frac asks for more; by difficulty or at random it is a sample like the others."""
+    frame = scores_frame([(1.0, 0.9, 1), (2.0, None, 0), (3.0, None, 0), (0.5, 0.1, 0)])
+    scores = quadrants.assign(frame, quadrants.resolve_thresholds(frame))
+    for by in ("memorization", "quadrant"):
+        manifest = export.prune_manifest(scores, frac=0.75, by=by)  # asks for 3; 2 can be ranked
+        assert export.rankable(scores, by) == 2
+        assert manifest.filter(~pl.col("keep"))["sample_id"].sort().to_list() == [0, 3], by
+    assert int((~export.prune_manifest(scores, frac=0.75, by="difficulty")["keep"]).sum()) == 3
+    assert int((~export.prune_manifest(scores, frac=0.75, by="random")["keep"]).sum()) == 3
 
 
 def test_prune_zero_keeps_all() -> None:

@@ -177,6 +177,19 @@ def test_the_shipped_sample_logs_have_the_sketch() -> None:
     assert not scores.equals(score_logs(SAMPLE_LOGS, memorization="forgets"))
 
 
+def test_score_says_why_samples_are_unplaced_and_what_to_change(tmp_path: Path) -> None:
+    """With no presentation at or after --early-epochs (sample_logs has epochs 0-9) the default
+    signal is null for every sample: the table is all `unplaced`, and a warning says why."""
+    out = str(tmp_path / "s.parquet")
+    result = runner.invoke(app, ["score", str(SAMPLE_LOGS), "--out", out, "--early-epochs", "10"])
+    assert result.exit_code == 0, result.output
+    assert ("Warning: 2,025 of 2,025 samples (100%) are unplaced: 2,025 have no memorization (extractable needs "
+            "a presentation at an epoch < 10 and one at 10 or later); to place them, train past epoch 10 or "
+            "lower --early-epochs") in " ".join(result.output.split())
+    result = runner.invoke(app, ["score", str(SAMPLE_LOGS), "--out", out])  # every sample placed: no warning
+    assert result.exit_code == 0 and "unplaced" not in result.output
+
+
 def test_update_scores_forget_events_and_says_why(tmp_path: Path) -> None:
     write_parts(tmp_path / "logs", sketch_rows(), schema=SKETCH_SCHEMA)
     out = str(tmp_path / "s.parquet")

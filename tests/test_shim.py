@@ -113,6 +113,29 @@ def test_record_rejects_inconsistent_arguments(tmp_path: Path, kwargs: dict, mes
         log.record([0], epoch=0, step=0, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([0.5], r"sample_ids must be integers; got float64 values such as np.float64\(0.5\)"),
+        (["a"], "sample_ids must be integers; got <U1 values"),
+        ([True], "sample_ids must be integers; got bool values"),
+        (torch.tensor([1.0]), "sample_ids must be integers; got a torch.float32 tensor"),
+        (torch.tensor([True]), "sample_ids must be integers; got a torch.bool tensor"),
+        (np.array([2**63], dtype=np.uint64), r"sample_id 9223372036854775808 is above 2\^63 - 1"),
+        ([2**64 - 1], r"sample_id 18446744073709551615 is above 2\^63 - 1"),
+    ],
+)
+def test_ids_that_cannot_be_logged_are_refused_at_record_not_when_a_part_is_written(
+        tmp_path: Path, ids, message: str) -> None:
+    """The log's sample_id is int64: anything else fails at the call that passed it, in one line,
+    rather than on the writer thread when a part is written (at the millionth row, or at close)."""
+    with CartoLogger(tmp_path) as log:
+        with pytest.raises(OptionError, match=message):
+            log.record(ids, epoch=0, step=0, loss=[1.0], correct=[True])
+        log.record(np.array([2**63 - 1], dtype=np.uint64), epoch=0, step=1, loss=[1.0], correct=[True])
+    assert read_log(tmp_path)["sample_id"].to_list() == [2**63 - 1]  # unsigned ids that fit are logged
+
+
 def test_out_dir_from_environment_and_rank_from_env(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("CARTO_LOG_DIR", str(tmp_path / "env"))
     monkeypatch.setenv("RANK", "3")

@@ -379,6 +379,12 @@ def prune_command(
     detail = ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
     err.print(f"carto prune: removing {n_pruned:,} of {manifest.height:,} samples ({100 * share:.1f}%) by {by}")
     err.print(f"pruned by quadrant: {detail}")
+    asked = export.prune_count(manifest.height, frac)
+    if n_pruned < asked:
+        what = "a memorization score" if by == "memorization" else "a quadrant"
+        err.print(f"[yellow]Note:[/] only {n_pruned:,} sample(s) have {what}, fewer than the {asked:,} that "
+                  f"--frac {frac:g} asks for; the {manifest.height - export.rankable(scores, by):,} without one "
+                  f"are never pruned by {by} (`carto score` says why they are unplaced)")
     if by == "memorization":
         forgets = str((scores_prov or {}).get("memorization", "forget")).startswith("forget")
         unranked = export.pruned_without_evidence(scores, manifest, forgets=forgets)

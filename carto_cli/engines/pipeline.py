@@ -164,7 +164,12 @@ def run_score(
     # (a bucketed or Ray run spilled them); the numbers are the same.
     report = placed if result is not None else pl.scan_parquet(out)
     counts = report.select(pl.len().alias("samples"), pl.col("n_seen").sum().alias("rows"),
-                            pl.col("ever_learned").sum().alias("learned")).collect().row(0, named=True)
+                            pl.col("ever_learned").sum().alias("learned"),
+                            pl.col("difficulty").null_count().alias("no_difficulty"),
+                            pl.col("memorization").null_count().alias("no_memorization"),
+                            pl.col("quadrant").null_count().alias("unplaced")).collect().row(0, named=True)
+    if counts["unplaced"] and thresholds.difficulty_quantile is not None:
+        notes.append(unplaced_note(counts, params))
     return ScoreRun(
         out=out,
         samples=counts["samples"],
@@ -182,6 +187,31 @@ def run_score(
         notes=notes,
         memorization=memorization,
     )
+
+
+def unplaced_note(counts: dict, params: rules.ScoreParams) -> str:
+    """Why samples got no quadrant, and what to change (`counts`: samples, unplaced, no_difficulty,
+    no_memorization)."""
+    k = params.early_epochs
+
+    def have(n: int) -> str:
+        return f"{n:,} {'has' if n == 1 else 'have'}"
+
+    why = []
+    if counts["no_difficulty"]:
+        why.append(f"{have(counts['no_difficulty'])} no difficulty (no presentation at an epoch < {k})")
+    if counts["no_memorization"]:
+        if params.memorization == "forgets":
+            cause = "never learned, left out by --never-learned exclude"
+        else:
+            cause = f"{params.memorization} needs a presentation at an epoch < {k} and one at {k} or later"
+        why.append(f"{have(counts['no_memorization'])} no memorization ({cause})")
+    share = counts["unplaced"] / counts["samples"]
+    fix = "; to place them, train past epoch {k} or lower --early-epochs".format(k=k) if counts["no_memorization"] \
+        and params.memorization != "forgets" else ""
+    return (f"{counts['unplaced']:,} of {counts['samples']:,} samples ({share:.0%}) "
+            f"{'is' if counts['unplaced'] == 1 else 'are'} unplaced: "
+            f"{'; '.join(why)}{fix}")
 
 
 def score_logs(

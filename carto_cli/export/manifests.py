@@ -73,10 +73,19 @@ def prune_order(scores: pl.DataFrame, *, by: str = "memorization", seed: int = 0
     return ranked.drop("_quadrant_order", strict=False).with_row_index("prune_rank")
 
 
+def rankable(scores: pl.DataFrame, by: str) -> int:
+    """How many samples `by` can rank: by memorization, those with a memorization; by quadrant,
+    those placed in one. The others (unplaced, or excluded as never learned) have no evidence
+    against them and are never pruned by these rankings; by difficulty or at random, every sample."""
+    column = {"memorization": "memorization", "quadrant": "quadrant"}.get(by)
+    return scores.height - (scores[column].null_count() if column else 0)
+
+
 def prune_manifest(scores: pl.DataFrame, *, frac: float, by: str = "memorization", seed: int = 0) -> pl.DataFrame:
-    """Every sample with `keep` (False for the `floor(frac * n)` first in `prune_order`)."""
-    n_prune = prune_count(scores.height, frac)
+    """Every sample with `keep` (False for the `floor(frac * n)` first in `prune_order`, or fewer:
+    at most the samples `by` can rank, see `rankable`)."""
     ranked = prune_order(scores, by=by, seed=seed)
+    n_prune = min(prune_count(scores.height, frac), rankable(scores, by))
     return (
         ranked.with_columns(keep=pl.col("prune_rank") >= n_prune)
         .select("sample_id", "keep", "quadrant", "prune_rank")

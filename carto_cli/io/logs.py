@@ -184,7 +184,9 @@ def open_logs(
             part = inspect_part(path)
         except LogFormatError as exc:
             if skip_corrupt and "not a readable Parquet file" in str(exc):
-                logset.skipped.append((path, str(exc)))
+                # the reason alone: the caller names the path, and the hint to pass --skip-corrupt is moot
+                reason = str(exc).removeprefix(f"{path}: ").split("; if it is a truncated part")[0]
+                logset.skipped.append((path, reason))
                 continue
             raise
         finally:

@@ -90,6 +90,34 @@ _KEEP = "_keep"  # the batch's row mask on its way to the writer thread (not a l
 _LIST_COLUMNS = (schema.TOKEN_LOSS, *schema.SKETCH_COLUMNS)
 
 
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def _checked_ids(torch: Any, ids: Any) -> Any:
+    """`sample_ids` as given, refused now (not when a part is written, perhaps hours later) when they
+    cannot be the log's int64 sample_id column: floats, booleans, strings, ids above 2^63 - 1.
+    Only dtypes are checked on an accelerator (reading values there would wait for the device)."""
+    fix = "pass integer ids (a dataset index, or your ids mapped to int64)"
+    if torch.is_tensor(ids):
+        if ids.dtype == torch.bool or ids.is_floating_point() or ids.is_complex():
+            raise OptionError(f"CartoLogger.record: sample_ids must be integers; got a {ids.dtype} tensor: {fix}")
+        wide_unsigned = ids.dtype in {getattr(torch, name, None) for name in ("uint32", "uint64")}
+        if wide_unsigned and (ids.device.type != "cpu" or (ids.numel() and int(ids.max()) > _INT64_MAX)):
+            raise OptionError(f"CartoLogger.record: sample_ids of {ids.dtype} may not fit the log's int64 "
+                              f"sample_id; {fix}")
+        return ids
+    array = np.asarray(ids)
+    if array.size == 0:
+        return array.astype(np.int64)
+    if array.dtype.kind not in "iu":
+        raise OptionError(f"CartoLogger.record: sample_ids must be integers; got {array.dtype} values such as "
+                          f"{array.flat[0]!r}: {fix}")
+    if array.dtype.kind == "u" and int(array.max()) > _INT64_MAX:
+        raise OptionError(f"CartoLogger.record: sample_id {int(array.max())} is above 2^63 - 1, the largest the "
+                          "log's int64 sample_id holds; map such ids to int64 (for example, subtract 2^63)")
+    return array
+
+
 def _resolve_rank(rank: int | None) -> tuple[int, int]:
     """(rank, world_size): explicit rank, else torch.distributed when initialised, else $RANK."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -259,7 +287,7 @@ class CartoLogger:
                     raise OptionError("CartoLogger.record: token_loss= needs CartoLogger(token_losses=True)")
                 columns[schema.TOKEN_LOSS] = token_loss
         if segment_ids is None:
-            columns[schema.SAMPLE_ID] = sample_ids
+            columns[schema.SAMPLE_ID] = _checked_ids(torch, sample_ids)
             if keep is not None:
                 columns[_KEEP] = keep
         n = None
