@@ -191,6 +191,26 @@ def test_a_regime_without_the_carto_arm_trains_no_development_seed(tmp_path):
     assert weights and (tmp_path / "seed0" / "scores-default.parquet").exists()
 
 
+def test_without_a_development_seed_parallel_arms_start_after_their_own_baseline(tmp_path):
+    """With --jobs > 1 and nothing to choose, a seed's arms start as soon as its own baseline is
+    done (no worker waits for the last baseline): the same runs, the same numbers as one at a time."""
+    from dataclasses import replace
+
+    from carto_cli.experiment.config import DATA_RICH, QUICK
+
+    cfg = replace(QUICK, arms=("baseline", "default", "random", "oracle"))
+    serial = run_experiment(tmp_path / "serial", quick=True, seeds=2, frac=0.1, config=cfg)
+    finished = []
+    parallel = run_experiment(tmp_path / "parallel", quick=True, seeds=2, frac=0.1, config=cfg, jobs=2,
+                              progress=lambda description, done, total: finished.append((done, total)))
+    assert parallel["arms"] == serial["arms"] and parallel["rankings"] == serial["rankings"]
+    assert parallel["headline"] == serial["headline"]
+    assert finished[-2:] == [(8, 8), (8, 8)]  # the last run finished (2 seeds x 4 runs, each counted once), then "done"
+    assert sorted(p.name for p in (tmp_path / "parallel" / "runs").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "serial" / "runs").iterdir())
+    assert "carto" not in DATA_RICH.arms  # the default regime takes this path
+
+
 def test_an_unknown_regime_is_one_clear_error(tmp_path):
     with pytest.raises(OptionError, match="--regime must be one of data-rich, small, data-rich-gpu"):
         run_experiment(tmp_path, quick=False, seeds=1, frac=0.1, regime="huge")

@@ -30,6 +30,8 @@ What runs (`carto experiment` on the command line):
    - `oracle`: removes exactly the samples that carry canaries, however many (13.3% in the
      data-rich regime, 7.2% in the small one): an upper bound, not a method.
    A regime without the `carto` arm trains no development seed.
+   With `--jobs` > 1 and no development seed, a seed's arms start as soon as its own baseline is
+   done; with one, every baseline trains first (the chosen ranking is needed by every seed).
 4. Every arm trains from scratch from the same initial weights with the same budget, the
    baseline's E * N presentations: epochs over its own rows, the last one cut short where the
    budget ends (E = 3 and frac 0.1: three epochs and a third); the weights arm draws E * N.
@@ -43,7 +45,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, as_completed, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -152,17 +154,22 @@ def run_experiment(
     data = {seed: _prepare(cfg, samples, seed) for seed in ((DEV_SEED,) if with_dev else ()) + tuple(reported)}
     work = {seed: out / ("dev" if seed == DEV_SEED else f"seed{seed}") for seed in data}
     with _torch_threads(cfg.threads):
-        # 1. Every baseline (the development seed's too) trains with the logger on.
-        baselines = _run_all([_baseline_run(cfg, data[s], s, work[s], out) for s in data], jobs, tracker)
-        base = dict(zip(data, baselines))
-        # 2. The development seed chooses carto's ranking; every reported seed's arms follow from
-        #    its own baseline's logs only.
-        dev = choose_ranking(cfg, data[DEV_SEED], frac, work[DEV_SEED], base[DEV_SEED]) if with_dev else None
-        chosen = tuple(dev["chosen"]["ranking"]) if dev is not None else None
-        seeds_ = [prepare_arms(cfg, data[s], frac, s, chosen, work[s]) for s in reported]
-        # 3. Every other arm of every seed trains from scratch.
-        arm_runs = [replace(run, out_dir=out) for seed_arms in seeds_ for run in seed_arms["runs"]]
-        results = iter(_run_all(arm_runs, jobs, tracker))
+        if with_dev or jobs == 1:
+            # 1. Every baseline (the development seed's too) trains with the logger on.
+            baselines = _run_all([_baseline_run(cfg, data[s], s, work[s], out) for s in data], jobs, tracker)
+            base = dict(zip(data, baselines))
+            # 2. The development seed chooses carto's ranking; every reported seed's arms follow from
+            #    its own baseline's logs only.
+            dev = choose_ranking(cfg, data[DEV_SEED], frac, work[DEV_SEED], base[DEV_SEED]) if with_dev else None
+            chosen = tuple(dev["chosen"]["ranking"]) if dev is not None else None
+            seeds_ = [prepare_arms(cfg, data[s], frac, s, chosen, work[s]) for s in reported]
+            # 3. Every other arm of every seed trains from scratch.
+            arm_runs = [replace(run, out_dir=out) for seed_arms in seeds_ for run in seed_arms["runs"]]
+            results = iter(_run_all(arm_runs, jobs, tracker))
+        else:  # nothing to choose: each seed's arms start as soon as its own baseline is done
+            dev = None
+            base, seeds_, arm_results = _run_pipelined(cfg, data, reported, work, out, frac, jobs, tracker)
+            results = iter(arm_results)
     runs = []
     for s, seed_arms in zip(reported, seeds_):
         by_arm = {"baseline": base[s], **{name: next(results) for name in cfg.arms[1:]}}
@@ -359,6 +366,33 @@ def _run_all(runs: list[Run], jobs: int, tracker: _Tracker) -> list[dict]:
             _save_run(futures[future], future.result())  # a failed run stops the experiment here
             tracker.finished(futures[future].label)
         return [future.result() for future in futures]
+
+
+def _run_pipelined(cfg: Config, data: dict, reported: range, work: dict, out: Path, frac: float, jobs: int,
+                   tracker: _Tracker) -> tuple[dict, list[dict], list[dict]]:
+    """Every reported seed's baseline, then its arms as soon as that baseline is done, `jobs` runs
+    at a time in spawned worker processes (the same runs as `_run_all` makes, in another order:
+    no worker waits for the last baseline). Returns the baselines' metrics by seed, each seed's
+    `prepare_arms`, and the arms' metrics in seed order, then `cfg.arms` order."""
+    context = multiprocessing.get_context("spawn")
+    prepared, metrics = {}, {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(cfg.threads or 1,)) as pool:
+        pending = {pool.submit(train_and_evaluate, run): (seed, "baseline", run)
+                   for seed, run in ((s, _baseline_run(cfg, data[s], s, work[s], out)) for s in reported)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                seed, arm, run = pending.pop(future)
+                metrics[seed, arm] = _save_run(run, future.result())  # a failed run stops the experiment here
+                tracker.finished(run.label)
+                if arm == "baseline":  # its arms follow from its own logs only
+                    prepared[seed] = prepare_arms(cfg, data[seed], frac, seed, None, work[seed])
+                    for index, arm_run in enumerate(prepared[seed]["runs"]):
+                        arm_run = replace(arm_run, out_dir=out)
+                        pending[pool.submit(train_and_evaluate, arm_run)] = (seed, index, arm_run)
+    arms = [metrics[s, i] for s in reported for i in range(len(prepared[s]["runs"]))]
+    return {s: metrics[s, "baseline"] for s in reported}, [prepared[s] for s in reported], arms
 
 
 def _save_run(run: Run, metrics: dict) -> dict:
