@@ -206,12 +206,11 @@ def unplaced_note(counts: dict, params: rules.ScoreParams) -> str:
         else:
             cause = f"{params.memorization} needs a presentation at an epoch < {k} and one at {k} or later"
         why.append(f"{have(counts['no_memorization'])} no memorization ({cause})")
+    if counts["no_memorization"] and params.memorization != "forgets":
+        why[-1] += f"; to place them, train past epoch {k} or lower --early-epochs"
     share = counts["unplaced"] / counts["samples"]
-    fix = "; to place them, train past epoch {k} or lower --early-epochs".format(k=k) if counts["no_memorization"] \
-        and params.memorization != "forgets" else ""
     return (f"{counts['unplaced']:,} of {counts['samples']:,} samples ({share:.0%}) "
-            f"{'is' if counts['unplaced'] == 1 else 'are'} unplaced: "
-            f"{'; '.join(why)}{fix}")
+            f"{'is' if counts['unplaced'] == 1 else 'are'} unplaced: {'; '.join(why)}")
 
 
 def score_logs(
