@@ -349,39 +349,32 @@ def test_the_kernels_are_not_used_for_cpu_tensors() -> None:
     assert fused.sketch_stats(torch, torch.zeros(1, 2), flags, flags, 10, 6) is None
 
 
-def test_a_failing_sketch_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch) -> None:
-    pytest.importorskip("triton")
-    from carto_cli.log import fused
-
-    def fail(*args):
-        raise RuntimeError("out of resources: shared memory\ndetails")
-
-    class CudaLosses:  # stands in for a CUDA tensor: only what sketch_stats looks at before launching
-        is_cuda = True
-        shape = (1, 2)
-
-    monkeypatch.setattr(fused, "_SKETCH_KERNEL", None)
-    monkeypatch.setattr(fused, "launch_sketch", fail)
-    with pytest.warns(RuntimeWarning, match=r"sketch kernel failed \(out of resources: shared memory\)"):
-        assert fused.sketch_stats(torch, CudaLosses(), None, None, 10, 6) is None
-    assert fused._SKETCH_KERNEL is False  # not tried again
-    assert fused.sketch_stats(torch, CudaLosses(), None, None, 10, 6) is None
-
-
-def test_a_failing_fused_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("cached", "launcher", "shape", "call", "message"),
+    [
+        ("_KERNEL", "launch", (1, 2, 4096), lambda fused, x: fused.token_stats(torch, x, None, -100),
+         r"fused logits kernel failed \(Failed to find C compiler\); using PyTorch ops"),
+        ("_SKETCH_KERNEL", "launch_sketch", (1, 2), lambda fused, x: fused.sketch_stats(torch, x, None, None, 10, 6),
+         r"sketch kernel failed \(Failed to find C compiler\); using PyTorch ops"),
+    ],
+)
+def test_a_failing_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch, cached, launcher, shape, call,
+                                                                   message) -> None:
+    """Triton that cannot compile or launch (no C compiler, an old GPU, no shared memory) must not
+    fail the training loop: one warning, then the PyTorch ops, and the kernel is not tried again."""
     pytest.importorskip("triton")
     from carto_cli.log import fused
 
     def fail(*args):
         raise RuntimeError("Failed to find C compiler\ndetails")
 
-    class CudaLogits:  # stands in for a CUDA tensor: only what token_stats looks at before launching
+    class CudaTensor:  # stands in for a CUDA tensor: only what the dispatch looks at before launching
         is_cuda = True
-        shape = (1, 2, fused.MIN_VOCAB)
 
-    monkeypatch.setattr(fused, "_KERNEL", None)
-    monkeypatch.setattr(fused, "launch", fail)
-    with pytest.warns(RuntimeWarning, match=r"failed \(Failed to find C compiler\); using PyTorch ops"):
-        assert fused.token_stats(torch, CudaLogits(), None, -100) is None
-    assert fused._KERNEL is False  # not tried again: the next record goes straight to PyTorch
-    assert fused.token_stats(torch, CudaLogits(), None, -100) is None
+    CudaTensor.shape = shape
+    monkeypatch.setattr(fused, cached, None)
+    monkeypatch.setattr(fused, launcher, fail)
+    with pytest.warns(RuntimeWarning, match=message):
+        assert call(fused, CudaTensor()) is None
+    assert getattr(fused, cached) is False  # not tried again: the next record goes straight to PyTorch
+    assert call(fused, CudaTensor()) is None
