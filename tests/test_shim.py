@@ -332,7 +332,7 @@ print("ok")
 
 
 def test_sketch_kernel_matches_the_pytorch_sketch_in_the_triton_interpreter() -> None:
-    """The CUDA sketch kernel (one launch instead of the PyTorch version's ~27 small kernels) writes
+    """The CUDA sketch kernel (one launch instead of the PyTorch version's ~30 small kernels) writes
     what carto_cli.log.sketch writes, run on the CPU by Triton's interpreter."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -18,7 +18,7 @@ reference on a GPU by `benchmarks/bench_shim.py --device cuda`, and on the CPU b
 Triton's interpreter (the CI machines have no GPU).
 
 `sketch_stats` computes the memorization sketch (`carto_cli.log.sketch`) from those per-token
-losses and hits in one program per sample. The PyTorch version is about 27 small kernels (two
+losses and hits in one program per sample. The PyTorch version is about 30 small kernels (two
 top-k, a cumulative maximum and their masks) whose launches cost about 1 ms of host time per
 `record` (measured on an H200: 1.96 against 0.92 ms per `record` with and without the sketch,
 docs/device-results/shim-sketch-gpu.txt); the device work is tiny, so one launch is what it should
