@@ -261,3 +261,37 @@ def test_arms_chooses_which_arms_run_and_refuses_unknown_ones(tmp_path):
     assert QUICK.arms[0] == "baseline"
     with pytest.raises(OptionError, match="--arms takes names from"):
         run_experiment(tmp_path, quick=True, seeds=1, frac=0.1, arms=("default", "everything"))
+
+
+def test_pooling_one_run_reproduces_its_own_summary(tmp_path):
+    """scripts/pool_experiments.py concatenates the per-seed values of runs on disjoint seeds and
+    summarises them as `carto experiment` does: pooled alone, a run gives back its own figures;
+    runs that share a seed, or differ in configuration, are refused."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("pool_experiments", root / "scripts" / "pool_experiments.py")
+    pool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pool)
+    path = root / "docs" / "experiment-results" / "data-rich" / "results.json"
+    results = json.loads(path.read_text())
+    pooled = pool.pool([path])
+    for arm, entry in results["headline"].items():
+        assert pooled["headline"][arm]["extraction_cut"] == entry["extraction_cut"]
+        assert pooled["headline"][arm]["ppl_rise"] == entry["ppl_rise"]
+        assert pooled["headline"][arm]["holds_for_means"] == entry["holds_for_means"]
+    assert pooled["arms"]["default"]["val_ppl"] == results["arms"]["default"]["val_ppl"]
+    assert pooled["rankings"] == {source: {name: {m: row[m] for m in ("canary_recall", "carrier_auc")}
+                                           for name, row in rows.items()}
+                                  for source, rows in results["rankings"].items()}
+    refused = subprocess.run([sys.executable, str(root / "scripts" / "pool_experiments.py"), str(path), str(path)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "seeds overlap" in refused.stderr
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**results, "seeds": [7, 8, 9], "config": {**results["config"], "lr": 1.0}}))
+    refused = subprocess.run([sys.executable, str(root / "scripts" / "pool_experiments.py"), str(path), str(other)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 1 and "configurations differ" in refused.stderr
