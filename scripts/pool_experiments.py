@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
+from carto_cli.experiment.config import Config
 from carto_cli.experiment.report import HEADLINE_PPL, HEADLINE_REDUCTION, summarise
 
 METRICS = ("extraction_rate", "exposure_skewnorm", "val_ppl", "mia_auc", "kept_copies")
@@ -23,7 +25,10 @@ METRICS = ("extraction_rate", "exposure_skewnorm", "val_ppl", "mia_auc", "kept_c
 
 def pool(paths: list[Path]) -> dict:
     runs = [json.loads(p.read_text()) for p in paths]
-    configs = {json.dumps({k: v for k, v in r["config"].items() if k != "arms"}, sort_keys=True) for r in runs}
+    # a field a run predates (e.g. `device`) counts as its default; `arms` may differ (only shared arms pool)
+    defaults = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
+    configs = {json.dumps({k: v for k, v in {**defaults, **r["config"]}.items() if k != "arms"}, sort_keys=True)
+               for r in runs}
     if len(configs) > 1:
         sys.exit("pool_experiments: the runs' configurations differ; pool only runs of one configuration")
     seeds = [s for r in runs for s in r["seeds"]]

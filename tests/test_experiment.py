@@ -290,6 +290,9 @@ def test_pooling_one_run_reproduces_its_own_summary(tmp_path):
     refused = subprocess.run([sys.executable, str(root / "scripts" / "pool_experiments.py"), str(path), str(path)],
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "seeds overlap" in refused.stderr
+    later = tmp_path / "later.json"  # a later run on other seeds, whose config records `device` (its default)
+    later.write_text(json.dumps({**results, "seeds": [7, 8, 9], "config": {**results["config"], "device": "cpu"}}))
+    assert pool.pool([path, later])["seeds"] == [4, 5, 6, 7, 8, 9]
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**results, "seeds": [7, 8, 9], "config": {**results["config"], "lr": 1.0}}))
     refused = subprocess.run([sys.executable, str(root / "scripts" / "pool_experiments.py"), str(path), str(other)],
