@@ -202,12 +202,11 @@ def unplaced_note(counts: dict, params: rules.ScoreParams) -> str:
         why.append(f"{have(counts['no_difficulty'])} no difficulty (no presentation at an epoch < {k})")
     if counts["no_memorization"]:
         if params.memorization == "forgets":
-            cause = "never learned, left out by --never-learned exclude"
+            cause = "never learned, left out by --never-learned exclude)"
         else:
-            cause = f"{params.memorization} needs a presentation at an epoch < {k} and one at {k} or later"
-        why.append(f"{have(counts['no_memorization'])} no memorization ({cause})")
-    if counts["no_memorization"] and params.memorization != "forgets":
-        why[-1] += f"; to place them, train past epoch {k} or lower --early-epochs"
+            cause = (f"{params.memorization} needs a presentation at an epoch < {k} and one at {k} or later); "
+                     f"to place them, train past epoch {k} or lower --early-epochs")
+        why.append(f"{have(counts['no_memorization'])} no memorization ({cause}")
     share = counts["unplaced"] / counts["samples"]
     return (f"{counts['unplaced']:,} of {counts['samples']:,} samples ({share:.0%}) "
             f"{'is' if counts['unplaced'] == 1 else 'are'} unplaced: {'; '.join(why)}")

@@ -77,8 +77,7 @@ def rankable(scores: pl.DataFrame, by: str) -> int:
     """How many samples `by` can rank: by memorization, those with a memorization; by quadrant,
     those placed in one. The others (unplaced, or excluded as never learned) have no evidence
     against them and are never pruned by these rankings; by difficulty or at random, every sample."""
-    column = {"memorization": "memorization", "quadrant": "quadrant"}.get(by)
-    return scores.height - (scores[column].null_count() if column else 0)
+    return scores.height - (scores[by].null_count() if by in ("memorization", "quadrant") else 0)
 
 
 def prune_manifest(scores: pl.DataFrame, *, frac: float, by: str = "memorization", seed: int = 0) -> pl.DataFrame:
