@@ -202,8 +202,8 @@ def test_dense_kernel_in_several_passes_and_with_a_growing_loss_matrix(tmp_path:
     reference = score(tmp_path / "logs", method="general").scores
     monkeypatch.setattr(dense, "LOSS_MATRIX_BYTES", 5 * 4 * 7)  # 7 samples of 5 float32 epochs per pass
     passes = []
-    real = dense._pass
-    monkeypatch.setattr(dense, "_pass", lambda *a, **k: passes.append(1) or real(*a, **k))
+    real = dense._accumulate
+    monkeypatch.setattr(dense, "_accumulate", lambda *a, **k: passes.append(1) or real(*a, **k))
     result = score(tmp_path / "logs")
     assert result.method == "dense" and len(passes) == 8  # 50 samples, 7 per pass
     assert result.scores.equals(reference)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import polars as pl
 
 from carto_cli.engines import plan as planner
 from carto_cli.engines.plan import Kernel, Plan
 from carto_cli.io.logs import LogPart, LogSet, scan
 from carto_cli.log import schema
-from carto_cli.score import dense, extract, signals
+from carto_cli.score import compiled, dense, extract, signals
 from carto_cli.score.rules import CorrectnessRule, ScoreParams
 from carto_cli.score.state import SCORE_COLUMNS, finalize, segment_state
 
@@ -41,21 +42,22 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
     """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set."""
     params = planner.resolve_signal(logset, params)
     plan = planner.plan(logset, params)
-    reduced = dense_state(logset, plan.kernel) if plan.dense else None
+    reduced = dense_scores(logset, plan.kernel, never_learned=params.never_learned) if plan.dense else None
     if reduced is None and not plan.checked:
         # the dense kernel declined on a plan made from the footers: make the checking pass, and
         # do not run the dense kernel again over the same rows
         plan = planner.prepare(logset, params)
         plan.dense = False
     if reduced is not None:
-        state, samples_general, dropped = reduced
+        scores, samples_general, dropped = reduced
         if not plan.checked:
             plan.count_dropped(dropped, params)  # else `prepare` counted them
         plan.kernel = replace(plan.kernel, method="dense")
     else:
         state, samples_general = plan.kernel.state([str(p.path) for p in logset.parts],
                                                    passes=planner.passes(logset))
-    result = finish(state, plan, params, samples_general)
+        scores = finalize(state, never_learned=params.never_learned)
+    result = scored(scores, plan, samples_general)
     if params.memorization != "forgets":
         result.scores = with_signal(result.scores, signal_values(logset.parts, plan, params))
     return result
@@ -70,12 +72,40 @@ def dense_state(logset: LogSet, kernel: Kernel, **options) -> tuple[pl.DataFrame
         return None
     state, irregular, dropped = reduced
     if len(irregular):
-        ids = pl.Series(schema.SAMPLE_ID, irregular).cast(state.schema[schema.SAMPLE_ID])
-        paths = [str(p.path) for p in logset.parts]
-        frame = kernel.frame(paths).join(ids.to_frame().lazy(), on=schema.SAMPLE_ID, how="semi")
-        recount = segment_state(frame, early_epochs=kernel.early_epochs, method="general")[0]
+        recount = _recount(logset, kernel, irregular, state.schema[schema.SAMPLE_ID])
         state = pl.concat([state, recount.select(state.columns)], how="vertical_relaxed")
     return state, len(irregular), dropped
+
+
+def dense_scores(logset: LogSet, kernel: Kernel, *, never_learned: str, stride: int = 1
+                 ) -> tuple[pl.DataFrame, int, int] | None:
+    """The scores (`finalize`'s columns, sorted by sample_id) by the dense kernel, the samples it
+    could not count recounted exactly by the general path: (scores, samples recounted, non-finite
+    rows dropped), or None where the dense kernel does not apply. With the compiled extension the
+    scores come straight from the kernel's accumulators (`dense.scores`), else from its state."""
+    if not compiled.available():
+        reduced = dense_state(logset, kernel, stride=stride)
+        if reduced is None:
+            return None
+        state, general, dropped = reduced
+        return finalize(state, never_learned=never_learned), general, dropped
+    reduced = dense.scores(logset, kernel, never_learned=never_learned, stride=stride)
+    if reduced is None:
+        return None
+    columns, irregular, dropped = reduced
+    unsigned = kernel.sample_id_dtype == "UInt64"
+    if len(irregular):  # their rows hold provisional values: replace them with the general path's
+        recount = finalize(_recount(logset, kernel, irregular, pl.UInt64 if unsigned else pl.Int64),
+                           never_learned=never_learned)
+        dense.replace_rows(columns, recount, unsigned)
+    return dense.frame(columns, unsigned), len(irregular), dropped
+
+
+def _recount(logset: LogSet, kernel: Kernel, ids: np.ndarray, dtype: pl.DataType) -> pl.DataFrame:
+    """The state of the samples `ids` by the general Polars kernel (exact for any presentation order)."""
+    frame = kernel.frame([str(p.path) for p in logset.parts]).join(
+        pl.Series(schema.SAMPLE_ID, ids).cast(dtype).to_frame().lazy(), on=schema.SAMPLE_ID, how="semi")
+    return segment_state(frame, early_epochs=kernel.early_epochs, method="general")[0]
 
 
 def full_state(kernel: Kernel, parts: list[LogPart], *, dense_ok: bool = True) -> tuple[pl.DataFrame, int]:
@@ -114,7 +144,11 @@ def with_signal(scores: pl.DataFrame, values: pl.DataFrame) -> pl.DataFrame:
 
 def finish(state: pl.DataFrame, plan: Plan, params: ScoreParams, samples_general: int) -> ScoreResult:
     """Scores from a (merged) state, with the facts a user must be told about them."""
-    scores = finalize(state, never_learned=params.never_learned)
+    return scored(finalize(state, never_learned=params.never_learned), plan, samples_general)
+
+
+def scored(scores: pl.DataFrame, plan: Plan, samples_general: int) -> ScoreResult:
+    """Scores (from `finalize` or `dense_scores`) with the facts a user must be told about them."""
     return ScoreResult(
         scores=scores,
         rule=plan.kernel.rule,

@@ -50,6 +50,7 @@ import pyarrow as pa
 from carto_cli.io import storage
 from carto_cli.io.logs import LogSet
 from carto_cli.log import schema
+from carto_cli.score import compiled
 from carto_cli.score.fixedpoint import SCALE
 from carto_cli.score.state import SQ_SPLIT, STATE_COLUMNS, power_of_two, prob_units
 
@@ -114,6 +115,40 @@ def state(logset: LogSet, kernel, *, stride: int = 1, full: bool = False
     `stride` n: every sample_id is lo plus a multiple of n (bucket b of n holds the ids = b mod n);
     checked on every row (the kernel declines otherwise).
     """
+    results = _reduce(logset, kernel, stride, full, lambda sums, slots: _state_pass(sums, slots, kernel, full))
+    if results is None:
+        return None
+    frames, irregular, dropped = zip(*results)
+    return pl.concat(frames), np.concatenate(irregular), sum(dropped)  # ascending sample_id, pass after pass
+
+
+def scores(logset: LogSet, kernel, *, never_learned: str, stride: int = 1
+           ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], np.ndarray, int] | None:
+    """The score columns (`compiled.OUTPUTS`: values and validity) of every sample, ascending by
+    sample_id, straight from the accumulators by the compiled `finish` (None without the compiled
+    extension, or where `state` would decline); the ids of the irregular samples, whose rows the
+    caller must replace with the general kernel's; the rows dropped for a non-finite loss."""
+    if not compiled.available():
+        return None
+    results = _reduce(logset, kernel, stride, False,
+                      lambda sums, slots: _scores_pass(sums, slots, kernel.early_epochs, never_learned))
+    if results is None:
+        return None
+    parts, flags, dropped = zip(*results)
+    columns = parts[0] if len(parts) == 1 else {
+        name: (np.concatenate([p[name][0] for p in parts]),
+               None if parts[0][name][1] is None else np.concatenate([p[name][1] for p in parts]))
+        for name in parts[0]}
+    flags = np.concatenate(flags)
+    ids = columns[schema.SAMPLE_ID][0]
+    irregular = ids[flags]
+    return columns, irregular.view(np.uint64) if kernel.sample_id_dtype == "UInt64" else irregular, sum(dropped)
+
+
+def _reduce(logset: LogSet, kernel, stride: int, full: bool, finish) -> list | None:
+    """`finish(sums, slots)` of each pass over the log (a pass accumulates a range of sample
+    slots, `_accumulate`), as a list, or None where the kernel declines. `finish` returns "unpack"
+    when a packed field overflowed: the pass is then made again with one array per field."""
     span = applies(logset, stride)
     if span is None:
         return None
@@ -124,20 +159,20 @@ def state(logset: LogSet, kernel, *, stride: int = 1, full: bool = False
     passes = max(1, math.ceil(n_ids / per_pass))
     width = math.ceil(n_ids / passes)
     groups = _row_groups(logset)
-    frames, irregular, dropped = [], [], 0
+    results = []
     for p in range(passes):
         start = p * width
         slots = (lo, start, min(width, n_ids - start), n_ids, stride)
-        result = _pass(logset, groups, kernel, slots, losses, packed=True, full=full)
-        if result == "unpack":  # a packed field overflowed (many rows per sample): one array per field
-            result = _pass(logset, groups, kernel, slots, losses, packed=False, full=full)
+        result = None
+        for packed in (True, False):  # unpacked when a packed field overflowed (many rows per sample)
+            sums = _accumulate(logset, groups, kernel, slots, losses, packed=packed, full=full)
+            result = None if sums is None else finish(sums, slots)
+            if result != "unpack":
+                break
         if result is None or result == "unpack":
             return None
-        frame, odd, n_dropped = result
-        frames.append(frame)
-        irregular.append(odd)
-        dropped += n_dropped
-    return pl.concat(frames), np.concatenate(irregular), dropped  # ascending sample_id, pass after pass
+        results.append(result)
+    return results
 
 
 def _loss_matrix(logset: LogSet) -> tuple[int, int, np.dtype]:
@@ -209,6 +244,7 @@ class _Sums:
         self.first_epoch = losses[0]  # the epoch of the loss matrix's row 0
         self.losses = np.zeros((losses[1], width), dtype=losses[2])  # (epoch - first_epoch, slot) -> loss
         self.rows = self.seen_total = self.corr_total = 0
+        self.dropped = 0  # rows left out for a non-finite loss (kernel.drop_nonfinite)
         self.max_epoch = 0
         self.max_abs_fixed = 0
 
@@ -216,6 +252,16 @@ class _Sums:
             step: np.ndarray | None = None) -> None:
         """Add rows: sample slots, epochs, losses, correctness (and steps, full state)."""
         self.rows += len(idx)
+        if compiled.available():  # the same adds and stores in one compiled loop
+            if isinstance(epoch, int):
+                bit = 1 << epoch
+                self.seen_total += bit * len(idx)
+                self.corr_total += bit * int(np.count_nonzero(correct))
+                self._grow(epoch)
+            else:
+                self._grow(int(epoch.max()))
+            compiled.add_rows(self, idx, epoch, loss, correct, step, n_bits=_N_BITS, mask_bits=_MASK_BITS)
+            return
         if self.first_step is not None:
             np.minimum.at(self.first_step, idx, step)
             np.maximum.at(self.last_step, idx, step)
@@ -303,9 +349,9 @@ class _Sums:
         sums["prob_sq_lo"] &= SQ_SPLIT - 1
         return sums
 
-    def bounded(self, n_seen: pl.Series) -> bool:
-        """Whether no mask or loss sum can have wrapped (else the Polars kernel, exact there, runs)."""
-        most = int(n_seen.max() or 0)
+    def bounded(self, most: int) -> bool:
+        """Whether no mask or loss sum can have wrapped, `most` being the largest row count of a
+        sample (else the Polars kernel, exact there, runs)."""
         return not most or (self.max_epoch + math.log2(most) < 63 and self.max_abs_fixed * most < _FIXED_LIMIT)
 
 
@@ -319,15 +365,12 @@ def _u64(value: int) -> pl.Expr:
     return pl.lit(value, dtype=pl.UInt64)
 
 
-def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int, int],
-          losses: tuple[int, np.dtype], packed: bool, full: bool = False
-          ) -> tuple[pl.DataFrame, np.ndarray, int] | str | None:
+def _accumulate(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int, int],
+                losses: tuple[int, int, np.dtype], packed: bool, full: bool = False) -> _Sums | None:
     """Accumulate the samples in slots [start, start + width) of the n_ids slots of ids
     lo + slot * stride, over the whole log, one row group at a time, the next row group read while
-    this one is added; `losses`: the loss matrix's epochs and float type (`_loss_matrix`).
-
-    With `packed`, the packed layout is used where the footers allow it; "unpack" says that a
-    packed field overflowed and the pass must be run again without it.
+    this one is added; `losses`: the loss matrix's epochs and float type (`_loss_matrix`). With
+    `packed`, the packed layout is used where the footers allow it. None where the kernel declines.
     """
     lo, start, width, n_ids, stride = slots
     unsigned = kernel.sample_id_dtype == "UInt64"
@@ -336,7 +379,6 @@ def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int,
     whole = start == 0 and width == n_ids  # one pass: every id is in [lo, hi] by the footers
     packed = packed and all(e is not None and 0 <= e < PACKED_EPOCHS for _, _, e in groups)
     sums = _Sums(width, packed, full, losses=losses)
-    dropped = 0
     chunks = _read(logset, groups, kernel, unsigned, full)
     with ThreadPoolExecutor(max_workers=1) as reader:
         ahead = reader.submit(next, chunks, None)
@@ -353,9 +395,9 @@ def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int,
             if kernel.drop_nonfinite:
                 finite = np.isfinite(loss)
                 if keep is None:
-                    dropped += len(finite) - int(np.count_nonzero(finite))
+                    sums.dropped += len(finite) - int(np.count_nonzero(finite))
                 else:  # only this pass's samples: each row is counted in exactly one pass
-                    dropped += int(np.count_nonzero(keep & ~finite))
+                    sums.dropped += int(np.count_nonzero(keep & ~finite))
                 keep = finite if keep is None else keep & finite
             many = not isinstance(epoch, int)
             if keep is not None and not keep.all():
@@ -372,16 +414,81 @@ def _pass(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int,
             sums.max_epoch = max(sums.max_epoch, high)
             sums.max_abs_fixed = max(sums.max_abs_fixed, round(peak))
             sums.add(idx, epoch, loss, _correct(kernel, rule_values), step)
+    return sums
+
+
+def _state_pass(sums: _Sums, slots: tuple[int, int, int, int, int], kernel, full: bool
+                ) -> tuple[pl.DataFrame, np.ndarray, int] | str | None:
+    """The state of one pass's accumulated samples (`_derive`), the ids of the irregular ones and
+    the rows dropped; "unpack" when a packed field overflowed, None when a sum may have wrapped."""
     fields = sums.fields()
     if fields is None:
         return "unpack"
-    if not sums.bounded(fields["n_seen"]):
+    if not sums.bounded(int(fields["n_seen"].max() or 0)):
         return None
+    dropped = sums.dropped
     sums.words = sums.n_seen = sums.corr = None  # in `fields` now: free them before the sums are made
     sums_of_losses = sums.loss_sums(fields["seen"].to_numpy(), kernel.early_epochs)
     fields = fields.hstack([pl.Series(name, values) for name, values in sums_of_losses.items()])
     del sums
-    return (*_derive(fields, kernel.early_epochs, first_id, stride, unsigned, full), dropped)
+    lo, start, _, _, stride = slots
+    return (*_derive(fields, kernel.early_epochs, lo + start * stride, stride,
+                     kernel.sample_id_dtype == "UInt64", full), dropped)
+
+
+def _scores_pass(sums: _Sums, slots: tuple[int, int, int, int, int], early_epochs: int, never_learned: str
+                 ) -> tuple[dict, np.ndarray, int] | str | None:
+    """The score columns of one pass's accumulated samples (`compiled.finish`), the irregular
+    flags and the rows dropped; "unpack" and None as `_state_pass`."""
+    ranges, most, totals = compiled.survey(sums, n_bits=_N_BITS, mask_bits=_MASK_BITS)
+    # an overflow moves value out of a field, so that field's total over samples falls short
+    if sums.packed and totals != (sums.rows, sums.seen_total, sums.corr_total):
+        return "unpack"
+    if not sums.bounded(most):
+        return None
+    lo, start, _, _, stride = slots
+    columns, irregular = compiled.finish(sums, ranges, n_bits=_N_BITS, mask_bits=_MASK_BITS,
+                                         early_epochs=early_epochs, never_learned=never_learned,
+                                         first_id=lo + start * stride, stride=stride)
+    return columns, irregular, sums.dropped
+
+
+def frame(columns: dict[str, tuple[np.ndarray, np.ndarray | None]], unsigned: bool) -> pl.DataFrame:
+    """A scores frame over the arrays of `scores` (through Arrow buffers: the values are not
+    copied), sorted by sample_id."""
+    arrays = {}
+    for name, (values, valid) in columns.items():
+        if name == schema.SAMPLE_ID and unsigned:
+            values = values.view(np.uint64)
+        bitmap = None if valid is None or valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+        if values.dtype == np.bool_:
+            arrays[name] = pa.Array.from_buffers(pa.bool_(), len(values),
+                                                 [bitmap, pa.py_buffer(np.packbits(values, bitorder="little"))])
+        else:
+            arrays[name] = pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
+                                                 [bitmap, pa.py_buffer(values)])
+    return pl.from_arrow(pa.table(arrays)).with_columns(pl.col(schema.SAMPLE_ID).set_sorted())
+
+
+def replace_rows(columns: dict[str, tuple[np.ndarray, np.ndarray | None]], scores: pl.DataFrame,
+                 unsigned: bool) -> None:
+    """Overwrite, in the arrays of `scores()`, the rows of the samples of `scores` (a `finalize`
+    frame of some of them, each of them among the arrays' samples)."""
+    ids = columns[schema.SAMPLE_ID][0]
+    ids = ids.view(np.uint64) if unsigned else ids
+    wanted = scores[schema.SAMPLE_ID].to_numpy()
+    at = np.searchsorted(ids, wanted)
+    if len(ids) == 0 or not np.array_equal(ids[np.minimum(at, len(ids) - 1)], wanted):
+        raise AssertionError("the recounted samples are not all among the dense kernel's samples")
+    for name, (values, valid) in columns.items():
+        if name == schema.SAMPLE_ID:
+            continue
+        column = scores[name]
+        if valid is not None:
+            valid[at] = column.is_not_null().to_numpy()
+        elif column.null_count():
+            raise AssertionError(f"a recounted {name} is null where the dense kernel has no nulls")
+        values[at] = column.fill_null(0).to_numpy()
 
 
 def _derive(fields: pl.DataFrame, early_epochs: int, first_id: int, stride: int, unsigned: bool,

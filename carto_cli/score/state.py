@@ -153,6 +153,12 @@ def prob_table() -> np.ndarray:
 _C1, _C2, _C3 = -(2.0**-32), 2.0**-65, -(2.0**-96) / 6
 
 
+def prob_units_parameters() -> tuple[int, int, float, float, float]:
+    """(step bits, largest fixed-point loss, C1, C2, C3) of `prob_units`, for its compiled copy
+    (`carto_cli.score.compiled`), which must give the same bits."""
+    return _STEP_BITS, _MAX_FIXED_LOSS, _C1, _C2, _C3
+
+
 def prob_units(fixed_loss: np.ndarray) -> np.ndarray:
     """round(exp(-loss) * PROB_SCALE) as int64, from the fixed-point losses round(loss * 2^32)."""
     clipped = np.clip(fixed_loss, 0, _MAX_FIXED_LOSS)
