@@ -49,6 +49,14 @@ def test_quadrants_partition_the_placeable_samples(rows, dq, mq) -> None:
     assert placed["quadrant"].null_count() == unplaceable
     table = quadrants.summary(placed)
     assert sum(r["samples"] for r in table) == scores.height
+    # counted from the thresholds (no quadrant column, as `carto score` counts): the same table
+    # (the means of floats within the last bits: Polars' float mean depends on its grouping)
+    by_codes = quadrants.summary(scores, t)
+    assert [(r["quadrant"], r["samples"], r["share"]) for r in by_codes] == \
+        [(r["quadrant"], r["samples"], r["share"]) for r in table]
+    for a, b in zip(by_codes, table):
+        for key in ("mean_difficulty", "mean_memorization", "mean_forget_events"):
+            assert (a[key] is None) == (b[key] is None) and (a[key] is None or math.isclose(a[key], b[key])), key
     if scores.height:
         assert math.isclose(sum(r["share"] for r in table), 1.0)
     for row in placed.filter(pl.col("quadrant").is_not_null()).iter_rows(named=True):

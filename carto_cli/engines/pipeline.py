@@ -161,13 +161,15 @@ def run_score(
         if cleanup is not None:
             cleanup()
     # The report reads the scores back from memory when they are there, else from the written file
-    # (a bucketed or Ray run spilled them); the numbers are the same.
-    report = placed if result is not None else pl.scan_parquet(out)
+    # (a bucketed or Ray run spilled them); the numbers are the same. The quadrants are counted from
+    # the thresholds (`quadrants.codes`), without making their strings again.
+    report = frame if result is not None else pl.scan_parquet(out)
+    table = quadrants.summary(report, thresholds)
     counts = report.select(pl.len().alias("samples"), pl.col("n_seen").sum().alias("rows"),
                             pl.col("ever_learned").sum().alias("learned"),
                             pl.col("difficulty").null_count().alias("no_difficulty"),
-                            pl.col("memorization").null_count().alias("no_memorization"),
-                            pl.col("quadrant").null_count().alias("unplaced")).collect().row(0, named=True)
+                            pl.col("memorization").null_count().alias("no_memorization")).collect().row(0, named=True)
+    counts["unplaced"] = sum(row["samples"] for row in table if row["quadrant"] == quadrants.UNPLACED)
     if counts["unplaced"] and thresholds.difficulty_quantile is not None:
         notes.append(unplaced_note(counts, params))
     return ScoreRun(
@@ -180,7 +182,7 @@ def run_score(
         samples_general=general,
         rows_dropped_nonfinite=dropped,
         thresholds=thresholds,
-        table=quadrants.summary(report),
+        table=table,
         engine=engine,
         buckets=n_buckets,
         ever_learned=int(counts["learned"] or 0),

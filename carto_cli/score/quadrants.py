@@ -108,12 +108,35 @@ def assign(scores: pl.DataFrame | pl.LazyFrame, thresholds: Thresholds) -> pl.Da
     return scores.with_columns(quadrant=quadrant.cast(QUADRANT_DTYPE))
 
 
-def summary(scores: pl.DataFrame | pl.LazyFrame) -> list[dict[str, object]]:
-    """One row per quadrant (plus `unplaced` when any): samples, share, mean scores, action."""
+def codes(thresholds: Thresholds) -> pl.Expr:
+    """The quadrant `assign` gives, as its index in QUADRANTS (UInt8; null where unplaced): the same
+    conditions, without making a string per sample."""
+    if thresholds.difficulty is None or thresholds.memorization is None:
+        return pl.lit(None, dtype=pl.UInt8)
+    high_d = pl.col("difficulty") > thresholds.difficulty
+    high_m = pl.col("memorization") > thresholds.memorization
+    return (
+        pl.when(pl.col("difficulty").is_null() | pl.col("memorization").is_null())
+        .then(None)
+        .when(high_d & high_m)
+        .then(QUADRANTS.index(NOISY_OUTLIER))
+        .when(high_d)
+        .then(QUADRANTS.index(AMBIGUOUS_HARD))
+        .when(high_m)
+        .then(QUADRANTS.index(HOTSPOT))
+        .otherwise(QUADRANTS.index(STABLE_EASY))
+        .cast(pl.UInt8)
+    )
+
+
+def summary(scores: pl.DataFrame | pl.LazyFrame, thresholds: Thresholds | None = None) -> list[dict[str, object]]:
+    """One row per quadrant (plus `unplaced` when any): samples, share, mean scores, action. With
+    `thresholds`, the quadrants are those `assign` gives with them (counted without the quadrant
+    column), else the `quadrant` column's."""
+    key = pl.col("quadrant").fill_null(UNPLACED) if thresholds is None else codes(thresholds)
     counts = (
         scores.lazy()
-        .with_columns(pl.col("quadrant").fill_null(UNPLACED))
-        .group_by("quadrant")
+        .group_by(key.alias("quadrant"))
         .agg(
             pl.len().alias("samples"),
             pl.col("difficulty").mean().alias("mean_difficulty"),
@@ -123,11 +146,15 @@ def summary(scores: pl.DataFrame | pl.LazyFrame) -> list[dict[str, object]]:
         .collect()
     )
     total = int(counts["samples"].sum())
-    by_name = {row["quadrant"]: row for row in counts.iter_rows(named=True)}
+
+    def name(key: str | int | None) -> str:  # a quadrant's name, or its code (None: unplaced)
+        return key if isinstance(key, str) else UNPLACED if key is None else QUADRANTS[key]
+
+    by_name = {name(row["quadrant"]): row for row in counts.iter_rows(named=True)}
     rows = []
     for name in (*QUADRANTS, UNPLACED):
         row = by_name.get(name)
-        if row is None and name == UNPLACED:
+        if name == UNPLACED and not (row and row["samples"]):  # (a literal key groups an empty frame too)
             continue
         samples = row["samples"] if row else 0
         rows.append(
