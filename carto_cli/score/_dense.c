@@ -22,11 +22,6 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
-#if defined(__linux__)
-#include <errno.h>
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #ifndef __SIZEOF_INT128__
 #error "carto's compiled kernel needs 128-bit integers (gcc or clang); pip then installs carto without it"
@@ -311,32 +306,7 @@ static PyObject *finish(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(out - at);
 }
 
-/* populate(array) -> 0, or an errno: the array's whole pages faulted in for writing, their
- * contents unchanged (madvise MADV_POPULATE_WRITE, Linux 5.14+), so that a thread can do it while
- * another computes, even one already writing into the array. Elsewhere: ENOSYS, nothing done. */
-static PyObject *populate(PyObject *self, PyObject *args) {
-    PyObject *o[1];
-    if (!PyArg_ParseTuple(args, "O", &o[0])) return NULL;
-    Buf b[1];
-    const int writable[1] = {1};
-    if (get_bufs(o, b, writable, 1) < 0) { release(b, 1); return NULL; }
-    int error = 0;
-#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
-    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t start = ((uintptr_t)b[0].view.buf + page - 1) / page * page;
-    uintptr_t end = ((uintptr_t)b[0].view.buf + (uintptr_t)b[0].view.len) / page * page;
-    Py_BEGIN_ALLOW_THREADS
-    if (end > start && madvise((void *)start, end - start, MADV_POPULATE_WRITE) != 0) error = errno;
-    Py_END_ALLOW_THREADS
-#else
-    error = 38; /* ENOSYS */
-#endif
-    release(b, 1);
-    return PyLong_FromLong(error);
-}
-
 static PyMethodDef methods[] = {
-    {"populate", populate, METH_VARARGS, "Fault in an array's pages for writing, contents unchanged."},
     {"add_rows", add_rows, METH_VARARGS, "The dense kernel's per-row adds and loss-matrix stores."},
     {"survey", survey, METH_VARARGS, "Seen slots, the largest row count and the packed fields' totals."},
     {"finish", finish, METH_VARARGS, "The score columns of the seen slots, from the sums and the loss matrix."},

@@ -118,46 +118,16 @@ def survey(sums, *, n_bits: int, mask_bits: int) -> tuple[list[tuple[int, int, i
     return [(lo, hi, f[0]) for (lo, hi), f in zip(ranges, found)], max((f[1] for f in found), default=0), totals
 
 
-@functools.cache
-def _background() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="carto-prefault")
-
-
-def prefault(*arrays: np.ndarray) -> None:
-    """Fault in the pages of `arrays` for writing on a background thread, from now on, their
-    contents unchanged (`populate`: madvise MADV_POPULATE_WRITE), so that another thread may be
-    writing into them meanwhile. On a virtual machine the first touch of fresh memory is the
-    costliest part of the kernel (about 1.5-2.7 ms per MiB measured here, against 0.04 ms per MiB to
-    write it once faulted in); done beside the reading and adding of rows, it costs no wall time.
-    Where the kernel cannot (not Linux, before 5.14) nothing is done and the arrays fault in on
-    first use, as they would have."""
-    for array in arrays:
-        _background().submit(_extension().populate, array)
-
-
-def allocate(rows: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], np.ndarray]:
-    """Empty score columns (OUTPUTS: values, validity) and irregular flags for `rows` samples, for
-    `finish`, faulted in from now on (`prefault`)."""
-    columns = {name: (np.empty(rows, dtype=dtype), np.empty(rows, dtype=np.bool_) if valid else None)
-               for name, dtype, valid in OUTPUTS}
-    irregular = np.empty(rows, dtype=np.bool_)
-    prefault(*(array for values, valid in columns.values() for array in (values, valid) if array is not None),
-             irregular)
-    return columns, irregular
-
-
 def finish(sums, ranges: list[tuple[int, int, int]], *, n_bits: int, mask_bits: int, early_epochs: int,
-           never_learned: str, first_id: int, stride: int,
-           out: tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], np.ndarray] | None = None
-           ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]], np.ndarray]:
+           never_learned: str, first_id: int, stride: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray | None]],
+                                                                      np.ndarray]:
     """The score columns of every seen slot of `sums` ({name: (values, validity or None)}, in
     OUTPUTS, sample_id as int64 bits) and a flag per row for the samples that break the bitmask
-    conditions (their values are provisional: the caller recounts them). `ranges`: from `survey`;
-    `out`: arrays from `allocate` to write into (at least one row per seen slot), else new ones."""
+    conditions (their values are provisional: the caller recounts them). `ranges`: from `survey`."""
     total = sum(count for _, _, count in ranges)
-    if out is None or len(out[1]) < total:
-        out = allocate(total)
-    columns, irregular = out
+    columns = {name: (np.empty(total, dtype=dtype), np.empty(total, dtype=np.bool_) if valid else None)
+               for name, dtype, valid in OUTPUTS}
+    irregular = np.empty(total, dtype=np.bool_)
     outputs = [array for values, valid in columns.values() for array in (values, valid) if array is not None]
     step_bits, max_fixed, c1, c2, c3 = prob_units_parameters()
     calls, at = [], 0
@@ -169,8 +139,4 @@ def finish(sums, ranges: list[tuple[int, int, int]], *, n_bits: int, mask_bits: 
         at += count
     written = _map(_extension().finish, calls)
     assert written == [count for _, _, count in ranges], "finish wrote another number of rows than survey counted"
-    if len(irregular) > total:  # fewer samples than slots: keep their rows only (copies, freeing the rest)
-        columns = {name: (values[:total].copy(), None if valid is None else valid[:total].copy())
-                   for name, (values, valid) in columns.items()}
-        irregular = irregular[:total].copy()
     return columns, irregular

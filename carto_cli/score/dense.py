@@ -115,7 +115,7 @@ def state(logset: LogSet, kernel, *, stride: int = 1, full: bool = False
     `stride` n: every sample_id is lo plus a multiple of n (bucket b of n holds the ids = b mod n);
     checked on every row (the kernel declines otherwise).
     """
-    results = _reduce(logset, kernel, stride, full, lambda sums, slots, _: _state_pass(sums, slots, kernel, full))
+    results = _reduce(logset, kernel, stride, full, lambda sums, slots: _state_pass(sums, slots, kernel, full))
     if results is None:
         return None
     frames, irregular, dropped = zip(*results)
@@ -130,10 +130,8 @@ def scores(logset: LogSet, kernel, *, never_learned: str, stride: int = 1
     caller must replace with the general kernel's; the rows dropped for a non-finite loss."""
     if not compiled.available():
         return None
-    # the score columns of a pass are allocated (and faulted in, in the background) as it starts
     results = _reduce(logset, kernel, stride, False,
-                      lambda sums, slots, out: _scores_pass(sums, slots, kernel.early_epochs, never_learned, out),
-                      allocate=compiled.allocate)
+                      lambda sums, slots: _scores_pass(sums, slots, kernel.early_epochs, never_learned))
     if results is None:
         return None
     parts, flags, dropped = zip(*results)
@@ -147,11 +145,10 @@ def scores(logset: LogSet, kernel, *, never_learned: str, stride: int = 1
     return columns, irregular.view(np.uint64) if kernel.sample_id_dtype == "UInt64" else irregular, sum(dropped)
 
 
-def _reduce(logset: LogSet, kernel, stride: int, full: bool, finish, allocate=None) -> list | None:
-    """`finish(sums, slots, allocate(width) or None)` of each pass over the log (a pass accumulates
-    `width` sample slots, `_accumulate`), as a list, or None where the kernel declines. `finish`
-    returns "unpack" when a packed field overflowed: the pass is then made again with one array per
-    field."""
+def _reduce(logset: LogSet, kernel, stride: int, full: bool, finish) -> list | None:
+    """`finish(sums, slots)` of each pass over the log (a pass accumulates a range of sample
+    slots, `_accumulate`), as a list, or None where the kernel declines. `finish` returns "unpack"
+    when a packed field overflowed: the pass is then made again with one array per field."""
     span = applies(logset, stride)
     if span is None:
         return None
@@ -167,10 +164,9 @@ def _reduce(logset: LogSet, kernel, stride: int, full: bool, finish, allocate=No
         start = p * width
         slots = (lo, start, min(width, n_ids - start), n_ids, stride)
         result = None
-        out = None if allocate is None else allocate(slots[2])
         for packed in (True, False):  # unpacked when a packed field overflowed (many rows per sample)
             sums = _accumulate(logset, groups, kernel, slots, losses, packed=packed, full=full)
-            result = None if sums is None else finish(sums, slots, out)
+            result = None if sums is None else finish(sums, slots)
             if result != "unpack":
                 break
         if result is None or result == "unpack":
@@ -247,8 +243,6 @@ class _Sums:
         self.corr = None if packed else np.zeros(width, dtype=np.uint64)
         self.first_epoch = losses[0]  # the epoch of the loss matrix's row 0
         self.losses = np.zeros((losses[1], width), dtype=losses[2])  # (epoch - first_epoch, slot) -> loss
-        if compiled.available():  # fault them in beside the reading and adding of rows
-            compiled.prefault(*(a for a in (self.words, self.losses, self.n_seen, self.corr) if a is not None))
         self.rows = self.seen_total = self.corr_total = 0
         self.dropped = 0  # rows left out for a non-finite loss (kernel.drop_nonfinite)
         self.max_epoch = 0
@@ -442,8 +436,8 @@ def _state_pass(sums: _Sums, slots: tuple[int, int, int, int, int], kernel, full
                      kernel.sample_id_dtype == "UInt64", full), dropped)
 
 
-def _scores_pass(sums: _Sums, slots: tuple[int, int, int, int, int], early_epochs: int, never_learned: str,
-                 out: tuple | None = None) -> tuple[dict, np.ndarray, int] | str | None:
+def _scores_pass(sums: _Sums, slots: tuple[int, int, int, int, int], early_epochs: int, never_learned: str
+                 ) -> tuple[dict, np.ndarray, int] | str | None:
     """The score columns of one pass's accumulated samples (`compiled.finish`), the irregular
     flags and the rows dropped; "unpack" and None as `_state_pass`."""
     ranges, most, totals = compiled.survey(sums, n_bits=_N_BITS, mask_bits=_MASK_BITS)
@@ -455,7 +449,7 @@ def _scores_pass(sums: _Sums, slots: tuple[int, int, int, int, int], early_epoch
     lo, start, _, _, stride = slots
     columns, irregular = compiled.finish(sums, ranges, n_bits=_N_BITS, mask_bits=_MASK_BITS,
                                          early_epochs=early_epochs, never_learned=never_learned,
-                                         first_id=lo + start * stride, stride=stride, out=out)
+                                         first_id=lo + start * stride, stride=stride)
     return columns, irregular, sums.dropped
 
 
