@@ -213,7 +213,7 @@ def main() -> None:
                          "applies (to compare the two on one machine)")
     args = ap.parse_args()
     if args.sketch_ops == "torch":
-        fused._SKETCH_KERNEL = False  # as after a failed launch: the shim uses carto_cli.log.sketch's ops
+        fused._KERNELS["sketch_kernel"] = False  # as after a failed launch: the shim uses carto_cli.log.sketch's ops
     source = carto_source()  # the commit, and a hash of the sources for copies without .git (a lent GPU machine)
     print(f"command: python benchmarks/bench_shim.py {' '.join(sys.argv[1:])}; carto_cli {source['git']} "
           f"(sources sha256 {source['sha256']}); load {os.getloadavg()[0]:.2f}", flush=True)
@@ -283,7 +283,7 @@ def main() -> None:
         "vocab": args.vocab,
         "bf16": args.bf16,
         "sketch": not args.no_sketch,
-        "sketch_ops": ("kernel" if fused._sketch_kernel() and device == "cuda" else "torch"),
+        "sketch_ops": ("kernel" if fused._load("sketch_kernel") and device == "cuda" else "torch"),
         "steps_per_arm": len(plain),
         "rows_per_part": rows_per_part,
         "repeat": args.repeat,

@@ -14,6 +14,18 @@ class LogFormatError(CartoError):
     """A training log part (or the set of parts) breaks the log contract."""
 
 
+class UnreadablePartError(LogFormatError):
+    """A log part that is not a readable Parquet file (a truncated part, say): what `--skip-corrupt`
+    may leave out. `reason` is the message without the path and the hint."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # both arguments through pickle (a Ray task may raise it)
+        return type(self), (str(self), self.reason)
+
+
 class ScoresFormatError(CartoError):
     """A file passed as scores, manifest or weights is not one carto wrote."""
 

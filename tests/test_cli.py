@@ -265,6 +265,8 @@ def test_missing_required_column(tmp_path: Path) -> None:
     rows = [{k: v for k, v in r.items() if k != "step"} for r in hand_rows()]
     [part, *_] = write_parts(tmp_path / "logs", rows)
     assert_one_line_error(run("score", tmp_path / "logs"), "required column 'step' is missing")
+    # --skip-corrupt leaves out unreadable parts only, never one that breaks the contract
+    assert_one_line_error(run("score", tmp_path / "logs", "--skip-corrupt"), "required column 'step' is missing")
 
 
 def test_mistyped_required_column(tmp_path: Path) -> None:

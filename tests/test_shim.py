@@ -289,7 +289,7 @@ for dtype in (torch.float32, torch.bfloat16):  # bf16: coarse values, so ties fo
     logits[1, 0, [100, 4500]] = 50.0  # a tie across blocks and one within a block: the first index wins
     logits[1, 1, [10, 20]] = 50.0
     labels[1, 0], labels[1, 1] = 100, 10
-    loss, hit = fused.launch(torch, fused._kernel(), logits, labels, -100)
+    loss, hit = fused.launch(torch, fused._load("token_stats_kernel"), logits, labels, -100)
     exact = logits.double()
     valid = labels != -100
     ref = F.cross_entropy(exact.reshape(-1, V), labels.clamp_min(0).reshape(-1), reduction="none").view(B, T)
@@ -319,7 +319,7 @@ for B, T in [(4, 37), (3, 5), (2, 1), (5, 300), (2, 16)]:  # T = 1 and 5 are sho
         valid[0] = False  # a sample with no targets: (0, NaN) and (0, 0) padding
         loss[1, 1] = loss[1, 3] = 9.0  # an exact tie for the largest loss
     for k, r in [(10, 6), (3, 2), (20, 20)]:  # r = 20 > the number of runs and, at T = 16, > T
-        pos, los, runs = fused.launch_sketch(torch, fused._sketch_kernel(), loss, hit, valid, k, r)
+        pos, los, runs = fused.launch_sketch(torch, fused._load("sketch_kernel"), loss, hit, valid, k, r)
         ref_pos, ref_los = sketch.top_losses(torch, loss, valid, k)
         assert torch.equal(runs, sketch.hit_runs(torch, hit, valid, r)), (T, k, r)
         assert torch.equal(los.isnan(), ref_los.isnan()) and torch.equal(los.nan_to_num(), ref_los.nan_to_num())
@@ -350,15 +350,15 @@ def test_the_kernels_are_not_used_for_cpu_tensors() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cached", "launcher", "shape", "call", "message"),
+    ("kernel", "launcher", "shape", "call", "message"),
     [
-        ("_KERNEL", "launch", (1, 2, 4096), lambda fused, x: fused.token_stats(torch, x, None, -100),
+        ("token_stats_kernel", "launch", (1, 2, 4096), lambda fused, x: fused.token_stats(torch, x, None, -100),
          r"fused logits kernel failed \(Failed to find C compiler\); using PyTorch ops"),
-        ("_SKETCH_KERNEL", "launch_sketch", (1, 2), lambda fused, x: fused.sketch_stats(torch, x, None, None, 10, 6),
+        ("sketch_kernel", "launch_sketch", (1, 2), lambda fused, x: fused.sketch_stats(torch, x, None, None, 10, 6),
          r"sketch kernel failed \(Failed to find C compiler\); using PyTorch ops"),
     ],
 )
-def test_a_failing_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch, cached, launcher, shape, call,
+def test_a_failing_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch, kernel, launcher, shape, call,
                                                                    message) -> None:
     """Triton that cannot compile or launch (no C compiler, an old GPU, no shared memory) must not
     fail the training loop: one warning, then the PyTorch ops, and the kernel is not tried again."""
@@ -372,9 +372,9 @@ def test_a_failing_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch, 
         is_cuda = True
 
     CudaTensor.shape = shape
-    monkeypatch.setattr(fused, cached, None)
+    monkeypatch.delitem(fused._KERNELS, kernel, raising=False)  # not loaded yet
     monkeypatch.setattr(fused, launcher, fail)
     with pytest.warns(RuntimeWarning, match=message):
         assert call(fused, CudaTensor()) is None
-    assert getattr(fused, cached) is False  # not tried again: the next record goes straight to PyTorch
+    assert fused._KERNELS[kernel] is False  # not tried again: the next record goes straight to PyTorch
     assert call(fused, CudaTensor()) is None

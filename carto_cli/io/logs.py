@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from carto_cli.errors import LogFormatError, first_line
+from carto_cli.errors import LogFormatError, UnreadablePartError, first_line
 from carto_cli.io import replays, storage
 from carto_cli.io.storage import Location
 from carto_cli.log import schema
@@ -128,9 +128,9 @@ def inspect_part(path: Location) -> LogPart:
     try:
         pf = storage.open_parquet(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise LogFormatError(
-            f"{path}: not a readable Parquet file ({first_line(exc)}); "
-            "if it is a truncated part, remove it or pass --skip-corrupt"
+        reason = f"not a readable Parquet file ({first_line(exc)})"
+        raise UnreadablePartError(
+            f"{path}: {reason}; if it is a truncated part, remove it or pass --skip-corrupt", reason
         ) from None
     arrow_schema = pf.schema_arrow
     for name in schema.REQUIRED_COLUMNS:
@@ -182,13 +182,12 @@ def open_logs(
     for path in discover(paths):
         try:
             part = inspect_part(path)
-        except LogFormatError as exc:
-            if skip_corrupt and "not a readable Parquet file" in str(exc):
-                # the reason alone: the caller names the path, and the hint to pass --skip-corrupt is moot
-                reason = str(exc).removeprefix(f"{path}: ").split("; if it is a truncated part")[0]
-                logset.skipped.append((path, reason))
-                continue
-            raise
+        except UnreadablePartError as exc:
+            if not skip_corrupt:
+                raise
+            # the reason alone: the caller names the path, and the hint to pass --skip-corrupt is moot
+            logset.skipped.append((path, exc.reason))
+            continue
         finally:
             if on_part is not None:
                 on_part(path)

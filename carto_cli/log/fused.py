@@ -29,6 +29,7 @@ vocabulary, up to `MAX_SKETCH_T` positions (the whole row sits in registers); el
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from typing import Any
@@ -37,21 +38,35 @@ from carto_cli.errors import first_line
 
 MIN_VOCAB = 4096
 MAX_SKETCH_T = 16384
-_KERNEL = None
-_SKETCH_KERNEL = None
+# The kernels of carto_cli.log.triton_kernels by name, loaded on first use; False where Triton is
+# missing or the kernel failed once (the PyTorch ops from then on).
+_KERNELS: dict[str, Any] = {}
 
 
-def _kernel():
-    """The compiled kernel, or None where Triton is missing."""
-    global _KERNEL
-    if _KERNEL is None:
+def _load(name: str) -> Any:
+    """The Triton kernel `name`, or None where Triton is missing or the kernel failed before."""
+    if name not in _KERNELS:
         try:
-            from carto_cli.log.triton_kernels import token_stats_kernel
+            _KERNELS[name] = getattr(importlib.import_module("carto_cli.log.triton_kernels"), name)
         except ImportError:
-            _KERNEL = False
-            return None
-        _KERNEL = token_stats_kernel
-    return _KERNEL or None
+            _KERNELS[name] = False
+    return _KERNELS[name] or None
+
+
+def _launched(name: str, what: str, launch_with: Any) -> Any:
+    """`launch_with(kernel)` for the kernel `name`, or None where it is missing; where it fails
+    (Triton could not compile or launch here: no C compiler, an old GPU, ...), one warning and None,
+    and the kernel is not tried again: the training loop must not fail over logging."""
+    kernel = _load(name)
+    if kernel is None:
+        return None
+    try:
+        return launch_with(kernel)
+    except Exception as exc:
+        _KERNELS[name] = False
+        warnings.warn(f"carto: the {what} failed ({first_line(exc)}); using PyTorch ops instead "
+                      "(set CARTO_NO_TRITON=1 to skip it)", RuntimeWarning, stacklevel=4)
+        return None
 
 
 def token_stats(torch: Any, logits: Any, labels: Any, ignore_index: int) -> tuple[Any, Any] | None:
@@ -60,17 +75,8 @@ def token_stats(torch: Any, logits: Any, labels: Any, ignore_index: int) -> tupl
     where the kernel does not apply."""
     if not logits.is_cuda or logits.shape[-1] < MIN_VOCAB or os.environ.get("CARTO_NO_TRITON") == "1":
         return None
-    kernel = _kernel()
-    if kernel is None:
-        return None
-    try:
-        return launch(torch, kernel, logits, labels, ignore_index)
-    except Exception as exc:  # Triton could not compile or launch here (no C compiler, an old GPU, ...)
-        global _KERNEL
-        _KERNEL = False  # the PyTorch ops from now on: the training loop must not fail over logging
-        warnings.warn(f"carto: the fused logits kernel failed ({first_line(exc)}); using PyTorch ops instead "
-                      "(set CARTO_NO_TRITON=1 to skip it)", RuntimeWarning, stacklevel=3)
-        return None
+    return _launched("token_stats_kernel", "fused logits kernel",
+                     lambda kernel: launch(torch, kernel, logits, labels, ignore_index))
 
 
 def launch(torch: Any, kernel: Any, logits: Any, labels: Any, ignore_index: int) -> tuple[Any, Any]:
@@ -88,19 +94,6 @@ def launch(torch: Any, kernel: Any, logits: Any, labels: Any, ignore_index: int)
     return loss.view(B, T), hit.view(torch.bool).view(B, T)
 
 
-def _sketch_kernel():
-    """The compiled sketch kernel, or None where Triton is missing."""
-    global _SKETCH_KERNEL
-    if _SKETCH_KERNEL is None:
-        try:
-            from carto_cli.log.triton_kernels import sketch_kernel
-        except ImportError:
-            _SKETCH_KERNEL = False
-            return None
-        _SKETCH_KERNEL = sketch_kernel
-    return _SKETCH_KERNEL or None
-
-
 def sketch_stats(torch: Any, tok_loss: Any, tok_hit: Any, valid: Any, k: int, r: int) -> tuple[Any, Any, Any] | None:
     """(top_pos int32 (B, k), top_loss float16 (B, k), hit_runs int32 (B, 2r)) of
     `carto_cli.log.sketch` from (B, T) per-token losses, hits and valid flags on CUDA, in one launch.
@@ -108,17 +101,8 @@ def sketch_stats(torch: Any, tok_loss: Any, tok_hit: Any, valid: Any, k: int, r:
     Triton, or `CARTO_NO_TRITON=1`): the caller then uses the PyTorch ops."""
     if not tok_loss.is_cuda or tok_loss.shape[1] > MAX_SKETCH_T or os.environ.get("CARTO_NO_TRITON") == "1":
         return None
-    kernel = _sketch_kernel()
-    if kernel is None:
-        return None
-    try:
-        return launch_sketch(torch, kernel, tok_loss, tok_hit, valid, k, r)
-    except Exception as exc:  # as in token_stats: logging must never fail the training loop
-        global _SKETCH_KERNEL
-        _SKETCH_KERNEL = False
-        warnings.warn(f"carto: the sketch kernel failed ({first_line(exc)}); using PyTorch ops instead "
-                      "(set CARTO_NO_TRITON=1 to skip it)", RuntimeWarning, stacklevel=3)
-        return None
+    return _launched("sketch_kernel", "sketch kernel",
+                     lambda kernel: launch_sketch(torch, kernel, tok_loss, tok_hit, valid, k, r))
 
 
 def launch_sketch(torch: Any, kernel: Any, tok_loss: Any, tok_hit: Any, valid: Any, k: int, r: int
