@@ -16,6 +16,7 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -163,3 +164,28 @@ def test_any_small_log_scores_the_same_bits_on_every_path(tmp_path_factory, monk
     event(f"method {fast.method}")  # --hypothesis-show-statistics: most examples run the dense kernel
     assert fast.scores.schema == general.scores.schema
     assert fast.scores.equals(slow.scores) and fast.scores.equals(general.scores)
+
+
+@needs_extension
+def test_a_bucketed_log_scores_the_same_with_and_without_the_compiled_loops(tmp_path: Path, monkeypatch) -> None:
+    """Per bucket the kernel indexes slots by (sample_id - min) / buckets: the compiled pass makes
+    each id back from its slot with that stride."""
+    from typer.testing import CliRunner
+
+    from carto_cli.cli import app
+
+    shim_like_log(tmp_path / "logs", by_epoch=True, seed=11)
+    runner = CliRunner()
+    assert runner.invoke(app, ["logs", "bucketize", str(tmp_path / "logs"), "--out", str(tmp_path / "b"),
+                               "--buckets", "4"]).exit_code == 0
+    frames = []
+    for off in ("", "1"):
+        monkeypatch.setenv("CARTO_NO_COMPILED", off)
+        out = tmp_path / f"scores{off}.parquet"
+        result = runner.invoke(app, ["score", str(tmp_path / "b"), "--out", str(out), "--json"])
+        assert result.exit_code == 0, result.output
+        assert '"method_used": "dense"' in result.stdout
+        frames.append(pl.read_parquet(out))
+    assert frames[0].equals(frames[1]) and frames[0].height == 50
+    flat = local.score(logs.open_logs([tmp_path / "logs"]), ScoreParams(method="general")).scores
+    assert frames[0].drop("quadrant").sort(schema.SAMPLE_ID).equals(flat)

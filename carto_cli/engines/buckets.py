@@ -6,7 +6,7 @@ in [0, n) for negative ids too): a stable function, the same in every version an
 hash. The shim writes this layout with `CartoLogger(buckets=n)`; `carto logs bucketize` converts an
 existing log (one streaming pass; the source is not modified).
 
-Below the layout: scoring bucket by bucket (`bucket_state`, `local_states`, `score_buckets`).
+Below the layout: scoring bucket by bucket (`bucket_scores`, `local_buckets`, `score_buckets`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from carto_cli.engines.local import dense_state, signal_values, with_signal
+from carto_cli.engines.local import dense_scores, signal_values, with_signal
 from carto_cli.engines.plan import Kernel, Plan
 from carto_cli.engines.runs import run_ids
 from carto_cli.errors import LogFormatError, OptionError
@@ -99,7 +99,7 @@ def bucketize(logset: LogSet, out_dir: Path, n_buckets: int) -> dict[int, int]:
 #
 # Buckets hold disjoint samples, so each is reduced on its own: peak memory is that of the largest
 # bucket, plus, for the exact quantile thresholds, two float columns over all samples (16 bytes per
-# sample). The same reduction (`bucket_state`) runs here bucket after bucket (`local_states`) or as
+# sample). The same reduction (`bucket_scores`) runs here bucket after bucket (`local_buckets`) or as
 # Ray tasks (`carto_cli.engines.ray`); `score_buckets` finalises and spills what either yields.
 
 SignalRequest = tuple[Plan, ScoreParams]  # the whole log's plan and the parameters of a signal
@@ -107,9 +107,9 @@ SignalRequest = tuple[Plan, ScoreParams]  # the whole log's plan and the paramet
 
 @dataclass(frozen=True)
 class Bucket:
-    """What one bucket's reduction returns (see `bucket_state`)."""
+    """What one bucket's reduction returns (see `bucket_scores`)."""
 
-    state: pl.DataFrame  # the columns `finalize` needs
+    scores: pl.DataFrame  # the bucket's samples' scores (`finalize`'s columns), memorization not yet replaced
     samples_general: int  # samples the general path counted
     dense: bool  # whether the dense kernel ran
     signal: pl.DataFrame | None  # sample_id -> value of a memorization signal, when one was asked for
@@ -122,50 +122,52 @@ def stride(groups: dict[int | None, list[LogPart]], *, dense: bool) -> int:
     return 0 if not dense else 1 if None in groups else max(groups) + 1
 
 
-def bucket_state(kernel: Kernel, parts: list[LogPart], *, stride: int = 1,
-                 signal: SignalRequest | None = None) -> Bucket:
-    """Reduce one bucket (parts holding disjoint samples, every id = b mod `stride`): the dense
-    kernel where it applies, else `kernel.state`; stride 0 for no dense kernel. With `signal`, the
-    bucket's values of the memorization signal too."""
+def bucket_scores(kernel: Kernel, parts: list[LogPart], *, never_learned: str, stride: int = 1,
+                  signal: SignalRequest | None = None) -> Bucket:
+    """Score one bucket (parts holding disjoint samples, every id = b mod `stride`): the dense
+    kernel where it applies (`dense_scores`: compiled where built), else `kernel.state` and
+    `finalize`; stride 0 for no dense kernel. With `signal`, the bucket's values of the
+    memorization signal too."""
     values = signal_values(parts, *signal) if signal is not None else None
     if kernel.method == "bitmask" and stride > 0:
-        reduced = dense_state(LogSet(parts), kernel, stride=stride)
+        reduced = dense_scores(LogSet(parts), kernel, never_learned=never_learned, stride=stride)
         if reduced is not None:
             return Bucket(reduced[0], reduced[1], True, values)
     state, general = kernel.state([str(p.path) for p in parts])
-    return Bucket(state, general, False, values)
+    return Bucket(finalize(state, never_learned=never_learned), general, False, values)
 
 
-def local_states(kernel: Kernel, groups: dict[int | None, list[LogPart]], *, stride: int,
-                 signal: SignalRequest | None) -> Iterator[tuple[int | None, Bucket]]:
+def local_buckets(kernel: Kernel, groups: dict[int | None, list[LogPart]], *, never_learned: str, stride: int,
+                  signal: SignalRequest | None) -> Iterator[tuple[int | None, Bucket]]:
     """(bucket, its `Bucket`) for every bucket, one after another in this process."""
     for bucket, parts in groups.items():
-        yield bucket, bucket_state(kernel, parts, stride=stride, signal=signal)
+        yield bucket, bucket_scores(kernel, parts, never_learned=never_learned, stride=stride, signal=signal)
 
 
 def score_buckets(
-    states: Iterable[tuple[int | None, Bucket]],
+    scored: Iterable[tuple[int | None, Bucket]],
     params: ScoreParams,
     *,
     n_buckets: int,
     on_bucket: Callable[[], None] | None = None,
 ) -> tuple[pl.LazyFrame, Callable[[], None], dict]:
-    """Finalise every bucket's scores as `states` yields them and spill them to a temporary directory.
+    """Spill every bucket's scores (with its signal's memorization, when one was asked for) to a
+    temporary directory as `scored` yields them.
 
     Returns a lazy frame over the spilled scores (sorted by (bucket, sample_id)), a cleanup
     function to call once the frame has been consumed, and run facts (rows, samples counted by
-    the general path). Memory: one bucket's state at a time.
+    the general path). Memory: one bucket's scores at a time.
     """
     spill = Path(tempfile.mkdtemp(prefix="carto-buckets-"))
     facts = {"rows": 0, "samples_general": 0, "buckets": n_buckets, "dense_buckets": 0}
     try:
-        for bucket, reduced in states:
-            scores = finalize(reduced.state, never_learned=params.never_learned)
+        for bucket, reduced in scored:
+            scores = reduced.scores
             if reduced.signal is not None:
                 scores = with_signal(scores, reduced.signal)
             # lz4: a temporary file, read once; 40% faster to write than zstd, 1.5x the size
             scores.write_parquet(spill / f"{0 if bucket is None else bucket:012d}.parquet", compression="lz4")
-            facts["rows"] += int(reduced.state["n_seen"].sum())
+            facts["rows"] += int(scores["n_seen"].sum())
             facts["samples_general"] += reduced.samples_general
             facts["dense_buckets"] += reduced.dense
             if on_bucket is not None:

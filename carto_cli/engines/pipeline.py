@@ -123,10 +123,12 @@ def run_score(
         stride = buckets.stride(groups, dense=params.method == "auto")
         signal = (plan, params) if params.memorization != "forgets" else None
         if engine == "ray":
-            states = ray.ray_states(plan.kernel, groups, stride=stride, signal=signal, address=address)
+            scored = ray.ray_buckets(plan.kernel, groups, never_learned=params.never_learned, stride=stride,
+                                     signal=signal, address=address)
         else:
-            states = buckets.local_states(plan.kernel, groups, stride=stride, signal=signal)
-        frame, cleanup, facts = buckets.score_buckets(states, params, n_buckets=len(groups), on_bucket=on_bucket)
+            scored = buckets.local_buckets(plan.kernel, groups, never_learned=params.never_learned, stride=stride,
+                                           signal=signal)
+        frame, cleanup, facts = buckets.score_buckets(scored, params, n_buckets=len(groups), on_bucket=on_bucket)
     if logset.replayed_rows:
         notes.append(f"left out {logset.replayed_rows:,} row(s) as replays of a restarted run (the latest "
                      "attempt of a step counts; see docs/logging.md#restarts-and-replays)")

@@ -1,6 +1,6 @@
 """The Ray engine: one Ray task per bucket (at most two per cluster CPU in flight), on a running
 cluster (`address`) or a local instance started for the run. Each task runs the same reduction as
-the local engine (`buckets.bucket_state`). Workers need carto installed and the parts readable at
+the local engine (`buckets.bucket_scores`). Workers need carto installed and the parts readable at
 the same path or URL (shared storage or object storage, see `carto_cli.io.storage`). The driver
 receives one bucket's state at a time.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from carto_cli.engines.buckets import Bucket, SignalRequest, bucket_state
+from carto_cli.engines.buckets import Bucket, SignalRequest, bucket_scores
 from carto_cli.engines.plan import Kernel
 from carto_cli.errors import MissingDependencyError
 from carto_cli.io.logs import LogPart
 
 
-def ray_states(kernel: Kernel, groups: dict[int | None, list[LogPart]], *, stride: int,
-               signal: SignalRequest | None, address: str | None) -> Iterator[tuple[int | None, Bucket]]:
+def ray_buckets(kernel: Kernel, groups: dict[int | None, list[LogPart]], *, never_learned: str, stride: int,
+                signal: SignalRequest | None, address: str | None) -> Iterator[tuple[int | None, Bucket]]:
     """(bucket, its `Bucket`) for every bucket, as the Ray tasks finish."""
     try:
         import ray
@@ -39,7 +39,7 @@ def ray_states(kernel: Kernel, groups: dict[int | None, list[LogPart]], *, strid
 
         def submit() -> None:
             for bucket, parts in itertools.islice(queue, limit - len(pending)):
-                pending[remote.remote(kernel, parts, stride, signal)] = bucket
+                pending[remote.remote(kernel, parts, never_learned, stride, signal)] = bucket
 
         submit()
         while pending:
@@ -53,6 +53,7 @@ def ray_states(kernel: Kernel, groups: dict[int | None, list[LogPart]], *, strid
             ray.shutdown()
 
 
-def _reduce_bucket(kernel: Kernel, parts: list[LogPart], stride: int, signal: SignalRequest | None) -> Bucket:
+def _reduce_bucket(kernel: Kernel, parts: list[LogPart], never_learned: str, stride: int,
+                   signal: SignalRequest | None) -> Bucket:
     """The Ray task: the same reduction the local engine runs."""
-    return bucket_state(kernel, parts, stride=stride, signal=signal)
+    return bucket_scores(kernel, parts, never_learned=never_learned, stride=stride, signal=signal)

@@ -35,6 +35,13 @@ the columns `finalize` needs (COLUMNS) or, with `full=True`, the whole per-sampl
 `--update` saves (`state.STATE_COLUMNS`): then the first and last step are kept too (two more
 in-place reductions per row, `np.minimum.at` / `np.maximum.at`), and the first and last epoch and
 their correctness are read off the masks, as the Polars bitmask kernel does.
+
+With the compiled extension (`carto_cli.score.compiled`), the adds run in C, and `scores` goes
+further than `state`: its second pass writes the score columns (`finalize`'s, sorted by
+sample_id) straight from the packed words and the loss matrix, so neither the per-slot sums nor
+the state frame is ever made (`frame` wraps the arrays without copying them); the irregular
+samples' rows are replaced by the caller (`replace_rows`). Both go through `_reduce`, which makes
+the passes and the unpacked retry.
 """
 
 from __future__ import annotations
