@@ -35,11 +35,13 @@ needs_extension = pytest.mark.skipif(not _BUILT, reason="the C extension was not
 
 
 def test_pip_built_the_extension_where_a_compiler_is() -> None:
-    """`pip install` builds it wherever a C compiler is (CI has one): its absence there is a
-    failure, not a skip of every test below."""
+    """`pip install` builds it wherever a C compiler and Python's headers are (`.ci/run` makes
+    sure of the compiler): its absence there is a failure, not a skip of every test below."""
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
     if shutil.which(compiler) is None:
         pytest.skip(f"no C compiler ({compiler}) here: carto runs the numpy version")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        pytest.skip("no Python headers here (python3-dev): carto runs the numpy version")
     assert _BUILT, "pip did not build carto_cli/score/_dense.c (see setup.py)"
 
 
