@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from test_cartography_coordinates import shim_like_log  # repeats, gaps, NaNs, losses up to 30 nats
 
 from carto_cli.engines import local
-from carto_cli.io import logs
+from carto_cli.io import artifacts, logs
 from carto_cli.log import schema
 from carto_cli.score import compiled, dense
 from carto_cli.score.rules import ScoreParams
@@ -187,6 +187,10 @@ def test_a_bucketed_log_scores_the_same_with_and_without_the_compiled_loops(tmp_
         result = runner.invoke(app, ["score", str(tmp_path / "b"), "--out", str(out), "--json"])
         assert result.exit_code == 0, result.output
         assert '"method_used": "dense"' in result.stdout
+        # which build ran is said (the same bits either way), in the output and the provenance
+        build = "numpy" if off else "compiled"
+        assert f'"dense_build": "{build}"' in result.stdout
+        assert artifacts.read_provenance(out)["dense_build"] == build
         frames.append(pl.read_parquet(out))
     assert frames[0].equals(frames[1]) and frames[0].height == 50
     flat = local.score(logs.open_logs([tmp_path / "logs"]), ScoreParams(method="general")).scores

@@ -299,7 +299,7 @@ def score_command(
         _emit_json({"out": str(out), "samples": run.samples, "rows": run.rows, "parts": run.parts,
                     "quadrants": run.table, "correctness_rule": run.rule.describe(),
                     "memorization": run.memorization,
-                    "thresholds": run.thresholds.as_dict(), "method_used": run.method,
+                    "thresholds": run.thresholds.as_dict(), "method_used": run.method, "dense_build": run.dense_build,
                     "rows_dropped_nonfinite": run.rows_dropped_nonfinite, "engine": run.engine,
                     "buckets": run.buckets, "replayed_rows": logset.replayed_rows,
                     "runs": runs.run_ids(logset)})

@@ -23,7 +23,7 @@ from carto_cli.engines import plan as planner
 from carto_cli.errors import OptionError
 from carto_cli.io import artifacts
 from carto_cli.io.logs import LogSet, open_logs
-from carto_cli.score import quadrants, rules
+from carto_cli.score import compiled, quadrants, rules
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class ScoreRun:
     ever_learned: int
     notes: list[str] = field(default_factory=list)
     memorization: str = "forget events / transitions"  # what the memorization column holds
+    dense_build: str | None = None  # "compiled" or "numpy" where the dense kernel ran (same results)
 
 
 ENGINES = ("local", "ray")
@@ -144,6 +145,8 @@ def run_score(
                     f"dense in {facts['dense_buckets']} of {facts['buckets']} buckets, {method} in the others"
             dropped, notes, memorization = plan.rows_dropped_nonfinite, plan.notes + notes, plan.memorization
         thresholds = placement.thresholds(frame)
+        # which build of the dense kernel ran (the results are the same bits; the speed is not)
+        dense_build = None if "dense" not in method else "compiled" if compiled.available() else "numpy"
         prov = artifacts.provenance(
             "scores",
             inputs=[{"path": p} for p in inputs],
@@ -155,6 +158,7 @@ def run_score(
             memorization=memorization,
             thresholds=thresholds.as_dict(),
             method_used=method,
+            dense_build=dense_build,
             rows_dropped_nonfinite=dropped,
         )
         placed = quadrants.assign(frame, thresholds)
@@ -190,6 +194,7 @@ def run_score(
         ever_learned=int(counts["learned"] or 0),
         notes=notes,
         memorization=memorization,
+        dense_build=dense_build,
     )
 
 
