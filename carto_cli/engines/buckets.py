@@ -100,7 +100,7 @@ def bucketize(logset: LogSet, out_dir: Path, n_buckets: int) -> dict[int, int]:
 # Buckets hold disjoint samples, so each is reduced on its own: peak memory is that of the largest
 # bucket, plus, for the exact quantile thresholds, two float columns over all samples (16 bytes per
 # sample). The same reduction (`bucket_scores`) runs here bucket after bucket (`local_buckets`) or as
-# Ray tasks (`carto_cli.engines.ray`); `score_buckets` finalises and spills what either yields.
+# Ray tasks (`carto_cli.engines.ray`); `score_buckets` spills the scores either yields.
 
 SignalRequest = tuple[Plan, ScoreParams]  # the whole log's plan and the parameters of a signal
 

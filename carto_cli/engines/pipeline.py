@@ -145,8 +145,10 @@ def run_score(
                     f"dense in {facts['dense_buckets']} of {facts['buckets']} buckets, {method} in the others"
             dropped, notes, memorization = plan.rows_dropped_nonfinite, plan.notes + notes, plan.memorization
         thresholds = placement.thresholds(frame)
-        # which build of the dense kernel ran (the results are the same bits; the speed is not)
-        dense_build = None if "dense" not in method else "compiled" if compiled.available() else "numpy"
+        # which build of the dense kernel ran (the results are the same bits; the speed is not); on
+        # Ray the workers' own installs decide, unknown here
+        dense_build = None if "dense" not in method or engine != "local" else \
+            "compiled" if compiled.available() else "numpy"
         prov = artifacts.provenance(
             "scores",
             inputs=[{"path": p} for p in inputs],
