@@ -90,42 +90,33 @@ def resolve_thresholds(
 
 def assign(scores: pl.DataFrame | pl.LazyFrame, thresholds: Thresholds) -> pl.DataFrame | pl.LazyFrame:
     """Add a `quadrant` column (null for samples that cannot be placed)."""
-    if thresholds.difficulty is None or thresholds.memorization is None:
-        return scores.with_columns(quadrant=pl.lit(None, dtype=QUADRANT_DTYPE))
-    high_d = pl.col("difficulty") > thresholds.difficulty
-    high_m = pl.col("memorization") > thresholds.memorization
-    quadrant = (
-        pl.when(pl.col("difficulty").is_null() | pl.col("memorization").is_null())
-        .then(None)
-        .when(high_d & high_m)
-        .then(pl.lit(NOISY_OUTLIER))
-        .when(high_d)
-        .then(pl.lit(AMBIGUOUS_HARD))
-        .when(high_m)
-        .then(pl.lit(HOTSPOT))
-        .otherwise(pl.lit(STABLE_EASY))
-    )
-    return scores.with_columns(quadrant=quadrant.cast(QUADRANT_DTYPE))
+    names = {name: pl.lit(name) for name in QUADRANTS}
+    return scores.with_columns(quadrant=_each_quadrant(thresholds, names).cast(QUADRANT_DTYPE))
 
 
 def codes(thresholds: Thresholds) -> pl.Expr:
-    """The quadrant `assign` gives, as its index in QUADRANTS (UInt8; null where unplaced): the same
-    conditions, without making a string per sample."""
+    """The quadrant `assign` gives, as its index in QUADRANTS (UInt8; null where unplaced), without
+    making a string per sample."""
+    return _each_quadrant(thresholds, {name: i for i, name in enumerate(QUADRANTS)}).cast(pl.UInt8)
+
+
+def _each_quadrant(thresholds: Thresholds, values: dict[str, object]) -> pl.Expr:
+    """`values[q]` for the samples of quadrant q, null for those that cannot be placed: the one
+    place where the quadrants' conditions are written."""
     if thresholds.difficulty is None or thresholds.memorization is None:
-        return pl.lit(None, dtype=pl.UInt8)
+        return pl.lit(None)
     high_d = pl.col("difficulty") > thresholds.difficulty
     high_m = pl.col("memorization") > thresholds.memorization
     return (
         pl.when(pl.col("difficulty").is_null() | pl.col("memorization").is_null())
         .then(None)
         .when(high_d & high_m)
-        .then(QUADRANTS.index(NOISY_OUTLIER))
+        .then(values[NOISY_OUTLIER])
         .when(high_d)
-        .then(QUADRANTS.index(AMBIGUOUS_HARD))
+        .then(values[AMBIGUOUS_HARD])
         .when(high_m)
-        .then(QUADRANTS.index(HOTSPOT))
-        .otherwise(QUADRANTS.index(STABLE_EASY))
-        .cast(pl.UInt8)
+        .then(values[HOTSPOT])
+        .otherwise(values[STABLE_EASY])
     )
 
 
