@@ -73,7 +73,7 @@ def available() -> bool:
 
 def add_rows(sums, idx: np.ndarray, epoch: np.ndarray | int, loss: np.ndarray, correct: np.ndarray,
              step: np.ndarray | None, *, n_bits: int, mask_bits: int) -> None:
-    """The rows (already checked and filtered by `dense._pass`) into the packed words or the three
+    """The rows (already checked and filtered by `dense._accumulate`) into the packed words or the three
     fields, the loss matrix and the steps of `sums` (a `dense._Sums`, its matrix already grown to
     the rows' epochs)."""
     many = isinstance(epoch, np.ndarray)

@@ -259,23 +259,19 @@ class _Sums:
             step: np.ndarray | None = None) -> None:
         """Add rows: sample slots, epochs, losses, correctness (and steps, full state)."""
         self.rows += len(idx)
+        one_epoch = isinstance(epoch, int)  # the row group's one epoch, from its footer
+        if one_epoch:  # the totals that check the packed fields afterwards (`fields`)
+            bit = 1 << epoch
+            self.seen_total += bit * len(idx)
+            self.corr_total += bit * int(np.count_nonzero(correct))
+        self._grow(epoch if one_epoch else int(epoch.max()))
         if compiled.available():  # the same adds and stores in one compiled loop
-            if isinstance(epoch, int):
-                bit = 1 << epoch
-                self.seen_total += bit * len(idx)
-                self.corr_total += bit * int(np.count_nonzero(correct))
-                self._grow(epoch)
-            else:
-                self._grow(int(epoch.max()))
             compiled.add_rows(self, idx, epoch, loss, correct, step, n_bits=_N_BITS, mask_bits=_MASK_BITS)
             return
         if self.first_step is not None:
             np.minimum.at(self.first_step, idx, step)
             np.maximum.at(self.last_step, idx, step)
-        if isinstance(epoch, int):  # the row group's one epoch, from its footer
-            bit = 1 << epoch
-            self.seen_total += bit * len(idx)
-            self.corr_total += bit * int(np.count_nonzero(correct))
+        if one_epoch:
             if self.packed:
                 one = np.uint64(1 + (bit << _N_BITS))
                 weight = correct.astype(np.uint64)
@@ -286,7 +282,6 @@ class _Sums:
                 np.add.at(self.n_seen, idx, 1)
                 np.add.at(self.words, idx, np.uint64(bit))
                 np.add.at(self.corr, idx[correct], np.uint64(bit))
-            self._grow(epoch)
             self.losses[epoch - self.first_epoch][idx] = loss
             return
         # several epochs in a row group: never packed (the layout is chosen from the footers)
@@ -295,7 +290,6 @@ class _Sums:
         _add_at(self.words, idx, bits)
         bits *= correct
         _add_at(self.corr, idx, bits)
-        self._grow(int(epoch.max()))
         self.losses[epoch - self.first_epoch, idx] = loss
 
     def _grow(self, epoch: int) -> None:
