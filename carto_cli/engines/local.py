@@ -19,7 +19,7 @@ from carto_cli.engines import plan as planner
 from carto_cli.engines.plan import Kernel, Plan
 from carto_cli.io.logs import LogPart, LogSet, scan
 from carto_cli.log import schema
-from carto_cli.score import compiled, dense, extract, signals
+from carto_cli.score import compiled, dense, extract, signals, streamed
 from carto_cli.score.rules import CorrectnessRule, ScoreParams
 from carto_cli.score.state import SCORE_COLUMNS, finalize, segment_state
 
@@ -28,7 +28,7 @@ from carto_cli.score.state import SCORE_COLUMNS, finalize, segment_state
 class ScoreResult:
     """The per-sample scores plus what a user must be told about how they were obtained."""
 
-    scores: pl.DataFrame
+    scores: pl.DataFrame | streamed.StreamedScores  # streamed only where `score(stream=True)` was asked
     rule: CorrectnessRule
     rows_used: int
     rows_dropped_nonfinite: int
@@ -38,11 +38,17 @@ class ScoreResult:
     memorization: str = "forget events / transitions"  # what the memorization column holds
 
 
-def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
-    """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set."""
+def score(logset: LogSet, params: ScoreParams = ScoreParams(), *, stream: bool = False) -> ScoreResult:
+    """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set. With
+    `stream`, `scores` is a `StreamedScores` where the dense kernel allows it (`dense_stream`):
+    the same scores, made a chunk at a time as they are written."""
     params = planner.resolve_signal(logset, params)
     plan = planner.plan(logset, params)
-    reduced = dense_scores(logset, plan.kernel, never_learned=params.never_learned) if plan.dense else None
+    reduced = None
+    if plan.dense and stream and streamed.applies(logset):
+        reduced = dense_stream(logset, plan.kernel, never_learned=params.never_learned)
+    elif plan.dense:
+        reduced = dense_scores(logset, plan.kernel, never_learned=params.never_learned)
     if reduced is None and not plan.checked:
         # the dense kernel declined on a plan made from the footers: make the checking pass, and
         # do not run the dense kernel again over the same rows
@@ -59,8 +65,31 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams()) -> ScoreResult:
         scores = finalize(state, never_learned=params.never_learned)
     result = scored(scores, plan, samples_general)
     if params.memorization != "forgets":
-        result.scores = with_signal(result.scores, signal_values(logset.parts, plan, params))
+        values = signal_values(logset.parts, plan, params)
+        if isinstance(scores, streamed.StreamedScores):
+            scores.signal = values
+        else:
+            result.scores = with_signal(result.scores, values)
     return result
+
+
+def dense_stream(logset: LogSet, kernel: Kernel, *, never_learned: str
+                 ) -> tuple[streamed.StreamedScores, int, int] | None:
+    """`dense_scores`, streamed: the accumulators of the whole log (`dense.accumulated`), the
+    samples the dense kernel cannot count recounted by the general path, as a `StreamedScores`
+    that makes the score columns as they are written; (scores, samples recounted, non-finite rows
+    dropped), or None where the dense kernel declines. `streamed.applies(logset)` must hold."""
+    found = dense.accumulated(logset, kernel)
+    if found is None:
+        return None
+    sums, first_id = found
+    unsigned = kernel.sample_id_dtype == "UInt64"
+    scores = streamed.StreamedScores(sums, first_id, unsigned, kernel.early_epochs, never_learned)
+    irregular = scores.irregular_ids()
+    if len(irregular):
+        scores.recount = finalize(_recount(logset, kernel, irregular, pl.UInt64 if unsigned else pl.Int64),
+                                  never_learned=never_learned)
+    return scores, len(irregular), sums.dropped
 
 
 def dense_state(logset: LogSet, kernel: Kernel, **options) -> tuple[pl.DataFrame, int, int] | None:
@@ -147,12 +176,13 @@ def finish(state: pl.DataFrame, plan: Plan, params: ScoreParams, samples_general
     return scored(finalize(state, never_learned=params.never_learned), plan, samples_general)
 
 
-def scored(scores: pl.DataFrame, plan: Plan, samples_general: int) -> ScoreResult:
-    """Scores (from `finalize` or `dense_scores`) with the facts a user must be told about them."""
+def scored(scores: pl.DataFrame | streamed.StreamedScores, plan: Plan, samples_general: int) -> ScoreResult:
+    """Scores (from `finalize`, `dense_scores` or `dense_stream`) with the facts a user must be
+    told about them."""
     return ScoreResult(
         scores=scores,
         rule=plan.kernel.rule,
-        rows_used=int(scores["n_seen"].sum()),
+        rows_used=scores.rows if isinstance(scores, streamed.StreamedScores) else int(scores["n_seen"].sum()),
         rows_dropped_nonfinite=plan.rows_dropped_nonfinite,
         method=plan.kernel.method,
         samples_general=samples_general,

@@ -3,7 +3,9 @@ by folding new parts into a saved state), place the samples in quadrants, write 
 
 Which reduction runs:
 - `update=True`: `incremental.score_update` (local engine, per-sample state held in memory).
-- a log that is not bucketed, on the local engine: `local.score`, in memory.
+- a log that is not bucketed, on the local engine: `local.score`, streamed where the compiled
+  dense kernel applies in one pass (`carto_cli.score.streamed`: only its accumulators are held, the
+  score columns are made a chunk at a time as they are written), else in memory.
 - a bucketed log, or `engine="ray"`: `buckets.score_buckets` over the states that
   `buckets.local_states` or `ray.ray_states` yield, one bucket at a time, spilled.
 All give the same per-sample numbers; a bucketed log's scores are ordered by (bucket, sample_id),
@@ -23,7 +25,7 @@ from carto_cli.engines import plan as planner
 from carto_cli.errors import OptionError
 from carto_cli.io import artifacts
 from carto_cli.io.logs import LogSet, open_logs
-from carto_cli.score import compiled, quadrants, rules
+from carto_cli.score import compiled, quadrants, rules, streamed
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def run_score(
         result, account = incremental.score_update(logset, params, incremental.state_path(out))
         notes.append(account)
     elif engine == "local" and not n_buckets:
-        result = runs.score_runs(logset, params)
+        result = runs.score_runs(logset, params, stream=True)
     else:
         run_ids = runs.run_ids(logset)
         if len(run_ids) > 1:
@@ -135,6 +137,10 @@ def run_score(
                      "attempt of a step counts; see docs/logging.md#restarts-and-replays)")
     try:
         if result is not None:
+            streaming = isinstance(result.scores, streamed.StreamedScores)
+            # streamed: the thresholds read difficulty and memorization alone, then the columns are
+            # made as they are written
+            inputs_of_thresholds = result.scores.placement() if streaming else result.scores
             frame = result.scores.lazy()
             rule, method, general = result.rule, result.method, result.samples_general
             dropped, notes, memorization = result.rows_dropped_nonfinite, result.notes + notes, result.memorization
@@ -144,7 +150,9 @@ def run_score(
                 method = "dense" if facts["dense_buckets"] == facts["buckets"] else \
                     f"dense in {facts['dense_buckets']} of {facts['buckets']} buckets, {method} in the others"
             dropped, notes, memorization = plan.rows_dropped_nonfinite, plan.notes + notes, plan.memorization
-        thresholds = placement.thresholds(frame)
+            streaming, inputs_of_thresholds = False, frame
+        thresholds = placement.thresholds(inputs_of_thresholds)
+        del inputs_of_thresholds
         # which build of the dense kernel ran (the results are the same bits; the speed is not); on
         # Ray the workers' own installs decide, unknown here
         dense_build = None if "dense" not in method or engine != "local" else \
@@ -169,9 +177,9 @@ def run_score(
         if cleanup is not None:
             cleanup()
     # The report reads the scores back from memory when they are there, else from the written file
-    # (a bucketed or Ray run spilled them); the numbers are the same. The quadrants are counted from
-    # the thresholds (`quadrants.codes`), without making their strings again.
-    report = frame if result is not None else pl.scan_parquet(out)
+    # (streamed, or a bucketed or Ray run spilled them); the numbers are the same. The quadrants are
+    # counted from the thresholds (`quadrants.codes`), without making their strings again.
+    report = frame if result is not None and not streaming else pl.scan_parquet(out)
     table = quadrants.summary(report, thresholds)
     counts = report.select(pl.len().alias("samples"), pl.col("n_seen").sum().alias("rows"),
                             pl.col("ever_learned").sum().alias("learned"),

@@ -63,11 +63,12 @@ def combine_states(states: list[pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def score_runs(logset: LogSet, params: ScoreParams) -> local.ScoreResult:
-    """The scores of a log of one run (`local.score`) or several (combined as described above)."""
+def score_runs(logset: LogSet, params: ScoreParams, *, stream: bool = False) -> local.ScoreResult:
+    """The scores of a log of one run (`local.score`, streamed where it can with `stream`) or
+    several (combined as described above, in memory)."""
     ids = run_ids(logset)
     if len(ids) < 2:
-        return local.score(logset, params)
+        return local.score(logset, params, stream=stream)
     params = planner.resolve_signal(logset, params)
     plan = planner.prepare(logset, params)  # one correctness rule for every run
     per_run = [select_run(logset, run).parts for run in ids]

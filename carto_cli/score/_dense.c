@@ -10,6 +10,9 @@
  *           from them difficulty, mean loss, confidence, variability, correctness, memorization
  *           and the counts, as state.finalize computes them; a flag for the slots whose bitmask
  *           conditions fail (a repeat within an epoch, a gap), which the caller recounts.
+ * place:    over slots [lo, hi): difficulty and memorization only (what the quadrant thresholds
+ *           need), at position slot - lo, with the same flag; no output for an unseen slot but
+ *           invalid values. Reads the early rows of the loss matrix only.
  *
  * Every operation is the numpy version's (dense.py) and Polars' (state.finalize), in the same
  * order: round half to even by rint() in the default rounding mode, integer sums that do not
@@ -185,6 +188,43 @@ static PyObject *survey(PyObject *self, PyObject *args) {
     return Py_BuildValue("nKNNN", present, (unsigned long long)most, totals[0], totals[1], totals[2]);
 }
 
+/* The formulas finish and place share (state.finalize's operations, in its order). */
+static inline int64_t fixed_point(double loss, double scale) { return (int64_t)rint(loss * scale); }
+
+static inline double loss_value(const char *losses, Py_ssize_t item, Py_ssize_t cell) {
+    return item == 4 ? (double)((const float *)losses)[cell] : ((const double *)losses)[cell];
+}
+
+static inline int64_t forget_count(uint64_t seen, uint64_t corr) {
+    /* a correct pass followed by an incorrect one, within the seen passes */
+    return __builtin_popcountll(corr & ~(corr >> 1) & (seen >> 1));
+}
+
+/* difficulty: the mean early loss; invalid without an early presentation */
+static inline void difficulty_of(int64_t early_sum, int64_t n_early, double scale, double *value, uint8_t *valid) {
+    *valid = n_early > 0;
+    *value = n_early > 0 ? (double)early_sum / scale / (double)n_early : 0.0;
+}
+
+/* memorization: forget events / transitions; never learned: 0, 1 or invalid (never_learned 0, 1, 2) */
+static inline void memorization_of(uint64_t corr, int64_t forgets, int64_t count, int never_learned, double *value,
+                                   uint8_t *valid) {
+    if (corr > 0) {
+        *value = (double)forgets / (double)(count - 1 > 1 ? count - 1 : 1);
+        *valid = 1;
+    } else {
+        *value = never_learned == 1 ? 1.0 : 0.0;
+        *valid = never_learned != 2;
+    }
+}
+
+/* a sample the bitmask conditions do not hold for: a repeat within an epoch (the popcount falls
+ * short of the row count) or a gap between epochs */
+static inline uint8_t is_irregular(uint64_t seen, int64_t count) {
+    int first = __builtin_ctzll(seen), last = 63 - __builtin_clzll(seen);
+    return !((int64_t)__builtin_popcountll(seen) == count && count == last - first + 1);
+}
+
 /* finish(words, n_seen, corr, packed, n_bits, mask_bits, losses, first_epoch, early_epochs, table,
  *        step_bits, max_fixed, c1, c2, c3, scale, prob_scale, sq_split_bits, never_learned, first_id,
  *        stride, lo, hi, at, <outputs>)
@@ -248,8 +288,7 @@ static PyObject *finish(PyObject *self, PyObject *args) {
         for (Py_ssize_t row = 0; row < rows; row++) {
             int64_t e = first_epoch + row;
             Py_ssize_t cell = row * width + slot;
-            double value = item == 4 ? (double)((const float *)losses)[cell] : ((const double *)losses)[cell];
-            int64_t fixed = (int64_t)rint(value * scale);
+            int64_t fixed = fixed_point(loss_value(losses, item, cell), scale);
             if (e < early_epochs) early_sum += fixed; else late_sum += fixed;
             if ((seen >> e) & 1) {
                 int64_t clipped = fixed < 0 ? 0 : (fixed > max_fixed ? max_fixed : fixed);
@@ -268,18 +307,14 @@ static PyObject *finish(PyObject *self, PyObject *args) {
                 sq_hi += square >> sq_bits;
             }
         }
-        int first_epoch_seen = __builtin_ctzll(seen);
-        int last_epoch_seen = 63 - __builtin_clzll(seen);
         int64_t count = (int64_t)n;
-        irregular[out] = !((int64_t)__builtin_popcountll(seen) == count &&
-                           count == last_epoch_seen - first_epoch_seen + 1);
+        irregular[out] = is_irregular(seen, count);
         sample_id[out] = (int64_t)((uint64_t)first_id + (uint64_t)slot * (uint64_t)stride);
         int64_t n_early = __builtin_popcountll(seen & early_mask);
         int64_t correct = __builtin_popcountll(corr);
-        int64_t forgets = __builtin_popcountll(corr & ~(corr >> 1) & (seen >> 1));
+        int64_t forgets = forget_count(seen, corr);
         double dn = (double)count;
-        difficulty_valid[out] = n_early > 0;
-        difficulty[out] = n_early > 0 ? (double)early_sum / scale / (double)n_early : 0.0;
+        difficulty_of(early_sum, n_early, scale, &difficulty[out], &difficulty_valid[out]);
         mean_loss[out] = (double)(early_sum + late_sum) / scale / dn;
         confidence[out] = (double)prob / prob_scale / dn;
         __int128 squares = (__int128)sq_hi * ((__int128)1 << sq_bits) + sq_lo;
@@ -292,13 +327,7 @@ static PyObject *finish(PyObject *self, PyObject *args) {
         ever_learned[out] = corr > 0;
         first_learned_valid[out] = corr > 0;
         first_learned[out] = corr > 0 ? __builtin_ctzll(corr) : 0;
-        if (corr > 0) {
-            memorization[out] = (double)forgets / (double)(count - 1 > 1 ? count - 1 : 1);
-            memorization_valid[out] = 1;
-        } else {
-            memorization[out] = never_learned == 1 ? 1.0 : 0.0;
-            memorization_valid[out] = never_learned != 2;
-        }
+        memorization_of(corr, forgets, count, never_learned, &memorization[out], &memorization_valid[out]);
         out++;
     }
     Py_END_ALLOW_THREADS
@@ -306,10 +335,70 @@ static PyObject *finish(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(out - at);
 }
 
+/* place(words, n_seen, corr, packed, n_bits, mask_bits, losses, first_epoch, early_epochs, scale,
+ *       never_learned, lo, hi, difficulty, difficulty_valid, memorization, memorization_valid, irregular)
+ * Outputs at position slot - lo, one element per slot of [lo, hi): finish's difficulty and
+ * memorization (invalid for an unseen slot) and its irregular flag (0 for an unseen slot). */
+static PyObject *place(PyObject *self, PyObject *args) {
+    PyObject *o[9];
+    int packed, n_bits, mask_bits, never_learned;
+    long long first_epoch, early_epochs;
+    double scale;
+    Py_ssize_t lo, hi;
+    if (!PyArg_ParseTuple(args, "OOOpiiOLLdinnOOOOO", &o[0], &o[1], &o[2], &packed, &n_bits, &mask_bits, &o[3],
+                          &first_epoch, &early_epochs, &scale, &never_learned, &lo, &hi, &o[4], &o[5], &o[6], &o[7],
+                          &o[8]))
+        return NULL;
+    Buf b[9];
+    const int writable[9] = {0, 0, 0, 0, 1, 1, 1, 1, 1};
+    if (get_bufs(o, b, writable, 9) < 0) { release(b, 9); return NULL; }
+    Fields f = {b[0].view.buf, b[1].view.buf, b[2].view.buf, packed, n_bits, mask_bits};
+    const char *losses = b[3].view.buf;
+    Py_ssize_t item = b[3].view.itemsize;
+    double *difficulty = b[4].view.buf, *memorization = b[6].view.buf;
+    uint8_t *difficulty_valid = b[5].view.buf, *memorization_valid = b[7].view.buf, *irregular = b[8].view.buf;
+    Py_ssize_t width = b[0].view.len / 8;
+    Py_ssize_t rows = width ? b[3].view.len / item / width : 0;
+    if ((item != 4 && item != 8) || b[4].view.len / 8 < hi - lo || b[8].view.len < hi - lo) {
+        release(b, 9);
+        PyErr_SetString(PyExc_ValueError, "place: a float32/float64 loss matrix and hi - lo outputs are needed");
+        return NULL;
+    }
+    /* the loss matrix's rows of early epochs: the only ones difficulty reads */
+    Py_ssize_t early_rows = early_epochs - first_epoch;
+    if (early_rows < 0) early_rows = 0;
+    if (early_rows > rows) early_rows = rows;
+    const uint64_t early_mask = early_epochs >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << early_epochs) - 1);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t slot = lo; slot < hi; slot++) {
+        Py_ssize_t out = slot - lo;
+        uint64_t n, seen, corr;
+        fields_at(&f, slot, &n, &seen, &corr);
+        if (!n) {
+            difficulty[out] = memorization[out] = 0.0;
+            difficulty_valid[out] = memorization_valid[out] = irregular[out] = 0;
+            continue;
+        }
+        int64_t early_sum = 0;
+        for (Py_ssize_t row = 0; row < early_rows; row++)
+            early_sum += fixed_point(loss_value(losses, item, row * width + slot), scale);
+        int64_t count = (int64_t)n;
+        irregular[out] = is_irregular(seen, count);
+        difficulty_of(early_sum, __builtin_popcountll(seen & early_mask), scale, &difficulty[out],
+                      &difficulty_valid[out]);
+        memorization_of(corr, forget_count(seen, corr), count, never_learned, &memorization[out],
+                        &memorization_valid[out]);
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 9);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"add_rows", add_rows, METH_VARARGS, "The dense kernel's per-row adds and loss-matrix stores."},
     {"survey", survey, METH_VARARGS, "Seen slots, the largest row count and the packed fields' totals."},
     {"finish", finish, METH_VARARGS, "The score columns of the seen slots, from the sums and the loss matrix."},
+    {"place", place, METH_VARARGS, "Difficulty and memorization of every slot: what the quadrant thresholds need."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,7 +15,9 @@ without temporaries:
 - `finish`: per seen slot, the loss sums and exact sums of p over the loss matrix and, from them,
   every score column as `state.finalize` computes it (same operations, same order, no fused
   multiply-add, the variance's numerator in 128-bit integers), written straight into the arrays
-  the scores frame is made of. Two threads take half of the slots each (the GIL is released).
+  the scores frame is made of. Two threads take half of the slots each (the GIL is released);
+- `place`: per slot, difficulty and memorization only, as `finish` computes them (the quadrant
+  thresholds of `carto_cli.score.streamed`, before the chunks are finished).
 
 Integer sums do not depend on the order of the rows, so the results are the numpy version's and the
 Polars kernels', bit for bit (tests/test_compiled.py).
@@ -109,13 +111,29 @@ def _map(function, calls: list[tuple]) -> list:
     return [job.result() for job in [_pool().submit(function, *args) for args in calls]]
 
 
-def survey(sums, *, n_bits: int, mask_bits: int) -> tuple[list[tuple[int, int, int]], int, tuple[int, int, int]]:
+def survey(sums, *, n_bits: int, mask_bits: int, span: tuple[int, int] | None = None
+           ) -> tuple[list[tuple[int, int, int]], int, tuple[int, int, int]]:
     """((lo, hi, seen slots) per range of slots, the largest row count, (sum of n, of the seen
-    masks, of the correct masks)) of `sums`."""
-    ranges = _ranges(len(sums.words))
+    masks, of the correct masks)) of `sums`, or of its slots [lo, hi) of `span` in one range."""
+    ranges = _ranges(len(sums.words)) if span is None else [span]
     found = _map(_extension().survey, [(*_fields(sums), sums.packed, n_bits, mask_bits, lo, hi) for lo, hi in ranges])
     totals = tuple(sum(f[i] for f in found) for i in (2, 3, 4))
     return [(lo, hi, f[0]) for (lo, hi), f in zip(ranges, found)], max((f[1] for f in found), default=0), totals
+
+
+def place(sums, *, n_bits: int, mask_bits: int, early_epochs: int, never_learned: str
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(difficulty, its validity, memorization, its validity, irregular flag) of every slot of
+    `sums`, as `finish` gives them for the seen slots (unseen ones: invalid, not irregular)."""
+    width = len(sums.words)
+    difficulty, memorization = np.empty(width), np.empty(width)
+    difficulty_valid, memorization_valid, irregular = (np.empty(width, dtype=np.bool_) for _ in range(3))
+    _map(_extension().place, [
+        (*_fields(sums), sums.packed, n_bits, mask_bits, sums.losses, sums.first_epoch, early_epochs, float(SCALE),
+         NEVER_LEARNED[never_learned], lo, hi, difficulty[lo:hi], difficulty_valid[lo:hi], memorization[lo:hi],
+         memorization_valid[lo:hi], irregular[lo:hi])
+        for lo, hi in _ranges(width)])
+    return difficulty, difficulty_valid, memorization, memorization_valid, irregular
 
 
 def finish(sums, ranges: list[tuple[int, int, int]], *, n_bits: int, mask_bits: int, early_epochs: int,

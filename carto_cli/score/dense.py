@@ -152,22 +152,52 @@ def scores(logset: LogSet, kernel, *, never_learned: str, stride: int = 1
     return columns, irregular.view(np.uint64) if kernel.sample_id_dtype == "UInt64" else irregular, sum(dropped)
 
 
+def passes(logset: LogSet, stride: int = 1) -> int | None:
+    """How many passes over the log the dense kernel makes (None where it does not apply): one per
+    SAMPLES_PER_PASS samples, or per LOSS_MATRIX_BYTES of loss matrix."""
+    layout = _layout(logset, stride)
+    return None if layout is None else layout[3]
+
+
+def _layout(logset: LogSet, stride: int) -> tuple[int, int, tuple[int, int, np.dtype], int, int] | None:
+    """(lowest id, slots, loss matrix layout (`_loss_matrix`), passes, slots per pass), or None
+    where the kernel does not apply."""
+    span = applies(logset, stride)
+    if span is None:
+        return None
+    n_ids = (span[1] - span[0]) // stride + 1
+    losses = _loss_matrix(logset)
+    per_pass = min(SAMPLES_PER_PASS, max(1, LOSS_MATRIX_BYTES // (losses[1] * losses[2].itemsize)))
+    n_passes = max(1, math.ceil(n_ids / per_pass))
+    return span[0], n_ids, losses, n_passes, math.ceil(n_ids / n_passes)
+
+
+def accumulated(logset: LogSet, kernel) -> tuple[_Sums, int] | None:
+    """The checked accumulators of the whole log and its lowest sample_id (sample `lo + slot` at
+    `slot`), for `carto_cli.score.streamed`, which finishes them a chunk at a time; None where the
+    kernel declines. Needs the compiled extension and a log the kernel reduces in one pass (`passes`)."""
+    if not compiled.available() or passes(logset) != 1:
+        raise ValueError("dense.accumulated: one pass and the compiled extension are needed")
+
+    def whole(sums: _Sums, slots: tuple) -> _Sums | str | None:
+        checked = _checked(sums)
+        return sums if isinstance(checked, list) else checked
+
+    results = _reduce(logset, kernel, 1, False, whole)
+    return None if results is None else (results[0], applies(logset)[0])
+
+
 def _reduce(logset: LogSet, kernel, stride: int, full: bool, finish) -> list | None:
     """`finish(sums, slots)` of each pass over the log (a pass accumulates a range of sample
     slots, `_accumulate`), as a list, or None where the kernel declines. `finish` returns "unpack"
     when a packed field overflowed: the pass is then made again with one array per field."""
-    span = applies(logset, stride)
-    if span is None:
+    layout = _layout(logset, stride)
+    if layout is None:
         return None
-    lo, hi = span
-    n_ids = (hi - lo) // stride + 1  # slots
-    losses = _loss_matrix(logset)
-    per_pass = min(SAMPLES_PER_PASS, max(1, LOSS_MATRIX_BYTES // (losses[1] * losses[2].itemsize)))
-    passes = max(1, math.ceil(n_ids / per_pass))
-    width = math.ceil(n_ids / passes)
+    lo, n_ids, losses, n_passes, width = layout
     groups = _row_groups(logset)
     results = []
-    for p in range(passes):
+    for p in range(n_passes):
         start = p * width
         slots = (lo, start, min(width, n_ids - start), n_ids, stride)
         result = None
@@ -441,12 +471,9 @@ def _scores_pass(sums: _Sums, slots: tuple[int, int, int, int, int], early_epoch
                  ) -> tuple[dict, np.ndarray, int] | str | None:
     """The score columns of one pass's accumulated samples (`compiled.finish`), the irregular
     flags and the rows dropped; "unpack" and None as `_state_pass`."""
-    ranges, most, totals = compiled.survey(sums, n_bits=_N_BITS, mask_bits=_MASK_BITS)
-    # an overflow moves value out of a field, so that field's total over samples falls short
-    if sums.packed and totals != (sums.rows, sums.seen_total, sums.corr_total):
-        return "unpack"
-    if not sums.bounded(most):
-        return None
+    ranges = _checked(sums)
+    if not isinstance(ranges, list):
+        return ranges
     lo, start, _, _, stride = slots
     columns, irregular = compiled.finish(sums, ranges, n_bits=_N_BITS, mask_bits=_MASK_BITS,
                                          early_epochs=early_epochs, never_learned=never_learned,
@@ -454,9 +481,19 @@ def _scores_pass(sums: _Sums, slots: tuple[int, int, int, int, int], early_epoch
     return columns, irregular, sums.dropped
 
 
+def _checked(sums: _Sums) -> list[tuple[int, int, int]] | str | None:
+    """`compiled.survey`'s ranges of a pass's accumulators; "unpack" when a packed field
+    overflowed, None when a sum may have wrapped (as `_state_pass`)."""
+    ranges, most, totals = compiled.survey(sums, n_bits=_N_BITS, mask_bits=_MASK_BITS)
+    # an overflow moves value out of a field, so that field's total over samples falls short
+    if sums.packed and totals != (sums.rows, sums.seen_total, sums.corr_total):
+        return "unpack"
+    return ranges if sums.bounded(most) else None
+
+
 def frame(columns: dict[str, tuple[np.ndarray, np.ndarray | None]], unsigned: bool) -> pl.DataFrame:
     """A scores frame over the arrays of `scores` (through Arrow buffers: the values are not
-    copied), sorted by sample_id."""
+    copied), sorted by sample_id (where it has that column)."""
     arrays = {}
     for name, (values, valid) in columns.items():
         if name == schema.SAMPLE_ID and unsigned:
@@ -468,7 +505,8 @@ def frame(columns: dict[str, tuple[np.ndarray, np.ndarray | None]], unsigned: bo
         else:
             arrays[name] = pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values),
                                                  [bitmap, pa.py_buffer(values)])
-    return pl.from_arrow(pa.table(arrays)).with_columns(pl.col(schema.SAMPLE_ID).set_sorted())
+    frame = pl.from_arrow(pa.table(arrays))
+    return frame.with_columns(pl.col(schema.SAMPLE_ID).set_sorted()) if schema.SAMPLE_ID in arrays else frame
 
 
 def replace_rows(columns: dict[str, tuple[np.ndarray, np.ndarray | None]], scores: pl.DataFrame,
