@@ -8,10 +8,11 @@ entry point (`carto_cli.cli:main`), and reports:
 
 1. Every Polars/Arrow materialisation (LazyFrame.collect, pl.collect_all, sink_parquet,
    DataFrame.write_parquet, pyarrow.parquet.write_table), outermost calls only, with the carto
-   function and line that made it, its wall time and the peak RSS during it (sampled every
-   10 ms). Eager DataFrame operations (with_columns, sort, ... on a DataFrame) do not pass
-   through these calls in Polars 2, nor does Python-side work such as reading the Parquet
-   footers in open_logs: their time shows in part 2.
+   function and line that made it, its wall time, the process's CPU time (user + system, every
+   thread) during it, and the peak RSS during it (sampled every 10 ms). Eager DataFrame
+   operations (with_columns, sort, ... on a DataFrame) do not pass through these calls in
+   Polars 2, nor does Python-side work such as reading the Parquet footers in open_logs: their
+   time shows in part 2.
 2. cProfile's cumulative time of the carto_cli functions (the phases: open_logs, prepare /
    _preflight, the per-sample state, finalize, quadrants, writing).
 
@@ -35,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import current_rss_mib, peak_rss_mib
+from common import carto_source, current_rss_mib, peak_rss_mib
 
 
 class RssSampler(threading.Thread):
@@ -64,6 +65,7 @@ class Call:
     caller: str
     code: str
     seconds: float
+    cpu_seconds: float
     peak_rss_mib: float
     rss_after_mib: float
 
@@ -100,15 +102,15 @@ def trace_materialisations(package_dir: str, sampler: RssSampler) -> list[Call]:
             caller, code = carto_caller(package_dir)
             sampler.reset()
             depth += 1
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             try:
                 return original(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - start
+                elapsed, used = time.perf_counter() - start, time.process_time() - cpu
                 depth -= 1
                 rss = current_rss_mib()
                 calls.append(Call(f"{getattr(owner, '__name__', owner)}.{name}", caller, code,
-                                  elapsed, max(sampler.peak, rss), rss))
+                                  elapsed, used, max(sampler.peak, rss), rss))
 
         setattr(owner, name, traced)
 
@@ -130,6 +132,8 @@ def main() -> None:
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.engine:
         os.environ["POLARS_ENGINE_AFFINITY"] = args.engine  # read when polars is imported
+    print(f"command: python benchmarks/profile_score.py {' '.join(sys.argv[1:])}")
+    print(f"carto_cli: {carto_source()}; load {os.getloadavg()[0]:.2f}", flush=True)
 
     import polars as pl
 
@@ -145,7 +149,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="carto-profile-") as tmp:
         sys.argv = ["carto", "score", str(args.logs), "--out", str(Path(tmp) / "scores.parquet"), *extra]
         profiler = cProfile.Profile()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         profiler.enable()
         try:
             cli.main()
@@ -154,19 +158,19 @@ def main() -> None:
                 raise
         finally:
             profiler.disable()
-        total = time.perf_counter() - start
+        total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     sampler.stop()
 
     engine = os.environ.get("POLARS_ENGINE_AFFINITY", "default (auto)")
     print(f"\ncarto score {' '.join(sys.argv[2:])}\n  carto_cli from {package_dir}; polars {pl.__version__}, "
-          f"engine {engine}; total {total:.2f} s; RSS {rss_start:,.0f} MiB after imports, "
+          f"engine {engine}; total {total:.2f} s, CPU {total_cpu:.2f} s; RSS {rss_start:,.0f} MiB after imports, "
           f"peak {peak_rss_mib():,.0f} MiB\n")
 
     print("1. Materialisations (outermost), in order")
-    print(f"{'#':>3} {'seconds':>8} {'peak RSS':>9} {'RSS after':>9}  {'op':<28} caller / code")
+    print(f"{'#':>3} {'seconds':>8} {'CPU s':>6} {'peak RSS':>9} {'RSS after':>9}  {'op':<28} caller / code")
     for i, call in enumerate(calls, 1):
-        print(f"{i:>3} {call.seconds:>8.2f} {call.peak_rss_mib:>9,.0f} {call.rss_after_mib:>9,.0f}  "
-              f"{call.op:<28} {call.caller}\n{'':>62}{call.code[:90]}")
+        print(f"{i:>3} {call.seconds:>8.2f} {call.cpu_seconds:>6.2f} {call.peak_rss_mib:>9,.0f} "
+              f"{call.rss_after_mib:>9,.0f}  {call.op:<28} {call.caller}\n{'':>69}{call.code[:90]}")
     traced = sum(c.seconds for c in calls)
     print(f"    traced {traced:.2f} s of {total:.2f} s; the other {total - traced:.2f} s is untraced: eager "
           "DataFrame operations and Python-side work (see part 2)\n")

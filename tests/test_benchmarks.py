@@ -264,3 +264,15 @@ def test_bench_commits_runs_two_commits_from_their_own_worktrees(small_logs: Pat
     assert result["scores"]["equal"] is True and result["scores"]["only_head"] == []
     assert [len(result["runs"][side]) for side in ("base", "head")] == [1, 1]
     assert all(run["exit"] == 0 for runs in result["runs"].values() for run in runs)
+
+
+def test_bench_write_files_are_read_back_by_every_reader(small_logs: Path) -> None:
+    pytest.importorskip("duckdb")
+    result = last_json(bench("bench_write.py", "--logs", small_logs, "--repeat", 2))
+    assert result["samples"] == 3000 and result["repeat"] == 2
+    assert all(len(runs) == 2 for runs in result["runs"].values())
+    for name, check in result["read_back"].items():
+        assert check["polars"] and check["pyarrow"] and check["duckdb"], name
+    assert result["read_back"]["polars zstd-1 (carto)"]["quadrant"] == "String"
+    assert result["read_back"]["polars zstd-1, quadrant as Enum"]["quadrant"].startswith("Enum")
+    assert result["read_back"]["polars zstd-1, no quadrant"]["quadrant"] == "None"
