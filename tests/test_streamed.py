@@ -159,3 +159,27 @@ def test_a_log_of_non_finite_losses_writes_an_empty_file(tmp_path: Path) -> None
     expected = score_logs(directory)
     assert scores.height == expected.height == 0 and scores.schema == expected.schema
     assert run.rows_dropped_nonfinite == 6
+
+
+@needs_extension
+def test_ids_with_holes_and_chunks_without_a_sample(tmp_path: Path, monkeypatch) -> None:
+    """Dense ids need not all be there: slots without a sample are left out of the thresholds and
+    of the file, and a chunk of such slots writes nothing."""
+    monkeypatch.setattr(streamed, "CHUNK", 3)
+    rng = np.random.default_rng(8)
+    ids = np.array([0, 1, 2, 9, 10, 11, 12, 20, 26, 27, 28, 29], dtype=np.int64)  # slots 3-8, 13-19, 21-25 empty
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    for epoch in range(3):
+        order = rng.permutation(ids)
+        pq.write_table(pa.table({
+            schema.SAMPLE_ID: pa.array(order, pa.int64()),
+            schema.EPOCH: pa.array(np.full(len(order), epoch), pa.int32()),
+            schema.STEP: pa.array(np.arange(len(order)) + 100 * epoch, pa.int64()),
+            schema.LOSS: pa.array(rng.exponential(1.0, len(order)).astype(np.float32)),
+            schema.CORRECT: pa.array(rng.random(len(order)) < 0.6)}), directory / f"e{epoch}.parquet")
+    assert streams(directory, early_epochs=1)
+    scores, run = written(directory, tmp_path / "scores.parquet", early_epochs=1)
+    assert scores[schema.SAMPLE_ID].to_list() == ids.tolist()
+    assert scores.equals(score_logs(directory, early_epochs=1))
+    assert run.thresholds == pipeline.Placement().thresholds(scores)
