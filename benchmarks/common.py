@@ -45,7 +45,7 @@ def dir_size_mib(path: Path) -> float:
 
 def carto_source() -> dict[str, str | None]:
     """Which carto_cli would be imported (without importing it): its folder, a sha256 of its
-    sources (the .py files and, since the compiled kernel, the .c file), and the git commit of the
+    sources (the .py files and, since the compiled kernels, the .c and .h files), and the git commit of the
     checkout it lives in (with "+dirty" when it is modified).
 
     The repository changes while benchmarks run; this says which code a number belongs to.
@@ -55,7 +55,7 @@ def carto_source() -> dict[str, str | None]:
         return {"path": None, "sha256": None, "git": None}
     package = Path(spec.origin).parent
     digest = hashlib.sha256()
-    for path in sorted([*package.rglob("*.py"), *package.rglob("*.c")]):  # the compiled kernel's source too
+    for path in sorted([*package.rglob("*.py"), *package.rglob("*.c"), *package.rglob("*.h")]):  # C sources too
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     git = None
     try:

@@ -43,6 +43,7 @@ def test_pip_built_the_extension_where_a_compiler_is() -> None:
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
         pytest.skip("no Python headers here (python3-dev): carto runs the numpy version")
     assert _BUILT, "pip did not build carto_cli/score/_dense.c (see setup.py)"
+    assert compiled._built("_extract") is not None, "pip did not build carto_cli/score/_extract.c (see setup.py)"
 
 
 def _batches(rng, width: int, n_batches: int, *, many: bool, loss_dtype, full: bool) -> list:

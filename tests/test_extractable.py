@@ -299,14 +299,25 @@ def run_small_world(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ the numpy kernel
 
 
+def use_loops(built: str, monkeypatch) -> None:
+    """Run `extract.extractable` with its compiled loops (skipped where pip built none) or numpy's."""
+    from carto_cli.score import compiled
+
+    monkeypatch.setenv("CARTO_NO_COMPILED", "1" if built == "numpy" else "")
+    if built == "compiled" and compiled.extract_loops() is None:
+        pytest.skip("the C extension was not built (no C compiler here)")
+
+
+@pytest.mark.parametrize("built", ["compiled", "numpy"])
 @pytest.mark.parametrize("seed", range(6))
-def test_numpy_kernel_equals_the_polars_definition(tmp_path: Path, seed: int, monkeypatch) -> None:
+def test_numpy_kernel_equals_the_polars_definition(tmp_path: Path, seed: int, built: str, monkeypatch) -> None:
     """Random sketched logs (ids dense or sparse, a sample twice in one batch, NaN losses and
     sketches, null sketches, several parts, batches of 7 rows or whole parts): `extract.extractable`
-    gives exactly `signals.extractable`'s values."""
+    gives exactly `signals.extractable`'s values, with its compiled loops and with numpy's."""
     from carto_cli.io.logs import open_logs, scan
     from carto_cli.score import extract, signals
 
+    use_loops(built, monkeypatch)
     monkeypatch.setattr(extract, "BATCH_ROWS", 7 if seed % 2 == 0 else 100_000)
     rng = np.random.default_rng(seed)
     k, r, T = 3, 2, 12
@@ -334,3 +345,29 @@ def test_numpy_kernel_equals_the_polars_definition(tmp_path: Path, seed: int, mo
         want = signals.extractable(lf, early_epochs=2).filter(pl.col("value").is_not_null()).sort("sample_id")
         got = extract.extractable(logset, early_epochs=2, drop_nonfinite=drop).sort("sample_id")
         assert got.height > 10 and got.equals(want), (drop, got, want)
+
+
+@pytest.mark.parametrize("batch_rows", [3, 100_000])
+def test_compiled_loops_take_a_tied_last_presentation_as_numpy_does(tmp_path: Path, batch_rows: int,
+                                                                    monkeypatch) -> None:
+    """A sample drawn twice at one step (sampling with replacement) has two "last" presentations
+    with different hit runs: within a batch the later row counts, across batches the earlier one,
+    in the compiled loops as in numpy's (the Polars definition leaves such a tie to row order)."""
+    from carto_cli.io.logs import open_logs
+    from carto_cli.score import extract
+
+    monkeypatch.setattr(extract, "BATCH_ROWS", batch_rows)
+    rng = np.random.default_rng(5)
+    rows = []
+    for epoch in range(3):
+        for sid in range(6):
+            for copy in range(2 if sid % 2 else 1):  # odd samples: twice at the same step
+                rows.append({"sample_id": sid, "epoch": epoch, "step": 10 * epoch + sid, "loss": 1.0, "correct": True,
+                             "top_pos": rng.integers(0, 8, 2).tolist(), "top_loss": [2.0, 1.0],
+                             "hit_runs": [copy, 3 + 2 * copy, 5, 1]})
+    write_parts(tmp_path / "logs", rows, schema=SKETCH_SCHEMA, n_files=1)
+    values = []
+    for built in ("compiled", "numpy"):
+        use_loops(built, monkeypatch)
+        values.append(extract.extractable(open_logs([tmp_path / "logs"]), early_epochs=1, drop_nonfinite=True))
+    assert values[0].height == 6 and values[0].equals(values[1])

@@ -26,31 +26,13 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "_buffers.h"
+
 #ifndef __SIZEOF_INT128__
 #error "carto's compiled kernel needs 128-bit integers (gcc or clang); pip then installs carto without it"
 #endif
 
 #define PREFETCH 16 /* rows ahead (add_rows) */
-
-typedef struct {
-    Py_buffer view;
-    int held;
-} Buf;
-
-static int get_bufs(PyObject **objs, Buf *b, const int *writable, int n) {
-    for (int i = 0; i < n; i++) b[i].held = 0;
-    for (int i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(objs[i], &b[i].view, (writable[i] ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0)
-            return -1;
-        b[i].held = 1;
-    }
-    return 0;
-}
-
-static void release(Buf *bufs, int n) {
-    for (int i = 0; i < n; i++)
-        if (bufs[i].held) PyBuffer_Release(&bufs[i].view);
-}
 
 /* The packed layout (dense.py): n in the low n_bits bits, then the seen mask and the correct
  * mask, mask_bits bits each. Unpacked: three arrays. */

@@ -31,6 +31,7 @@ the same results.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,17 +61,27 @@ _NONE = np.empty(0, dtype=np.int64)
 
 
 @functools.cache
-def _extension():
+def _built(name: str):
+    """The extension module `carto_cli.score.<name>`, or None where pip did not build it."""
     try:
-        from carto_cli.score import _dense
+        return importlib.import_module(f"carto_cli.score.{name}")
     except ImportError:
         return None
-    return _dense
+
+
+def _extension():
+    return _built("_dense")
 
 
 def available() -> bool:
     """Whether the compiled loops run here (the extension was built, and not turned off)."""
     return not os.environ.get("CARTO_NO_COMPILED") and _extension() is not None
+
+
+def extract_loops():
+    """The `extractable` signal's compiled loops (`_extract.c`, used by `carto_cli.score.extract`),
+    or None where they were not built or `CARTO_NO_COMPILED` is set."""
+    return None if os.environ.get("CARTO_NO_COMPILED") else _built("_extract")
 
 
 def add_rows(sums, idx: np.ndarray, epoch: np.ndarray | int, loss: np.ndarray, correct: np.ndarray,

@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -72,6 +73,7 @@ _BLOCK = 1 << 15  # slots per block when the matrix is read back: a block's arra
 _N_BITS = 9
 _MASK_BITS = 27
 PACKED_EPOCHS = 16  # epochs 0..15: room for 2^(27-16) = 2048 rows per sample in a mask field
+T = TypeVar("T")
 _FIXED_LIMIT = 2**62  # |early sum| and |late sum| below this, so their int64 total cannot overflow
 
 # The state columns `state.finalize` reads.
@@ -410,42 +412,50 @@ def _accumulate(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int
     whole = start == 0 and width == n_ids  # one pass: every id is in [lo, hi] by the footers
     packed = packed and all(e is not None and 0 <= e < PACKED_EPOCHS for _, _, e in groups)
     sums = _Sums(width, packed, full, losses=losses)
-    chunks = _read(logset, groups, kernel, unsigned, full)
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        ahead = reader.submit(next, chunks, None)
-        while (chunk := ahead.result()) is not None:
-            ahead = reader.submit(next, chunks, None)
-            ids, epoch, loss, rule_values, step = chunk
-            idx = (ids - base).astype(np.int64, copy=False)  # below the slice: negative (wrapped if unsigned)
-            if stride > 1:
-                if np.remainder(idx, stride).any():
-                    ahead.cancel()
-                    return None  # an id off the stride: not one bucket of a bucketed log
-                idx //= stride
-            keep = None if whole else (idx >= 0) & (idx < width)
-            if kernel.drop_nonfinite:
-                finite = np.isfinite(loss)
-                if keep is None:
-                    sums.dropped += len(finite) - int(np.count_nonzero(finite))
-                else:  # only this pass's samples: each row is counted in exactly one pass
-                    sums.dropped += int(np.count_nonzero(keep & ~finite))
-                keep = finite if keep is None else keep & finite
-            many = not isinstance(epoch, int)
-            if keep is not None and not keep.all():
-                idx, loss, rule_values = idx[keep], loss[keep], rule_values[keep]
-                epoch = epoch[keep] if many else epoch
-                step = step[keep] if full else None
-            if not len(idx):
-                continue
-            low, high = (int(epoch.min()), int(epoch.max())) if many else (epoch, epoch)
-            peak = float(np.abs(loss).max()) * SCALE
-            if low < sums.first_epoch or high > 52 or peak >= _FIXED_LIMIT:  # see _Sums.bounded
-                ahead.cancel()
-                return None
-            sums.max_epoch = max(sums.max_epoch, high)
-            sums.max_abs_fixed = max(sums.max_abs_fixed, round(peak))
-            sums.add(idx, epoch, loss, _correct(kernel, rule_values), step)
+    for chunk in read_ahead(_read(logset, groups, kernel, unsigned, full)):
+        ids, epoch, loss, rule_values, step = chunk
+        idx = (ids - base).astype(np.int64, copy=False)  # below the slice: negative (wrapped if unsigned)
+        if stride > 1:
+            if np.remainder(idx, stride).any():
+                return None  # an id off the stride: not one bucket of a bucketed log
+            idx //= stride
+        keep = None if whole else (idx >= 0) & (idx < width)
+        if kernel.drop_nonfinite:
+            finite = np.isfinite(loss)
+            if keep is None:
+                sums.dropped += len(finite) - int(np.count_nonzero(finite))
+            else:  # only this pass's samples: each row is counted in exactly one pass
+                sums.dropped += int(np.count_nonzero(keep & ~finite))
+            keep = finite if keep is None else keep & finite
+        many = not isinstance(epoch, int)
+        if keep is not None and not keep.all():
+            idx, loss, rule_values = idx[keep], loss[keep], rule_values[keep]
+            epoch = epoch[keep] if many else epoch
+            step = step[keep] if full else None
+        if not len(idx):
+            continue
+        low, high = (int(epoch.min()), int(epoch.max())) if many else (epoch, epoch)
+        peak = float(np.abs(loss).max()) * SCALE
+        if low < sums.first_epoch or high > 52 or peak >= _FIXED_LIMIT:  # see _Sums.bounded
+            return None
+        sums.max_epoch = max(sums.max_epoch, high)
+        sums.max_abs_fixed = max(sums.max_abs_fixed, round(peak))
+        sums.add(idx, epoch, loss, _correct(kernel, rule_values), step)
     return sums
+
+
+_DONE = object()
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """`items`, each next one made on another thread while the caller works on this one (pyarrow's
+    reads, numpy and the compiled loops release the GIL); a caller that stops early waits for the
+    one in flight."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="carto-read") as reader:
+        ahead = reader.submit(next, items, _DONE)
+        while (item := ahead.result()) is not _DONE:
+            ahead = reader.submit(next, items, _DONE)
+            yield item
 
 
 def _state_pass(sums: _Sums, slots: tuple[int, int, int, int, int], kernel, full: bool

@@ -26,16 +26,15 @@ from collections.abc import Iterator
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from carto_cli.io import storage
 from carto_cli.io.logs import LogSet, sample_id_dtype
 from carto_cli.log import schema
-from carto_cli.score import dense
+from carto_cli.score import compiled, dense
 from carto_cli.score.fixedpoint import SCALE
 
 _NO_STEP = np.iinfo(np.int64).min
+_KEPT = "(kept rows)"  # `_chunks`' key for the rows of a batch that its plain columns hold
 # Rows decoded at a time: the decoded sketch lists, not the log's size, set the peak memory.
 BATCH_ROWS = 262_144
 
@@ -51,12 +50,14 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
     def slots(ids: np.ndarray) -> np.ndarray:
         return (ids - span[0]).astype(np.int64) if span is not None else np.searchsorted(keys, ids)
 
+    loops = compiled.extract_loops()  # the same batches in C where pip built them (_extract.c)
     last_step = np.full(n_slots, _NO_STEP, dtype=np.int64)
     last_epoch = np.full(n_slots, _NO_STEP, dtype=np.int64)
     runs = None
     mark = np.zeros(n_slots, dtype=np.int64)  # finds a slot twice in one batch without sorting
+    first_row = 1  # the compiled loop's marks: rows numbered from 1 over the pass (0: no mark)
     late_columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.HIT_RUNS]
-    for chunk in _chunks(logset, late_columns, drop_nonfinite, epochs=(early_epochs, None)):
+    for chunk in dense.read_ahead(_chunks(logset, late_columns, drop_nonfinite, epochs=(early_epochs, None))):
         late = chunk[schema.EPOCH] >= early_epochs
         rows = _sketched(chunk, late, schema.HIT_RUNS)
         if rows is None:
@@ -68,6 +69,11 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
             return None
         idx = slots(chunk[schema.SAMPLE_ID][where])
         step, epoch = chunk[schema.STEP][where], chunk[schema.EPOCH][where]
+        if loops is not None:
+            loops.late_runs(np.ascontiguousarray(idx, dtype=np.int64), step.astype(np.int64), epoch.astype(np.int64),
+                            np.ascontiguousarray(values, dtype=np.int32), last_step, last_epoch, runs, mark, first_row)
+            first_row += len(idx)
+            continue
         mark[idx] = np.arange(len(idx))
         if (mark[idx] != np.arange(len(idx))).any():  # a sample twice in this batch: its last row only
             order = np.lexsort((epoch, step, idx))
@@ -80,10 +86,11 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
     n_early = np.zeros(n_slots, dtype=np.int64)
     best = None
     if runs is not None:
-        starts, ends = runs[:, 0::2], runs[:, 0::2] + runs[:, 1::2]  # (slots, r): run j is [start, end)
-        totals = np.zeros(starts.shape, dtype=np.int64)
+        totals = np.zeros((n_slots, runs.shape[1] // 2), dtype=np.int64)
+        if loops is None:
+            starts, ends = runs[:, 0::2], runs[:, 0::2] + runs[:, 1::2]  # (slots, r): run j is [start, end)
         early_columns = [schema.SAMPLE_ID, schema.EPOCH, schema.TOP_POS, schema.TOP_LOSS]
-        for chunk in _chunks(logset, early_columns, drop_nonfinite, epochs=(None, early_epochs)):
+        for chunk in dense.read_ahead(_chunks(logset, early_columns, drop_nonfinite, epochs=(None, early_epochs))):
             early = chunk[schema.EPOCH] < early_epochs
             pos_rows, loss_rows = _sketched(chunk, early, schema.TOP_POS), _sketched(chunk, early, schema.TOP_LOSS)
             if pos_rows is None or loss_rows is None:
@@ -93,6 +100,10 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
             where, pos = pos_rows
             loss = loss_rows[1].astype(np.float64)
             idx = slots(chunk[schema.SAMPLE_ID][where])
+            if loops is not None:
+                loops.early_sums(np.ascontiguousarray(idx, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int32),
+                                 np.ascontiguousarray(loss), runs, totals, n_early, float(SCALE))
+                continue
             np.add.at(n_early, idx, 1)
             finite = np.isfinite(loss)
             fixed = np.rint(np.where(finite, loss, 0.0) * SCALE).astype(np.int64)  # (m, k), 0 for the padding
@@ -119,24 +130,29 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
 
 def _sketched(chunk: dict, rows: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(row positions, (m, W) values) of the rows in `rows` whose list `column` is not null; None
-    when there is none, or the lists differ in width."""
-    array = chunk[column]
-    valid = rows & np.asarray(array.is_valid(), dtype=bool)
-    where = np.flatnonzero(valid)
+    when there is none, or the lists differ in width. The values are gathered from the list
+    array's buffers through its offsets: no list array is filtered or flattened."""
+    array, kept = chunk[column], chunk[_KEPT]
+    where = np.flatnonzero(rows)
+    batch_rows = where if kept is None else kept[where]  # the rows' positions in the Arrow array
+    valid = np.asarray(array.is_valid(), dtype=bool)[batch_rows]
+    where, batch_rows = where[valid], batch_rows[valid]
     if not len(where):
         return None
-    lists = array if len(where) == len(array) else array.filter(pa.array(valid))
-    widths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    offsets = array.offsets.to_numpy()  # into array.values, slice or not
+    starts = offsets[batch_rows]
+    widths = offsets[batch_rows + 1] - starts
     if widths.min() != widths.max() or widths[0] == 0:
         return None
-    values = lists.flatten().to_numpy(zero_copy_only=False)
-    return where, values.reshape(len(where), int(widths[0]))
+    values = array.values.to_numpy(zero_copy_only=False)
+    return where, values[starts[:, None] + np.arange(int(widths[0]))]
 
 
 def _chunks(logset: LogSet, columns: list[str], drop_nonfinite: bool,
             epochs: tuple[int | None, int | None] = (None, None)) -> Iterator[dict]:
-    """Each row group's `columns`, BATCH_ROWS rows at a time: plain columns as numpy arrays, list
-    columns as Arrow arrays.
+    """Each row group's `columns`, BATCH_ROWS rows at a time: plain columns as numpy arrays, the
+    rows with a non-finite loss left out (with `drop_nonfinite`); list columns as the batch's Arrow
+    arrays, whole, with `chunk[_KEPT]` the positions there of the rows kept (None: all of them).
     `epochs` (lo, hi): skip the row groups whose footer statistics show no epoch in [lo, hi)."""
     lo, hi = epochs
     for part in logset.parts:
@@ -156,11 +172,12 @@ def _chunks(logset: LogSet, columns: list[str], drop_nonfinite: bool,
                 keep = None
                 if drop_nonfinite:
                     keep = np.isfinite(batch.column(schema.LOSS).to_numpy(zero_copy_only=False))
-                chunk = {}
+                    keep = None if keep.all() else keep
+                chunk = {_KEPT: None if keep is None else np.flatnonzero(keep)}
                 for name in names:
                     column = batch.column(name)
                     if name in schema.SKETCH_COLUMNS:
-                        chunk[name] = column if keep is None else column.filter(pa.array(keep))
+                        chunk[name] = column
                     else:
                         values = column.to_numpy(zero_copy_only=False)
                         chunk[name] = values if keep is None else values[keep]
