@@ -31,7 +31,10 @@ from common import DATA_ROOT, carto_source, run_step
 CARTO = [sys.executable, "-c", "from carto_cli.cli import main; main()"]
 
 
-def write_log(out: Path, samples: int, epochs: int, *, k: int = 10, r: int = 6, seed: int = 0) -> None:
+SKETCH_K, SKETCH_R = 10, 6  # the shim's defaults (carto_cli.log.sketch)
+
+
+def write_log(out: Path, samples: int, epochs: int, *, k: int = SKETCH_K, r: int = SKETCH_R, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -79,9 +82,11 @@ def main() -> int:
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()
-    logs = args.logs or DATA_ROOT / f"sketch-{args.samples}x{args.epochs}"
+    # the sketch's shape is in the name, so a log written with older defaults is not reused
+    logs = args.logs or DATA_ROOT / f"sketch-k{SKETCH_K}r{SKETCH_R}-{args.samples}x{args.epochs}"
     if not logs.exists():
-        write_log(logs, args.samples, args.epochs)
+        write_log(logs, args.samples, args.epochs, k=SKETCH_K, r=SKETCH_R)
+    print(f"command: python benchmarks/bench_signal.py {' '.join(sys.argv[1:])}")
     print(f"log: {logs}; carto: {json.dumps(carto_source())}")
     runs: dict[str, list[dict]] = {"extractable": [], "forgets": []}
     with tempfile.TemporaryDirectory() as tmp:
