@@ -10,8 +10,9 @@ uniform in a 256-token sequence, losses uniform in [0, 5), runs up to 40 tokens 
 compress less than real ones: a conservative read cost). Then runs, each in its own process,
 alternately `--repeat` times: `carto score LOGS` (extractable) and
 `carto score LOGS --memorization forgets`, and prints wall time and peak RSS (wait4) of each and
-their ratios. `--check` also compares the numpy kernel with the Polars definition of the signal
-on the whole log (slow: the definition explodes every early sketch).
+their ratios. `--check` also compares the kernel (`extract.py`, its loops compiled where built)
+with the Polars definition of the signal on the whole log (slow: the definition explodes every
+early sketch).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -59,7 +61,7 @@ def write_log(out: Path, samples: int, epochs: int, *, k: int = SKETCH_K, r: int
 
 
 def check(logs: Path) -> int:
-    """Samples where the numpy kernel and the Polars definition disagree."""
+    """Samples where the kernel (extract.py) and the Polars definition disagree."""
     import polars as pl
 
     from carto_cli.io.logs import open_logs, scan
@@ -81,11 +83,18 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--write-log", type=Path, help=argparse.SUPPRESS)  # the child that writes the log
     args = ap.parse_args()
+    if args.write_log:
+        write_log(args.write_log, args.samples, args.epochs, k=SKETCH_K, r=SKETCH_R)
+        return 0
     # the sketch's shape is in the name, so a log written with older defaults is not reused
     logs = args.logs or DATA_ROOT / f"sketch-k{SKETCH_K}r{SKETCH_R}-{args.samples}x{args.epochs}"
     if not logs.exists():
-        write_log(logs, args.samples, args.epochs, k=SKETCH_K, r=SKETCH_R)
+        # in a child process: the runs are forked from this one, and wait4's peak RSS of a forked
+        # child starts from its parent's, so a parent grown by writing the log would inflate them
+        subprocess.run([sys.executable, __file__, "--write-log", str(logs), "--samples", str(args.samples),
+                        "--epochs", str(args.epochs)], check=True)
     print(f"command: python benchmarks/bench_signal.py {' '.join(sys.argv[1:])}")
     print(f"log: {logs}; carto: {json.dumps(carto_source())}")
     runs: dict[str, list[dict]] = {"extractable": [], "forgets": []}
@@ -114,7 +123,7 @@ def main() -> int:
     print(f"extractable / forgets: time {result['time_ratio']:.2f} (best of {args.repeat}), "
           f"peak RSS {result['rss_ratio']:.2f}; the other score columns identical: {same_state}")
     if args.check:
-        print(f"numpy kernel vs Polars definition: {result['kernel_vs_definition_mismatches']} mismatching samples")
+        print(f"kernel vs Polars definition: {result['kernel_vs_definition_mismatches']} mismatching samples")
     print(json.dumps(result))
     return 0 if ok and same_state and not result.get("kernel_vs_definition_mismatches") else 1
 

@@ -4,7 +4,7 @@ Timings are not checked here (the scripts print them as ratios against a baselin
 see benchmarks/README.md). What is checked is what the scripts assert about correctness: every
 contender's per-sample output against carto's (DuckDB's SQL among them), bucketed scores against
 the hash kernel's, `--update` against a full rescore, the shim's logged values against a float64
-reference, and the default signal's numpy kernel against its Polars definition.
+reference, and the default signal's kernel against its Polars definition.
 """
 
 from __future__ import annotations
