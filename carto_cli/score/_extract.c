@@ -23,6 +23,7 @@
 #include "_buffers.h"
 
 #define PREFETCH 16 /* rows ahead */
+#define POSITIONS_AT_ONCE 32 /* early_sums: sketched positions taken at a time (the shim logs 10) */
 
 /* the n buffers released, and the call's result: None, or the error its checks found */
 static PyObject *released(Buf *b, int n, const char *name, int sizes_differ, int bad_slot) {
@@ -119,15 +120,27 @@ static PyObject *early_sums(PyObject *self, PyObject *args) {
         n_early[slot] += 1;
         const int32_t *spans = runs + slot * 2 * r;
         int64_t *total = totals + slot * r;
-        for (Py_ssize_t p = 0; p < k; p++) {
-            double value = loss[i * k + p];
-            int64_t fixed = isfinite(value) ? (int64_t)rint(value * scale) : 0;
-            int64_t at = pos[i * k + p];
+        for (Py_ssize_t p0 = 0; p0 < k; p0 += POSITIONS_AT_ONCE) {
+            /* up to POSITIONS_AT_ONCE sketched positions and their fixed-point losses, then each
+             * run's sum over them: a short loop over contiguous locals, for each run */
+            Py_ssize_t here = k - p0 < POSITIONS_AT_ONCE ? k - p0 : POSITIONS_AT_ONCE;
+            int64_t at[POSITIONS_AT_ONCE], fixed[POSITIONS_AT_ONCE];
+            for (Py_ssize_t p = 0; p < here; p++) {
+                double value = loss[i * k + p0 + p];
+                fixed[p] = isfinite(value) ? (int64_t)rint(value * scale) : 0;
+                at[p] = pos[i * k + p0 + p];
+            }
             for (Py_ssize_t j = 0; j < r; j++) {
-                /* start <= at < start + length, as one unsigned comparison (length >= 0), and the
-                 * add made without a branch: which runs hold a position is unpredictable */
-                uint64_t inside = (uint64_t)(at - spans[2 * j]) < (uint64_t)(int64_t)spans[2 * j + 1];
-                total[j] += fixed & -(int64_t)inside;
+                int64_t start = spans[2 * j];
+                uint64_t length = (uint64_t)(int64_t)spans[2 * j + 1];
+                int64_t sum = 0;
+                for (Py_ssize_t p = 0; p < here; p++) {
+                    /* start <= at < start + length, as one unsigned comparison (length >= 0), and
+                     * the add made without a branch: which runs hold a position is unpredictable */
+                    uint64_t inside = (uint64_t)(at[p] - start) < length;
+                    sum += fixed[p] & -(int64_t)inside;
+                }
+                total[j] += sum;
             }
         }
     }

@@ -144,8 +144,12 @@ def _sketched(chunk: dict, rows: np.ndarray, column: str) -> tuple[np.ndarray, n
     widths = offsets[batch_rows + 1] - starts
     if widths.min() != widths.max() or widths[0] == 0:
         return None
+    width = int(widths[0])
     values = array.values.to_numpy(zero_copy_only=False)
-    return where, values[starts[:, None] + np.arange(int(widths[0]))]
+    if (np.diff(offsets) == width).all():  # every list of the batch that wide (no null): one block
+        block = values[offsets[0]:offsets[-1]].reshape(-1, width)
+        return where, block if len(batch_rows) == len(block) else block[batch_rows]
+    return where, values[starts[:, None] + np.arange(width)]
 
 
 def _chunks(logset: LogSet, columns: list[str], drop_nonfinite: bool,
