@@ -2,7 +2,9 @@
 
 - `score(logset, params)`: the per-sample scores of a whole (unbucketed) log: the dense-id kernel
   when the plan says so and it applies, else the Polars kernel in passes of `plan.ROWS_PER_PASS`
-  rows; then the memorization signal, when one was asked for.
+  rows; then the memorization signal, when one was asked for. With `stream=True` (`carto score`)
+  the dense kernel's scores come as a `StreamedScores`, made as they are written, where the
+  compiled kernel reduces the log in one pass (`dense_stream`).
 - `dense_state`: the dense kernel, with the samples it cannot count (a repeat within an epoch, a
   gap between epochs) recounted exactly by the general Polars kernel. Used here, per bucket
   (`carto_cli.engines.buckets`) and by `--update` (`carto_cli.engines.incremental`).

@@ -102,7 +102,8 @@ static PyObject *early_sums(PyObject *self, PyObject *args) {
     Py_ssize_t m = b[0].view.len / 8, n = b[5].view.len / 8;
     Py_ssize_t k = m ? b[1].view.len / 4 / m : 0;
     Py_ssize_t r = n ? b[4].view.len / 8 / n : 0;
-    if (b[1].view.len != m * k * 4 || b[2].view.len != m * k * 8 || b[3].view.len != n * 2 * r * 4)
+    if (b[1].view.len != m * k * 4 || b[2].view.len != m * k * 8 || b[3].view.len != n * 2 * r * 4 ||
+        b[4].view.len != n * r * 8)
         return released(b, 6, "early_sums", 1, 0);
     int bad_slot = 0;
     Py_BEGIN_ALLOW_THREADS

@@ -25,7 +25,8 @@ Polars kernels', bit for bit (tests/test_compiled.py).
 The extension is built by `pip install` where a C compiler with 128-bit integers is present
 (gcc, clang; `setup.py`, optional: a failed build leaves the numpy version). `available()` is
 False without it, or with `CARTO_NO_COMPILED=1`; the dense kernel then runs its numpy version, with
-the same results.
+the same results. `extract_loops()` is the same for the `extractable` signal's loops (`_extract.c`,
+used by `carto_cli.score.extract`).
 """
 
 from __future__ import annotations
