@@ -37,6 +37,24 @@ score_rows = st.lists(
 
 @settings(max_examples=100, deadline=None)
 @given(rows=score_rows, dq=st.floats(0, 1), mq=st.floats(0, 1))
+def test_thresholds_of_a_frame_in_memory_are_those_of_the_lazy_query(rows, dq, mq) -> None:
+    """A frame in memory takes its quantiles with Polars' in-memory engine, a LazyFrame (a spilled
+    bucketed run) with its default: the same values, nearest-rank, over the placeable samples."""
+    scores = scores_frame(rows)
+    eager = quadrants.resolve_thresholds(scores, difficulty_quantile=dq, memorization_quantile=mq)
+    lazy = quadrants.resolve_thresholds(scores.lazy(), difficulty_quantile=dq, memorization_quantile=mq)
+    assert eager == lazy
+    placeable = scores.drop_nulls(["difficulty", "memorization"])
+    if placeable.height:  # the value at rank round(q (n - 1)), halves up: one of the samples' own
+        at = dq * (placeable.height - 1)
+        rank = int(at) + (at - int(at) >= 0.5)
+        assert eager.difficulty == placeable["difficulty"].sort()[rank]
+    else:
+        assert eager.difficulty is None and eager.memorization is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=score_rows, dq=st.floats(0, 1), mq=st.floats(0, 1))
 def test_quadrants_partition_the_placeable_samples(rows, dq, mq) -> None:
     scores = scores_frame(rows)
     t = quadrants.resolve_thresholds(scores, difficulty_quantile=dq, memorization_quantile=mq)
