@@ -74,7 +74,7 @@ def resolve_thresholds(
     if memorization_threshold is None:
         wanted["memorization"] = pl.col("memorization").quantile(memorization_quantile, interpolation="nearest")
     # a frame already in memory: Polars' in-memory engine takes the quantiles in a fraction of the
-    # streaming engine's time (0.04 against 0.3 s on 10M samples), with the same values
+    # streaming engine's time, with the same values
     engine = "in-memory" if isinstance(scores, pl.DataFrame) else "auto"
     found = placeable.select(**wanted).collect(engine=engine).row(0, named=True) if wanted else {}
 
