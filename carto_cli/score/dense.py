@@ -41,7 +41,9 @@ further than `state`: its second pass writes the score columns (`finalize`'s, so
 sample_id) straight from the packed words and the loss matrix, so neither the per-slot sums nor
 the state frame is ever made (`frame` wraps the arrays without copying them); the irregular
 samples' rows are replaced by the caller (`replace_rows`). Both go through `_reduce`, which makes
-the passes and the unpacked retry.
+the passes and the unpacked retry. `accumulated` goes less far: it hands the checked accumulators
+of a log reduced in one pass to `carto_cli.score.streamed`, which finishes them a chunk at a time
+as they are written.
 """
 
 from __future__ import annotations
