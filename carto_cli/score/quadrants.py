@@ -67,19 +67,21 @@ def resolve_thresholds(
     for name, q in (("--d-quantile", difficulty_quantile), ("--m-quantile", memorization_quantile)):
         if not 0 <= q <= 1:
             raise OptionError(f"{name} must be in [0, 1]; got {q}")
-    in_memory = isinstance(scores, pl.DataFrame)
-    placeable = scores.lazy()
-    if not in_memory or scores.select(pl.col("difficulty", "memorization").null_count()).row(0) != (0, 0):
-        placeable = placeable.filter(pl.col("difficulty").is_not_null() & pl.col("memorization").is_not_null())
     wanted = {}
     if difficulty_threshold is None:
-        wanted["difficulty"] = pl.col("difficulty").quantile(difficulty_quantile, interpolation="nearest")
+        wanted["difficulty"] = difficulty_quantile
     if memorization_threshold is None:
-        wanted["memorization"] = pl.col("memorization").quantile(memorization_quantile, interpolation="nearest")
-    # a frame already in memory: Polars' in-memory engine takes the quantiles in a fraction of the
-    # streaming engine's time, with the same values (and without nulls, with no filtered copy)
-    engine = "in-memory" if in_memory else "auto"
-    found = placeable.select(**wanted).collect(engine=engine).row(0, named=True) if wanted else {}
+        wanted["memorization"] = memorization_quantile
+    placed = pl.col("difficulty").is_not_null() & pl.col("memorization").is_not_null()
+    if isinstance(scores, pl.DataFrame):
+        # a frame in memory: each column's quantile in turn, on the frame itself when it has no
+        # null (Polars' lazy default, the streaming engine, takes several times as long)
+        nulls = scores.select(pl.col("difficulty", "memorization").null_count()).row(0)
+        placeable = scores if nulls == (0, 0) else scores.filter(placed)
+        found = {column: placeable[column].quantile(q, interpolation="nearest") for column, q in wanted.items()}
+    else:
+        quantiles = {column: pl.col(column).quantile(q, interpolation="nearest") for column, q in wanted.items()}
+        found = scores.filter(placed).select(**quantiles).collect().row(0, named=True) if wanted else {}
 
     def value(column: str, absolute: float | None) -> float | None:
         if absolute is not None:
