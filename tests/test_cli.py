@@ -293,6 +293,27 @@ def test_nonfinite_losses_are_reported(tmp_path: Path) -> None:
     assert_one_line_error(run("score", tmp_path / "logs", "--nonfinite", "error"), "2 row(s) have a NaN")
 
 
+def test_a_loss_beyond_the_bound_is_refused(tmp_path: Path) -> None:
+    rows = hand_rows()
+    rows[0]["loss"] = 2e9
+    write_parts(tmp_path / "logs", rows)
+    assert_one_line_error(run("score", tmp_path / "logs"), "column 'loss' holds values up to 2e+09")
+
+
+@pytest.mark.parametrize("method", ["auto", "bitmask", "general"])
+def test_losses_whose_sums_overflow_are_refused_by_name(tmp_path: Path, method: str) -> None:
+    """Each loss under the bound, but a sample's four add up beyond the exact sums' Int64 (the
+    dense kernel declines such a log; the Polars kernels then name the column, not a damaged part)."""
+    rows = [dict(r, loss=9.9e8) for r in hand_rows()]
+    write_parts(tmp_path / "logs", rows)
+    counts = pl.DataFrame(rows).group_by("sample_id").len()["len"]
+    beyond = int((counts * 9.9e8 * 2**32 >= 2**63).sum())  # three rows or more
+    assert 0 < beyond < counts.len()
+    result = run("score", tmp_path / "logs", "--method", method, "--out", tmp_path / "s.parquet")
+    assert_one_line_error(result, f"column 'loss': the losses of {beyond} sample(s)", "per-sample mean negative")
+    assert not (tmp_path / "s.parquet").exists()
+
+
 @pytest.mark.parametrize("frac", ["-0.1", "1", "1.5", "nan"])
 def test_frac_outside_range(scored: Path, frac: str) -> None:
     assert_one_line_error(run("prune", "--frac", frac, "--scores", scored), "--frac must be in [0, 1)")

@@ -14,9 +14,10 @@ import polars as pl
 SCALE = 2.0**32  # units per nat
 
 
-def fixed_sum(values: pl.Expr) -> pl.Expr:
-    """Exact, order-independent sum of a float column, in units of 1/SCALE (Int64; 0 for no values)."""
-    return (values * SCALE).round().cast(pl.Int128).sum().cast(pl.Int64, strict=True)
+def fixed_sum(values: pl.Expr, *, strict: bool = True) -> pl.Expr:
+    """Exact, order-independent sum of a float column, in units of 1/SCALE (Int64; 0 for no values).
+    A sum beyond Int64 fails the query, or with `strict=False` is null (for the caller to report)."""
+    return (values * SCALE).round().cast(pl.Int128).sum().cast(pl.Int64, strict=strict)
 
 
 def fixed_mean(values: pl.Expr) -> pl.Expr:

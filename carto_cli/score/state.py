@@ -202,19 +202,22 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
     correct = pl.col(schema.CORRECT)
     lf = lf.with_columns(prob_units_expr(pl.col(schema.LOSS)).alias("_p"))
     prob = prob_aggregations(pl.col("_p"))
+    # null where a sample's sum overflows Int64 (`_sums_in_range` then says so)
+    loss_sums = [fixed_sum(pl.col(schema.LOSS), strict=False).alias("loss_sum"),
+                 fixed_sum(pl.when(early).then(pl.col(schema.LOSS)), strict=False).alias("early_sum")]
     # `when/then` rather than `filter` inside aggregations: Polars evaluates it without
     # materialising a filtered copy per group (about 2x faster over 40M rows).
     order_free = [
         pl.len().cast(pl.Int64).alias("n_seen"),
         correct.sum().cast(pl.Int64).alias("n_correct"),
         early.sum().cast(pl.Int64).alias("n_early"),
-        fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
-        fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
+        *loss_sums,
         pl.when(correct).then(pl.col(schema.EPOCH)).min().cast(pl.Int64).alias("first_learned_epoch"),
         *prob,
     ]
     if method == "general":
-        return _general_state(lf, order_free).collect().with_columns(normalized_square()).select(STATE_COLUMNS), 0
+        state = _general_state(lf, order_free).collect().with_columns(normalized_square())
+        return _sums_in_range(state).select(STATE_COLUMNS), 0
 
     # s = sum of 2^epoch over the sample's rows, c = the same over its correct rows. With at most one
     # row per epoch a sum is an OR; a repeated epoch carries, so popcount(s) < n_seen flags it.
@@ -222,14 +225,14 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
     bit = power_of_two(pl.col(schema.EPOCH))
     state = lf.group_by(schema.SAMPLE_ID).agg(
         pl.len().cast(pl.Int64).alias("n_seen"),
-        fixed_sum(pl.col(schema.LOSS)).alias("loss_sum"),
-        fixed_sum(pl.when(early).then(pl.col(schema.LOSS))).alias("early_sum"),
+        *loss_sums,
         bit.sum().alias("_seen"),
         (bit * correct.cast(pl.UInt64)).sum().alias("_corr"),
         pl.col(schema.STEP).min().cast(pl.Int64).alias("first_step"),
         pl.col(schema.STEP).max().cast(pl.Int64).alias("last_step"),
         *prob,
     ).collect().with_columns(normalized_square())
+    _sums_in_range(state)
     seen, corr = pl.col("_seen"), pl.col("_corr")
     early_mask = pl.lit((1 << min(early_epochs, 64)) - 1, dtype=pl.UInt64)
     state = state.with_columns(
@@ -260,6 +263,21 @@ def segment_state(lf: pl.LazyFrame, *, early_epochs: int, method: str) -> tuple[
         state = pl.concat([state.filter(pl.col("forget_events").is_not_null()).select(STATE_COLUMNS),
                            recount.collect().with_columns(normalized_square()).select(STATE_COLUMNS)])
     return state.select(STATE_COLUMNS), irregular.height
+
+
+def _sums_in_range(state: pl.DataFrame) -> pl.DataFrame:
+    """`state`, or a one-line error naming the column and the fix where a sample's fixed-point loss
+    sum overflowed Int64 (null from `fixed_sum(strict=False)`): its losses add up beyond about
+    2.1e9 nats, which a per-sample mean loss never does."""
+    overflowed = state.filter(pl.col("loss_sum").is_null() | pl.col("early_sum").is_null())
+    if overflowed.height:
+        raise LogFormatError(
+            f"column 'loss': the losses of {overflowed.height:,} sample(s) (sample_id "
+            f"{overflowed[schema.SAMPLE_ID][0]}, ...) add up beyond what carto sums exactly (about 2.1e9 "
+            "nats a sample); carto expects a per-sample mean negative log-likelihood in nats: check what "
+            "the training loop logs"
+        )
+    return state
 
 
 def power_of_two(exponent: pl.Expr) -> pl.Expr:
