@@ -2,8 +2,8 @@
 dense kernel reduces the log in one pass.
 
 The in-memory path (`local.dense_scores`) holds every score column of every sample, about 90 bytes
-a sample (900 MB for 10M samples), before it writes them; where faulting in fresh memory costs more
-than the arithmetic (a virtual machine), that memory is most of the time. Here only the dense
+a sample (900 MB for 10M samples), before it writes them: half the peak memory of `carto score` on
+10M samples, though little of its time (docs/benchmarks.md). Here only the dense
 kernel's accumulators are held (`dense.accumulated`: 8 bytes a sample, and 4 or 8 per epoch), and:
 
 1. `placement()` gives every sample's difficulty and memorization (`compiled.place`): all of them
