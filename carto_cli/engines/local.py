@@ -89,8 +89,7 @@ def dense_stream(logset: LogSet, kernel: Kernel, *, never_learned: str
     scores = streamed.StreamedScores(sums, first_id, unsigned, kernel.early_epochs, never_learned)
     irregular = scores.irregular_ids()
     if len(irregular):
-        scores.recount = finalize(_recount(logset, kernel, irregular, pl.UInt64 if unsigned else pl.Int64),
-                                  never_learned=never_learned)
+        scores.recount = _recounted_scores(logset, kernel, irregular, never_learned)
     return scores, len(irregular), sums.dropped
 
 
@@ -126,10 +125,15 @@ def dense_scores(logset: LogSet, kernel: Kernel, *, never_learned: str, stride: 
     columns, irregular, dropped = reduced
     unsigned = kernel.sample_id_dtype == "UInt64"
     if len(irregular):  # their rows hold provisional values: replace them with the general path's
-        recount = finalize(_recount(logset, kernel, irregular, pl.UInt64 if unsigned else pl.Int64),
-                           never_learned=never_learned)
-        dense.replace_rows(columns, recount, unsigned)
+        dense.replace_rows(columns, _recounted_scores(logset, kernel, irregular, never_learned), unsigned)
     return dense.frame(columns, unsigned), len(irregular), dropped
+
+
+def _recounted_scores(logset: LogSet, kernel: Kernel, ids: np.ndarray, never_learned: str) -> pl.DataFrame:
+    """The scores (`finalize`) of the samples `ids` by the general Polars kernel: the dense kernel's
+    irregular samples."""
+    dtype = pl.UInt64 if kernel.sample_id_dtype == "UInt64" else pl.Int64
+    return finalize(_recount(logset, kernel, ids, dtype), never_learned=never_learned)
 
 
 def _recount(logset: LogSet, kernel: Kernel, ids: np.ndarray, dtype: pl.DataType) -> pl.DataFrame:
