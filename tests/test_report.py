@@ -340,6 +340,8 @@ def browse(page: Path, tmp_path: Path, *, screenshot: Path | None = None) -> tup
         args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
                 f"--proxy-server=http://127.0.0.1:{listener.port}", "--proxy-bypass-list=<-loopback>",
                 f"--gaia-url=http://{OWN}/", f"--google-base-url=http://{OWN}/", "--no-first-run",
+                # chromium 156 asks its component updater despite --disable-component-update
+                f"--component-updater=url-source=http://{OWN}/",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-extensions", "--disable-default-apps", "--disable-features=NetworkTimeServiceQuerying"]
         args += ([f"--screenshot={screenshot}", "--window-size=1280,2000", "--hide-scrollbars"] if screenshot
