@@ -85,6 +85,12 @@ def extract_loops():
     return None if os.environ.get("CARTO_NO_COMPILED") else _built("_extract")
 
 
+def match_loops():
+    """The multi-pattern token search's compiled loop (`_match.c`, used by `carto_cli.score.match`),
+    or None where it was not built or `CARTO_NO_COMPILED` is set."""
+    return None if os.environ.get("CARTO_NO_COMPILED") else _built("_match")
+
+
 def add_rows(sums, idx: np.ndarray, epoch: np.ndarray | int, loss: np.ndarray, correct: np.ndarray,
              step: np.ndarray | None, *, n_bits: int, mask_bits: int) -> None:
     """The rows (already checked and filtered by `dense._accumulate`) into the packed words or the three
