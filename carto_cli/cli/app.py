@@ -7,7 +7,6 @@ Every CartoError becomes one `Error: ...` line on stderr and exit status 1.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -20,8 +19,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from carto_cli.cli import experiment as cli_experiment
+from carto_cli.cli import findings_command, map_command, report_command, score_command
 from carto_cli.cli import inspect_command as cli_inspect
-from carto_cli.cli import map_command, report_command
+from carto_cli.cli.common import JsonOption, LogArguments, ScoresOption
+from carto_cli.cli.common import emit_json as _emit_json
+from carto_cli.cli.common import local_paths as _local
+from carto_cli.cli.common import open_logs as _open
 from carto_cli.cli.console import err, progress
 from carto_cli.cli.lazy import lazy
 from carto_cli.errors import CartoError, OptionError, first_line
@@ -50,13 +53,6 @@ logs_app = typer.Typer(help="Inspect training logs.", no_args_is_help=True, rich
 app.add_typer(logs_app, name="logs")
 
 
-LogArguments = Annotated[
-    list[str],
-    typer.Argument(help="Log directories or part files, or object-store URLs (s3://bucket/prefix/).",
-                   show_default=False),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
-ScoresOption = Annotated[Path, typer.Option("--scores", help="Scores file written by `carto score`.")]
 
 
 def _cli_errors(fn: Callable) -> Callable:
@@ -94,14 +90,6 @@ def _root(
     ] = False,
 ) -> None:
     """carto: per-sample difficulty and memorization from training logs; prune and weight exports."""
-
-
-def _emit_json(payload: dict) -> None:
-    typer.echo(json.dumps(payload, indent=2, sort_keys=True, default=str))
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 # --------------------------------------------------------------------------------------- log
@@ -197,151 +185,15 @@ def logs_bucketize(
               f"buckets (largest {largest:,} rows) in {escape(str(out))}")
 
 
-def _local(paths: list[str]) -> list[Path]:
-    """The arguments that are local paths (object-store URLs cannot be overwritten by an output)."""
-    return [p for p in map(storage.location, paths) if isinstance(p, Path)]
-
-
-def _open(paths: list[str], skip_corrupt: bool) -> logs.LogSet:
-    found = logs.discover(paths)
-    with progress("checking log parts", total=len(found)) as advance:
-        logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance)
-    for path, why in logset.skipped:
-        err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
-    return logset
-
-
-# --------------------------------------------------------------------------------------- score
-
-
-@app.command("score")
-@_cli_errors
-def score_command(
-    paths: LogArguments,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Scores file to write.")] = Path("scores.parquet"),
-    early_epochs: Annotated[
-        int, typer.Option("--early-epochs", help="Difficulty is the mean loss over epochs < K.")
-    ] = 2,
-    correct_from: Annotated[
-        str, typer.Option("--correct-from", help="Correctness: log | loss | tail | acc.")
-    ] = "log",
-    threshold: Annotated[
-        str | None,
-        typer.Option(help="Threshold for loss/tail (<) or acc (>=): a number or a percentile like p50."),
-    ] = None,
-    never_learned: Annotated[
-        str, typer.Option("--never-learned", help="Memorization of never-learned samples: zero | max | exclude.")
-    ] = "zero",
-    d_quantile: Annotated[float, typer.Option("--d-quantile", help="Difficulty threshold quantile.")] = 0.5,
-    m_quantile: Annotated[float, typer.Option("--m-quantile", help="Memorization threshold quantile.")] = 0.5,
-    d_threshold: Annotated[
-        float | None, typer.Option("--d-threshold", help="Absolute difficulty threshold (overrides the quantile).")
-    ] = None,
-    m_threshold: Annotated[
-        float | None, typer.Option("--m-threshold", help="Absolute memorization threshold (overrides the quantile).")
-    ] = None,
-    nonfinite: Annotated[
-        str, typer.Option("--nonfinite", help="Rows with NaN/inf loss: drop (and report) | error.")
-    ] = "drop",
-    method: Annotated[str, typer.Option("--method", help="Forget-event counting: auto | bitmask | general.")] = "auto",
-    memorization: Annotated[
-        str,
-        typer.Option("--memorization", help="Memorization signal: auto (extractable when the log has the "
-                     "shim's sketch, else forgets) | extractable | forgets (the paper) | token-drop | tail-var."),
-    ] = "auto",
-    drop_k: Annotated[
-        int, typer.Option("--drop-k", help="token-drop: average of the K largest per-token loss drops.")
-    ] = 4,
-    late_from: Annotated[
-        int | None, typer.Option("--late-from", help="tail-var: first late epoch (default: second half).")
-    ] = None,
-    skip_corrupt: Annotated[
-        bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts (with a warning) instead of failing.")
-    ] = False,
-    update: Annotated[
-        bool, typer.Option("--update", help="Fold only parts new since the last --update run into its saved state.")
-    ] = False,
-    engine: Annotated[str, typer.Option("--engine", help="Where to run: local | ray.")] = "local",
-    address: Annotated[
-        str | None, typer.Option("--address", help="Ray cluster address (default: start a local instance).")
-    ] = None,
-    run_id: Annotated[
-        str | None, typer.Option("--run", help="Score one run of a log that holds several (default: all of "
-                                 "them, counted per run and summed).")
-    ] = None,
-    as_json: JsonOption = False,
-) -> None:
-    """Score every sample: difficulty, forget events, memorization, quadrant."""
-    params = rules.ScoreParams(
-        early_epochs=early_epochs,
-        never_learned=never_learned,
-        correct_from=correct_from,
-        threshold=threshold,
-        nonfinite=nonfinite,
-        method=method,
-        memorization=memorization,
-        drop_k=drop_k,
-        late_from=late_from,
-    )
-    placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
-    artifacts.ensure_not_input(out, _local(paths))
-    logset = _open(paths, skip_corrupt)
-    if run_id is not None:
-        logset = runs.select_run(logset, run_id)
-    groups = buckets.bucket_groups(logset)
-    with progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
-        run = pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths], placement=placement,
-                                 engine=engine, address=address, update=update, on_bucket=advance)
-    for note in run.notes:
-        err.print(f"[yellow]Note:[/] {escape(note)}" if note.startswith(("folded", "no saved", "left out"))
-                  else f"[yellow]Warning:[/] {escape(note)}")
-    if as_json:
-        _emit_json({"out": str(out), "samples": run.samples, "rows": run.rows, "parts": run.parts,
-                    "quadrants": run.table, "correctness_rule": run.rule.describe(),
-                    "memorization": run.memorization,
-                    "thresholds": run.thresholds.as_dict(), "method_used": run.method, "dense_build": run.dense_build,
-                    "rows_dropped_nonfinite": run.rows_dropped_nonfinite, "engine": run.engine,
-                    "buckets": run.buckets, "replayed_rows": logset.replayed_rows,
-                    "runs": runs.run_ids(logset)})
-        return
-    _print_score_report(run, never_learned, early_epochs)
-    err.print(f"wrote {escape(str(out))}")
-
-
-def _print_score_report(run: pipeline.ScoreRun, never_learned: str, early_epochs: int) -> None:
-    where = f" ({run.buckets} buckets, {run.engine} engine)" if run.buckets or run.engine != "local" else ""
-    err.print(
-        f"carto score: {run.samples:,} samples from {run.rows:,} presentations in {run.parts:,} part(s)"
-        f"{where}; {run.ever_learned:,} ever learned"
-    )
-    err.print(
-        f"correct = {escape(run.rule.describe())}; difficulty = mean loss over epochs < {early_epochs}; "
-        f"memorization = {escape(run.memorization)}"
-        + (f" (never-learned: {never_learned})" if run.memorization.startswith("forget") else "")
-    )
-    t = run.thresholds
-    d_q = f" (q{t.difficulty_quantile:.2f})" if t.difficulty_quantile is not None else ""
-    m_q = f" (q{t.memorization_quantile:.2f})" if t.memorization_quantile is not None else ""
-    err.print(f"high difficulty: > {_fmt(t.difficulty, 4)}{d_q}; high memorization: > {_fmt(t.memorization, 4)}{m_q}")
-    grid = Table(header_style="bold", caption="difficulty, memorization, forgets: means per quadrant")
-    for name, justify in (("quadrant", "left"), ("samples", "right"), ("share", "right"),
-                          ("difficulty", "right"), ("memorization", "right"),
-                          ("forgets", "right"), ("action", "left")):
-        grid.add_column(name, justify=justify)
-    for row in run.table:
-        grid.add_row(row["quadrant"], f"{row['samples']:,}", f"{100 * row['share']:.1f}%",
-                     _fmt(row["mean_difficulty"]), _fmt(row["mean_memorization"]),
-                     _fmt(row["mean_forget_events"], 2), row["action"])
-    err.print(grid)
-
-
 # --------------------------------------------------------------------------------------- prune
 
 
 @app.command("prune")
 @_cli_errors
 def prune_command(
-    frac: Annotated[float, typer.Option("--frac", help="Fraction of samples to remove, in [0, 1).")],
+    frac: Annotated[float | None, typer.Option(
+        "--frac", help="Fraction of samples to remove, in [0, 1) (default, on scores with findings: every carrier "
+        "of a private finding).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Manifest to write.")] = Path("manifest.parquet"),
     scores_path: ScoresOption = Path("scores.parquet"),
     by: Annotated[
@@ -350,17 +202,25 @@ def prune_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of --by random.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Write a manifest that removes the fraction FRAC of samples ranked most memorization-prone."""
-    export.prune_count(0, frac)  # validate --frac before reading anything
+    """Write a manifest that removes every copy of what the model memorized (scores with findings), or
+    the fraction FRAC of samples ranked most memorization-prone."""
+    if frac is not None:
+        export.prune_count(0, frac)  # validate --frac before reading anything
     artifacts.ensure_not_input(out, [scores_path])
     scores, scores_prov = artifacts.read(scores_path, "scores")
-    manifest = export.prune_manifest(scores, frac=frac, by=by, seed=seed)
+    by_findings = by == "memorization" and export.has_findings(scores)
+    if frac is None and not by_findings:
+        raise OptionError(f"--frac is needed: {scores_path} has no findings to prune by (score with "
+                          "`carto score --data TRAIN` to prune every copy of what was memorized)"
+                          if by == "memorization" else f"--by {by} needs --frac")
+    manifest = (export.findings_manifest(scores, frac=frac) if by_findings
+                else export.prune_manifest(scores, frac=frac, by=by, seed=seed))
     n_pruned = int((~manifest["keep"]).sum())
     prov = artifacts.provenance(
         "manifest",
         inputs=[{"path": str(scores_path), "sha256": artifacts.file_digest(scores_path),
                  "provenance": scores_prov}],
-        parameters={"frac": frac, "by": by, "seed": seed if by == "random" else None},
+        parameters={"frac": frac, "by": "findings" if by_findings else by, "seed": seed if by == "random" else None},
         samples=manifest.height,
         pruned=n_pruned,
     )
@@ -377,6 +237,10 @@ def prune_command(
         return
     share = n_pruned / manifest.height if manifest.height else 0.0
     detail = ", ".join(f"{k} {v:,}" for k, v in counts.items()) or "none"
+    if by_findings:
+        _print_findings_prune(scores, manifest, frac, n_pruned, share)
+        err.print(f"wrote {escape(str(out))} and {escape(str(out))}{artifacts.SIDECAR_SUFFIX}")
+        return
     err.print(f"carto prune: removing {n_pruned:,} of {manifest.height:,} samples ({100 * share:.1f}%) by {by}")
     err.print(f"pruned by quadrant: {detail}")
     asked = export.prune_count(manifest.height, frac)
@@ -395,6 +259,19 @@ def prune_command(
                 f"of {which} samples and the tie-break (lowest difficulty) chose them"
             )
     err.print(f"wrote {escape(str(out))} and {escape(str(out))}{artifacts.SIDECAR_SUFFIX}")
+
+
+def _print_findings_prune(scores: Any, manifest: Any, frac: float | None, n_pruned: int, share: float) -> None:
+    carried = scores.filter(pl.col("finding").is_not_null())
+    findings = carried["finding"].n_unique()
+    removed = manifest.filter(~pl.col("keep"))["finding"].n_unique()
+    err.print(f"carto prune: removing {n_pruned:,} of {manifest.height:,} samples ({100 * share:.1f}%): every copy "
+              f"of {removed:,} of the {findings:,} private finding(s)")
+    if removed < findings:
+        left = carried.height - n_pruned
+        err.print(f"[yellow]Note:[/] --frac {frac:g} leaves {findings - removed:,} finding(s) whole ({left:,} "
+                  "sample(s)): only whole findings are removed, strongest first; `carto mask` drops them from "
+                  "the loss instead")
 
 
 # --------------------------------------------------------------------------------------- weights
@@ -456,6 +333,9 @@ def weights_command(
 
 
 # `carto experiment` lives in its own module; it imports torch only when it runs.
+app.command("score")(_cli_errors(score_command.score_command))
+app.command("findings")(_cli_errors(findings_command.findings_command))
+app.command("mask")(_cli_errors(findings_command.mask_command))
 app.command("experiment")(_cli_errors(cli_experiment.experiment_command))
 app.command("inspect")(_cli_errors(cli_inspect.inspect_command))
 # `carto map` too; Matplotlib is imported only when a map is drawn.

@@ -21,6 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from carto_cli.engines import buckets, incremental, ray, runs
+from carto_cli.engines import findings as findings_pass
 from carto_cli.engines import plan as planner
 from carto_cli.errors import OptionError
 from carto_cli.io import artifacts
@@ -67,6 +68,7 @@ class ScoreRun:
     notes: list[str] = field(default_factory=list)
     memorization: str = "forget events / transitions"  # what the memorization column holds
     dense_build: str | None = None  # "compiled" or "numpy" where the dense kernel ran (same results)
+    findings: findings_pass.FindingsRun | None = None  # `--data`: the memorized strings and their copies
 
 
 ENGINES = ("local", "ray")
@@ -91,7 +93,11 @@ def run_score(
     address: str | None = None,
     update: bool = False,
     on_bucket: Callable[[], None] | None = None,
+    findings: findings_pass.FindingsRequest | None = None,
 ) -> ScoreRun:
+    """Score `logset` into `out` (see the module docstring); with `findings`, then find the memorized
+    strings and every copy of them in the training data, and place the samples by them
+    (`carto_cli.engines.findings`)."""
     check_engine(engine, address)
     groups = buckets.bucket_groups(logset)
     n_buckets = 0 if None in groups else len(groups)
@@ -103,6 +109,8 @@ def run_score(
             notes.append("memorization: forget events, because --update keeps no state for the extractable "
                          "signal; rescore without --update to rank by it")
     params = planner.resolve_signal(logset, params)
+    if findings is not None:
+        _check_findings(logset, params, update)
     if params.memorization != "forgets" and update:
         raise OptionError(
             f"--memorization {params.memorization} is not kept in the --update state (it is not additive in "
@@ -176,6 +184,11 @@ def run_score(
     finally:
         if cleanup is not None:
             cleanup()
+    found = None
+    if findings is not None:  # rewrites the scores file: memorization and quadrants by findings
+        found = findings_pass.run(logset, out, findings, early_epochs=params.early_epochs,
+                                  drop_nonfinite=params.nonfinite == "drop")
+        thresholds, streaming = found.thresholds, True
     # The report reads the scores back from memory when they are there, else from the written file
     # (streamed, or a bucketed or Ray run spilled them); the numbers are the same. The quadrants are
     # counted from the thresholds (`quadrants.codes`), without making their strings again.
@@ -205,7 +218,21 @@ def run_score(
         notes=notes,
         memorization=memorization,
         dense_build=dense_build,
+        findings=found,
     )
+
+
+def _check_findings(logset: LogSet, params: rules.ScoreParams, update: bool) -> None:
+    """--data needs what findings are made of: the sketch, and the extractable signal's values."""
+    if update:
+        raise OptionError("--data does not combine with --update (the findings need the extractable signal, "
+                          "which --update keeps no state for); drop one of them")
+    if not planner.has_sketch(logset):
+        raise OptionError("--data finds memorized strings from the shim's memorization sketch, and this log has "
+                          "none; log from logits with the shim's default sketch, or drop --data")
+    if params.memorization != "extractable":
+        raise OptionError(f"--data finds memorized strings by the extractable signal; drop --memorization "
+                          f"{params.memorization}")
 
 
 def unplaced_note(counts: dict, params: rules.ScoreParams) -> str:

@@ -93,6 +93,38 @@ def prune_manifest(scores: pl.DataFrame, *, frac: float, by: str = "memorization
     )
 
 
+def has_findings(scores: pl.DataFrame) -> bool:
+    """Whether the scores were placed by findings (`carto score --data`): a `finding` column."""
+    return "finding" in scores.columns
+
+
+def findings_manifest(scores: pl.DataFrame, *, frac: float | None = None) -> pl.DataFrame:
+    """Every sample with `keep`: False for every carrier of a private finding (`carto score --data`),
+    or, with `frac`, for at most floor(frac * n) of them, whole findings only, strongest first: a
+    finding whose carriers do not all fit in what is left of the budget is kept whole, and the next
+    one is tried (removing some copies of a string leaves the rest to teach it).
+
+    A sample's `finding` is the strongest private finding it carries, so a finding's carriers not
+    yet removed by a stronger one are exactly the samples that name it."""
+    if not has_findings(scores):
+        raise OptionError("these scores have no findings; score with `carto score --data TRAIN` to prune every "
+                          "copy of what the model memorized, or pass --frac")
+    budget = scores.height if frac is None else prune_count(scores.height, frac)
+    sizes = (scores.filter(pl.col("finding").is_not_null())
+             .group_by("finding").agg(pl.len().alias("carriers"), pl.col("memorization").max().alias("evidence"))
+             .sort(["evidence", "finding"], descending=[True, False]))
+    chosen, used = [], 0
+    for finding, carriers in sizes.select("finding", "carriers").iter_rows():
+        if used + carriers <= budget:
+            chosen.append(finding)
+            used += carriers
+    ranked = prune_order(scores, by="memorization")
+    chosen_ids = pl.Series("chosen", chosen, dtype=scores.schema["finding"])
+    return (ranked.with_columns(keep=~pl.col("finding").is_in(chosen_ids.implode()).fill_null(False))
+            .select("sample_id", "keep", "quadrant", pl.col("prune_rank").cast(pl.Int64), "finding")
+            .sort("sample_id"))
+
+
 def pruned_without_evidence(scores: pl.DataFrame, manifest: pl.DataFrame, *, forgets: bool = True) -> int:
     """How many pruned samples the tie-break picked, not the score: those with no forget event
     (memorization by forget events), or with a memorization of 0 (another signal)."""

@@ -32,6 +32,8 @@ REQUIRED = {
     "manifest": ("sample_id", "keep", "quadrant"),
     "weights": ("sample_id", "weight", "quadrant"),
     "state": ("sample_id", "n_seen", "forget_events", "last_step", "last_correct"),
+    "findings": ("finding", "text", "tokens", "evidence", "carriers", "public", "copies_at"),
+    "mask": ("sample_id", "start", "length"),
 }
 
 

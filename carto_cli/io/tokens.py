@@ -106,7 +106,8 @@ class TokenDataset:
                               .join(wanted.lazy(), on=datasets.SAMPLE_ID, how="semi"))
         if found[datasets.SAMPLE_ID].n_unique() < found.height:
             dup = found.filter(pl.col(datasets.SAMPLE_ID).is_duplicated())[datasets.SAMPLE_ID].min()
-            raise DatasetError(f"{self.path}: sample_id {dup} appears more than once; each sample needs exactly one row")
+            raise DatasetError(f"{self.path}: sample_id {dup} appears more than once; each sample needs exactly "
+                               "one row")
         missing = np.setdiff1d(ids, found[datasets.SAMPLE_ID].to_numpy())
         if len(missing):
             raise DatasetError(
@@ -146,7 +147,7 @@ class TokenDataset:
 
     def _token_rows(self, frame: pl.DataFrame) -> TokenRows:
         ids = frame[datasets.SAMPLE_ID].cast(pl.Int64).to_numpy()
-        if self.tokenizer is None:
+        if self.source == INPUT_IDS:
             column = frame[self.source]
             if column.null_count():
                 raise DatasetError(f"{self.path}: {column.null_count():,} null {self.source} value(s); every row "
@@ -207,7 +208,7 @@ def open_tokens(path: Path, *, tokenizer: str | None = None, text_column: str | 
     if INPUT_IDS in names and tokenizer in (None, BYTES) and text_column is None:
         if not (isinstance(schema[INPUT_IDS], pl.List) and schema[INPUT_IDS].inner.is_integer()):
             raise DatasetError(f"{path}: its input_ids column is {schema[INPUT_IDS]}, not lists of integers")
-        source, loaded = INPUT_IDS, None
+        source, loaded = INPUT_IDS, tokenizer  # `bytes` decodes the ids as bytes
     else:
         if tokenizer is None:
             raise OptionError(

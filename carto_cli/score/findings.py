@@ -15,7 +15,7 @@ its copies:
 2. **Copies.** Every candidate is searched for in every training row (`carto_cli.score.match`: exact
    token matches, every occurrence). A candidate must occur in its own source row, or the dataset is
    not the one the log was written from (counted, and refused when most do not).
-3. **Findings.** Candidates whose rows overlap (at least `overlap` of the smaller set of rows) are
+3. **Findings.** Candidates whose rows are nearly the same (they share `overlap` of the larger set) are
    one finding: the same string seen through different runs (a run one token longer, a copy in
    other context). A finding's text is its member with the strongest evidence (then the most rows,
    then the shortest); its copies are every row that holds any member; its evidence is the largest
@@ -122,8 +122,10 @@ def search(patterns: match.Patterns, data: TokenDataset) -> pl.DataFrame:
 
 
 def group(n_patterns: int, hits: pl.DataFrame, overlap: float) -> np.ndarray:
-    """A group label per pattern: patterns whose sets of rows overlap by at least `overlap` of the
-    smaller set are one group (union-find over the pairs that share rows)."""
+    """A group label per pattern: patterns whose sets of rows are nearly the same (they share at
+    least `overlap` of the larger set) are one group (union-find over the pairs that share rows).
+    Relative to the larger set, not the smaller: a common string (indentation, a template) shares
+    most of a rare string's rows, and would otherwise chain unrelated findings together."""
     parent = np.arange(n_patterns)
 
     def root(i: int) -> int:
@@ -137,7 +139,7 @@ def group(n_patterns: int, hits: pl.DataFrame, overlap: float) -> np.ndarray:
     pairs = (per_row.join(per_row, on="sample_id", suffix="_b").filter(pl.col("pattern") < pl.col("pattern_b"))
              .group_by("pattern", "pattern_b").agg(pl.len().alias("shared")))
     for a, b, shared in pairs.iter_rows():
-        if shared >= overlap * min(size[a], size[b]):
+        if shared >= overlap * max(size[a], size[b]):
             ra, rb = root(a), root(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
@@ -170,7 +172,7 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
     hits = search(compiled, data)
     # a source's string must occur in its own row
     found = set(hits.select("pattern", "sample_id").unique().iter_rows())
-    unmatched = sum((sample, j) not in found for sample, j in source_of)
+    unmatched = sum((j, sample) not in found for sample, j in source_of)
     if unmatched > len(source_of) / 2:
         raise DatasetError(
             f"{data.path}: {unmatched:,} of the {len(source_of):,} memorized spans are not where the log says in "
@@ -189,14 +191,14 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
                      unmatched=unmatched)
 
 
-def _assemble(patterns: list[np.ndarray], evidence: np.ndarray, sources: np.ndarray, labels: np.ndarray,
+def _assemble(patterns: list[np.ndarray], evidence: np.ndarray, pattern_sources: np.ndarray, labels: np.ndarray,
               hits: pl.DataFrame, public: np.ndarray, reference_copies: np.ndarray, data: TokenDataset, *,
               candidates_: int, sources: int, short: int, unmatched: int) -> Findings:
     rows_of = hits.group_by("pattern").agg(pl.col("sample_id").n_unique().alias("rows"))
     n_rows = np.zeros(len(patterns), dtype=np.int64)
     n_rows[rows_of["pattern"].to_numpy()] = rows_of["rows"].to_numpy()
     members = pl.DataFrame({"pattern": np.arange(len(patterns)), "group": labels, "evidence": evidence,
-                            "sources": sources, "rows": n_rows, "length": [len(p) for p in patterns],
+                            "sources": pattern_sources, "rows": n_rows, "length": [len(p) for p in patterns],
                             "public": public, "reference_copies": reference_copies})
     # the group's text: its strongest member, then the most rows, then the shortest, then the first
     text_of = (members.sort(["group", "evidence", "rows", "length", "pattern"],
