@@ -249,6 +249,8 @@ def test_bench_signal_kernel_equals_the_definition(tmp_path: Path) -> None:
                              "--check"))
     assert result["kernel_vs_definition_mismatches"] == 0
     assert result["other_columns_identical"] is True  # the signal changes the memorization column only
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "sketch").rglob("*.parquet")) / 2**20
+    assert result["log_on_disk_mib"] == round(on_disk, 1) > 0  # the size a result file quotes
 
 
 def test_bench_map_draws_a_density_map(tmp_path: Path) -> None:
