@@ -16,11 +16,13 @@ What is logged, and how it gets there (one module each):
   so the Trainer draws the same order as without carto.
 - **Per-sample values, no second forward** (`trainer`, `outputs`): a forward hook on the model
   captures the outputs of the forward `compute_loss` runs (whatever the Trainer subclass does
-  inside it); the logits (B, T, V) and the batch's labels go to `CartoLogger.record`, shifted by one
-  position for causal LMs (the model's class is in transformers' causal-LM mapping). Sequence
+  inside it); the logits (B, T, V) and the batch's labels go to `CartoLogger.record`. Sequence
   classification (logits (B, C), labels (B,)) is logged as one-token sequences. A model with a
   fused LM head (TRL's `SFTTrainer` since 1.x: per-token log-probs, no logits) is logged from those,
   without the memorization sketch.
+- **The label shift** (`shift`): whether logits[:, t] scores labels[:, t + 1] (causal LMs, VLMs) or
+  labels[:, t] (seq2seq, masked LMs), decided at the first logged batch from the model's own loss,
+  else its class; `carto_shift_labels=` overrides it.
 - **Steps and epochs** (`trainer`): `step` is `state.global_step` when the forward runs (the 0-based
   index of the optimizer step being taken; every micro-batch of a gradient-accumulation group has
   the same step; `checkpoint-S` holds steps 0..S-1); `epoch` the Trainer's epoch loop variable.
@@ -46,6 +48,7 @@ from carto_cli.integrations.hf.ids import (
 )
 from carto_cli.integrations.hf.outputs import fused_columns
 from carto_cli.integrations.hf.padding import PaddingMasks, dispatched_keep, padding_rule
+from carto_cli.integrations.hf.shift import LabelShiftWarning, class_shifts
 from carto_cli.integrations.hf.trainer import DEFAULT_SUBDIR, CartoTrainer, CartoTrainerMixin
 
 __all__ = [
@@ -55,9 +58,11 @@ __all__ = [
     "CartoTrainer",
     "CartoTrainerMixin",
     "IdCollator",
+    "LabelShiftWarning",
     "PaddingMasks",
     "SampleIdDataset",
     "SampleIdIterableDataset",
+    "class_shifts",
     "dispatched_keep",
     "fused_columns",
     "indexed",

@@ -3,27 +3,27 @@
 The mixin overrides where the Trainer's data and forwards pass: `get_train_dataloader` (the dataset
 and collator wrapped so that ids travel with the batch, `ids`), `get_batch_samples` (every training
 batch, before its forward: the padding masks of several processes, `padding`), `compute_loss` (the
-forward's outputs, captured by a forward hook, logged: `outputs`),
+forward's outputs, captured by a forward hook, logged: `outputs`, with the label shift of `shift`),
 `_save_checkpoint` (the logger flushed first) and `train` (one logger, one attempt, per call).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 from transformers import Trainer, TrainerCallback
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from carto_cli.errors import OptionError
 from carto_cli.integrations.hf.ids import ID_KEY, KEEP_KEY, IdCollator, SampleIdDataset, indexed
 from carto_cli.integrations.hf.outputs import batch_mismatch, field, fused_columns, is_fused
 from carto_cli.integrations.hf.padding import PaddingMasks
+from carto_cli.integrations.hf.shift import LabelShiftWarning, ShiftDecision, check_loss, decide
 from carto_cli.log.shim import LOG_DIR_ENV, RUN_ID_ENV, CartoLogger
 
 DEFAULT_SUBDIR = "carto_logs"  # under args.output_dir when neither carto_log_dir nor $CARTO_LOG_DIR is given
-_CAUSAL_LM_CLASSES = frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 class _CartoCallback(TrainerCallback):
@@ -54,7 +54,9 @@ class CartoTrainerMixin:
         carto_log_dir: where the Trainer's own loggers write; default `$CARTO_LOG_DIR`, else
             `<args.output_dir>/carto_logs`.
         carto_shift_labels: whether logits[:, t] predict labels[:, t + 1] (causal LMs); default:
-            the model's class is a causal LM in transformers' auto mapping.
+            decided at the first logged batch from the model's own loss, else from its class
+            (`carto_cli.integrations.hf.shift`). Given, it wins; carto still warns once if the
+            model's loss says otherwise.
     """
 
     def __init__(
@@ -81,7 +83,7 @@ class CartoTrainerMixin:
         self._carto_epoch: int | None = None
         self._carto_outputs: list[Any] | None = None  # forward outputs captured during one compute_loss
         self._carto_hooked: tuple[Any, Any] | None = None  # (module, hook handle)
-        self._carto_causal = False  # whether the hooked model is a causal LM (labels shifted by one)
+        self._carto_shift: ShiftDecision | None = None  # decided at the first logged batch of each train()
         self._carto_batches: PaddingMasks | None = None  # the current epoch's batches, with padding masks
         self.add_callback(_CartoCallback(self))
 
@@ -95,6 +97,7 @@ class CartoTrainerMixin:
         return str(name)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._carto_shift = None  # decided again (one sync) for this attempt's logger; the model may be new
         if self._carto_owns_logger:
             self.carto_logger = CartoLogger(self.carto_log_dir, rank=self.args.process_index,
                                             run_id=self.carto_run_id())
@@ -187,7 +190,8 @@ class CartoTrainerMixin:
             captured = self._carto_outputs
         finally:
             self._carto_outputs = None
-        self._carto_record(model, ids, labels, captured, step=step, epoch=epoch, keep=keep)
+        self._carto_record(model, ids, labels, captured, step=step, epoch=epoch, keep=keep,
+                           num_items_in_batch=num_items_in_batch)
         return result
 
     def _carto_listen(self, model: Any) -> None:
@@ -202,18 +206,35 @@ class CartoTrainerMixin:
                 self._carto_outputs.append(outputs)
 
         self._carto_hooked = (model, model.register_forward_hook(capture))
-        self._carto_causal = self._carto_is_causal_lm(model)
 
-    def _carto_is_causal_lm(self, model: Any) -> bool:
-        if self.carto_shift_labels is not None:
-            return self.carto_shift_labels
+    def _carto_unwrapped(self, model: Any) -> Any:
+        """The user's model under Accelerate's and PEFT's wrappers (its class is the shift's fallback)."""
         inner = self.accelerator.unwrap_model(model)
         if hasattr(inner, "get_base_model"):  # PEFT
             inner = inner.get_base_model()
-        return type(inner).__name__ in _CAUSAL_LM_CLASSES
+        return inner
+
+    def _carto_decide_shift(self, model: Any, outputs: Any, logits: Any, labels: Any,
+                            num_items_in_batch: Any) -> bool:
+        """The label shift, decided at this train()'s first logged batch (`shift.decide`) and cached:
+        one host-device synchronisation then, none after."""
+        if self._carto_shift is None:
+            check = check_loss(logits, labels, field(outputs, "loss"), num_items_in_batch,
+                               ignore_index=self.carto_logger.ignore_index, chunk_bytes=self.carto_logger.chunk_bytes)
+            self._carto_shift = decide(explicit=self.carto_shift_labels, check=check,
+                                       model=self._carto_unwrapped(model))
+            if self._carto_shift.warning is not None:
+                warnings.warn(self._carto_shift.warning, LabelShiftWarning, stacklevel=2)
+        return self._carto_shift.shift
+
+    def _carto_declare_shift(self, label_shift: int) -> None:
+        """Record the shift in the log (`CartoLogger.label_shift`, written into each part's metadata),
+        where the logger has that attribute."""
+        if hasattr(self.carto_logger, "label_shift") and self.carto_logger.label_shift != label_shift:
+            self.carto_logger.label_shift = label_shift
 
     def _carto_record(self, model: Any, ids: Any, labels: Any, captured: list[Any], *, step: int, epoch: int,
-                      keep: Any = None) -> None:
+                      keep: Any = None, num_items_in_batch: Any = None) -> None:
         samples = int(ids.shape[0])
         with_logits = [o for o in captured if field(o, "logits") is not None]
         fused = [o for o in captured if is_fused(o)]
@@ -230,14 +251,18 @@ class CartoTrainerMixin:
                 raise OptionError("CartoTrainer: regression labels (floats) have no per-sample correctness; "
                                   "carto logs classification and language-model training")
             if logits.dim() == 2 and labels.dim() == 1:  # sequence classification: one "token" per sample
-                logits, labels = logits[:, None], labels[:, None]
-            elif self._carto_causal:
+                logits, labels, shift = logits[:, None], labels[:, None], False
+            else:
+                shift = self._carto_decide_shift(model, with_logits[0], logits, labels, num_items_in_batch)
+            if shift:
                 logits, labels = logits[:, :-1], labels[:, 1:]  # (B, T-1, V): position t predicts label t+1
+            self._carto_declare_shift(int(shift))
             self.carto_logger.record(ids, epoch=epoch, step=step, logits=logits, labels=labels, keep=keep)
         elif fused:
             columns = fused_columns(fused[0], self.carto_logger.tail_k)
             if int(columns["loss"].shape[0]) != samples:
                 raise batch_mismatch("per-token log-probs", int(columns["loss"].shape[0]), samples)
+            self._carto_declare_shift(1)  # the fused head scores labels[:, 1:] (TRL's add_fused_lm_head)
             self.carto_logger.record(ids, epoch=epoch, step=step, keep=keep, **columns)
         else:
             raise OptionError(
