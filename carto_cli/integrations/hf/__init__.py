@@ -11,7 +11,8 @@ or, with a Trainer subclass of your own (TRL's `SFTTrainer`, say), put the mixin
 
 What is logged, and how it gets there (one module each):
 - **Sample ids** (`ids`): the training dataset is wrapped so that each item carries its id (the
-  item's `sample_id` column, else its index), under a reserved key that the column removal
+  item's `sample_id` column, else its index in the dataset you passed, through torch Subsets such
+  as `kept_subset` to the dataset they were cut from), under a reserved key that the column removal
   keeps and a collator wrapper moves onto the batch. The sampler is built on the unwrapped dataset,
   so the Trainer draws the same order as without carto.
 - **Per-sample values, no second forward** (`trainer`, `outputs`): a forward hook on the model

@@ -1,7 +1,9 @@
 """Sample ids through the Trainer's data pipeline: dataset -> column removal -> collator -> compute_loss.
 
 The training dataset is wrapped (`SampleIdDataset`) so that item `i` carries its id under the
-reserved key `ID_KEY`: the item's `sample_id` column when it has one, else the index `i`. The key is added
+reserved key `ID_KEY`: the item's `sample_id` column when it has one, else the id of index `i` in
+the dataset the user passed (`carto_cli.export.subsets.sample_id_at`: `i` itself, or through a torch
+`Subset`, such as `kept_subset` returns, the index in the dataset it was cut from). The key is added
 to the Trainer's signature columns, so `remove_unused_columns=True` keeps it, and the collator
 wrapper (`IdCollator`) takes it out of every feature before the user's collator runs and puts the
 ids back on the batch as a (B,) int64 tensor. `compute_loss` pops it before the model sees the batch.
@@ -17,14 +19,16 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from carto_cli.errors import OptionError
+from carto_cli.export.subsets import sample_id_at
 from carto_cli.log import schema
 
 ID_KEY = "__carto_sample_id__"  # reserved batch key: the sample ids on their way to compute_loss
 KEEP_KEY = "__carto_keep__"  # reserved batch key: (B,) bool numpy, False for the rows that are padding repeats
 
 
-def sample_id_of(item: Any, index: int | None) -> int:
-    """The item's `sample_id` column when it has one, else its dataset index."""
+def sample_id_of(item: Any, index: int | None, dataset: Any = None) -> int:
+    """The item's `sample_id` column when it has one, else the id of `dataset`'s index `index`
+    (the index itself unless `dataset` is a torch Subset)."""
     if isinstance(item, Mapping) and schema.SAMPLE_ID in item:
         value = item[schema.SAMPLE_ID]
         try:
@@ -41,7 +45,7 @@ def sample_id_of(item: Any, index: int | None) -> int:
             "CartoTrainer: an iterable training dataset has no indices; give every item an integer "
             f"`{schema.SAMPLE_ID}` column"
         )
-    return int(index)
+    return int(index) if dataset is None else sample_id_at(dataset, index)
 
 
 def with_id(item: Any, sample_id: int) -> Any:
@@ -69,7 +73,7 @@ class SampleIdDataset(Dataset):
 
     def __getitem__(self, index: int) -> Any:
         item = self.dataset[index]
-        return with_id(item, sample_id_of(item, index))
+        return with_id(item, sample_id_of(item, index, self.dataset))
 
 
 class SampleIdIterableDataset(IterableDataset):
