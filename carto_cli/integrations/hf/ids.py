@@ -7,6 +7,10 @@ the dataset the user passed (`carto_cli.export.subsets.sample_id_at`: `i` itself
 to the Trainer's signature columns, so `remove_unused_columns=True` keeps it, and the collator
 wrapper (`IdCollator`) takes it out of every feature before the user's collator runs and puts the
 ids back on the batch as a (B,) int64 tensor. `compute_loss` pops it before the model sees the batch.
+
+The reserved keys are refused as dataset columns: a `__carto_keep__` column would reach
+`compute_loss` as the padding mask and silently drop rows, a `__carto_sample_id__` column would be
+overwritten.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from carto_cli.log import schema
 
 ID_KEY = "__carto_sample_id__"  # reserved batch key: the sample ids on their way to compute_loss
 KEEP_KEY = "__carto_keep__"  # reserved batch key: (B,) bool numpy, False for the rows that are padding repeats
+RESERVED_KEYS = (ID_KEY, KEEP_KEY)
 
 
 def sample_id_of(item: Any, index: int | None, dataset: Any = None) -> int:
@@ -50,6 +55,13 @@ def sample_id_of(item: Any, index: int | None, dataset: Any = None) -> int:
 
 def with_id(item: Any, sample_id: int) -> Any:
     """A copy of a dict-like item with the id under ID_KEY (the item itself is left alone)."""
+    if isinstance(item, Mapping):
+        taken = [key for key in RESERVED_KEYS if key in item]
+        if taken:
+            raise OptionError(
+                f"CartoTrainer: the training dataset has a column `{taken[0]}`, a name CartoTrainer reserves for "
+                "what it adds to each batch; rename or drop that column"
+            )
     if isinstance(item, dict):
         return {**item, ID_KEY: sample_id}
     if isinstance(item, MutableMapping):  # e.g. a BatchEncoding
