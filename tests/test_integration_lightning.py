@@ -1,7 +1,8 @@
 """CartoCallback under a real `lightning.Trainer` on CPU: one row per presentation with the right ids
 (a kept subset's too), epochs and steps (gradient accumulation too), flushed at checkpoints, closed on
-an exception, the logits not kept, bad outputs reported in one line, and the example script run on
-two DDP processes (gloo) with the sampler's padding left out and the result scored by `carto score`."""
+an exception, the logits not kept, the declared label shift set on the logger, bad outputs reported
+in one line, and the example script run on two DDP processes (gloo) with the sampler's padding left
+out and the result scored by `carto score`."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from carto_cli import CartoLogger
 from carto_cli.cli import app
 from carto_cli.errors import OptionError
 from carto_cli.export.sampling import kept_subset
+from carto_cli.integrations import lightning as lightning_module
 from carto_cli.integrations.distributed import IndexedDataset
 from carto_cli.integrations.lightning import CARTO_KEYS, CartoCallback
 from carto_cli.io import artifacts
@@ -164,6 +166,33 @@ def test_a_kept_subset_is_logged_under_the_datasets_ids(tmp_path: Path) -> None:
         first = F.cross_entropy(initial.head(initial.embed(x[:, :-1])).transpose(1, 2), x[:, 1:],
                                 reduction="none").mean(dim=1)
     assert np.allclose(log.head(BATCH)["loss"].to_numpy(), first.numpy(), atol=1e-5)
+
+
+class ShiftAware(CartoLogger):
+    """A logger with the `label_shift` attribute (CartoLogger's own, once it records the shift)."""
+
+    label_shift = None
+
+
+def test_a_declared_label_shift_is_set_on_a_logger_that_records_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = ShiftAware(tmp_path / "mine")
+    trainer([CartoCallback(mine, label_shift=1)], epochs=1).fit(TinyLM(), loader())
+    assert mine.label_shift == 1
+    mine.close()
+    opened = []
+
+    class Opened(ShiftAware):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(lightning_module, "CartoLogger", Opened)
+    trainer([CartoCallback(log_dir=tmp_path / "own", label_shift=0)], epochs=1).fit(TinyLM(), loader())
+    trainer([CartoCallback(log_dir=tmp_path / "undeclared")], epochs=1).fit(TinyLM(), loader())
+    assert [logger.label_shift for logger in opened] == [0, None]
+    with pytest.raises(OptionError, match=r"^CartoCallback: label_shift must be 0, 1 or None, got 2$"):
+        CartoCallback(label_shift=2)
 
 
 def test_precomputed_values_and_the_step_s_own_keep_mask(tmp_path: Path) -> None:
