@@ -43,7 +43,7 @@ from transformers.modeling_outputs import CausalLMOutput  # noqa: E402
 from carto_cli import CartoLogger  # noqa: E402
 from carto_cli.integrations.hf import CartoTrainer, LabelShiftWarning, class_shifts  # noqa: E402
 from carto_cli.integrations.hf import trainer as trainer_module  # noqa: E402
-from carto_cli.integrations.hf.shift import RTOL, LossCheck, decide  # noqa: E402
+from carto_cli.integrations.hf.shift import RTOL, LossCheck, check_loss, decide  # noqa: E402
 
 
 class MyGPT(GPT2LMHeadModel):
@@ -297,6 +297,20 @@ def test_the_class_rule_counts_subclasses_and_vision_language_models_but_not_enc
     assert not class_shifts(model("Pix2StructForConditionalGeneration", encoder_decoder=True))
     assert not class_shifts(model("T5ForConditionalGeneration"))
     assert not class_shifts(model("GPT2ForSequenceClassification"))
+
+
+def test_a_batch_without_targets_or_a_loss_tells_nothing() -> None:
+    logits = torch.randn(2, 5, V)
+    labels = torch.full((2, 5), -100)
+    assert check_loss(logits, labels, torch.tensor(float("nan"))) is None  # no target: the model's mean is NaN
+    assert check_loss(logits, labels[:, :4], torch.tensor(1.0)) is None  # not lined up: record refuses it
+    assert check_loss(logits, labels, None) is None
+    labels[:, 2:] = 7
+    check = check_loss(logits, labels, torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V),
+                                                                         labels[:, 1:].reshape(-1)))
+    assert check.verdict is True and len(check.shifted) == 1
+    with_items = check_loss(logits, labels, torch.tensor(1.0), torch.tensor(12))
+    assert len(with_items.shifted) == len(with_items.unshifted) == 2
 
 
 def test_the_decision_table() -> None:

@@ -120,8 +120,8 @@ def check_loss(logits: Any, labels: Any, model_loss: Any, num_items_in_batch: An
                ignore_index: int = -100, chunk_bytes: int = 256 * 2**20) -> LossCheck | None:
     """Compare the model's `loss` of a batch with carto's shifted and unshifted token means of its
     (B, T, V) `logits` and (B, T) `labels`. None when there is nothing to compare: no scalar loss
-    (the model was not given the labels), or logits and labels that do not line up (record says why).
-    One host-device synchronisation."""
+    (the model was not given the labels), logits and labels that do not line up (record says why),
+    a batch without targets or a loss that is not finite. One host-device synchronisation."""
     if not torch.is_tensor(model_loss) or model_loss.numel() != 1:
         return None
     if logits.dim() != 3 or labels.dim() != 2 or tuple(logits.shape[:2]) != tuple(labels.shape) or labels.shape[1] < 2:
@@ -136,6 +136,8 @@ def check_loss(logits: Any, labels: Any, model_loss: Any, num_items_in_batch: An
             values.append(items.to(logits.device, torch.float32).reshape(()))
         read = torch.stack(values).tolist()  # the synchronisation
     shifted_sum, shifted_n, plain_sum, plain_n, loss = read[:5]
+    if not math.isfinite(loss) or not (shifted_n or plain_n):  # a batch without targets tells nothing
+        return None
     denominators = [read[5]] if len(read) > 5 else [float(items)] if items is not None else []
 
     def candidates(total: float, count: float) -> tuple[float, ...]:
