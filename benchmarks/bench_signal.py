@@ -10,15 +10,17 @@ uniform in a 256-token sequence, losses uniform in [0, 5), runs up to 40 tokens 
 compress less than real ones: a conservative read cost). Then runs, each in its own process,
 alternately `--repeat` times: `carto score LOGS` (extractable) and
 `carto score LOGS --memorization forgets`, and prints wall time and peak RSS (wait4) of each and
-their ratios. `--check` also compares the kernel (`extract.py`, its loops compiled where built)
-with the Polars definition of the signal on the whole log (slow: the definition explodes every
-early sketch).
+their ratios; its first lines name the command, the log and its size on disk, the carto_cli that
+ran (git commit, "+dirty" when modified) and the load average at the start. `--check` also
+compares the kernel (`extract.py`, its loops compiled where built) with the Polars definition of
+the signal on the whole log (slow: the definition explodes every early sketch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import DATA_ROOT, carto_source, run_step
+from common import DATA_ROOT, carto_source, dir_size_mib, run_step
 
 CARTO = [sys.executable, "-c", "from carto_cli.cli import main; main()"]
 
@@ -95,8 +97,9 @@ def main() -> int:
         # child starts from its parent's, so a parent grown by writing the log would inflate them
         subprocess.run([sys.executable, __file__, "--write-log", str(logs), "--samples", str(args.samples),
                         "--epochs", str(args.epochs)], check=True)
+    load, on_disk = os.getloadavg()[0], dir_size_mib(logs)
     print(f"command: python benchmarks/bench_signal.py {' '.join(sys.argv[1:])}")
-    print(f"log: {logs}; carto: {json.dumps(carto_source())}")
+    print(f"log: {logs} ({on_disk:,.1f} MiB on disk); carto: {json.dumps(carto_source())}; load {load:.2f}")
     runs: dict[str, list[dict]] = {"extractable": [], "forgets": []}
     with tempfile.TemporaryDirectory() as tmp:
         outs = {name: Path(tmp) / f"{name}.parquet" for name in runs}
@@ -113,6 +116,7 @@ def main() -> int:
     rss = {name: max(r["peak_rss_mib"] for r in rs) for name, rs in runs.items()}
     result = {
         "samples": args.samples, "epochs": args.epochs, "repeat": args.repeat,
+        "log_on_disk_mib": round(on_disk, 1), "load_avg_1m_at_start": round(load, 2),
         "best_wall_s": best, "median_wall_s": {n: statistics.median(r["wall_s"] for r in rs) for n, rs in runs.items()},
         "peak_rss_mib": rss,
         "time_ratio": best["extractable"] / best["forgets"], "rss_ratio": rss["extractable"] / rss["forgets"],

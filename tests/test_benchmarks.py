@@ -174,6 +174,10 @@ def fake_steps(walls: dict[str, list[float]], rss: dict[str, list[float]], calls
 
 def test_bench_update_repeat_alternates_and_reports_every_round(small_logs: Path, tmp_path: Path,
                                                                  monkeypatch, capsys) -> None:
+    """Known times through the steps' stand-ins, which write real score files; the real `same_frames`
+    compares them: the second round's full rescore differs, so that round says so and the run fails."""
+    import polars as pl
+
     bench_update = bench_module("bench_update", monkeypatch)
     walls = {"epochs 0-2": [9.0, 8.0, 9.5], "+ epoch 3": [2.0, 2.0, 3.0], "full rescore": [1.0, 4.0, 2.0]}
     rss = {"epochs 0-2": [50.0, 60.0, 55.0], "+ epoch 3": [300.0, 200.0, 250.0], "full rescore": [100.0, 150.0, 125.0]}
@@ -181,13 +185,13 @@ def test_bench_update_repeat_alternates_and_reports_every_round(small_logs: Path
 
     def write(key: str, out: Path) -> None:
         assert key != "epochs 0-2" or not out.exists(), "a round starts without the previous round's scores"
-        out.touch()
+        wrong = key == "full rescore" and calls.count(key) == 2  # one value off in the second round
+        pl.DataFrame({"sample_id": range(10), "n_seen": [4] * 9 + [5 if wrong else 4]}).write_parquet(out)
 
     monkeypatch.setattr(bench_update, "step", fake_steps(walls, rss, calls, write))
-    monkeypatch.setattr(bench_update, "same_frames", lambda a, b: True)
     monkeypatch.setattr(sys, "argv", ["bench_update.py", "--logs", str(small_logs), "--work", str(tmp_path / "w"),
                                       "--repeat", "3"])
-    assert bench_update.main() == 0
+    assert bench_update.main() == 1  # the scores differed in one round
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # the fold and the full rescore swap order every round
     assert calls == ["epochs 0-2", "+ epoch 3", "full rescore", "epochs 0-2", "full rescore", "+ epoch 3",
@@ -199,30 +203,72 @@ def test_bench_update_repeat_alternates_and_reports_every_round(small_logs: Path
     assert result["update_over_full_wall_spread"] == [0.5, 2.0]
     assert result["update_over_full_rss_per_run"] == [3.0, 1.333, 2.0]
     assert result["first_wall_s"] == 8.0 and result["first_peak_rss_mib"] == 60.0
+    assert result["identical_scores_per_run"] == [True, False, True] and result["identical_scores"] is False
 
 
-def test_bench_buckets_repeat_alternates_and_reports_every_round(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_bench_buckets_repeat_alternates_and_reports_every_round(small_logs: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    """The real thing: `--repeat 2 --compare-hash` on a real log, every step a real `carto` process and
+    the scores compared by the real `same_frames`; `step` is only watched, to see the order."""
+    bench_buckets = bench_module("bench_buckets", monkeypatch)
+    calls: list[str] = []
+    real_step = bench_buckets.step
+
+    def watched(name: str, argv: list[str], timeout: float) -> dict:
+        calls.append(name)
+        return real_step(name, argv, timeout)
+
+    monkeypatch.setattr(bench_buckets, "step", watched)
+    monkeypatch.setattr(sys, "argv", ["bench_buckets.py", "--logs", str(small_logs), "--work", str(tmp_path / "w"),
+                                      "--buckets", "2", "--compare-hash", "--repeat", "2"])
+    assert bench_buckets.main() == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    # a fresh bucketize every round, and the two scorings swap order from one round to the next
+    assert calls == ["bucketize", "score", "score-hash", "bucketize", "score-hash", "score"]
+    assert "[1/2]" in out and "[2/2]" in out and result["repeat"] == 2
+    assert (result["rows"], result["samples"], result["buckets"]) == (12_000, 3000, 2)
+    runs = result["runs"]
+    assert {key: [r["status"] for r in rs] for key, rs in runs.items()} == \
+        {"bucketize": ["ok", "ok"], "score": ["ok", "ok"], "score_hash": ["ok", "ok"]}
+    assert result["same_scores_as_hash_per_run"] == [True, True] and result["same_scores_as_hash"] is True
+    # every round reported, and the headline is the best time and the largest peak of the rounds
+    for key in ("score_over_hash_wall_per_run", "score_peak_over_log_in_memory_per_run"):
+        assert len(result[key]) == 2, key
+    assert result["score_wall_s"] == min(r["wall_s"] for r in runs["score"])
+    assert result["score_hash_peak_rss_mib"] == max(r["peak_rss_mib"] for r in runs["score_hash"])
+    per_round = [s["wall_s"] / h["wall_s"] for s, h in zip(runs["score"], runs["score_hash"])]  # times to 0.01 s
+    assert result["score_over_hash_wall_per_run"] == pytest.approx(per_round, rel=0.03)
+
+
+def test_bench_buckets_reports_each_round_and_a_round_whose_scores_differ(tmp_path: Path, monkeypatch,
+                                                                            capsys) -> None:
+    """The ratios and the spread from known times (the steps stand-ins that write real files), and the
+    real `same_frames`: the second round's hash-kernel scores differ, so that round is reported as
+    different and the run fails."""
     import polars as pl
 
     bench_buckets = bench_module("bench_buckets", monkeypatch)
+    scored = {"score": 0, "score-hash": 0}
 
     def write(key: str, out: Path) -> None:  # 2 buckets of 100 and 300 rows; 150 samples scored
         if key == "bucketize":
             for name, rows in (("bucket-0", 100), ("bucket-1", 300)):
                 (out / name).mkdir(parents=True)
                 pl.DataFrame({"sample_id": range(rows)}).write_parquet(out / name / "part.parquet")
-        else:
-            pl.DataFrame({"sample_id": range(150)}).write_parquet(out)
+            return
+        scored[key] += 1
+        wrong = key == "score-hash" and scored[key] == 2  # one value off in the second round
+        pl.DataFrame({"sample_id": range(150), "n_seen": [4] * 149 + [5 if wrong else 4]}).write_parquet(out)
 
     mib = 400 * bench_buckets.BYTES_PER_ROW / 2**20  # the log's columns in memory
     walls = {"bucketize": [5.0, 4.0], "score": [3.0, 2.0], "score-hash": [6.0, 1.0]}
     rss = {"bucketize": [10.0, 10.0], "score": [mib, 2 * mib], "score-hash": [mib, mib]}
     calls: list[str] = []
     monkeypatch.setattr(bench_buckets, "step", fake_steps(walls, rss, calls, write))
-    monkeypatch.setattr(bench_buckets, "same_frames", lambda a, b: True)
     monkeypatch.setattr(sys, "argv", ["bench_buckets.py", "--logs", str(tmp_path), "--work", str(tmp_path / "w"),
                                       "--buckets", "2", "--compare-hash", "--repeat", "2"])
-    assert bench_buckets.main() == 0
+    assert bench_buckets.main() == 1  # the scores differed in one round
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert calls == ["bucketize", "score", "score-hash", "bucketize", "score-hash", "score"]
     assert (result["rows"], result["samples"], result["largest_bucket_rows"]) == (400, 150, 300)
@@ -230,7 +276,7 @@ def test_bench_buckets_repeat_alternates_and_reports_every_round(tmp_path: Path,
     assert result["score_over_hash_wall_per_run"] == [0.5, 2.0] and result["score_over_hash_wall_spread"] == [0.5, 2.0]
     assert result["score_peak_over_log_in_memory"] == 2.0  # the largest scoring peak of the rounds
     assert result["score_peak_over_log_in_memory_per_run"] == [1.0, 2.0]
-    assert result["same_scores_as_hash_per_run"] == [True, True]
+    assert result["same_scores_as_hash_per_run"] == [True, False] and result["same_scores_as_hash"] is False
 
 
 def test_bench_shim_values_match_the_reference() -> None:
@@ -249,6 +295,8 @@ def test_bench_signal_kernel_equals_the_definition(tmp_path: Path) -> None:
                              "--check"))
     assert result["kernel_vs_definition_mismatches"] == 0
     assert result["other_columns_identical"] is True  # the signal changes the memorization column only
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "sketch").rglob("*.parquet")) / 2**20
+    assert result["log_on_disk_mib"] == round(on_disk, 1) > 0  # the size a result file quotes
 
 
 def test_bench_map_draws_a_density_map(tmp_path: Path) -> None:

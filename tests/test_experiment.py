@@ -126,12 +126,13 @@ def test_evaluation_passes_are_logged_without_changing_training(tmp_path):
     import numpy as np
     import polars as pl
 
+    from carto_cli.experiment.arms import baseline_run, prepare_seed
     from carto_cli.experiment.config import QUICK
     from carto_cli.experiment.corpus import cpython_text, to_bytes_samples
-    from carto_cli.experiment.run import _baseline_run, _prepare, train_and_evaluate
+    from carto_cli.experiment.training import train_and_evaluate
 
-    data = _prepare(QUICK, to_bytes_samples(cpython_text(QUICK.corpus_bytes), QUICK.sample_len), seed=5)
-    run = _baseline_run(QUICK, data, 5, tmp_path)
+    data = prepare_seed(QUICK, to_bytes_samples(cpython_text(QUICK.corpus_bytes), QUICK.sample_len), seed=5)
+    run = baseline_run(QUICK, data, 5, tmp_path)
     with_passes = train_and_evaluate(run)
     without = train_and_evaluate(replace(run, eval_log_dir=None, log_dir=tmp_path / "other"))
     assert with_passes == without

@@ -2,8 +2,8 @@
 
 `--quick` extracts no canary, so the quick run never reaches the extraction cut
 (tests/test_experiment.py checks a few verdicts on synthetic rates). Here three seeds' results are
-built by hand, shaped as `train_and_evaluate` returns them (and `_save_run` passes them on; see
-carto_cli/experiment/run.py): the baseline extracts 4/4, 2/4 and 0/4 canaries, and each arm cuts
+built by hand, shaped as `train_and_evaluate` returns them (and `save_run` passes them on; see
+carto_cli/experiment/training.py and executor.py): the baseline extracts 4/4, 2/4 and 0/4 canaries, and each arm cuts
 extraction and raises perplexity by chosen amounts, so every number of the headline is known.
 """
 

@@ -9,7 +9,9 @@ here, on CPU, for a handful of steps. What is checked:
   Trainer's bit for bit, fp32 and bf16), with remove_unused_columns=True (the default);
 - the log is flushed before each checkpoint is written, and a run that stops after a checkpoint
   and resumes from it with a new trainer counts every presentation once (the replay rule);
-- eval forwards are not logged; log directory, run id and logger ownership; bad input is one line;
+- a kept_subset (nested too) logs the dataset's own ids, not positions in the subset;
+- eval forwards are not logged; log directory, run id and logger ownership; bad input (a reserved
+  column too) is one line;
 - several processes: the repeats Accelerate pads an epoch with are masked, not logged. The masks on
   Accelerate's real loaders for both ranks in one process; then one real 2-process torchrun run
   (gloo, CPU; this file is its script: `--ddp-worker OUT`) of a run stopped after a checkpoint, its
@@ -51,6 +53,7 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler  # noqa: E402
 
 from carto_cli import CartoLogger  # noqa: E402
 from carto_cli.errors import CartoError, OptionError  # noqa: E402
+from carto_cli.export.sampling import kept_subset  # noqa: E402
 from carto_cli.integrations.hf import (  # noqa: E402
     ID_KEY,
     KEEP_KEY,
@@ -62,7 +65,7 @@ from carto_cli.integrations.hf import (  # noqa: E402
     indexed,
     padding_rule,
 )
-from carto_cli.io import logs  # noqa: E402
+from carto_cli.io import artifacts, logs  # noqa: E402
 from carto_cli.log import schema  # noqa: E402
 from carto_cli.log.shim import default_run_id  # noqa: E402
 
@@ -195,6 +198,46 @@ def test_gradient_accumulation_gives_every_micro_batch_the_step_being_taken(tmp_
     assert (rows["epoch"] == rows["step"] // 2).all()
     for epoch in (0, 1):
         assert sorted(rows.filter(pl.col("epoch") == epoch)["sample_id"].to_list()) == list(range(n))
+
+
+def write_manifest(path: Path, ids: list[int], pruned: set[int]) -> Path:
+    df = pl.DataFrame({"sample_id": ids, "keep": [i not in pruned for i in ids],
+                       "quadrant": ["stable-easy"] * len(ids)})
+    artifacts.write(df, path, artifacts.provenance("manifest", inputs=[], parameters={}))
+    return path
+
+
+def test_training_on_a_kept_subset_logs_the_datasets_own_ids(tmp_path: Path) -> None:
+    """A manifest prunes 4 of 12 samples; the next run trains on kept_subset. The 8 kept samples are
+    logged under their own ids (they were logged as their positions 0..7 in the subset: 1, 4 and 5
+    came back as other samples, 9, 10 and 11 vanished), and the logged values are theirs."""
+    data, pruned = Corpus(), {1, 4, 5, 9}
+    subset = kept_subset(data, write_manifest(tmp_path / "manifest.parquet", list(range(12)), pruned))
+    rows = raw_rows(train(tmp_path, subset, model=tiny_gpt(dropout=0.0)).carto_log_dir)
+    kept = [i for i in range(12) if i not in pruned]
+    for epoch in (0, 1):  # 8 samples, batches of 4: 2 steps an epoch
+        assert sorted(rows.filter(pl.col("epoch") == epoch)["sample_id"].to_list()) == kept
+    first = rows.filter(pl.col("step") == 0)
+    expected = per_sample_loss(tiny_gpt(dropout=0.0).eval(), stack(data, first["sample_id"].to_list()))
+    assert torch.allclose(torch.tensor(first["loss"].to_list()), expected, atol=1e-5)
+
+
+def test_a_subset_of_a_subset_keeps_the_ids_kept_subset_was_given(tmp_path: Path) -> None:
+    """The first run logged ids 1000 + 7i (IndexedDataset(sample_ids=...) or a corpus row number); the
+    manifest names those; a Subset of the kept subset still logs them."""
+    ids = [1000 + 7 * i for i in range(12)]
+    manifest = write_manifest(tmp_path / "manifest.parquet", ids, {ids[0], ids[3]})
+    subset = kept_subset(Corpus(), manifest, sample_ids=ids)  # positions 1, 2, 4, ..., 11
+    nested = torch.utils.data.Subset(subset, [0, 2, 4, 6])  # positions 1, 4, 6, 8
+    rows = raw_rows(train(tmp_path, nested).carto_log_dir)
+    assert sorted(rows.filter(pl.col("epoch") == 0)["sample_id"].to_list()) == [ids[1], ids[4], ids[6], ids[8]]
+    column = [5 * i for i in range(12)]
+    manifest = write_manifest(tmp_path / "by_column.parquet", column, {0, 5})
+    with pytest.raises(OptionError, match="items have a `sample_id` column.*; pass sample_ids="):
+        kept_subset(Corpus(sample_ids=column), manifest)  # matched to the indices, it would prune 0 and 5
+    with_column = kept_subset(Corpus(sample_ids=column), manifest, sample_ids=column)
+    rows = raw_rows(train(tmp_path / "column", with_column).carto_log_dir)
+    assert sorted(rows.filter(pl.col("epoch") == 1)["sample_id"].to_list()) == [5 * i for i in range(2, 12)]
 
 
 def test_evaluation_is_not_logged(tmp_path: Path) -> None:
@@ -373,6 +416,21 @@ def test_items_that_are_not_dicts_are_one_line_errors(tmp_path: Path) -> None:
 def test_a_sample_id_column_that_is_not_integers_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OptionError, match=r"`sample_id` column must hold integers, got 'a\d+'; map it to integers"):
         train(tmp_path, Corpus(sample_ids=[f"a{i}" for i in range(12)]))
+
+
+@pytest.mark.parametrize("key", [ID_KEY, KEEP_KEY])
+def test_a_dataset_with_a_reserved_column_is_refused(tmp_path: Path, key: str) -> None:
+    """A `__carto_keep__` column reached compute_loss as the padding mask and dropped its rows
+    without a word; a `__carto_sample_id__` column was overwritten. (remove_unused_columns=False:
+    otherwise the Trainer strips the first before the collator.)"""
+    class Reserved(Corpus):
+        def __getitem__(self, i: int) -> dict:
+            return {**super().__getitem__(i), key: False if key == KEEP_KEY else 7}
+
+    with pytest.raises(OptionError, match=f"the training dataset has a column `{key}`, a name CartoTrainer "
+                                          "reserves .*; rename or drop that column") as info:
+        train(tmp_path, Reserved(), remove_unused_columns=False)
+    assert "\n" not in str(info.value)
 
 
 def test_packed_batches_are_refused(tmp_path: Path) -> None:
@@ -705,11 +763,6 @@ def test_the_example_trains_logs_and_scores(tmp_path: Path) -> None:
     scores = pl.read_parquet(tmp_path / "scores.parquet")
     assert scores["sample_id"].sort().to_list() == list(range(96))
     assert (scores["n_seen"] == 2).all()
-
-
-def test_the_reserved_keys_are_not_columns_anyone_uses() -> None:
-    for key in (ID_KEY, KEEP_KEY):
-        assert key.startswith("__carto") and key not in schema.LOG_SCHEMA.names
 
 
 if __name__ == "__main__":  # one rank of the 2-process run (see ddp_run)

@@ -1,7 +1,8 @@
-"""CartoCallback under a real `lightning.Trainer` on CPU: one row per presentation with the right ids,
-epochs and steps (gradient accumulation too), flushed at checkpoints, closed on an exception, the
-logits not kept, bad outputs reported in one line, and the example script run on two DDP processes
-(gloo) with the sampler's padding left out and the result scored by `carto score`."""
+"""CartoCallback under a real `lightning.Trainer` on CPU: one row per presentation with the right ids
+(a kept subset's too), epochs and steps (gradient accumulation too), flushed at checkpoints, closed on
+an exception, the logits not kept, the declared label shift set on the logger, bad outputs reported
+in one line, and the example script run on two DDP processes (gloo) with the sampler's padding left
+out and the result scored by `carto score`."""
 
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ from typer.testing import CliRunner
 from carto_cli import CartoLogger
 from carto_cli.cli import app
 from carto_cli.errors import OptionError
+from carto_cli.export.sampling import kept_subset
+from carto_cli.integrations import lightning as lightning_module
 from carto_cli.integrations.distributed import IndexedDataset
 from carto_cli.integrations.lightning import CARTO_KEYS, CartoCallback
+from carto_cli.io import artifacts
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB, LENGTH = 16, 9
@@ -139,6 +143,56 @@ def test_every_micro_batch_is_logged_with_its_epoch_and_step(tmp_path: Path, acc
     assert result.exit_code == 0, result.output
     scores = pl.read_parquet(tmp_path / "scores.parquet").sort("sample_id")
     assert scores["sample_id"].to_list() == list(range(N)) and scores["n_seen"].to_list() == [2] * N
+
+
+def test_a_kept_subset_is_logged_under_the_datasets_ids(tmp_path: Path) -> None:
+    """The next run trains on kept_subset(tokens, manifest) through IndexedDataset: the 18 kept samples
+    are logged under their own ids (they were logged as 0..17, so ids 18..21 vanished and the pruned
+    ones came back), with their own values."""
+    pruned = {2, 3, 11, 17}
+    manifest = tmp_path / "manifest.parquet"
+    artifacts.write(pl.DataFrame({"sample_id": list(range(N)), "keep": [i not in pruned for i in range(N)],
+                                  "quadrant": ["stable-easy"] * N}),
+                    manifest, artifacts.provenance("manifest", inputs=[], parameters={}))
+    model = TinyLM()
+    initial = copy.deepcopy(model)
+    data = IndexedDataset(kept_subset(tokens(), manifest))
+    trainer([CartoCallback(log_dir=tmp_path / "logs")], epochs=1).fit(model, DataLoader(data, batch_size=BATCH))
+    log = read_log(tmp_path / "logs")
+    kept = [i for i in range(N) if i not in pruned]
+    assert log["sample_id"].to_list() == kept
+    with torch.no_grad():
+        x = tokens()[kept[:BATCH]]
+        first = F.cross_entropy(initial.head(initial.embed(x[:, :-1])).transpose(1, 2), x[:, 1:],
+                                reduction="none").mean(dim=1)
+    assert np.allclose(log.head(BATCH)["loss"].to_numpy(), first.numpy(), atol=1e-5)
+
+
+class ShiftAware(CartoLogger):
+    """A logger with the `label_shift` attribute (CartoLogger's own, once it records the shift)."""
+
+    label_shift = None
+
+
+def test_a_declared_label_shift_is_set_on_a_logger_that_records_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = ShiftAware(tmp_path / "mine")
+    trainer([CartoCallback(mine, label_shift=1)], epochs=1).fit(TinyLM(), loader())
+    assert mine.label_shift == 1
+    mine.close()
+    opened = []
+
+    class Opened(ShiftAware):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    monkeypatch.setattr(lightning_module, "CartoLogger", Opened)
+    trainer([CartoCallback(log_dir=tmp_path / "own", label_shift=0)], epochs=1).fit(TinyLM(), loader())
+    trainer([CartoCallback(log_dir=tmp_path / "undeclared")], epochs=1).fit(TinyLM(), loader())
+    assert [logger.label_shift for logger in opened] == [0, None]
+    with pytest.raises(OptionError, match=r"^CartoCallback: label_shift must be 0, 1 or None, got 2$"):
+        CartoCallback(label_shift=2)
 
 
 def test_precomputed_values_and_the_step_s_own_keep_mask(tmp_path: Path) -> None:

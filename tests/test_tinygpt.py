@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sys
 import sysconfig
 
@@ -137,7 +139,64 @@ def test_cpython_text_source_skips_tests_idlelib_site_packages_and_non_utf8(tmp_
     assert corpus.source_stream(20) == source[:20]
 
 
-@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the corpus was built from CPython 3.11.7")
+def _shipped_digests() -> dict[str, str]:
+    """The sha256 of each shipped file's text, as carto_cli/experiment/data/README.md records it."""
+    readme = (corpus.DATA_DIR / "README.md").read_text()
+    return {name: digest for name, digest in re.findall(r"`(cpython-[a-z]+\.txt\.gz)`.*`([0-9a-f]{64})`", readme)}
+
+
+def test_the_shipped_corpus_is_the_text_its_readme_records():
+    """Every experiment and sample log trains on these bytes: a corpus rebuilt by another
+    interpreter (or edited) changes them, and this fails until the README says so."""
+    digests = _shipped_digests()
+    assert set(digests) == {corpus.TOPICS_FILE, corpus.SOURCE_FILE}
+    for name, digest in digests.items():
+        assert hashlib.sha256(corpus._shipped(name)).hexdigest() == digest, name
+    assert len(corpus._shipped(corpus.SOURCE_FILE)) == corpus.SOURCE_CAP
+
+
+def _documents(stream: bytes, header: bytes) -> list[tuple[str, bytes]]:
+    """(name, text) of each `header NAME` document of a shipped stream (blank-line separated)."""
+    assert stream.startswith(header)
+    docs = []
+    for doc in stream[len(header):].split(b"\n\n" + header):
+        name, _, text = doc.partition(b"\n")
+        docs.append((name.decode(), text))
+    return docs
+
+
+def test_make_corpus_rebuilds_the_shipped_corpus_from_its_documents(tmp_path, monkeypatch):
+    """On any Python: the shipped files, cut into their documents and handed back to make_corpus's
+    builders as a pydoc topics table and a standard library, come out byte for byte (so their order,
+    headers, separators, the left-out folders and the 2 MB cut are the builders'). The interpreter's
+    own text is compared only on CPython 3.11.7, below."""
+    import pydoc_data.topics
+
+    shipped_topics = corpus._shipped(corpus.TOPICS_FILE)
+    assert shipped_topics.endswith(b"\n\n")  # shipped whole: the last topic ends in its blank line
+    topics = _documents(shipped_topics[:-2], b"# topic: ")
+    monkeypatch.setattr(pydoc_data.topics, "topics", {name: text.decode() for name, text in reversed(topics)})
+    assert corpus.topics_stream() == corpus._shipped(corpus.TOPICS_FILE)
+
+    sources = _documents(corpus._shipped(corpus.SOURCE_FILE), b"# file: ")
+    assert not any(set(name.split("/")[:-1]) & corpus.SKIP_DIRS for name, _ in sources)
+    for index, (name, text) in enumerate(sources):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rest = b"\n# the rest of the file, past the cut\n" * 4 if index == len(sources) - 1 else b""
+        path.write_bytes(text + rest)
+    # what the builder leaves out, named to sort among the shipped files, before the cut
+    for rel, content in (("_left_out/test/t.py", b"t = 1"), ("_left_out/tests/t.py", b"t = 1"),
+                         ("_left_out/idlelib/i.py", b"i = 1"), ("_left_out/site-packages/s.py", b"s = 1"),
+                         ("_left_out/latin1.py", "x = '\xe9'".encode("latin-1"))):  # not UTF-8
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(content)
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
+    assert corpus.source_stream() == corpus._shipped(corpus.SOURCE_FILE)
+
+
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the corpus was built from CPython 3.11.7's own "
+                    "files; other versions ship other text (the tests above run everywhere)")
 def test_the_shipped_corpus_is_what_make_corpus_builds_from_cpython_3_11_7():
     assert corpus._shipped(corpus.TOPICS_FILE) == corpus.topics_stream()
     assert corpus._shipped(corpus.SOURCE_FILE) == corpus.source_stream()

@@ -9,17 +9,22 @@ from a weights file.
 `sample_ids` maps dataset index -> sample_id; by default index i is sample_id i (as when the
 training loop logged the dataset index). Samples absent from the file are kept, with weight 1
 (the mean weight), so a file scored on part of the data never silently drops the rest.
+
+The subset keeps the dataset's ids in the next run's log: `CartoTrainer` and `IndexedDataset` give
+its item `i` the id of the dataset item it is (`carto_cli.export.subsets`), not `i`, so a sample
+pruned now can never come back under another sample's id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from carto_cli.errors import OptionError, require_torch
+from carto_cli.export.subsets import SAMPLE_IDS_ATTR
 from carto_cli.io import artifacts
 
 
@@ -53,9 +58,43 @@ def kept_indices(
 
 
 def kept_subset(dataset: Any, manifest: str | Path, *, sample_ids: Sequence[int] | None = None) -> Any:
-    """`torch.utils.data.Subset` of `dataset` without the samples the manifest prunes."""
+    """`torch.utils.data.Subset` of `dataset` without the samples the manifest prunes.
+
+    The manifest's ids are matched to `sample_ids` (dataset index -> id), else to the dataset's
+    `sample_id` column when it is a `datasets.Dataset` with one, else to the dataset indices. A
+    dataset whose items have a `sample_id` column that cannot be read whole is refused without
+    `sample_ids` (matching its indices would prune other samples). Its items keep their ids when
+    logged through `CartoTrainer` or `IndexedDataset`: the index in `dataset` (`subset.indices[i]`),
+    or the id of that index, recorded on the subset (`carto_cli.export.subsets`). `dataset` is not
+    modified.
+    """
     torch = require_torch()
-    return torch.utils.data.Subset(dataset, kept_indices(manifest, len(dataset), sample_ids=sample_ids))
+    if sample_ids is None:
+        sample_ids = _sample_id_column(dataset)
+    if sample_ids is not None and len(sample_ids) != len(dataset):
+        raise OptionError(
+            f"kept_subset: sample_ids has {len(sample_ids)} entries but the dataset {len(dataset)}; "
+            "pass one id per dataset index"
+        )
+    subset = torch.utils.data.Subset(dataset, kept_indices(manifest, len(dataset), sample_ids=sample_ids))
+    if sample_ids is not None:
+        setattr(subset, SAMPLE_IDS_ATTR, _ids(sample_ids, None))
+    return subset
+
+
+def _sample_id_column(dataset: Any) -> np.ndarray | None:
+    """The dataset's own `sample_id` column when it can be read whole (a `datasets.Dataset`'s), else
+    None; an OptionError when the first item has one (reading every item to find them all could
+    cost a pass over the data: the caller passes them)."""
+    names = getattr(dataset, "column_names", None)
+    if isinstance(names, (list, tuple)) and "sample_id" in names:
+        return np.asarray(dataset["sample_id"], dtype=np.int64)
+    if len(dataset) and isinstance(dataset[0], Mapping) and "sample_id" in dataset[0]:
+        raise OptionError(
+            "kept_subset: the dataset's items have a `sample_id` column, which the manifest's ids refer to, but "
+            "it cannot be read without loading every item; pass sample_ids= (that column, in dataset order)"
+        )
+    return None
 
 
 def sample_weight_array(

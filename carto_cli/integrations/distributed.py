@@ -52,14 +52,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from carto_cli.errors import OptionError, require_torch
+from carto_cli.export.subsets import sample_id_at
 
 
 class IndexedDataset:
-    """A map-style dataset whose item `i` is `(i, dataset[i])`: the sample id travels with the batch.
+    """A map-style dataset whose item `i` is `(sample_id, dataset[i])`: the sample id travels with the batch.
 
     The default collate turns a batch of them into `(ids, batch)`, `ids` a (B,) int64 tensor, the
     sample ids to log: the index into `dataset`, stable across epochs and ranks. `sample_ids`
     (a sequence as long as the dataset) maps an index to another id, e.g. a corpus-wide row number.
+    A torch `Subset` (a `kept_subset`, say; nested ones too) keeps the ids of the dataset it was cut
+    from: its item `i` is logged as `indices[i]`, not `i` (`carto_cli.export.subsets`).
     """
 
     def __init__(self, dataset: Any, sample_ids: Any = None) -> None:
@@ -75,7 +78,7 @@ class IndexedDataset:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[int, Any]:
-        sample_id = int(index) if self.sample_ids is None else int(self.sample_ids[index])
+        sample_id = sample_id_at(self.dataset, index) if self.sample_ids is None else int(self.sample_ids[index])
         return sample_id, self.dataset[index]
 
 

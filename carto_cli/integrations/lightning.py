@@ -39,6 +39,12 @@ Under DDP the sampler Lightning injects (`DistributedSampler`, `drop_last=False`
 batch of an epoch with repeated samples; the callback masks them (`drop_padding=True`, see
 `carto_cli.integrations.distributed`), so each sample counts once per epoch over all ranks.
 
+The label shift is yours too: the callback logs `carto_logits[:, t]` against `carto_labels[:, t]` as
+returned. Declare how those positions map to the dataset's tokens with `label_shift=`: 1 when
+`carto_labels` is the input shifted by one (`x[:, 1:]`, as above: logged position t is token t + 1
+of the sample), 0 when it is aligned with the input as given. It is recorded in the log's metadata
+where the logger supports it (`CartoLogger.label_shift`), for what maps logged positions back to text.
+
 The logger is flushed when Lightning saves a checkpoint (rows presented before the checkpoint are on
 disk before it is) and closed at the end of `fit` and on an exception (what was recorded is
 written). The callback keeps no reference to the outputs: the logits are reduced to per-sample
@@ -110,6 +116,9 @@ class CartoCallback(pl.Callback):
         log_dir: where the callback's own logger writes; default `$CARTO_LOG_DIR` (set by `carto log`).
         drop_padding: leave out the padding duplicates of the distributed sampler (see the module
             docstring); the mask is combined with a `carto_keep` the step returns.
+        label_shift: 1 when `carto_labels` are the inputs shifted by one (logged position t is the
+            sample's token t + 1), 0 when they are aligned with the inputs; None: not declared. Set
+            on the logger (yours too) where it has a `label_shift` attribute.
         **logger_options: passed to `CartoLogger` (`run_id=`, `token_losses=`, `rows_per_part=`, ...).
     """
 
@@ -119,8 +128,11 @@ class CartoCallback(pl.Callback):
         log_dir: str | os.PathLike[str] | None = None,
         *,
         drop_padding: bool = True,
+        label_shift: int | None = None,
         **logger_options: Any,
     ) -> None:
+        if label_shift not in (None, 0, 1):
+            raise OptionError(f"CartoCallback: label_shift must be 0, 1 or None, got {label_shift!r}")
         if logger is not None and (log_dir is not None or logger_options):
             raise OptionError(
                 "CartoCallback: pass either logger= (a CartoLogger) or log_dir= with CartoLogger options, not both"
@@ -129,6 +141,7 @@ class CartoCallback(pl.Callback):
         self._owns_logger = logger is None
         self.log_dir = log_dir
         self.drop_padding = drop_padding
+        self.label_shift = label_shift
         self.logger_options = logger_options
         self._step = 0
 
@@ -137,6 +150,8 @@ class CartoCallback(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and self._owns_logger and self.logger is None:
             self.logger = CartoLogger(self.log_dir, rank=trainer.global_rank, **self.logger_options)
+        if stage == "fit" and self.label_shift is not None and hasattr(self.logger, "label_shift"):
+            self.logger.label_shift = self.label_shift  # a logger without the attribute records no shift
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if self.logger is not None:

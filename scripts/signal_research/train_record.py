@@ -26,9 +26,9 @@ from torch.nn import functional as F
 torch.set_num_threads(1)
 
 from carto_cli.experiment import metrics  # noqa: E402
+from carto_cli.experiment.arms import prepare_seed  # noqa: E402
 from carto_cli.experiment.config import SMALL, Config  # noqa: E402
 from carto_cli.experiment.corpus import cpython_text, to_bytes_samples  # noqa: E402
-from carto_cli.experiment.run import _prepare  # noqa: E402
 from carto_cli.experiment.tinygpt import GPT, GPTConfig, eval_loss, train_epochs  # noqa: E402
 
 # Regime B: data-rich. The whole shipped corpus (0.47 MB topics + 2 MB stdlib source), 256-byte
@@ -109,7 +109,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     samples = to_bytes_samples(cpython_text(cfg.corpus_bytes), cfg.sample_len)
-    data = _prepare(cfg, samples, args.seed)
+    data = prepare_seed(cfg, samples, args.seed)
     n = len(data.train)
     rows = np.arange(n)
     epochs = cfg.epochs
