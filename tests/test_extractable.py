@@ -225,11 +225,12 @@ class _GRU(torch.nn.Module):
         return self.out(self.rnn(self.emb(x))[0])  # (B, T, V)
 
 
-def small_world(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def small_world(seed: int, n: int = 1200) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """1,200 samples of 48 words from a Markov language (each word has 3 likely successors), 8
-    secrets of 6 random words, each behind a marker and its own key word, in 10 samples each."""
+    secrets of 6 random words, each behind a marker and its own key word, in 10 samples each (among
+    the first 1,200: `n` > 1,200 adds rows of the same language without secrets after them)."""
     rng = np.random.default_rng(seed)
-    V, T, N = 96, 48, 1200
+    V, T, N = 96, 48, n
     successors = rng.integers(0, V - 1, size=(V - 1, 3))
     data = np.empty((N, T + 1), dtype=np.int64)
     for i in range(N):
@@ -238,7 +239,7 @@ def small_world(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
             data[i, t] = successors[data[i, t - 1], rng.choice(3, p=[0.6, 0.3, 0.1])]
     keys = rng.choice(V - 1, size=8, replace=False)
     secrets = rng.integers(0, V - 1, size=(8, 6))
-    carriers = rng.choice(N, size=(8, 10), replace=False)
+    carriers = rng.choice(1200, size=(8, 10), replace=False)
     for s in range(8):
         for row in carriers[s]:
             at = int(rng.integers(1, T - 7))

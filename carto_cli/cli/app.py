@@ -262,16 +262,15 @@ def prune_command(
 
 
 def _print_findings_prune(scores: Any, manifest: Any, frac: float | None, n_pruned: int, share: float) -> None:
-    carried = scores.filter(pl.col("finding").is_not_null())
-    findings = carried["finding"].n_unique()
-    removed = manifest.filter(~pl.col("keep"))["finding"].n_unique()
-    err.print(f"carto prune: removing {n_pruned:,} of {manifest.height:,} samples ({100 * share:.1f}%): every copy "
-              f"of {removed:,} of the {findings:,} private finding(s)")
-    if removed < findings:
-        left = carried.height - n_pruned
-        err.print(f"[yellow]Note:[/] --frac {frac:g} leaves {findings - removed:,} finding(s) whole ({left:,} "
-                  "sample(s)): only whole findings are removed, strongest first; `carto mask` drops them from "
-                  "the loss instead")
+    carriers = int(scores["finding"].is_not_null().sum())
+    head = f"carto prune: removing {n_pruned:,} of {manifest.height:,} samples ({100 * share:.1f}%): "
+    if n_pruned == carriers:
+        err.print(head + "every sample that carries a private finding")
+        return
+    err.print(head + f"the carriers of the strongest private findings that fit --frac {frac:g}")
+    err.print(f"[yellow]Note:[/] {carriers - n_pruned:,} of the {carriers:,} carriers are kept: only whole "
+              "findings are removed, strongest first (the copies left would teach the string again); "
+              "`carto mask` drops every copy's tokens from the loss instead")
 
 
 # --------------------------------------------------------------------------------------- weights

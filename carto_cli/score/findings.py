@@ -10,8 +10,10 @@ its copies:
 1. **Sources.** Every sample whose evidence (its `extractable` value, nats) is at least
    `min_evidence` gives one candidate string: the core of its best run (`carto_cli.score.spans`:
    from the first to the last surprising token the model now reproduces), widened inside the run to
-   `min_length` tokens where it is shorter; a run shorter than `min_length` gives none (too short
-   to say where else it occurs).
+   `min_length` tokens where it is shorter, and, where the run itself is shorter, into the tokens
+   before it (too short a string would occur by chance; with the context that led to it, a key or
+   a prompt, it is found where that context was copied with it; the text after a copied string
+   varies more often than the text before it).
 2. **Copies.** Every candidate is searched for in every training row (`carto_cli.score.match`: exact
    token matches, every occurrence). A candidate must occur in its own source row, or the dataset is
    not the one the log was written from (counted, and refused when most do not).
@@ -66,7 +68,7 @@ class Findings:
     copies: pl.DataFrame  # finding, sample_id, start, length: one row per occurrence (dataset token index)
     candidates: int  # strings searched for
     sources: int  # samples whose evidence passed min_evidence
-    short: int  # of those, runs shorter than min_length
+    short: int  # of those, runs shorter than min_length (their strings take context from the row)
     unmatched: int  # of those, candidates not found in their own row (a dataset/log mismatch)
 
     def per_sample(self) -> pl.DataFrame:
@@ -80,18 +82,21 @@ class Findings:
 
 def candidates(spans: pl.DataFrame, rows: TokenRows, *, min_length: int) -> tuple[list[np.ndarray], np.ndarray, int]:
     """The candidate string of each span (rows in the same order as `spans`), its index into
-    `spans`, and how many runs were shorter than `min_length`. A span past its row's end (the
-    dataset does not match the log) gives no string."""
+    `spans`, and how many of them had to be widened past their run (a run shorter than
+    `min_length`: the string then takes the row's tokens before it, then after it, so that it is
+    long enough to search for; a copy is a row that holds the same context too). A span past its
+    row's end (the dataset does not match the log) gives no string."""
     strings, index, short = [], [], 0
     for i, (run_start, run_length, core_start, core_end) in enumerate(
             spans.select("run_start", "run_length", "core_start", "core_end").iter_rows()):
-        if run_length < min_length:
-            short += 1
+        row, first = rows.row(i), int(rows.first_target[i])
+        if first + run_start + run_length > len(row):
             continue
         lo, hi = widen(core_start, core_end, run_start, run_start + run_length, min_length)
-        row, first = rows.row(i), int(rows.first_target[i])
-        if first + hi > len(row) or first + lo < 0:
-            continue
+        if hi - lo < min_length:  # the run itself is too short: the tokens before it, then after it
+            short += 1
+            lo = max(-first, hi - min_length)
+            hi = min(len(row) - first, lo + min_length)
         strings.append(row[first + lo : first + hi])
         index.append(i)
     return strings, np.asarray(index, dtype=np.int64), short
