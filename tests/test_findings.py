@@ -22,8 +22,7 @@ import pytest
 from conftest import write_parts
 from typer.testing import CliRunner
 
-from carto_cli.cli import app
-from carto_cli.cli import score_command
+from carto_cli.cli import app, score_command
 from carto_cli.engines import findings as findings_pass
 from carto_cli.export import manifests
 from carto_cli.export.masks import IGNORE_INDEX, LossMask, mask_spans
