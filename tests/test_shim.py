@@ -182,14 +182,14 @@ def test_record_blocks_when_the_queue_is_full(tmp_path: Path) -> None:
     """Back-pressure: a stalled writer makes record() wait instead of buffering without bound."""
     log = CartoLogger(tmp_path, max_pending=2)
     gate = threading.Event()
-    original = log._write_part
+    original = log._writer.write_part
 
     def stalled() -> None:
         gate.wait()
         original()
 
-    log._write_part = stalled
-    log.rows_per_part = 1  # every batch triggers a (stalled) part write
+    log._writer.write_part = stalled
+    log._writer.rows_per_part = 1  # every batch triggers a (stalled) part write
     done = []
 
     def producer() -> None:
@@ -202,7 +202,7 @@ def test_record_blocks_when_the_queue_is_full(tmp_path: Path) -> None:
     time.sleep(0.5)
     # one batch is held by the writer, two wait in the queue, the fourth record() blocks
     assert len(done) <= 3
-    assert log._queue.qsize() <= 2
+    assert log._writer.queue.qsize() <= 2
     gate.set()
     t.join(timeout=10)
     assert len(done) == 6

@@ -44,50 +44,22 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
-import queue
 import socket
-import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from carto_cli.errors import CartoError, OptionError, require_torch
-from carto_cli.log import fused, packed, schema, sketch
-from carto_cli.log.durable import write_atomic
+from carto_cli.log import fused, packed, schema, sketch, writer
 from carto_cli.version import __version__
 
 LOG_DIR_ENV = "CARTO_LOG_DIR"
 RUN_ID_ENV = "CARTO_RUN_ID"
 DEFAULT_TAIL_K = 8
 DEFAULT_CORRECT_THRESHOLD = 0.5
-
-
-@dataclass
-class _Batch:
-    """One `record` call in flight: host tensors (maybe still being copied) and the copy's event."""
-
-    epoch: int
-    step: int
-    rule: str  # the correctness rule behind this batch's `correct` column
-    columns: dict[str, Any]  # column name -> host torch tensor or numpy array, each (B,)
-    ready: Any = None  # torch.cuda.Event to wait on, or None when already on the host
-
-
-@dataclass
-class _Flush:
-    done: threading.Event
-
-
-_STOP = object()
-_KEEP = "_keep"  # the batch's row mask on its way to the writer thread (not a log column)
-# Columns of one fixed-width list per sample: (B, W) arrays on their way to the writer.
-_LIST_COLUMNS = (schema.TOKEN_LOSS, *schema.SKETCH_COLUMNS)
 
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -200,7 +172,6 @@ class CartoLogger:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = _resolve_rank(rank)
-        self.rows_per_part = rows_per_part
         self.tail_k = tail_k
         self.sketch_k, self.sketch_runs = sketch_k, sketch_runs
         self.correct_threshold = correct_threshold
@@ -219,18 +190,20 @@ class CartoLogger:
         # its start time in nanoseconds (see `carto_cli.io.replays`).
         self.attempt_started_ns = time.time_ns()
         self.attempt = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{os.urandom(2).hex()}"
-        self.parts_written: list[Path] = []
-        self.rows_written = 0
         self._correct_rule = f"token_acc>={correct_threshold}"
-        self._seq = 0
-        self._buffer: list[_Batch] = []
-        self._buffered_rows = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
         self._closed = False
-        self._thread = threading.Thread(target=self._writer_loop, name="carto-writer", daemon=True)
-        self._thread.start()
+        self._writer = writer.PartWriter(self.out_dir, rows_per_part=rows_per_part, max_pending=max_pending,
+                                         buckets=buckets, token_probe=self._token_probe, describe=self._describe)
         atexit.register(self.close)
+
+    @property
+    def parts_written(self) -> list[Path]:
+        """The part files written so far (with `buckets`, one per bucket present in each part)."""
+        return self._writer.parts_written
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.rows_written
 
     # ------------------------------------------------------------------ the training-loop side
 
@@ -289,7 +262,7 @@ class CartoLogger:
         if segment_ids is None:
             columns[schema.SAMPLE_ID] = _checked_ids(torch, sample_ids)
             if keep is not None:
-                columns[_KEEP] = keep
+                columns[writer.KEEP] = keep
         n = None
         for name, value in columns.items():
             size = len(value) if not hasattr(value, "shape") else int(value.shape[0])
@@ -300,18 +273,14 @@ class CartoLogger:
                     f"CartoLogger.record: {name} has {size} rows but the batch has {n}; "
                     "every per-sample argument must have the same length"
                 )
-        self._put(self._to_host(torch, int(epoch), int(step), rule, columns))
+        self._writer.put(writer.to_host(torch, int(epoch), int(step), rule, columns))
 
     def flush(self) -> None:
         """Block until every row recorded so far is in a finished part on disk."""
         self._raise_if_failed()
         if self._closed:
             return
-        done = threading.Event()
-        self._put(_Flush(done))
-        while not done.wait(0.1):
-            if not self._thread.is_alive():
-                break
+        self._writer.flush()
         self._raise_if_failed()
 
     def close(self) -> None:
@@ -322,11 +291,12 @@ class CartoLogger:
             self.flush()
         finally:
             self._closed = True
-            if self._thread.is_alive():
-                self._put(_STOP)
-                self._thread.join()
+            self._writer.stop()
             atexit.unregister(self.close)
         self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        self._writer.raise_if_failed()
 
     def __enter__(self) -> CartoLogger:
         return self
@@ -448,145 +418,11 @@ class CartoLogger:
         columns[schema.CORRECT] = acc >= self.correct_threshold
         return columns, self._correct_rule
 
-    def _to_host(
-        self, torch: Any, epoch: int, step: int, rule: str, columns: dict[str, Any]
-    ) -> _Batch:
-        """Start device -> pinned-host copies without waiting for them; copy host data defensively."""
-        host: dict[str, Any] = {}
-        on_cuda = False
-        for name, value in columns.items():
-            if torch.is_tensor(value):
-                value = value.detach()
-                value = value.reshape(value.shape[0], -1) if name in _LIST_COLUMNS else value.reshape(-1)
-                if value.is_cuda:
-                    pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-                    pinned.copy_(value, non_blocking=True)
-                    host[name] = pinned
-                    on_cuda = True
-                else:
-                    host[name] = value.to("cpu", copy=True)
-            else:
-                value = np.array(value)
-                host[name] = value.reshape(len(value), -1) if name in _LIST_COLUMNS else value.reshape(-1)
-        ready = None
-        if on_cuda:
-            ready = torch.cuda.Event()
-            ready.record()
-        return _Batch(epoch=epoch, step=step, rule=rule, columns=host, ready=ready)
+    # ------------------------------------------------------------------ what each part says about itself
 
-    # ------------------------------------------------------------------ the writer-thread side
-
-    def _put(self, item: object) -> None:
-        """Queue an item, waiting while the queue is full (back-pressure) but not on a dead writer."""
-        while True:
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                self._raise_if_failed()
-                if not self._thread.is_alive():
-                    raise CartoError("CartoLogger: the writer thread has stopped") from None
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise CartoError(
-                f"CartoLogger: writing parts to {self.out_dir} failed: {self._error}"
-            ) from self._error
-
-    def _writer_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is _STOP:
-                    return
-                if self._error is None:
-                    if isinstance(item, _Flush):
-                        self._write_part()
-                    else:
-                        packed.compact(item)  # a packed batch: its document slots only
-                        self._buffer.append(item)
-                        self._buffered_rows += len(item.columns[schema.SAMPLE_ID])
-                        if self._buffered_rows >= self.rows_per_part:
-                            self._write_part()
-            except BaseException as exc:  # reported to the training loop on its next call
-                self._error = exc
-            finally:
-                if isinstance(item, _Flush):
-                    item.done.set()
-
-    def _batch_table(self, batch: _Batch) -> dict[str, np.ndarray]:
-        if batch.ready is not None:
-            batch.ready.synchronize()
-        arrays = {}
-        for name, value in batch.columns.items():
-            arrays[name] = value.numpy() if hasattr(value, "numpy") else value
-        keep = arrays.pop(_KEEP, None)
-        if keep is not None:
-            keep = np.asarray(keep, dtype=bool)
-            arrays = {name: value[keep] for name, value in arrays.items()}
-        n = len(arrays[schema.SAMPLE_ID])
-        arrays[schema.EPOCH] = np.full(n, batch.epoch, dtype=np.int32)
-        arrays[schema.STEP] = np.full(n, batch.step, dtype=np.int64)
-        arrays[schema.RANK] = np.full(n, self.rank, dtype=np.int32)
-        return arrays
-
-    def _write_part(self) -> None:
-        if not self._buffer:
-            return
-        tables = [self._batch_table(b) for b in self._buffer]
-        columns, fields = [], []
-        for field in schema.LOG_SCHEMA:
-            if field.name in (schema.TOP_POS, schema.HIT_RUNS) and any(
-                    field.name in t and len(t[field.name]) and t[field.name].max() > np.iinfo(np.uint16).max
-                    for t in tables):
-                field = field.with_type(pa.list_(pa.uint32()))  # positions of sequences of 65,536 and more
-            # Optional columns a batch did not give are nulls; NaN stays NaN (the reader reports it).
-            pieces = [
-                self._list_array(t, field) if field.name in _LIST_COLUMNS and field.name in t
-                else pa.array(t[field.name], type=field.type) if field.name in t
-                else pa.nulls(len(t[schema.SAMPLE_ID]), type=field.type)
-                for t in tables
-            ]
-            columns.append(pa.concat_arrays(pieces))
-            fields.append(field)
-        rules = ",".join(sorted({b.rule for b in self._buffer}))
-        table = pa.Table.from_arrays(columns, schema=self._part_schema(rules, fields))
-        if table.num_rows == 0:  # every row of the buffered batches was masked out by `keep`
-            self._buffer, self._buffered_rows = [], 0
-            return
-        name = f"part-r{self.rank:05d}-{self.attempt}-{self._seq:06d}{schema.PART_SUFFIX}"
-        if self.buckets is None:
-            self._write_atomic(table, self.out_dir / name)
-        else:  # one file per bucket present, in bucket=<b>/ (b = sample_id mod buckets, floored)
-            ids = table.column(schema.SAMPLE_ID).to_numpy()
-            bucket = np.mod(ids, self.buckets)
-            for b in np.unique(bucket):
-                rows = np.flatnonzero(bucket == b)
-                directory = self.out_dir / f"bucket={int(b)}"
-                directory.mkdir(exist_ok=True)
-                self._write_atomic(table.take(rows), directory / name)
-        self._seq += 1
-        self.rows_written += table.num_rows
-        self._buffer = []
-        self._buffered_rows = 0
-
-    def _list_array(self, table: dict[str, np.ndarray], field: pa.Field) -> pa.Array:
-        """A (B, W) array as a list column of `field`'s type; token losses are null outside the
-        probe subset."""
-        values = np.ascontiguousarray(table[field.name], dtype=field.type.value_type.to_pandas_dtype())
-        B, W = values.shape
-        offsets = pa.array(np.arange(0, (B + 1) * W, W, dtype=np.int32))
-        mask = None
-        if field.name == schema.TOKEN_LOSS and self._token_probe is not None:
-            mask = pa.array(~np.isin(np.asarray(table[schema.SAMPLE_ID]), self._token_probe))
-        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=field.type.value_type), mask=mask)
-
-    def _write_atomic(self, table: pa.Table, final: Path) -> None:
-        write_atomic(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-        self.parts_written.append(final)
-
-    def _part_schema(self, rules: str, fields: list[pa.Field]) -> pa.Schema:
-        meta = {
+    def _describe(self) -> tuple[int, dict[str, str]]:
+        """(rank, metadata) of the part the writer thread is about to write (`writer.Describe`)."""
+        return self.rank, {
             schema.META_VERSION: __version__,
             schema.META_RANK: str(self.rank),
             schema.META_WORLD_SIZE: str(self.world_size),
@@ -594,9 +430,7 @@ class CartoLogger:
             schema.META_ATTEMPT: self.attempt,
             schema.META_ATTEMPT_STARTED: str(self.attempt_started_ns),
             schema.META_STARTED: self.started_at,
-            schema.META_CORRECT_RULE: rules,
             schema.META_TAIL_K: str(self.tail_k),
             schema.META_SKETCH: f"k={self.sketch_k},runs={self.sketch_runs}" if self.sketch_k else "off",
             "carto.host": socket.gethostname(),
         }
-        return pa.schema(fields, metadata=meta)
