@@ -317,11 +317,14 @@ for B, T in [(4, 37), (3, 5), (2, 1), (5, 300), (2, 16)]:  # T = 1 and 5 are sho
     loss, hit, valid = torch.rand(B, T) * 5, torch.rand(B, T) < 0.7, torch.rand(B, T) < 0.9
     if T >= 5:
         valid[0] = False  # a sample with no targets: (0, NaN) and (0, 0) padding
+        valid[1, 0] = True  # the tie below is at positions 1 and 3 from the first target
         loss[1, 1] = loss[1, 3] = 9.0  # an exact tie for the largest loss
+    if B > 2:
+        valid[B - 1, :3] = False  # a masked prefix: positions are relative to the first target
     for k, r in [(10, 6), (3, 2), (20, 20)]:  # r = 20 > the number of runs and, at T = 16, > T
         pos, los, runs = fused.launch_sketch(torch, fused._load("sketch_kernel"), loss, hit, valid, k, r)
-        ref_pos, ref_los = sketch.top_losses(torch, loss, valid, k)
-        assert torch.equal(runs, sketch.hit_runs(torch, hit, valid, r)), (T, k, r)
+        ref_pos, ref_los, ref_runs = sketch.sketch(torch, loss, hit, valid, k, r)
+        assert torch.equal(runs, ref_runs), (T, k, r)
         assert torch.equal(los.isnan(), ref_los.isnan()) and torch.equal(los.nan_to_num(), ref_los.nan_to_num())
         if T >= 5:  # the tie: the kernel keeps the earlier position first (torch.topk promises no order)
             assert pos[1, :2].tolist() == [1, 3], pos[1]
@@ -333,7 +336,8 @@ print("ok")
 
 def test_sketch_kernel_matches_the_pytorch_sketch_in_the_triton_interpreter() -> None:
     """The CUDA sketch kernel (one launch instead of the PyTorch version's ~30 small kernels) writes
-    what carto_cli.log.sketch writes, run on the CPU by Triton's interpreter."""
+    what carto_cli.log.sketch writes (positions relative to the first target), run on the CPU by
+    Triton's interpreter."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-c", SKETCH_CHECK], capture_output=True, text=True, env=env, timeout=300)

@@ -26,8 +26,9 @@ What `record` does, and what it costs the training loop:
 
 The memorization sketch (on by default, `carto_cli.log.sketch`): from the same per-token losses and
 greedy hits, the positions and losses of the 10 largest token losses and the 6 longest runs of greedy
-hits, 64 bytes per presentation whatever the sequence length. `carto score` ranks memorization by
-it by default (`--memorization extractable`).
+hits, 64 bytes per presentation whatever the sequence length, positions counted from the sample's
+first target (so padding of any side and length, and a masked prompt, do not move them). `carto
+score` ranks memorization by it by default (`--memorization extractable`).
 
 Per-token losses (`token_losses=True`, or a collection of sample ids: a probe subset) add the
 `token_loss` list column, float16 with NaN where there is no target: 2 bytes per position per
@@ -137,8 +138,15 @@ class CartoLogger:
             resolved path. Each logger instance is one *attempt* of its run (`attempt`).
         sketch_k, sketch_runs: the memorization sketch logged from logits (`carto_cli.log.sketch`):
             the `sketch_k` largest token losses with their positions and the `sketch_runs` longest
-            runs of greedy hits; `sketch_k=0` turns it off (then `carto score` ranks by forget
-            events).
+            runs of greedy hits, positions relative to each sample's first target (so padding and
+            a masked prompt do not move them); `sketch_k=0` turns it off (then `carto score` ranks
+            by forget events).
+        label_shift: where the first target sits in the dataset row when no prompt is masked: 1
+            for a causal LM whose labels are its inputs (shifted inside the model), 0 when the
+            row holds the targets themselves; None (default): not declared. Written in each part
+            (`carto.label_shift`) so that a logged position can be mapped back to a dataset token
+            (`carto_cli.log.schema`). A public attribute, read when each part is written: an
+            integration that learns the shift at its first step sets `logger.label_shift` then.
     """
 
     def __init__(
@@ -157,6 +165,7 @@ class CartoLogger:
         token_losses: bool | Collection[int] = False,
         sketch_k: int = sketch.DEFAULT_TOP_K,
         sketch_runs: int = sketch.DEFAULT_RUNS,
+        label_shift: int | None = None,
     ) -> None:
         if out_dir is None:
             out_dir = os.environ.get(LOG_DIR_ENV)
@@ -178,6 +187,7 @@ class CartoLogger:
         self.ignore_index = ignore_index
         self.chunk_bytes = chunk_bytes
         self.buckets = buckets
+        self.label_shift = label_shift
         # A probe subset (any iterable of ids, a numpy array too), sorted for np.isin in the writer
         # thread; None: every sample.
         self._token_probe = None if isinstance(token_losses, bool) else np.unique(np.fromiter(token_losses, np.int64))
@@ -195,6 +205,18 @@ class CartoLogger:
         self._writer = writer.PartWriter(self.out_dir, rows_per_part=rows_per_part, max_pending=max_pending,
                                          buckets=buckets, token_probe=self._token_probe, describe=self._describe)
         atexit.register(self.close)
+
+    @property
+    def label_shift(self) -> int | None:
+        """The declared label shift written in each part from now on (None: not declared)."""
+        return self._label_shift
+
+    @label_shift.setter
+    def label_shift(self, value: int | None) -> None:
+        # checked here, in the caller's thread: the writer thread reads it at each part
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0):
+            raise OptionError(f"CartoLogger: label_shift must be None or an integer >= 0; got {value!r}")
+        self._label_shift = None if value is None else int(value)
 
     @property
     def parts_written(self) -> list[Path]:
@@ -335,8 +357,7 @@ class CartoLogger:
             if self.sketch_k:
                 stats = fused.sketch_stats(torch, tok_loss, tok_hit, valid, self.sketch_k, self.sketch_runs)
                 if stats is None:  # not CUDA, or no Triton: the PyTorch ops
-                    stats = (*sketch.top_losses(torch, tok_loss, valid, self.sketch_k),
-                             sketch.hit_runs(torch, tok_hit, valid, self.sketch_runs))
+                    stats = sketch.sketch(torch, tok_loss, tok_hit, valid, self.sketch_k, self.sketch_runs)
                 columns[schema.TOP_POS], columns[schema.TOP_LOSS], columns[schema.HIT_RUNS] = stats
         return columns
 
@@ -432,5 +453,7 @@ class CartoLogger:
             schema.META_STARTED: self.started_at,
             schema.META_TAIL_K: str(self.tail_k),
             schema.META_SKETCH: f"k={self.sketch_k},runs={self.sketch_runs}" if self.sketch_k else "off",
+            schema.META_POSITIONS: schema.POSITIONS_FIRST_TARGET,
+            **({} if self._label_shift is None else {schema.META_LABEL_SHIFT: str(self._label_shift)}),
             "carto.host": socket.gethostname(),
         }
