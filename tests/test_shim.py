@@ -382,3 +382,20 @@ def test_a_failing_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch, 
         assert call(fused, CudaTensor()) is None
     assert fused._KERNELS[kernel] is False  # not tried again: the next record goes straight to PyTorch
     assert call(fused, CudaTensor()) is None
+
+
+def test_parts_carry_page_checksums_that_find_a_flipped_bit(tmp_path: Path) -> None:
+    """A bit flipped in a data page of a zstd part decompresses to wrong values without an error;
+    the page checksums the shim writes make a verifying reader fail on it instead."""
+    with CartoLogger(tmp_path, sketch_k=0, sketch_runs=0) as log:
+        log.record(np.arange(20_000), epoch=0, step=0, loss=np.random.default_rng(0).random(20_000),
+                   correct=np.ones(20_000, dtype=bool))
+    [path] = log.parts_written
+    footer = pq.ParquetFile(path).metadata
+    column = footer.row_group(0).column(footer.schema.to_arrow_schema().get_field_index("loss"))
+    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    damaged = bytearray(path.read_bytes())
+    damaged[start + column.total_compressed_size - 64] ^= 0x01  # a bit inside the last page's values
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(OSError, match="CRC checksum verification failed"):
+        pq.ParquetFile(path, page_checksum_verification=True).read()

@@ -32,10 +32,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from carto_cli.io import storage
 from carto_cli.log import schema
+from carto_cli.log.writer import write_parquet
 
 LEGACY_RUN = ""  # the run of parts without attempt metadata
 
@@ -151,5 +151,5 @@ def _trimmed_copy(part, limit: int):
     table = storage.open_parquet(part.path).read()
     table = table.filter(pc.less(table.column(schema.STEP), limit))
     target = _scratch_dir() / f"{len(list(_scratch_dir().iterdir())):06d}-{Path(str(part.path)).name}"
-    pq.write_table(table, target, compression="zstd")
+    write_parquet(table, target)  # as the shim writes parts: zstd, page checksums
     return replace(inspect_part(target), origin=part.path)

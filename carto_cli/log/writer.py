@@ -5,7 +5,8 @@ The training loop hands every `record` to `to_host`, which starts device -> pinn
 `non_blocking=True` and records a CUDA event behind them (no wait), then to `PartWriter.put`. The
 writer thread (`PartWriter`) waits for each batch's event, converts it to Arrow, and writes a part
 once `rows_per_part` rows are buffered or on `flush`. A part is written under a hidden `.tmp` name,
-fsynced and renamed (`carto_cli.log.durable`), so a reader only ever sees whole parts.
+fsynced and renamed (`carto_cli.log.durable`), so a reader only ever sees whole parts, with Parquet
+page checksums (`write_parquet`).
 
 What a part says about itself (the run, the attempt, the rank, the sketch, ...) is asked of the
 logger when the part is written (`describe`), not when the writer starts. The writer adds what
@@ -235,5 +236,10 @@ class PartWriter:
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
-    """How carto writes a log part."""
-    pq.write_table(table, path, compression="zstd")
+    """How carto writes a log part: zstd, with a CRC-32 checksum in each data page's header
+    (`write_page_checksum`, Parquet's `crc` field), which a reader can verify
+    (`pq.ParquetFile(..., page_checksum_verification=True)`) to find a flipped bit in a page instead of
+    scoring the wrong value: a zstd page with a flipped bit can decompress without an error. The
+    footer, page headers and the file's length are not covered: a damaged footer or header fails
+    to parse, a truncated file has no footer."""
+    pq.write_table(table, path, compression="zstd", write_page_checksum=True)
