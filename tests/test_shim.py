@@ -399,3 +399,17 @@ def test_parts_carry_page_checksums_that_find_a_flipped_bit(tmp_path: Path) -> N
     path.write_bytes(bytes(damaged))
     with pytest.raises(OSError, match="CRC checksum verification failed"):
         pq.ParquetFile(path, page_checksum_verification=True).read()
+
+
+def test_a_step_that_goes_back_is_refused_naming_the_steps_and_the_fix(tmp_path: Path) -> None:
+    """A per-epoch step counter (`for step, ... in enumerate(loader)`) restarts at 0: then the last
+    presentation is the wrong row and a resume drops earlier epochs as replays. `record` refuses it."""
+    with CartoLogger(tmp_path, sketch_k=0, sketch_runs=0) as log:
+        for step in range(3):
+            log.record([step], epoch=0, step=step, loss=[1.0], correct=[True])
+        log.record([9], epoch=0, step=2, loss=[1.0], correct=[True])  # one step, twice: gradient accumulation
+        with pytest.raises(OptionError, match=r"step 0 comes after step 2; a step must never go back within one "
+                                              r"logger .* pass a global step counter"):
+            log.record([0], epoch=1, step=0, loss=[1.0], correct=[True])
+        log.record([0], epoch=1, step=3, loss=[1.0], correct=[True])  # the global step goes on
+    assert read_log(tmp_path).select("epoch", "step").rows() == [(0, 0), (0, 1), (0, 2), (0, 2), (1, 3)]

@@ -2,12 +2,20 @@
 
     from carto_cli import CartoLogger
 
+    step = 0                                      # the global optimizer step: never reset
     with CartoLogger("logs/") as log:            # or CartoLogger() with $CARTO_LOG_DIR set
-        for step, (ids, x, y) in enumerate(loader):
-            logits = model(x)                     # (B, T, V), logits[:, t] scores y[:, t]
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
-            log.record(ids, epoch=epoch, step=step, logits=logits, labels=y)
-            ...
+        for epoch in range(epochs):
+            for ids, x, y in loader:
+                logits = model(x)                 # (B, T, V), logits[:, t] scores y[:, t]
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+                log.record(ids, epoch=epoch, step=step, logits=logits, labels=y)
+                ...
+                step += 1
+
+`step` is the global step and never goes back within one logger (`record` refuses a step below
+the last one): the last presentation of a sample, and which rows a resumed run replayed, are told
+by it. A step counter that restarts every epoch (`for step, batch in enumerate(loader)`) would make
+both wrong. Several `record`s at one step (gradient accumulation) are fine.
 
 What `record` does, and what it costs the training loop:
 - With `logits` (B, T, V) and `labels` (B, T) it computes, per sample and on the logits' device,
@@ -201,6 +209,7 @@ class CartoLogger:
         self.attempt_started_ns = time.time_ns()
         self.attempt = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{os.urandom(2).hex()}"
         self._correct_rule = f"token_acc>={correct_threshold}"
+        self._last_step: int | None = None  # the step of the last record: steps never go back
         self._closed = False
         self._writer = writer.PartWriter(self.out_dir, rows_per_part=rows_per_part, max_pending=max_pending,
                                          buckets=buckets, token_probe=self._token_probe, describe=self._describe)
@@ -253,6 +262,7 @@ class CartoLogger:
         precomputed per-sample `loss` (B,) with `correct` (B,) (or `token_acc`, from which the
         default rule derives `correct`), logged as given, with optional per-token losses
         `token_loss` (B, T) (NaN where no target). `epoch` and `step` are Python ints.
+        `step` never goes back within one logger (a global step, not one that restarts each epoch).
         `keep` (B,) bool: rows where it is False are not logged (for example the duplicates a
         distributed sampler pads the last batch with); applied by the writer thread, so the mask
         may stay on the device.
@@ -264,6 +274,8 @@ class CartoLogger:
         self._raise_if_failed()
         if self._closed:
             raise CartoError("CartoLogger.record called after close()")
+        epoch, step = int(epoch), int(step)
+        self._check_step(step)
         torch = require_torch()
         if (logits is None) == (loss is None):
             raise OptionError("CartoLogger.record: pass either logits= and labels=, or loss=")
@@ -295,7 +307,19 @@ class CartoLogger:
                     f"CartoLogger.record: {name} has {size} rows but the batch has {n}; "
                     "every per-sample argument must have the same length"
                 )
-        self._writer.put(writer.to_host(torch, int(epoch), int(step), rule, columns))
+        self._writer.put(writer.to_host(torch, epoch, step, rule, columns))
+        self._last_step = step
+
+    def _check_step(self, step: int) -> None:
+        """Refuse a step below the last one recorded: with a counter that restarts every epoch, the
+        last presentation of a sample would be the wrong row, and a resumed run's replays would
+        drop every earlier epoch (`carto_cli.io.replays` compares steps)."""
+        if self._last_step is not None and step < self._last_step:
+            raise OptionError(
+                f"CartoLogger.record: step {step} comes after step {self._last_step}; a step must never go "
+                "back within one logger (a counter that restarts every epoch, like `for step, batch in "
+                "enumerate(loader)`, does): pass a global step counter that keeps counting across epochs"
+            )
 
     def flush(self) -> None:
         """Block until every row recorded so far is in a finished part on disk."""
