@@ -117,6 +117,7 @@ META_WORLD_SIZE = "carto.world_size"
 META_RUN_ID = "carto.run_id"  # the training run, stable across ranks and restarts
 META_ATTEMPT = "carto.attempt"  # one logger instance (one process) of the run
 META_ATTEMPT_STARTED = "carto.attempt_started_ns"  # orders the attempts of a run
+META_WRITTEN = "carto.written_ns"  # when the part was written: an attempt lives until its last part
 META_STARTED = "carto.started_at"
 META_CORRECT_RULE = "carto.correct_rule"
 META_TAIL_K = "carto.tail_k"

@@ -51,7 +51,6 @@ The default correctness rule (`correct` not given): greedy token accuracy >= `co
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import socket
 import time
@@ -63,10 +62,10 @@ import numpy as np
 
 from carto_cli.errors import CartoError, OptionError, require_torch
 from carto_cli.log import fused, packed, schema, sketch, writer
+from carto_cli.log.attempt import RUN_ID_ENV, Claim, default_run_id, new_attempt  # noqa: F401 (RUN_ID_ENV: re-exported)
 from carto_cli.version import __version__
 
 LOG_DIR_ENV = "CARTO_LOG_DIR"
-RUN_ID_ENV = "CARTO_RUN_ID"
 DEFAULT_TAIL_K = 8
 DEFAULT_CORRECT_THRESHOLD = 0.5
 
@@ -114,22 +113,15 @@ def _resolve_rank(rank: int | None) -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), world
 
 
-def default_run_id(out_dir: Path) -> str:
-    """`$CARTO_RUN_ID`, else `<directory name>-<8 hex of the resolved path>`: the same for every rank
-    and every restart that logs into the same directory, different for runs in other directories."""
-    from_env = os.environ.get(RUN_ID_ENV)
-    if from_env:
-        return from_env
-    resolved = str(Path(out_dir).resolve())
-    return f"{Path(resolved).name or 'run'}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
-
-
 class CartoLogger:
     """Per-sample training-dynamics logger writing the carto log contract (see `carto_cli.log.schema`).
 
     Args:
         out_dir: directory for the parts; defaults to `$CARTO_LOG_DIR` (set by `carto log`).
-        rank: data-parallel rank of this writer; defaults to torch.distributed, then `$RANK`, then 0.
+        rank: data-parallel rank of this writer; defaults to torch.distributed, then `$RANK`, then 0,
+            resolved again at the first `record` (torch.distributed may be initialised by then).
+            One writer per (out_dir, run_id, rank) at a time: a second one is refused at its first
+            `record` (`carto_cli.log.attempt`).
         rows_per_part: rotate to a new part file after this many rows.
         max_pending: batches that may wait for the writer thread before `record` blocks.
         tail_k: how many of the largest token losses make the tail loss.
@@ -189,6 +181,8 @@ class CartoLogger:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = _resolve_rank(rank)
+        self._rank_given = rank is not None
+        self._claim: Claim | None = None  # taken at the first record, given up at close
         self.tail_k = tail_k
         self.sketch_k, self.sketch_runs = sketch_k, sketch_runs
         self.correct_threshold = correct_threshold
@@ -205,9 +199,8 @@ class CartoLogger:
         if not self.run_id or "\n" in self.run_id:
             raise OptionError("CartoLogger: run_id must be a non-empty single-line string")
         # The attempt: this process's share of the run, ordered against other attempts of the run by
-        # its start time in nanoseconds (see `carto_cli.io.replays`).
-        self.attempt_started_ns = time.time_ns()
-        self.attempt = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{os.urandom(2).hex()}"
+        # its start time in nanoseconds, set again at the first record (see `carto_cli.io.replays`).
+        self.attempt, self.attempt_started_ns = new_attempt()
         self._correct_rule = f"token_acc>={correct_threshold}"
         self._last_step: int | None = None  # the step of the last record: steps never go back
         self._closed = False
@@ -276,6 +269,8 @@ class CartoLogger:
             raise CartoError("CartoLogger.record called after close()")
         epoch, step = int(epoch), int(step)
         self._check_step(step)
+        if self._claim is None:
+            self._claim_rank()
         torch = require_torch()
         if (logits is None) == (loss is None):
             raise OptionError("CartoLogger.record: pass either logits= and labels=, or loss=")
@@ -310,6 +305,16 @@ class CartoLogger:
         self._writer.put(writer.to_host(torch, epoch, step, rule, columns))
         self._last_step = step
 
+    def _claim_rank(self) -> None:
+        """At the first record: the rank again (torch.distributed may be initialised by now, as under
+        torch.multiprocessing.spawn with a logger built first), then this writer's claim on it."""
+        if not self._rank_given:
+            self.rank, self.world_size = _resolve_rank(None)
+        self._claim = Claim(self.out_dir, self.run_id, self.rank, self.attempt)
+        # the attempt's lifetime starts when it claims its rank: a logger built before another closed,
+        # recording only after, follows it (`carto_cli.io.replays`)
+        self.attempt_started_ns = time.time_ns()
+
     def _check_step(self, step: int) -> None:
         """Refuse a step below the last one recorded: with a counter that restarts every epoch, the
         last presentation of a sample would be the wrong row, and a resumed run's replays would
@@ -338,6 +343,8 @@ class CartoLogger:
         finally:
             self._closed = True
             self._writer.stop()
+            if self._claim is not None:
+                self._claim.release()  # after the last part: another writer of this rank may start
             atexit.unregister(self.close)
         self._raise_if_failed()
 

@@ -10,13 +10,17 @@ page checksums (`write_parquet`).
 
 What a part says about itself (the run, the attempt, the rank, the sketch, ...) is asked of the
 logger when the part is written (`describe`), not when the writer starts. The writer adds what
-only it knows: the correctness rules of the batches in the part (`carto.correct_rule`).
+only it knows: the correctness rules of the batches in the part (`carto.correct_rule`) and when
+the part was written (`carto.written_ns`, which ends its attempt's lifetime as far as a reader
+knows: two attempts of one run and rank whose lifetimes overlap are concurrent writers, never a
+crash and its resume; see `carto_cli.io.replays`).
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +201,8 @@ class PartWriter:
             ]
             columns.append(pa.concat_arrays(pieces))
             fields.append(field)
-        metadata = {**metadata, schema.META_CORRECT_RULE: ",".join(sorted({b.rule for b in self._buffer}))}
+        metadata = {**metadata, schema.META_CORRECT_RULE: ",".join(sorted({b.rule for b in self._buffer})),
+                    schema.META_WRITTEN: str(time.time_ns())}
         table = pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
         if table.num_rows:  # else every row of the buffered batches was masked out by `keep`
             self._write_table(table, f"part-r{rank:05d}-{metadata[schema.META_ATTEMPT]}-{self._seq:06d}")
