@@ -15,7 +15,9 @@
 `step` is the global step and never goes back within one logger (`record` refuses a step below
 the last one): the last presentation of a sample, and which rows a resumed run replayed, are told
 by it. A step counter that restarts every epoch (`for step, batch in enumerate(loader)`) would make
-both wrong. Several `record`s at one step (gradient accumulation) are fine.
+both wrong. Several `record`s at one step (gradient accumulation) are fine. The rank, unless given,
+is resolved again at the first `record`, where the logger also claims it: one writer per
+(directory, run, rank) at a time (`carto_cli.log.attempt`).
 
 What `record` does, and what it costs the training loop:
 - With `logits` (B, T, V) and `labels` (B, T) it computes, per sample and on the logits' device,
