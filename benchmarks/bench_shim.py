@@ -246,7 +246,8 @@ def main() -> None:
             for r in range(args.rounds):
                 arms = [None, logger]  # plain, logged; the order alternates
                 for arm_logger in (arms if r % 2 == 0 else arms[::-1]):
-                    times = steps(model, opt, data, ids, args.steps, arm_logger, device, r * args.steps,
+                    # steps after the warm-up's 0..2: a logger's steps never go back
+                    times = steps(model, opt, data, ids, args.steps, arm_logger, device, 3 + r * args.steps,
                                   in_record if arm_logger else None, bf16=args.bf16)
                     (logged if arm_logger else plain).extend(times)
             parts_timed = len(logger.parts_written) - parts_before  # parts the writer finished while timing
