@@ -30,8 +30,9 @@ the rank at its first record) hold different samples, so keeping both would be r
 (seeds) started at once under one run id each present every sample, so keeping both interleaves two
 runs' presentations into one sequence (wrong forget events, a wrong last presentation); and the
 rule above, as before, would silently drop one of them. The shim also refuses a second writer of
-one (directory, run, rank) at its first record (`carto_cli.log.shim`), so such a log only comes
-from writers without that check (another filesystem, another writer, an older carto). Parts without
+one (directory, run, rank) at its first record (`carto_cli.log.attempt`), so such a log only comes
+from writers without that check (a filesystem without locks, hosts that do not share them, another
+writer that records `carto.written_ns`). Parts without
 `carto.written_ns` (older logs) have no known lifetime: the rule above applies to them unchanged.
 
 Applying the rule costs footer reads only, except for a part that straddles a later attempt's first
