@@ -182,14 +182,14 @@ def test_record_blocks_when_the_queue_is_full(tmp_path: Path) -> None:
     """Back-pressure: a stalled writer makes record() wait instead of buffering without bound."""
     log = CartoLogger(tmp_path, max_pending=2)
     gate = threading.Event()
-    original = log._write_part
+    original = log._writer.write_part
 
     def stalled() -> None:
         gate.wait()
         original()
 
-    log._write_part = stalled
-    log.rows_per_part = 1  # every batch triggers a (stalled) part write
+    log._writer.write_part = stalled
+    log._writer.rows_per_part = 1  # every batch triggers a (stalled) part write
     done = []
 
     def producer() -> None:
@@ -202,7 +202,7 @@ def test_record_blocks_when_the_queue_is_full(tmp_path: Path) -> None:
     time.sleep(0.5)
     # one batch is held by the writer, two wait in the queue, the fourth record() blocks
     assert len(done) <= 3
-    assert log._queue.qsize() <= 2
+    assert log._writer.queue.qsize() <= 2
     gate.set()
     t.join(timeout=10)
     assert len(done) == 6
@@ -317,11 +317,14 @@ for B, T in [(4, 37), (3, 5), (2, 1), (5, 300), (2, 16)]:  # T = 1 and 5 are sho
     loss, hit, valid = torch.rand(B, T) * 5, torch.rand(B, T) < 0.7, torch.rand(B, T) < 0.9
     if T >= 5:
         valid[0] = False  # a sample with no targets: (0, NaN) and (0, 0) padding
+        valid[1, 0] = True  # the tie below is at positions 1 and 3 from the first target
         loss[1, 1] = loss[1, 3] = 9.0  # an exact tie for the largest loss
+    if B > 2:
+        valid[B - 1, :3] = False  # a masked prefix: positions are relative to the first target
     for k, r in [(10, 6), (3, 2), (20, 20)]:  # r = 20 > the number of runs and, at T = 16, > T
         pos, los, runs = fused.launch_sketch(torch, fused._load("sketch_kernel"), loss, hit, valid, k, r)
-        ref_pos, ref_los = sketch.top_losses(torch, loss, valid, k)
-        assert torch.equal(runs, sketch.hit_runs(torch, hit, valid, r)), (T, k, r)
+        ref_pos, ref_los, ref_runs = sketch.sketch(torch, loss, hit, valid, k, r)
+        assert torch.equal(runs, ref_runs), (T, k, r)
         assert torch.equal(los.isnan(), ref_los.isnan()) and torch.equal(los.nan_to_num(), ref_los.nan_to_num())
         if T >= 5:  # the tie: the kernel keeps the earlier position first (torch.topk promises no order)
             assert pos[1, :2].tolist() == [1, 3], pos[1]
@@ -333,7 +336,8 @@ print("ok")
 
 def test_sketch_kernel_matches_the_pytorch_sketch_in_the_triton_interpreter() -> None:
     """The CUDA sketch kernel (one launch instead of the PyTorch version's ~30 small kernels) writes
-    what carto_cli.log.sketch writes, run on the CPU by Triton's interpreter."""
+    what carto_cli.log.sketch writes (positions relative to the first target), run on the CPU by
+    Triton's interpreter."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     result = subprocess.run([sys.executable, "-c", SKETCH_CHECK], capture_output=True, text=True, env=env, timeout=300)
@@ -378,3 +382,34 @@ def test_a_failing_kernel_falls_back_to_pytorch_ops_with_a_warning(monkeypatch, 
         assert call(fused, CudaTensor()) is None
     assert fused._KERNELS[kernel] is False  # not tried again: the next record goes straight to PyTorch
     assert call(fused, CudaTensor()) is None
+
+
+def test_parts_carry_page_checksums_that_find_a_flipped_bit(tmp_path: Path) -> None:
+    """A bit flipped in a data page of a zstd part decompresses to wrong values without an error;
+    the page checksums the shim writes make a verifying reader fail on it instead."""
+    with CartoLogger(tmp_path, sketch_k=0, sketch_runs=0) as log:
+        log.record(np.arange(20_000), epoch=0, step=0, loss=np.random.default_rng(0).random(20_000),
+                   correct=np.ones(20_000, dtype=bool))
+    [path] = log.parts_written
+    footer = pq.ParquetFile(path).metadata
+    column = footer.row_group(0).column(footer.schema.to_arrow_schema().get_field_index("loss"))
+    start = column.dictionary_page_offset if column.has_dictionary_page else column.data_page_offset
+    damaged = bytearray(path.read_bytes())
+    damaged[start + column.total_compressed_size - 64] ^= 0x01  # a bit inside the last page's values
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(OSError, match="CRC checksum verification failed"):
+        pq.ParquetFile(path, page_checksum_verification=True).read()
+
+
+def test_a_step_that_goes_back_is_refused_naming_the_steps_and_the_fix(tmp_path: Path) -> None:
+    """A per-epoch step counter (`for step, ... in enumerate(loader)`) restarts at 0: then the last
+    presentation is the wrong row and a resume drops earlier epochs as replays. `record` refuses it."""
+    with CartoLogger(tmp_path, sketch_k=0, sketch_runs=0) as log:
+        for step in range(3):
+            log.record([step], epoch=0, step=step, loss=[1.0], correct=[True])
+        log.record([9], epoch=0, step=2, loss=[1.0], correct=[True])  # one step, twice: gradient accumulation
+        with pytest.raises(OptionError, match=r"step 0 comes after step 2; a step must never go back within one "
+                                              r"logger .* pass a global step counter"):
+            log.record([0], epoch=1, step=0, loss=[1.0], correct=[True])
+        log.record([0], epoch=1, step=3, loss=[1.0], correct=[True])  # the global step goes on
+    assert read_log(tmp_path).select("epoch", "step").rows() == [(0, 0), (0, 1), (0, 2), (0, 2), (1, 3)]

@@ -3,7 +3,7 @@
 A training run that crashes and resumes from a checkpoint replays the steps after the checkpoint.
 Each `CartoLogger` instance is one *attempt* of its run: its parts carry the run id
 (`carto.run_id`, stable across ranks and restarts), the attempt id (`carto.attempt`) and the
-attempt's start time (`carto.attempt_started_ns`). The rule, per run and rank:
+attempt's start time (`carto.attempt_started_ns`, its first `record`). The rule, per run and rank:
 
     A row of an attempt is a *replay* when a later attempt of the same run and rank (later by
     start time) logged a step at or before the row's step: that attempt re-ran the row's step.
@@ -19,6 +19,22 @@ and are never dropped. Two runs logged into one directory without distinct `run_
 this rule: the second supersedes the first from its first step (`carto logs summary` reports the
 replayed rows, so it shows).
 
+Concurrent attempts are never a resume. Each part also records when it was written
+(`carto.written_ns`); an attempt's lifetime is [its start, its last part's write]. A resumed
+attempt starts after the attempt it resumes has died, so after its last part: two attempts of one
+(run, rank) whose lifetimes overlap ran at the same time, which no crash and resume does. They are
+refused in one line naming the attempts and the fix, not scored: the reader cannot tell what they
+were, and each guess gives wrong numbers for one case. Processes that all took rank 0 (a logger
+built before `init_process_group` under `torch.multiprocessing.spawn`, before the shim re-resolved
+the rank at its first record) hold different samples, so keeping both would be right; two runs
+(seeds) started at once under one run id each present every sample, so keeping both interleaves two
+runs' presentations into one sequence (wrong forget events, a wrong last presentation); and the
+rule above, as before, would silently drop one of them. The shim also refuses a second writer of
+one (directory, run, rank) at its first record (`carto_cli.log.attempt`), so such a log only comes
+from writers without that check (a filesystem without locks, hosts that do not share them, another
+writer that records `carto.written_ns`). Parts without
+`carto.written_ns` (older logs) have no known lifetime: the rule above applies to them unchanged.
+
 Applying the rule costs footer reads only, except for a part that straddles a later attempt's first
 step: its kept rows are copied once into a temporary part (typically one part per rank and restart).
 """
@@ -32,10 +48,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from carto_cli.errors import LogFormatError
 from carto_cli.io import storage
 from carto_cli.log import schema
+from carto_cli.log.writer import write_parquet
 
 LEGACY_RUN = ""  # the run of parts without attempt metadata
 
@@ -48,6 +65,7 @@ class Attempt:
     rank: int
     attempt: str
     started_ns: int
+    written_ns: int | None = None  # when this part was written (None: an older part, not recorded)
 
 
 def attempt_of(metadata: dict[str, str]) -> Attempt | None:
@@ -56,11 +74,13 @@ def attempt_of(metadata: dict[str, str]) -> Attempt | None:
     started = metadata.get(schema.META_ATTEMPT_STARTED)
     if not attempt or started is None:
         return None
+    written = metadata.get(schema.META_WRITTEN)
     return Attempt(
         run=metadata.get(schema.META_RUN_ID, LEGACY_RUN),
         rank=int(metadata.get(schema.META_RANK, "0")),
         attempt=attempt,
         started_ns=int(started),
+        written_ns=None if written is None else int(written),
     )
 
 
@@ -91,17 +111,21 @@ def apply(parts: list) -> tuple[list, int]:
     LogPart names the original in `origin`)."""
     by_attempt: dict[tuple[str, int], dict[str, list]] = {}
     started: dict[str, int] = {}
+    ended: dict[str, int | None] = {}  # the attempt's last part's write; None where a part has no time
     for part in parts:
         found = attempt_of(part.metadata)
         if found is None:
             continue
         by_attempt.setdefault((found.run, found.rank), {}).setdefault(found.attempt, []).append(part)
         started[found.attempt] = found.started_ns
+        last = ended.get(found.attempt, 0)
+        ended[found.attempt] = None if last is None or found.written_ns is None else max(last, found.written_ns)
     cutoff: dict[int, int] = {}  # id(part) -> first step of the earliest later attempt
-    for attempts in by_attempt.values():
+    for (run, rank), attempts in by_attempt.items():
         if len(attempts) < 2:
             continue
         ordered = sorted(attempts, key=lambda a: (started[a], a))
+        _refuse_concurrent(run, rank, ordered, started, ended, attempts)
         # an attempt's first step, over its parts that hold rows (an empty part re-ran nothing)
         first_step = {a: min((step_range(p)[0] for p in attempts[a] if p.num_rows), default=None) for a in ordered}
         later_min = None
@@ -132,6 +156,26 @@ def apply(parts: list) -> tuple[list, int]:
     return kept, replayed
 
 
+def _refuse_concurrent(run: str, rank: int, ordered: list[str], started: dict[str, int],
+                       ended: dict[str, int | None], attempts: dict[str, list]) -> None:
+    """A one-line LogFormatError when two attempts of (run, rank), `ordered` by start, have
+    overlapping lifetimes; attempts without a known end are not compared."""
+    latest: str | None = None  # of the attempts started so far, the one whose lifetime ends last
+    for attempt in ordered:
+        if latest is not None and started[attempt] <= ended[latest]:
+            raise LogFormatError(
+                f"{attempts[attempt][0].path}: attempts {latest} and {attempt} of run '{run}' both logged "
+                f"rank {rank} at the same time (the second started before the first wrote its last part), so "
+                "they are not a restart and carto will not guess which rows count; if they were different "
+                "ranks, log with CartoLogger(rank=...) (the process index under torch.multiprocessing.spawn) "
+                "or call init_process_group before the first record; if different runs, give each its own "
+                f"run_id; to score this log, move each attempt's parts (part-r{rank:05d}-<attempt>-*.parquet) "
+                "into a directory of its own and score each"
+            )
+        if ended[attempt] is not None and (latest is None or ended[attempt] > ended[latest]):
+            latest = attempt
+
+
 _scratch: Path | None = None
 
 
@@ -151,5 +195,5 @@ def _trimmed_copy(part, limit: int):
     table = storage.open_parquet(part.path).read()
     table = table.filter(pc.less(table.column(schema.STEP), limit))
     target = _scratch_dir() / f"{len(list(_scratch_dir().iterdir())):06d}-{Path(str(part.path)).name}"
-    pq.write_table(table, target, compression="zstd")
+    write_parquet(table, target)  # as the shim writes parts: zstd, page checksums
     return replace(inspect_part(target), origin=part.path)

@@ -3,28 +3,33 @@ and the memorization sketch of those in one launch.
 
 The shim's logits path needs, per target position, the cross-entropy loss and whether the greedy
 prediction is the target. With PyTorch ops that is an fp32 copy of the logits, a log-softmax that
-writes another tensor of that size, and an argmax: on an H200, about 4 ms for 16 x 1024 tokens of a
-32,000-word vocabulary in bf16, a tenth of a 110M-parameter model's training step. This kernel reads
-each row of logits once, in its own dtype, and keeps everything else in registers: a running
-maximum and a rescaled sum of exponentials in fp32 (the log-sum-exp an fp32 log-softmax computes,
-in another summation order), the first index of the largest logit (as `torch.argmax`), and the
-target's logit.
+writes another tensor of that size, and an argmax: on an H200, 4.2 ms more per training step of a
+110M-parameter model (42.0 against 46.2 ms) for 16 x 1024 tokens of a 32,000-word vocabulary in
+bf16 (docs/device-results/shim3_torch.txt; with this kernel 42.6 ms, shim3_triton.txt). This
+kernel reads each row of logits once, in its own dtype, and keeps everything else in registers: a
+running maximum and a rescaled sum of exponentials in fp32 (the log-sum-exp an fp32 log-softmax
+computes, in another summation order), the first index of the largest logit (as `torch.argmax`),
+and the target's logit.
 
 `token_stats` returns None where it does not apply (no CUDA tensor, a vocabulary below `MIN_VOCAB`,
 no Triton, or `CARTO_NO_TRITON=1`); the shim then uses the PyTorch ops. Below `MIN_VOCAB` those are
 cheap and the kernel's launch costs more host time than it saves (measured on an H200 with a
-256-word vocabulary: 1.02 against 0.77 ms per `record`). The kernel is checked against a float64
-reference on a GPU by `benchmarks/bench_shim.py --device cuda`, and on the CPU by the tests, through
-Triton's interpreter (the CI machines have no GPU).
+256-word vocabulary: 1.02 against 0.77 ms per `record`, docs/device-results/shim3_triton.txt and
+shim3_torch.txt). The kernel is checked against a float64 reference on a GPU by
+`benchmarks/bench_shim.py --device cuda`, and on the CPU by the tests, through Triton's interpreter
+(the CI machines have no GPU).
 
 `sketch_stats` computes the memorization sketch (`carto_cli.log.sketch`) from those per-token
-losses and hits in one program per sample. The PyTorch version is about 30 small kernels (two
-top-k, a cumulative maximum and their masks) whose launches cost about 1 ms of host time per
-`record` (measured on an H200: 1.96 against 0.92 ms per `record` with and without the sketch,
-docs/device-results/shim-sketch-gpu.txt); the device work is tiny, so one launch is what it should
-cost. Same outputs as the PyTorch version, except that among exactly equal losses the kernel keeps
-the earliest positions (torch.topk promises no order there). Used on CUDA with Triton for any
-vocabulary, up to `MAX_SKETCH_T` positions (the whole row sits in registers); else the PyTorch ops.
+losses and hits in one program per sample, positions relative to each sample's first target as
+`sketch.sketch` logs them. The PyTorch version is about 30 small kernels (two top-k, a cumulative
+maximum and their masks) whose launches cost about 1 ms of host time per `record` (measured on an
+H200 at 16 x 1,024 tokens: 1.96 against 0.92 ms per `record` with and without the sketch,
+docs/device-results/shim-sketch-torch-ops.txt; 1.50 ms with this kernel, shim-sketch-kernel.txt,
+both before positions were made relative to the first target); the device work is tiny, so one
+launch is what it should cost. Same outputs as the PyTorch version, except that among exactly equal
+losses the kernel keeps the earliest positions (torch.topk promises no order there). Used on CUDA
+with Triton for any vocabulary, up to `MAX_SKETCH_T` positions (the whole row sits in registers);
+else the PyTorch ops.
 """
 
 from __future__ import annotations
@@ -95,8 +100,8 @@ def launch(torch: Any, kernel: Any, logits: Any, labels: Any, ignore_index: int)
 
 
 def sketch_stats(torch: Any, tok_loss: Any, tok_hit: Any, valid: Any, k: int, r: int) -> tuple[Any, Any, Any] | None:
-    """(top_pos int32 (B, k), top_loss float16 (B, k), hit_runs int32 (B, 2r)) of
-    `carto_cli.log.sketch` from (B, T) per-token losses, hits and valid flags on CUDA, in one launch.
+    """(top_pos int32 (B, k), top_loss float16 (B, k), hit_runs int32 (B, 2r)) of `sketch.sketch` (positions
+    relative to each row's first target) from (B, T) per-token losses, hits and valid flags on CUDA, in one launch.
     None where the kernel does not apply (no CUDA tensor, more than `MAX_SKETCH_T` positions, no
     Triton, or `CARTO_NO_TRITON=1`): the caller then uses the PyTorch ops."""
     if not tok_loss.is_cuda or tok_loss.shape[1] > MAX_SKETCH_T or os.environ.get("CARTO_NO_TRITON") == "1":

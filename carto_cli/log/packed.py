@@ -11,14 +11,24 @@ is a maximal stretch of consecutive positions with one segment id; each one beco
 with exactly the columns it would get if it were logged alone, in its own row padded with
 `ignore_index`, with the same per-position logits and labels: `loss`, `token_acc`, `n_tokens` and
 `tail_loss` over its target positions, `correct` by the default rule, and the memorization sketch
-with positions relative to the document's first position, runs of greedy hits ending at its edges.
+with positions relative to the document's first target, runs of greedy hits ending at its edges.
 A document whose positions all have `ignore_index` labels is logged with NaN loss and 0 tokens, as
 an unpacked row without targets is; positions with a negative segment id count for no document.
+
+Sketch positions, side by side with unpacked rows (`carto_cli.log.sketch`): an unpacked row logs
+them relative to the row's first target; a packed document relative to the document's first target
+(its first position whose label is not `ignore_index`), not to its first position. The two differ
+where a document begins with masked labels: the boundary position the docs advise masking (the
+previous document's last logit predicting this document's first token), or a masked prompt. The
+first target is the rule for both so that a document logs exactly what it would log alone in an
+unpacked row, however it was padded or prompted there, and so that the same document packed at
+another offset, behind another boundary, or unpacked in another epoch keeps its positions: the
+scorer compares a sample's positions across its presentations.
 
 One id in several stretches (a long document split across rows, or cut in two within a row) is
 several presentations at the same step, one per stretch, each over its own part of the document:
 the log cannot know where in the document a stretch started, so its sketch positions are relative to
-the stretch. Scoring sees equal steps (see docs/scoring.md, presentation order).
+the stretch's first target. Scoring sees equal steps (see docs/scoring.md, presentation order).
 
 How it is computed, on the logits' device and without synchronising with the host, although the
 number of documents per row is only known there: the shim's per-token losses and greedy hits
@@ -104,6 +114,10 @@ def document_columns(
     n_tok = per_slot(valid.long())
     first = torch.full((B, D + 1), T, dtype=torch.long, device=device).scatter_reduce_(
         1, slot, index, reduce="amin")[:, :D]  # (B, D) each document's first position; T where none
+    # (B, D) each document's first target: sketch positions are relative to it; T where none (then the
+    # sketch holds no position)
+    first_target = torch.full((B, D + 1), T, dtype=torch.long, device=device).scatter_reduce_(
+        1, torch.where(valid, slot, D), index, reduce="amin")[:, :D]
     ids = seg.gather(1, first.clamp(max=T - 1))
     present = torch.arange(D, device=device) < n_docs.unsqueeze(1)  # (B, D)
     if keep is not None:
@@ -145,9 +159,10 @@ def document_columns(
     }
     if sketch_k:
         ok = found[..., :sketch_k]
-        columns[schema.TOP_POS] = torch.where(ok, positions[..., :sketch_k] - first.unsqueeze(2), 0).int()
+        columns[schema.TOP_POS] = torch.where(ok, positions[..., :sketch_k] - first_target.unsqueeze(2), 0).int()
         columns[schema.TOP_LOSS] = torch.where(ok, values[..., :sketch_k], float("nan")).half()
-        columns[schema.HIT_RUNS] = _hit_runs(torch, tok_hit & valid & in_doc, start, index, first, top, sketch_runs)
+        columns[schema.HIT_RUNS] = _hit_runs(torch, tok_hit & valid & in_doc, start, index, first_target, top,
+                                             sketch_runs)
     columns = {name: value.reshape(B * D, -1) if value.dim() == 3 else value.reshape(B * D)
                for name, value in columns.items()}
     columns[PRESENT] = present.reshape(B * D)
@@ -156,9 +171,9 @@ def document_columns(
 
 
 def _hit_runs(torch: Any, hits: Any, start: Any, index: Any, first: Any, top: Any, r: int) -> Any:
-    """(B, D, 2r) int32: start (relative to the document) and length of the r longest runs of greedy
-    hits of each document, as `sketch.hit_runs` computes them for a row, with a run also ending at
-    the document's edges."""
+    """(B, D, 2r) int32: start (relative to `first` (B, D), the document's first target) and length of
+    the r longest runs of greedy hits of each document, as `sketch.hit_runs` computes them for a row,
+    with a run also ending at the document's edges."""
     B, T = hits.shape
     # the last position before t that ends a run (not a hit, or the last of the previous document)
     breaks = torch.where(hits, torch.where(start, index - 1, -1), index)

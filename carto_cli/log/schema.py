@@ -15,7 +15,8 @@ one writer per data-parallel rank. Each row is one *presentation* of one trainin
 | n_tokens    | integer                   | no       | number of target (non-ignored) tokens                    |
 | rank        | integer                   | no       | data-parallel rank of the writer                         |
 | token_loss  | list of float             | no       | per-position token losses (nats), NaN where no target    |
-| top_pos     | list of integer (k)       | no       | positions of the k largest token losses, largest first   |
+| top_pos     | list of integer (k)       | no       | positions of the k largest token losses, largest first;  |
+|             |                           |          | from the first target (below), as are hit_runs' starts   |
 | top_loss    | list of float (k)         | no       | those losses (nats); NaN pads a sample with < k targets  |
 | hit_runs    | list of integer (2r)      | no       | start, length of the r longest runs of greedy hits       |
 
@@ -29,6 +30,23 @@ memorization signal (`extractable`).
 Other columns are allowed and ignored. A part is written under a temporary name (hidden, ending in
 `.tmp`) and renamed when complete, so a reader never sees a half-written part and ignores temporary
 names. Run metadata is stored in the Parquet key-value metadata under the keys in `META_*`.
+
+Sketch positions (`top_pos`, the starts in `hit_runs`): in a part whose metadata says
+`carto.positions` = `first-target` (every part the shim writes), a position is relative to the
+sample's first target position in its row, the first position whose label is not `ignore_index`
+(for a packed document, the document's first target): logged p = row position - first target,
+whatever the padding side and length and any masked prompt before the first target. A sample with
+no target logs the padding values (0). A part without the key holds row positions: older logs (the
+shim before the key existed) and other writers unless they say otherwise. Readers need nothing of
+it to score: positions are only compared within one sample. A log that mixes the two (a run resumed
+after upgrading carto) compares both kinds within a sample; they agree where each row's first
+target is its position 0 (unpadded or right-padded rows without a masked prompt).
+
+`carto.label_shift`, when present (`CartoLogger(label_shift=)`), maps logged positions back to the
+dataset: logged target position j of a sample is the dataset row's token (first target index + j),
+where, for a row with no masked prompt, the first target is token `label_shift` of the row (1 for a
+causal LM whose labels are its inputs, shifted inside the model; 0 when the dataset row holds the
+targets themselves).
 """
 
 from __future__ import annotations
@@ -99,10 +117,14 @@ META_WORLD_SIZE = "carto.world_size"
 META_RUN_ID = "carto.run_id"  # the training run, stable across ranks and restarts
 META_ATTEMPT = "carto.attempt"  # one logger instance (one process) of the run
 META_ATTEMPT_STARTED = "carto.attempt_started_ns"  # orders the attempts of a run
+META_WRITTEN = "carto.written_ns"  # when the part was written: an attempt lives until its last part
 META_STARTED = "carto.started_at"
 META_CORRECT_RULE = "carto.correct_rule"
 META_TAIL_K = "carto.tail_k"
 META_SKETCH = "carto.sketch"  # "k=10,runs=6", or "off"
+META_POSITIONS = "carto.positions"  # how sketch positions count; absent: row positions (older parts)
+POSITIONS_FIRST_TARGET = "first-target"  # relative to the sample's first target position
+META_LABEL_SHIFT = "carto.label_shift"  # the dataset row's token of the first target when nothing is masked
 
 PART_SUFFIX = ".parquet"
 TMP_SUFFIX = ".tmp"

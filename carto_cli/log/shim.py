@@ -2,12 +2,22 @@
 
     from carto_cli import CartoLogger
 
+    step = 0                                      # the global optimizer step: never reset
     with CartoLogger("logs/") as log:            # or CartoLogger() with $CARTO_LOG_DIR set
-        for step, (ids, x, y) in enumerate(loader):
-            logits = model(x)                     # (B, T, V), logits[:, t] scores y[:, t]
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
-            log.record(ids, epoch=epoch, step=step, logits=logits, labels=y)
-            ...
+        for epoch in range(epochs):
+            for ids, x, y in loader:
+                logits = model(x)                 # (B, T, V), logits[:, t] scores y[:, t]
+                loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+                log.record(ids, epoch=epoch, step=step, logits=logits, labels=y)
+                ...
+                step += 1
+
+`step` is the global step and never goes back within one logger (`record` refuses a step below
+the last one): the last presentation of a sample, and which rows a resumed run replayed, are told
+by it. A step counter that restarts every epoch (`for step, batch in enumerate(loader)`) would make
+both wrong. Several `record`s at one step (gradient accumulation) are fine. The rank, unless given,
+is resolved again at the first `record`, where the logger also claims it: one writer per
+(directory, run, rank) at a time (`carto_cli.log.attempt`).
 
 What `record` does, and what it costs the training loop:
 - With `logits` (B, T, V) and `labels` (B, T) it computes, per sample and on the logits' device,
@@ -26,8 +36,9 @@ What `record` does, and what it costs the training loop:
 
 The memorization sketch (on by default, `carto_cli.log.sketch`): from the same per-token losses and
 greedy hits, the positions and losses of the 10 largest token losses and the 6 longest runs of greedy
-hits, 64 bytes per presentation whatever the sequence length. `carto score` ranks memorization by
-it by default (`--memorization extractable`).
+hits, 64 bytes per presentation whatever the sequence length, positions counted from the sample's
+first target (so padding of any side and length, and a masked prompt, do not move them). `carto
+score` ranks memorization by it by default (`--memorization extractable`).
 
 Per-token losses (`token_losses=True`, or a collection of sample ids: a probe subset) add the
 `token_loss` list column, float16 with NaN where there is no target: 2 bytes per position per
@@ -42,52 +53,23 @@ The default correctness rule (`correct` not given): greedy token accuracy >= `co
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
-import queue
 import socket
-import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from carto_cli.errors import CartoError, OptionError, require_torch
-from carto_cli.log import fused, packed, schema, sketch
-from carto_cli.log.durable import write_atomic
+from carto_cli.log import fused, packed, schema, sketch, writer
+from carto_cli.log.attempt import RUN_ID_ENV, Claim, default_run_id, new_attempt  # noqa: F401 (RUN_ID_ENV: re-exported)
 from carto_cli.version import __version__
 
 LOG_DIR_ENV = "CARTO_LOG_DIR"
-RUN_ID_ENV = "CARTO_RUN_ID"
 DEFAULT_TAIL_K = 8
 DEFAULT_CORRECT_THRESHOLD = 0.5
-
-
-@dataclass
-class _Batch:
-    """One `record` call in flight: host tensors (maybe still being copied) and the copy's event."""
-
-    epoch: int
-    step: int
-    rule: str  # the correctness rule behind this batch's `correct` column
-    columns: dict[str, Any]  # column name -> host torch tensor or numpy array, each (B,)
-    ready: Any = None  # torch.cuda.Event to wait on, or None when already on the host
-
-
-@dataclass
-class _Flush:
-    done: threading.Event
-
-
-_STOP = object()
-_KEEP = "_keep"  # the batch's row mask on its way to the writer thread (not a log column)
-# Columns of one fixed-width list per sample: (B, W) arrays on their way to the writer.
-_LIST_COLUMNS = (schema.TOKEN_LOSS, *schema.SKETCH_COLUMNS)
 
 
 _INT64_MAX = np.iinfo(np.int64).max
@@ -133,22 +115,15 @@ def _resolve_rank(rank: int | None) -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), world
 
 
-def default_run_id(out_dir: Path) -> str:
-    """`$CARTO_RUN_ID`, else `<directory name>-<8 hex of the resolved path>`: the same for every rank
-    and every restart that logs into the same directory, different for runs in other directories."""
-    from_env = os.environ.get(RUN_ID_ENV)
-    if from_env:
-        return from_env
-    resolved = str(Path(out_dir).resolve())
-    return f"{Path(resolved).name or 'run'}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
-
-
 class CartoLogger:
     """Per-sample training-dynamics logger writing the carto log contract (see `carto_cli.log.schema`).
 
     Args:
         out_dir: directory for the parts; defaults to `$CARTO_LOG_DIR` (set by `carto log`).
-        rank: data-parallel rank of this writer; defaults to torch.distributed, then `$RANK`, then 0.
+        rank: data-parallel rank of this writer; defaults to torch.distributed, then `$RANK`, then 0,
+            resolved again at the first `record` (torch.distributed may be initialised by then).
+            One writer per (out_dir, run_id, rank) at a time: a second one is refused at its first
+            `record` (`carto_cli.log.attempt`).
         rows_per_part: rotate to a new part file after this many rows.
         max_pending: batches that may wait for the writer thread before `record` blocks.
         tail_k: how many of the largest token losses make the tail loss.
@@ -165,8 +140,15 @@ class CartoLogger:
             resolved path. Each logger instance is one *attempt* of its run (`attempt`).
         sketch_k, sketch_runs: the memorization sketch logged from logits (`carto_cli.log.sketch`):
             the `sketch_k` largest token losses with their positions and the `sketch_runs` longest
-            runs of greedy hits; `sketch_k=0` turns it off (then `carto score` ranks by forget
-            events).
+            runs of greedy hits, positions relative to each sample's first target (so padding and
+            a masked prompt do not move them); `sketch_k=0` turns it off (then `carto score` ranks
+            by forget events).
+        label_shift: where the first target sits in the dataset row when no prompt is masked: 1
+            for a causal LM whose labels are its inputs (shifted inside the model), 0 when the
+            row holds the targets themselves; None (default): not declared. Written in each part
+            (`carto.label_shift`) so that a logged position can be mapped back to a dataset token
+            (`carto_cli.log.schema`). A public attribute, read when each part is written: an
+            integration that learns the shift at its first step sets `logger.label_shift` then.
     """
 
     def __init__(
@@ -185,6 +167,7 @@ class CartoLogger:
         token_losses: bool | Collection[int] = False,
         sketch_k: int = sketch.DEFAULT_TOP_K,
         sketch_runs: int = sketch.DEFAULT_RUNS,
+        label_shift: int | None = None,
     ) -> None:
         if out_dir is None:
             out_dir = os.environ.get(LOG_DIR_ENV)
@@ -200,13 +183,15 @@ class CartoLogger:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size = _resolve_rank(rank)
-        self.rows_per_part = rows_per_part
+        self._rank_given = rank is not None
+        self._claim: Claim | None = None  # taken at the first record, given up at close
         self.tail_k = tail_k
         self.sketch_k, self.sketch_runs = sketch_k, sketch_runs
         self.correct_threshold = correct_threshold
         self.ignore_index = ignore_index
         self.chunk_bytes = chunk_bytes
         self.buckets = buckets
+        self.label_shift = label_shift
         # A probe subset (any iterable of ids, a numpy array too), sorted for np.isin in the writer
         # thread; None: every sample.
         self._token_probe = None if isinstance(token_losses, bool) else np.unique(np.fromiter(token_losses, np.int64))
@@ -216,21 +201,35 @@ class CartoLogger:
         if not self.run_id or "\n" in self.run_id:
             raise OptionError("CartoLogger: run_id must be a non-empty single-line string")
         # The attempt: this process's share of the run, ordered against other attempts of the run by
-        # its start time in nanoseconds (see `carto_cli.io.replays`).
-        self.attempt_started_ns = time.time_ns()
-        self.attempt = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}-{os.urandom(2).hex()}"
-        self.parts_written: list[Path] = []
-        self.rows_written = 0
+        # its start time in nanoseconds, set again at the first record (see `carto_cli.io.replays`).
+        self.attempt, self.attempt_started_ns = new_attempt()
         self._correct_rule = f"token_acc>={correct_threshold}"
-        self._seq = 0
-        self._buffer: list[_Batch] = []
-        self._buffered_rows = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
+        self._last_step: int | None = None  # the step of the last record: steps never go back
         self._closed = False
-        self._thread = threading.Thread(target=self._writer_loop, name="carto-writer", daemon=True)
-        self._thread.start()
+        self._writer = writer.PartWriter(self.out_dir, rows_per_part=rows_per_part, max_pending=max_pending,
+                                         buckets=buckets, token_probe=self._token_probe, describe=self._describe)
         atexit.register(self.close)
+
+    @property
+    def label_shift(self) -> int | None:
+        """The declared label shift written in each part from now on (None: not declared)."""
+        return self._label_shift
+
+    @label_shift.setter
+    def label_shift(self, value: int | None) -> None:
+        # checked here, in the caller's thread: the writer thread reads it at each part
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0):
+            raise OptionError(f"CartoLogger: label_shift must be None or an integer >= 0; got {value!r}")
+        self._label_shift = None if value is None else int(value)
+
+    @property
+    def parts_written(self) -> list[Path]:
+        """The part files written so far (with `buckets`, one per bucket present in each part)."""
+        return self._writer.parts_written
+
+    @property
+    def rows_written(self) -> int:
+        return self._writer.rows_written
 
     # ------------------------------------------------------------------ the training-loop side
 
@@ -258,6 +257,7 @@ class CartoLogger:
         precomputed per-sample `loss` (B,) with `correct` (B,) (or `token_acc`, from which the
         default rule derives `correct`), logged as given, with optional per-token losses
         `token_loss` (B, T) (NaN where no target). `epoch` and `step` are Python ints.
+        `step` never goes back within one logger (a global step, not one that restarts each epoch).
         `keep` (B,) bool: rows where it is False are not logged (for example the duplicates a
         distributed sampler pads the last batch with); applied by the writer thread, so the mask
         may stay on the device.
@@ -269,6 +269,10 @@ class CartoLogger:
         self._raise_if_failed()
         if self._closed:
             raise CartoError("CartoLogger.record called after close()")
+        epoch, step = int(epoch), int(step)
+        self._check_step(step)
+        if self._claim is None:
+            self._claim_rank()
         torch = require_torch()
         if (logits is None) == (loss is None):
             raise OptionError("CartoLogger.record: pass either logits= and labels=, or loss=")
@@ -289,7 +293,7 @@ class CartoLogger:
         if segment_ids is None:
             columns[schema.SAMPLE_ID] = _checked_ids(torch, sample_ids)
             if keep is not None:
-                columns[_KEEP] = keep
+                columns[writer.KEEP] = keep
         n = None
         for name, value in columns.items():
             size = len(value) if not hasattr(value, "shape") else int(value.shape[0])
@@ -300,18 +304,36 @@ class CartoLogger:
                     f"CartoLogger.record: {name} has {size} rows but the batch has {n}; "
                     "every per-sample argument must have the same length"
                 )
-        self._put(self._to_host(torch, int(epoch), int(step), rule, columns))
+        self._writer.put(writer.to_host(torch, epoch, step, rule, columns))
+        self._last_step = step
+
+    def _claim_rank(self) -> None:
+        """At the first record: the rank again (torch.distributed may be initialised by now, as under
+        torch.multiprocessing.spawn with a logger built first), then this writer's claim on it."""
+        if not self._rank_given:
+            self.rank, self.world_size = _resolve_rank(None)
+        self._claim = Claim(self.out_dir, self.run_id, self.rank, self.attempt)
+        # the attempt's lifetime starts when it claims its rank: a logger built before another closed,
+        # recording only after, follows it (`carto_cli.io.replays`)
+        self.attempt_started_ns = time.time_ns()
+
+    def _check_step(self, step: int) -> None:
+        """Refuse a step below the last one recorded: with a counter that restarts every epoch, the
+        last presentation of a sample would be the wrong row, and a resumed run's replays would
+        drop every earlier epoch (`carto_cli.io.replays` compares steps)."""
+        if self._last_step is not None and step < self._last_step:
+            raise OptionError(
+                f"CartoLogger.record: step {step} comes after step {self._last_step}; a step must never go "
+                "back within one logger (a counter that restarts every epoch, like `for step, batch in "
+                "enumerate(loader)`, does): pass a global step counter that keeps counting across epochs"
+            )
 
     def flush(self) -> None:
         """Block until every row recorded so far is in a finished part on disk."""
         self._raise_if_failed()
         if self._closed:
             return
-        done = threading.Event()
-        self._put(_Flush(done))
-        while not done.wait(0.1):
-            if not self._thread.is_alive():
-                break
+        self._writer.flush()
         self._raise_if_failed()
 
     def close(self) -> None:
@@ -322,11 +344,14 @@ class CartoLogger:
             self.flush()
         finally:
             self._closed = True
-            if self._thread.is_alive():
-                self._put(_STOP)
-                self._thread.join()
+            self._writer.stop()
+            if self._claim is not None:
+                self._claim.release()  # after the last part: another writer of this rank may start
             atexit.unregister(self.close)
         self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        self._writer.raise_if_failed()
 
     def __enter__(self) -> CartoLogger:
         return self
@@ -365,8 +390,7 @@ class CartoLogger:
             if self.sketch_k:
                 stats = fused.sketch_stats(torch, tok_loss, tok_hit, valid, self.sketch_k, self.sketch_runs)
                 if stats is None:  # not CUDA, or no Triton: the PyTorch ops
-                    stats = (*sketch.top_losses(torch, tok_loss, valid, self.sketch_k),
-                             sketch.hit_runs(torch, tok_hit, valid, self.sketch_runs))
+                    stats = sketch.sketch(torch, tok_loss, tok_hit, valid, self.sketch_k, self.sketch_runs)
                 columns[schema.TOP_POS], columns[schema.TOP_LOSS], columns[schema.HIT_RUNS] = stats
         return columns
 
@@ -448,145 +472,11 @@ class CartoLogger:
         columns[schema.CORRECT] = acc >= self.correct_threshold
         return columns, self._correct_rule
 
-    def _to_host(
-        self, torch: Any, epoch: int, step: int, rule: str, columns: dict[str, Any]
-    ) -> _Batch:
-        """Start device -> pinned-host copies without waiting for them; copy host data defensively."""
-        host: dict[str, Any] = {}
-        on_cuda = False
-        for name, value in columns.items():
-            if torch.is_tensor(value):
-                value = value.detach()
-                value = value.reshape(value.shape[0], -1) if name in _LIST_COLUMNS else value.reshape(-1)
-                if value.is_cuda:
-                    pinned = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-                    pinned.copy_(value, non_blocking=True)
-                    host[name] = pinned
-                    on_cuda = True
-                else:
-                    host[name] = value.to("cpu", copy=True)
-            else:
-                value = np.array(value)
-                host[name] = value.reshape(len(value), -1) if name in _LIST_COLUMNS else value.reshape(-1)
-        ready = None
-        if on_cuda:
-            ready = torch.cuda.Event()
-            ready.record()
-        return _Batch(epoch=epoch, step=step, rule=rule, columns=host, ready=ready)
+    # ------------------------------------------------------------------ what each part says about itself
 
-    # ------------------------------------------------------------------ the writer-thread side
-
-    def _put(self, item: object) -> None:
-        """Queue an item, waiting while the queue is full (back-pressure) but not on a dead writer."""
-        while True:
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                self._raise_if_failed()
-                if not self._thread.is_alive():
-                    raise CartoError("CartoLogger: the writer thread has stopped") from None
-
-    def _raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise CartoError(
-                f"CartoLogger: writing parts to {self.out_dir} failed: {self._error}"
-            ) from self._error
-
-    def _writer_loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is _STOP:
-                    return
-                if self._error is None:
-                    if isinstance(item, _Flush):
-                        self._write_part()
-                    else:
-                        packed.compact(item)  # a packed batch: its document slots only
-                        self._buffer.append(item)
-                        self._buffered_rows += len(item.columns[schema.SAMPLE_ID])
-                        if self._buffered_rows >= self.rows_per_part:
-                            self._write_part()
-            except BaseException as exc:  # reported to the training loop on its next call
-                self._error = exc
-            finally:
-                if isinstance(item, _Flush):
-                    item.done.set()
-
-    def _batch_table(self, batch: _Batch) -> dict[str, np.ndarray]:
-        if batch.ready is not None:
-            batch.ready.synchronize()
-        arrays = {}
-        for name, value in batch.columns.items():
-            arrays[name] = value.numpy() if hasattr(value, "numpy") else value
-        keep = arrays.pop(_KEEP, None)
-        if keep is not None:
-            keep = np.asarray(keep, dtype=bool)
-            arrays = {name: value[keep] for name, value in arrays.items()}
-        n = len(arrays[schema.SAMPLE_ID])
-        arrays[schema.EPOCH] = np.full(n, batch.epoch, dtype=np.int32)
-        arrays[schema.STEP] = np.full(n, batch.step, dtype=np.int64)
-        arrays[schema.RANK] = np.full(n, self.rank, dtype=np.int32)
-        return arrays
-
-    def _write_part(self) -> None:
-        if not self._buffer:
-            return
-        tables = [self._batch_table(b) for b in self._buffer]
-        columns, fields = [], []
-        for field in schema.LOG_SCHEMA:
-            if field.name in (schema.TOP_POS, schema.HIT_RUNS) and any(
-                    field.name in t and len(t[field.name]) and t[field.name].max() > np.iinfo(np.uint16).max
-                    for t in tables):
-                field = field.with_type(pa.list_(pa.uint32()))  # positions of sequences of 65,536 and more
-            # Optional columns a batch did not give are nulls; NaN stays NaN (the reader reports it).
-            pieces = [
-                self._list_array(t, field) if field.name in _LIST_COLUMNS and field.name in t
-                else pa.array(t[field.name], type=field.type) if field.name in t
-                else pa.nulls(len(t[schema.SAMPLE_ID]), type=field.type)
-                for t in tables
-            ]
-            columns.append(pa.concat_arrays(pieces))
-            fields.append(field)
-        rules = ",".join(sorted({b.rule for b in self._buffer}))
-        table = pa.Table.from_arrays(columns, schema=self._part_schema(rules, fields))
-        if table.num_rows == 0:  # every row of the buffered batches was masked out by `keep`
-            self._buffer, self._buffered_rows = [], 0
-            return
-        name = f"part-r{self.rank:05d}-{self.attempt}-{self._seq:06d}{schema.PART_SUFFIX}"
-        if self.buckets is None:
-            self._write_atomic(table, self.out_dir / name)
-        else:  # one file per bucket present, in bucket=<b>/ (b = sample_id mod buckets, floored)
-            ids = table.column(schema.SAMPLE_ID).to_numpy()
-            bucket = np.mod(ids, self.buckets)
-            for b in np.unique(bucket):
-                rows = np.flatnonzero(bucket == b)
-                directory = self.out_dir / f"bucket={int(b)}"
-                directory.mkdir(exist_ok=True)
-                self._write_atomic(table.take(rows), directory / name)
-        self._seq += 1
-        self.rows_written += table.num_rows
-        self._buffer = []
-        self._buffered_rows = 0
-
-    def _list_array(self, table: dict[str, np.ndarray], field: pa.Field) -> pa.Array:
-        """A (B, W) array as a list column of `field`'s type; token losses are null outside the
-        probe subset."""
-        values = np.ascontiguousarray(table[field.name], dtype=field.type.value_type.to_pandas_dtype())
-        B, W = values.shape
-        offsets = pa.array(np.arange(0, (B + 1) * W, W, dtype=np.int32))
-        mask = None
-        if field.name == schema.TOKEN_LOSS and self._token_probe is not None:
-            mask = pa.array(~np.isin(np.asarray(table[schema.SAMPLE_ID]), self._token_probe))
-        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1), type=field.type.value_type), mask=mask)
-
-    def _write_atomic(self, table: pa.Table, final: Path) -> None:
-        write_atomic(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-        self.parts_written.append(final)
-
-    def _part_schema(self, rules: str, fields: list[pa.Field]) -> pa.Schema:
-        meta = {
+    def _describe(self) -> tuple[int, dict[str, str]]:
+        """(rank, metadata) of the part the writer thread is about to write (`writer.Describe`)."""
+        return self.rank, {
             schema.META_VERSION: __version__,
             schema.META_RANK: str(self.rank),
             schema.META_WORLD_SIZE: str(self.world_size),
@@ -594,9 +484,9 @@ class CartoLogger:
             schema.META_ATTEMPT: self.attempt,
             schema.META_ATTEMPT_STARTED: str(self.attempt_started_ns),
             schema.META_STARTED: self.started_at,
-            schema.META_CORRECT_RULE: rules,
             schema.META_TAIL_K: str(self.tail_k),
             schema.META_SKETCH: f"k={self.sketch_k},runs={self.sketch_runs}" if self.sketch_k else "off",
+            schema.META_POSITIONS: schema.POSITIONS_FIRST_TARGET,
+            **({} if self._label_shift is None else {schema.META_LABEL_SHIFT: str(self._label_shift)}),
             "carto.host": socket.gethostname(),
         }
-        return pa.schema(fields, metadata=meta)

@@ -12,10 +12,20 @@ whatever the sequence length (k = 10, r = 6: 64 bytes before compression, positi
   prefix, so a run is an extractable span (Carlini et al. 2021; Biderman et al. 2023's
   memorization score counts the same hits on a fixed 32-token continuation).
 
-The scorer (`carto_cli.score.signals`, `extract-drop`) combines them: how much of the loss a
-sample's tokens had early in training the model now reproduces verbatim. Both are computed on the
-logits' device from the per-token losses and hits the shim already has, with a top-k and a
-cumulative maximum: no host-device synchronisation.
+**Positions are relative to the sample's first target** (`sketch`, and what the shim logs): a logged
+position p is the row position p + f, where f is the first position of the row whose label is not
+`ignore_index`. Padding (left or right, of any length, changing from epoch to epoch as dynamic
+padding does) and a masked prompt before the first target move f and the targets together, so the
+same sample logs the same positions however it was padded; the scorer compares positions within one
+sample only. A sample without targets has nothing to shift and keeps the padding values. Parts say
+so in their metadata (`carto.positions` = `first-target`); older parts, without the key, hold row
+positions (see `carto_cli.log.schema`). `top_losses` and `hit_runs` give row positions unless told
+the origin.
+
+The scorer (`carto_cli.score.signals`, `extractable`) combines them: how much of the loss a
+sample's tokens had early in training the model now reproduces verbatim. All of it is computed on
+the logits' device from the per-token losses and hits the shim already has, with a top-k, a
+cumulative maximum and an argmax: no host-device synchronisation.
 """
 
 from __future__ import annotations
@@ -26,11 +36,25 @@ DEFAULT_TOP_K = 10
 DEFAULT_RUNS = 6
 
 
-def top_losses(torch: Any, tok_loss: Any, valid: Any, k: int) -> tuple[Any, Any]:
+def sketch(torch: Any, tok_loss: Any, tok_hit: Any, valid: Any, k: int, r: int) -> tuple[Any, Any, Any]:
+    """(top_pos int32 (B, k), top_loss float16 (B, k), hit_runs int32 (B, 2r)) as the shim logs them:
+    positions relative to each sample's first target (`first_target`)."""
+    first = first_target(torch, valid)
+    return (*top_losses(torch, tok_loss, valid, k, origin=first), hit_runs(torch, tok_hit, valid, r, origin=first))
+
+
+def first_target(torch: Any, valid: Any) -> Any:
+    """(B,) int64: the first position of each row where `valid` (B, T) is True; 0 for a row without one
+    (whose sketch holds no position to shift). One argmax, which returns the first of equal maxima."""
+    return valid.to(torch.uint8).argmax(dim=1)
+
+
+def top_losses(torch: Any, tok_loss: Any, valid: Any, k: int, origin: Any = None) -> tuple[Any, Any]:
     """(positions int32 (B, k), losses float16 (B, k)) of the k largest losses at valid positions.
 
     `tok_loss` (B, T) float, `valid` (B, T) bool. With fewer than k valid positions the rest are
-    (0, NaN); with T < k the sketch is padded to k the same way.
+    (0, NaN); with T < k the sketch is padded to k the same way. `origin` (B,): subtracted from each
+    position found (None: row positions).
     """
     B, T = tok_loss.shape
     width = min(k, T)
@@ -39,6 +63,8 @@ def top_losses(torch: Any, tok_loss: Any, valid: Any, k: int) -> tuple[Any, Any]
     # them makes the cut at k); exact float ties are rare in real token losses
     values, positions = masked.topk(width, dim=1)
     missing = values == float("-inf")
+    if origin is not None:
+        positions = positions - origin.unsqueeze(1)  # >= 0: a valid position is at or after the first
     positions = positions.masked_fill(missing, 0).int()
     losses = values.masked_fill(missing, float("nan")).half()
     if width < k:  # a sequence shorter than k
@@ -47,11 +73,12 @@ def top_losses(torch: Any, tok_loss: Any, valid: Any, k: int) -> tuple[Any, Any]
     return positions, losses
 
 
-def hit_runs(torch: Any, tok_hit: Any, valid: Any, r: int) -> Any:
+def hit_runs(torch: Any, tok_hit: Any, valid: Any, r: int, origin: Any = None) -> Any:
     """(B, 2r) int32: start and length of the r longest runs of greedy hits at valid positions.
 
     A run is a maximal stretch of consecutive positions that are all valid hits. Longest first;
-    among runs of equal length, the one that starts first. Padded with (0, 0).
+    among runs of equal length, the one that starts first. Padded with (0, 0). `origin` (B,):
+    subtracted from each run's start (None: row positions).
     """
     B, T = tok_hit.shape
     hits = tok_hit & valid
@@ -68,6 +95,8 @@ def hit_runs(torch: Any, tok_hit: Any, valid: Any, r: int) -> Any:
     key = ends * (T + 1) - index
     _, end_at = key.topk(width, dim=1)
     run_length = ends.gather(1, end_at)
+    if origin is not None:
+        end_at = end_at - origin.unsqueeze(1)
     start = torch.where(run_length > 0, end_at - run_length + 1, torch.zeros_like(end_at))
     runs = torch.stack([start, run_length], dim=2).reshape(B, 2 * width).int()  # (B, 2 * width)
     if width < r:

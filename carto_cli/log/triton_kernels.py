@@ -7,7 +7,8 @@ when each is used, launches it and falls back to PyTorch ops).
   largest logit (as `torch.argmax`) and the target's logit.
 - `sketch_kernel`: one program per sample holds its row of per-token losses and hits in registers
   and writes the memorization sketch of `carto_cli.log.sketch` (the K largest losses with their
-  positions, the R longest runs of greedy hits).
+  positions, the R longest runs of greedy hits), positions relative to the row's first target
+  (`sketch.sketch`).
 """
 
 import triton
@@ -56,13 +57,15 @@ def sketch_kernel(loss, hit, valid, top_pos_out, top_loss_out, runs_out, T,
     offsets = tl.arange(0, BLOCK)
     inside = offsets < T
     ok = tl.load(valid + base + offsets, mask=inside, other=0) != 0
+    # positions are logged relative to the first target (BLOCK where there is none: nothing is found)
+    first = tl.min(tl.where(ok, offsets, BLOCK), axis=0)
     # the K largest losses at valid positions, largest first; equal losses: the earlier first
     x = tl.where(ok, tl.load(loss + base + offsets, mask=inside, other=0.0), float("-inf"))
     for i in tl.static_range(K):
         top = tl.max(x, axis=0)
         at = tl.min(tl.where(x == top, offsets, BLOCK), axis=0)  # the first position holding it
         found = top > float("-inf")
-        tl.store(top_pos_out + row * K + i, tl.where(found, at, 0).to(tl.int32))
+        tl.store(top_pos_out + row * K + i, tl.where(found, at - first, 0).to(tl.int32))
         tl.store(top_loss_out + row * K + i, tl.where(found, top, float("nan")).to(tl.float16))
         x = tl.where(offsets == at, float("-inf"), x)
     # runs of greedy hits at valid positions: a run ending at t starts after the last non-hit
@@ -78,7 +81,7 @@ def sketch_kernel(loss, hit, valid, top_pos_out, top_loss_out, runs_out, T,
         best = tl.max(key, axis=0)
         at = tl.min(tl.where(key == best, offsets, BLOCK), axis=0)
         length = tl.sum(tl.where(offsets == at, ends, 0), axis=0)
-        start = tl.where(length > 0, at - length + 1, 0)
+        start = tl.where(length > 0, at - length + 1 - first, 0)
         tl.store(runs_out + row * (2 * R) + 2 * j, start.to(tl.int32))
         tl.store(runs_out + row * (2 * R) + 2 * j + 1, length.to(tl.int32))
         taken = offsets == at
