@@ -3,6 +3,11 @@
     spans = mask_spans(findings)                         # a findings file's frame (`carto score --data`)
     mask = LossMask.read("mask.parquet")                 # in the next run's data pipeline
     labels = mask.apply(sample_id, labels, target_offset=0)  # -100 where the target is memorized
+    y = mask.mask_batch(ids, x[:, 1:], target_offset=1)      # a plain loop's (B, T) targets
+
+`CartoTrainer(carto_mask="mask.parquet")` applies it in its collator (after yours, before the
+Trainer counts the batch's targets), to labels laid out like the inputs, left padding read from
+the attention mask.
 
 The Goldfish loss (Hans et al. 2024, "Be like a Goldfish, Don't Memorize!") drops one token in k
 from the loss everywhere, chosen by a hash of the preceding tokens, so that no long string is ever
@@ -97,3 +102,27 @@ class LossMask:
         else:
             out[positions] = IGNORE_INDEX
         return out
+
+    def mask_batch(self, sample_ids: Any, labels: Any, *, target_offset: int, row_offsets: Any = None) -> Any:
+        """`apply` to every row of a (B, T) batch of labels (a new tensor or array; the input is
+        not modified): row i is sample `sample_ids[i]`, its dataset row starting at `row_offsets[i]`
+        (left padding; None: 0 for every row)."""
+        ids = [int(i) for i in (sample_ids.tolist() if hasattr(sample_ids, "tolist") else sample_ids)]
+        offsets = [0] * len(ids) if row_offsets is None else [
+            int(o) for o in (row_offsets.tolist() if hasattr(row_offsets, "tolist") else row_offsets)]
+        if len(offsets) != len(ids) or len(ids) != len(labels):
+            raise OptionError(f"mask_batch: {len(ids)} sample ids, {len(offsets)} row offsets and {len(labels)} "
+                              "rows of labels; pass one of each per row")
+        out = labels.clone() if hasattr(labels, "clone") else np.array(labels, copy=True)
+        for row, (sample_id, offset) in enumerate(zip(ids, offsets)):
+            if int(sample_id) in self.spans:
+                out[row] = self.apply(sample_id, out[row], target_offset=target_offset, row_offset=offset)
+        return out
+
+
+def left_padding(attention_mask: Any) -> Any:
+    """(B,) the number of leading padding positions (attention 0) of each row of a (B, T) mask."""
+    import torch
+
+    mask = torch.as_tensor(attention_mask)
+    return torch.where(mask.any(dim=1), (mask != 0).int().argmax(dim=1), torch.zeros(len(mask), dtype=torch.long))

@@ -11,7 +11,8 @@
 A dataset is any file `carto inspect --data` reads (Parquet, JSON Lines, CSV, a `datasets`
 save_to_disk directory), matched to the log by its `sample_id` column or by row order (row i is
 sample_id i), as there. Its tokens come from, in this order:
-- an `input_ids` column (lists of integers): the tokens as the model was fed them, no padding;
+- an `input_ids` column (lists of integers): the tokens as the model was fed them, no padding (a
+  tokenizer, when given, only decodes them for display);
 - a text column with `tokenizer="bytes"`: each UTF-8 byte a token (byte-level models);
 - a text column with a local tokenizer: a `tokenizer.json` file (the `tokenizers` package) or a
   directory `transformers.AutoTokenizer` loads without network; special tokens added as the
@@ -205,10 +206,11 @@ def open_tokens(path: Path, *, tokenizer: str | None = None, text_column: str | 
         raise DatasetError(f"{path}: its sample_id column is {schema[datasets.SAMPLE_ID]}, not integers; rename it, "
                            "or make it the integer ids the training run logged")
     has_labels = LABELS in names and isinstance(schema[LABELS], pl.List)
-    if INPUT_IDS in names and tokenizer in (None, BYTES) and text_column is None:
+    if INPUT_IDS in names and text_column is None:  # the tokens themselves; a tokenizer only decodes them
         if not (isinstance(schema[INPUT_IDS], pl.List) and schema[INPUT_IDS].inner.is_integer()):
             raise DatasetError(f"{path}: its input_ids column is {schema[INPUT_IDS]}, not lists of integers")
-        source, loaded = INPUT_IDS, tokenizer  # `bytes` decodes the ids as bytes
+        source = INPUT_IDS
+        loaded = tokenizer if tokenizer in (None, BYTES) else load_tokenizer(tokenizer)
     else:
         if tokenizer is None:
             raise OptionError(

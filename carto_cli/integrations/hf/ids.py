@@ -113,10 +113,13 @@ def indexed(dataset: Any) -> SampleIdDataset | SampleIdIterableDataset:
 
 
 class IdCollator:
-    """Takes the ids out of the features, runs the wrapped collator, puts them on the batch (B,) int64."""
+    """Takes the ids out of the features, runs the wrapped collator, puts them on the batch (B,) int64;
+    with a loss mask (`carto_cli.export.masks.LossMask`), sets the labels of its tokens to -100
+    (labels laid out like the inputs, as a causal LM takes them; left padding from the attention mask)."""
 
-    def __init__(self, collator: Any) -> None:
+    def __init__(self, collator: Any, mask: Any = None) -> None:
         self.collator = collator
+        self.mask = mask
 
     def __call__(self, features: list[Any]) -> Any:
         ids = []
@@ -127,4 +130,11 @@ class IdCollator:
             stripped.append(feature)
         batch = self.collator(stripped)
         batch[ID_KEY] = torch.tensor(ids, dtype=torch.int64)
+        if self.mask is not None and batch.get("labels") is not None:
+            from carto_cli.export.masks import left_padding
+
+            attention = batch.get("attention_mask")
+            offsets = left_padding(attention) if attention is not None else None
+            batch["labels"] = self.mask.mask_batch(batch[ID_KEY], batch["labels"], target_offset=0,
+                                                   row_offsets=offsets)
         return batch

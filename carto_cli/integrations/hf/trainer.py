@@ -57,6 +57,10 @@ class CartoTrainerMixin:
             decided at the first logged batch from the model's own loss, else from its class
             (`carto_cli.integrations.hf.shift`). Given, it wins; carto still warns once if the
             model's loss says otherwise.
+        carto_mask: a mask file written by `carto mask` (or a `LossMask`): the labels of its tokens
+            are set to -100 in the collator, so the model is never trained to produce the strings it
+            memorized; labels laid out like the inputs (a causal LM's), left padding read from the
+            attention mask; the ids stay the dataset's own (`sample_id` column or index).
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class CartoTrainerMixin:
         carto_logger: CartoLogger | None = None,
         carto_log_dir: str | os.PathLike[str] | None = None,
         carto_shift_labels: bool | None = None,
+        carto_mask: Any = None,
         **kwargs: Any,
     ) -> None:
         if carto_logger is not None and carto_log_dir is not None:
@@ -72,6 +77,11 @@ class CartoTrainerMixin:
                 "CartoTrainer: pass carto_logger= or carto_log_dir=, not both (the logger has its own directory)"
             )
         super().__init__(*args, **kwargs)
+        if carto_mask is not None and not hasattr(carto_mask, "mask_batch"):
+            from carto_cli.export.masks import LossMask
+
+            carto_mask = LossMask.read(carto_mask)
+        self.carto_mask = carto_mask
         self.carto_logger = carto_logger
         self._carto_owns_logger = carto_logger is None
         if carto_logger is not None:
@@ -134,7 +144,7 @@ class CartoTrainerMixin:
         dataset, collator = self.train_dataset, self.data_collator
         if dataset is None:
             return super().get_train_dataloader()
-        self.train_dataset, self.data_collator = indexed(dataset), IdCollator(collator)
+        self.train_dataset, self.data_collator = indexed(dataset), IdCollator(collator, self.carto_mask)
         try:
             return super().get_train_dataloader()
         finally:
