@@ -1,12 +1,16 @@
 """Regenerate `sample_logs/`: a real small training run, logged per sample with carto's shim.
 
-    python scripts/make_sample_logs.py
+    python scripts/make_sample_logs.py              # the logs and the data
+    python scripts/make_sample_logs.py --data-only  # sample_data/ alone (no training: seconds)
 
 Trains a tiny byte-level GPT (`carto_cli.experiment.tinygpt`) on CPU, on text that ships with CPython
 (`carto_cli.experiment.corpus`, PSF License), records every sample's loss and correctness at every presentation
 with `CartoLogger`, then writes `sample_logs/README.md` with the settings, versions, measured wall
 time and a summary of the logs (per-epoch share correct, forgetting events). Old
-`sample_logs/*.parquet` parts are deleted first. Needs torch; no network.
+`sample_logs/*.parquet` parts are deleted first. Also writes `sample_data/`: the training and
+held-out rows the logs were made from (`input_ids`, one token per byte, and `text`), so that
+`carto score sample_logs/ --data sample_data/train.parquet --reference sample_data/val.parquet`
+finds what the model memorized. Needs torch (not with --data-only); no network.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from carto_cli.experiment.tinygpt import GPT, GPTConfig, eval_loss, train_epochs
 from carto_cli.io import logs as carto_logs
 
 OUT_DIR = Path(__file__).resolve().parent.parent / "sample_logs"
+DATA_DIR = OUT_DIR.parent / "sample_data"
 
 # data: ~2,000 training samples of 128 bytes (+1 shifted target byte), 10% held out
 SAMPLE_LEN = 128
@@ -47,10 +52,13 @@ ROWS_PER_PART = 3_000
 
 
 def main() -> None:
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(SEED)
     text = cpython_text(N_SAMPLES * (SAMPLE_LEN + 1))
     train, val = train_val_split(to_bytes_samples(text, SAMPLE_LEN), VAL_FRAC, SEED)
+    write_sample_data(train, val)
+    if "--data-only" in sys.argv[1:]:
+        return
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(SEED)
     model = GPT(MODEL)
 
     OUT_DIR.mkdir(exist_ok=True)
@@ -90,6 +98,20 @@ def main() -> None:
     readme = render_readme(run, logs, parts=sorted(OUT_DIR.glob("*.parquet")))
     (OUT_DIR / "README.md").write_text(readme)
     print(readme, file=sys.stderr)
+
+
+def write_sample_data(train, val) -> None:
+    """sample_data/{train,val}.parquet: row i of train is sample_id i; `input_ids` the row's bytes
+    (the tokens the model was fed: x = row[:-1], y = row[1:], so logged position j is token j + 1),
+    `text` the same bytes as UTF-8 (a window may cut a character: replaced)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    DATA_DIR.mkdir(exist_ok=True)
+    for name, rows in (("train", train), ("val", val)):
+        table = pa.table({"input_ids": pa.array(rows.tolist(), type=pa.list_(pa.uint8())),
+                          "text": [bytes(row.tolist()).decode("utf-8", errors="replace") for row in rows]})
+        pq.write_table(table, DATA_DIR / f"{name}.parquet", compression="zstd")
 
 
 def _progress(step: int, total: int) -> None:

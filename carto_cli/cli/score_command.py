@@ -181,7 +181,9 @@ def _print_score_report(run: pipeline.ScoreRun, never_learned: str, early_epochs
     t = run.thresholds
     d_q = f" (q{t.difficulty_quantile:.2f})" if t.difficulty_quantile is not None else ""
     m_q = f" (q{t.memorization_quantile:.2f})" if t.memorization_quantile is not None else ""
-    err.print(f"high difficulty: > {fmt(t.difficulty, 4)}{d_q}; high memorization: > {fmt(t.memorization, 4)}{m_q}")
+    high_m = f"> {fmt(t.memorization, 4)}{m_q}" if run.findings is None or t.memorization else \
+        "carries a private finding"
+    err.print(f"high difficulty: > {fmt(t.difficulty, 4)}{d_q}; high memorization: {high_m}")
     grid = Table(header_style="bold", caption="difficulty, memorization, forgets: means per quadrant")
     for name, justify in (("quadrant", "left"), ("samples", "right"), ("share", "right"),
                           ("difficulty", "right"), ("memorization", "right"),
@@ -211,7 +213,7 @@ def _print_findings_summary(found: findings_pass.FindingsRun) -> None:
     private = int((~table["public"]).sum())
     err.print(f"findings: {table.height:,} memorized string(s) from {found.findings.sources:,} sample(s) with "
               f"evidence: {private:,} private, {table.height - private:,} public; {found.carriers:,} sample(s) "
-              f"carry a private one (high memorization: > {fmt(found.thresholds.memorization, 4)})")
+              "carry a private one")
     if found.label_shift_source != "declared by the log":
         err.print(f"[yellow]Note:[/] logged positions mapped to row tokens with a label shift of "
                   f"{found.label_shift} ({escape(found.label_shift_source)})")

@@ -30,8 +30,9 @@ from carto_cli.log import schema
 from carto_cli.score import findings as core
 from carto_cli.score import quadrants, spans
 
-META_LABEL_SHIFT = getattr(schema, "META_LABEL_SHIFT", "carto.label_shift")
 SHIFTS = (1, 0, 2)  # the label shifts tried when the log declares none, in this order
+# What the memorization column holds after the findings pass (`carto score`'s header says it).
+DESCRIPTION = "the evidence of the strongest private finding the sample carries (nats; 0 without one)"
 
 
 @dataclass
@@ -48,7 +49,7 @@ class FindingsRun:
 
 def declared_label_shift(logset: LogSet) -> int | None:
     """The label shift the log's parts declare (None where none does); one line when they disagree."""
-    found = {part.metadata.get(META_LABEL_SHIFT) for part in logset.parts} - {None}
+    found = {part.metadata.get(schema.META_LABEL_SHIFT) for part in logset.parts} - {None}
     if len(found) > 1:
         raise OptionError(f"the log's parts declare different label shifts ({', '.join(sorted(found))}); "
                           "score one run at a time (--run), or pass --label-shift")

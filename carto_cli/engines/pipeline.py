@@ -188,7 +188,7 @@ def run_score(
     if findings is not None:  # rewrites the scores file: memorization and quadrants by findings
         found = findings_pass.run(logset, out, findings, early_epochs=params.early_epochs,
                                   drop_nonfinite=params.nonfinite == "drop")
-        thresholds, streaming = found.thresholds, True
+        thresholds, streaming, memorization = found.thresholds, True, findings_pass.DESCRIPTION
     # The report reads the scores back from memory when they are there, else from the written file
     # (streamed, or a bucketed or Ray run spilled them); the numbers are the same. The quadrants are
     # counted from the thresholds (`quadrants.codes`), without making their strings again.
