@@ -3,7 +3,7 @@
 A hand-made world whose answer is worked out on paper (`WORLD`): 24 samples of 17 tokens, a secret
 planted in five of them (only one of which shows, in its own log, that the model learned it: the
 others are copies learned from it), a public string in two (it also occurs in the reference), and a
-sample whose memorized run is too short to search for. Then `carto score --data`, `findings`,
+sample whose memorized run is shorter than --min-span (its string takes the tokens before it). Then `carto score --data`, `findings`,
 `prune`, `mask` and `weights` on it; the rules one at a time; and a small world end to end, where a
 GRU trained with `CartoLogger()` memorizes secrets and `carto score --data` + `carto prune` at their
 defaults remove their copies.
@@ -48,7 +48,8 @@ SKETCHES = {
     2: (([2, 3, 4, 5, 6, 7], [2.0] * 6), [2, 6, 12, 1]),
     # the public string's source: positions 1..6, 4 nats each: extractable 24
     9: (([1, 2, 3, 4, 5, 6], [4.0] * 6), [0, 10, 0, 0]),
-    # evidence 12 in a run of 2 positions: shorter than --min-span 6, searched for nowhere
+    # evidence 12 in a run of 2 positions (row 5..6), shorter than --min-span 6: its string is the row's
+    # tokens 1..6, the 4 before the run and the run, found in its own row only
     15: (([4, 9, 10, 11, 12, 13], [12.0, 0.1, 0.1, 0.1, 0.1, 0.1]), [4, 2, 0, 0]),
     # the secret's other copies: their runs reproduce it, their early losses lie elsewhere (score 0)
     **{s: (QUIET[:2], [at - 1, 6, 0, 0]) for s, at in SECRET_AT.items() if s != 2},
@@ -104,7 +105,8 @@ def test_the_secret_is_one_private_finding_with_every_copy(world: dict) -> None:
     scores, found, output = score(world, "--reference", str(world["reference"]))
     by_text = {tuple(row["tokens"]): row for row in found.iter_rows(named=True)}
     secret, public = by_text[tuple(SECRET)], by_text[tuple(PUBLIC)]
-    assert len(by_text) == 2  # sample 15's run is too short to be searched for
+    short = by_text[tuple(world["rows"][15, 1:7])]  # sample 15's run, with the 4 tokens before it
+    assert len(by_text) == 3 and not short["public"] and short["carriers"] == 1 and short["evidence"] == 12.0
     assert not secret["public"] and secret["evidence"] == 12.0 and secret["sources"] == 1
     assert secret["carriers"] == secret["copies"] == 5
     assert sorted((c["sample_id"], c["start"], c["length"]) for c in secret["copies_at"]) == \
@@ -113,24 +115,24 @@ def test_the_secret_is_one_private_finding_with_every_copy(world: dict) -> None:
     assert secret["first_step"] == 2 and secret["last_step"] == 113  # sample 2 at step 2; 13 at 113
     # memorization: the strongest private finding carried; the sample's own value moves to `signal`
     m = dict(zip(scores["sample_id"], scores["memorization"]))
-    assert {s for s, v in m.items() if v > 0} == set(SECRET_AT)
-    assert all(m[s] == 12.0 for s in SECRET_AT)
+    assert {s for s, v in m.items() if v > 0} == {*SECRET_AT, 15}
+    assert all(m[s] == 12.0 for s in (*SECRET_AT, 15))
     signal = dict(zip(scores["sample_id"], scores["signal"]))
-    assert signal[9] == 24.0 and m[9] == 0.0 and signal[15] == 12.0 and m[15] == 0.0
+    assert signal[9] == 24.0 and m[9] == 0.0 and signal[15] == 12.0
     assert signal[5] < findings.DEFAULT_MIN_EVIDENCE  # a copy learned from the others: found all the same
-    assert set(scores.filter(pl.col("finding").is_not_null())["sample_id"]) == set(SECRET_AT)
+    assert set(scores.filter(pl.col("finding").is_not_null())["sample_id"]) == {*SECRET_AT, 15}
     # high memorization is carrying a private finding: every carrier is in one of the two high quadrants
     high = {"hotspot-memorized", "noisy-outlier"}
-    assert set(scores.filter(pl.col("quadrant").is_in(high))["sample_id"]) == set(SECRET_AT)
-    assert "findings: 2 memorized string(s) from 3 sample(s) with evidence: 1 private, 1 public; 5 sample(s)" \
+    assert set(scores.filter(pl.col("quadrant").is_in(high))["sample_id"]) == {*SECRET_AT, 15}
+    assert "findings: 3 memorized string(s) from 3 sample(s) with evidence: 2 private, 1 public; 6 sample(s)" \
         in output
     assert "label shift of 1 (measured)" in output
 
 
 def test_without_a_reference_every_finding_is_private(world: dict) -> None:
     scores, found, _ = score(world)
-    assert not found["public"].any() and found.height == 2
-    assert set(scores.filter(pl.col("memorization") > 0)["sample_id"]) == set(SECRET_AT) | set(PUBLIC_AT)
+    assert not found["public"].any() and found.height == 3
+    assert set(scores.filter(pl.col("memorization") > 0)["sample_id"]) == {*SECRET_AT, *PUBLIC_AT, 15}
 
 
 def test_prune_mask_and_weights_act_on_every_copy_of_the_private_finding(world: dict) -> None:
@@ -138,16 +140,16 @@ def test_prune_mask_and_weights_act_on_every_copy_of_the_private_finding(world: 
     d = world["dir"]
     result = runner.invoke(app, ["prune", "--scores", str(d / "scores.parquet"), "--out", str(d / "m.parquet")])
     assert result.exit_code == 0, result.output
-    assert "removing 5 of 24 samples (20.8%): every sample that carries a private finding" in result.output
+    assert "removing 6 of 24 samples (25.0%): every sample that carries a private finding" in result.output
     manifest = pl.read_parquet(d / "m.parquet")
-    assert set(manifest.filter(~pl.col("keep"))["sample_id"]) == set(SECRET_AT)
+    assert set(manifest.filter(~pl.col("keep"))["sample_id"]) == {*SECRET_AT, 15}
 
     result = runner.invoke(app, ["mask", "--findings", str(d / "findings.parquet"), "--out", str(d / "mask.parquet")])
     assert result.exit_code == 0, result.output
-    assert "5 span(s), 30 token(s) in 5 sample(s)" in result.output
+    assert "6 span(s), 36 token(s) in 6 sample(s)" in result.output
     spans = pl.read_parquet(d / "mask.parquet")
     assert sorted(spans.select("sample_id", "start", "length").iter_rows()) == \
-        sorted((s, at, 6) for s, at in SECRET_AT.items())
+        sorted([(s, at, 6) for s, at in SECRET_AT.items()] + [(15, 1, 6)])
 
     result = runner.invoke(app, ["weights", "--scores", str(d / "scores.parquet"), "--out", str(d / "w.parquet")])
     assert result.exit_code == 0, result.output
@@ -160,10 +162,10 @@ def test_findings_lists_the_strings(world: dict) -> None:
     result = runner.invoke(app, ["findings", "--findings", str(world["dir"] / "findings.parquet"), "--json"])
     assert result.exit_code == 0, result.output
     listed = json.loads(result.stdout)
-    assert (listed["findings"], listed["private"], listed["public"], listed["carriers_of_private"]) == (2, 1, 1, 5)
-    assert [row["public"] for row in listed["listed"]] == [False, True]  # private first
+    assert (listed["findings"], listed["private"], listed["public"], listed["carriers_of_private"]) == (3, 2, 1, 6)
+    assert [row["public"] for row in listed["listed"]] == [False, False, True]  # private first
     result = runner.invoke(app, ["findings", "--findings", str(world["dir"] / "findings.parquet")])
-    assert "2 memorized string(s): 1 private in 5 sample(s), 1 public (found in the reference)" in result.output
+    assert "3 memorized string(s): 2 private in 6 sample(s), 1 public (found in the reference)" in result.output
 
 
 def test_prune_with_frac_takes_whole_findings_strongest_first() -> None:
@@ -364,3 +366,31 @@ def test_defaults_find_every_copy_of_what_the_model_memorized(tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     weights = pl.read_parquet(tmp_path / "w.parquet")
     assert weights.filter(pl.col("sample_id").is_in(sorted(memorized)))["weight"].max() <= 1.0
+
+
+def test_the_ray_engine_searches_in_its_tasks_and_finds_the_same(world: dict) -> None:
+    ray = pytest.importorskip("ray")
+    local_scores, local_found, _ = score(world, "--reference", str(world["reference"]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        data = tokens.open_tokens(world["data"])
+        assert [s.first_row for s in data.shards(rows_per_shard=1)] == [0]  # one row group: one shard
+        remote_scores, remote_found, output = score(world, "--reference", str(world["reference"]), "--engine", "ray")
+    finally:
+        ray.shutdown()
+    assert remote_found.drop("copies_at").equals(local_found.drop("copies_at"))
+    assert remote_scores.sort("sample_id").equals(local_scores.sort("sample_id"))
+
+
+def test_a_dataset_read_in_shards_gives_every_row_its_id(tmp_path: Path) -> None:
+    rows = np.arange(60).reshape(12, 5)
+    path = tmp_path / "groups.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array(rows.tolist(), type=pa.list_(pa.int64()))}), path,
+                   row_group_size=4)
+    data = tokens.open_tokens(path)
+    shards = data.shards(rows_per_shard=5)
+    assert [(s.row_groups, s.first_row) for s in shards] == [((0, 1), 0), ((2,), 8)]
+    ids = [int(i) for s in shards for batch in data.batches(shard=s) for i in batch.sample_ids]
+    assert ids == list(range(12))
+    first = [batch.row(0).tolist() for s in shards for batch in data.batches(shard=s)]
+    assert first[0] == rows[0].tolist() and first[-1] == rows[8].tolist()

@@ -92,8 +92,9 @@ class FindingsRequest:
 
 
 def run(logset: LogSet, scores_path: Path, request: FindingsRequest, *, early_epochs: int,
-        drop_nonfinite: bool) -> FindingsRun:
-    """The findings pass over a scores file `carto score` just wrote (see the module docstring)."""
+        drop_nonfinite: bool, searcher: core.Search = core.search) -> FindingsRun:
+    """The findings pass over a scores file `carto score` just wrote (see the module docstring);
+    `searcher`: where the dataset is searched (locally, or `ray.ray_search`)."""
     data, reference, params = request.data, request.reference, request.params
     scores, prov = artifacts.read(scores_path, "scores")
     ids = scores.filter(pl.col("memorization") >= params.min_evidence)["sample_id"].to_numpy()
@@ -110,7 +111,7 @@ def run(logset: LogSet, scores_path: Path, request: FindingsRequest, *, early_ep
         reference.label_shift = shift
     evidence = (best.select("sample_id").join(scores.select("sample_id", "memorization"), on="sample_id", how="left")
                 ["memorization"].to_numpy())
-    found = core.find(best, evidence, data, params=params, reference=reference)
+    found = core.find(best, evidence, data, params=params, reference=reference, searcher=searcher)
     table = found.table.join(presentations(lf, found.copies), on="finding", how="left")
     write_findings(table, found, request.out, data, reference, params, shift, source)
     previous = quadrants.Thresholds(**prov["thresholds"])

@@ -186,8 +186,9 @@ def run_score(
             cleanup()
     found = None
     if findings is not None:  # rewrites the scores file: memorization and quadrants by findings
+        searcher = ray.ray_search(address) if engine == "ray" else findings_pass.core.search
         found = findings_pass.run(logset, out, findings, early_epochs=params.early_epochs,
-                                  drop_nonfinite=params.nonfinite == "drop")
+                                  drop_nonfinite=params.nonfinite == "drop", searcher=searcher)
         thresholds, streaming, memorization = found.thresholds, True, findings_pass.DESCRIPTION
     # The report reads the scores back from memory when they are there, else from the written file
     # (streamed, or a bucketed or Ray run spilled them); the numbers are the same. The quadrants are

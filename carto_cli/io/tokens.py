@@ -66,6 +66,15 @@ class TokenRows:
         return np.diff(self.offsets)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """A piece of a dataset read apart: its Parquet row groups (None: the whole file) and the index
+    of its first row in the dataset (the sample id of that row, by row order)."""
+
+    row_groups: tuple[int, ...] | None
+    first_row: int
+
+
 @dataclass
 class TokenDataset:
     """A dataset opened for its tokens (see the module docstring)."""
@@ -84,12 +93,27 @@ class TokenDataset:
                                                            else "", "tokenized")
         return f"{self.path} ({self.source}, {how})"
 
-    def batches(self, batch_rows: int = BATCH_ROWS) -> Iterator[TokenRows]:
-        """Every row, in dataset order, `batch_rows` at a time (a Parquet file is read a row group's
-        batch at a time; other formats are read whole first)."""
+    def shards(self, rows_per_shard: int = 4 * BATCH_ROWS) -> list[Shard]:
+        """The dataset cut into pieces that can be read apart (by another process: `--engine ray`):
+        a Parquet file's row groups, about `rows_per_shard` rows a piece; any other format, one piece."""
+        if not self._is_parquet():
+            return [Shard(None, 0)]
+        metadata = pq.ParquetFile(self.path).metadata
+        shards, groups, first, rows = [], [], 0, 0
+        for g in range(metadata.num_row_groups):
+            groups.append(g)
+            rows += metadata.row_group(g).num_rows
+            if rows >= rows_per_shard or g == metadata.num_row_groups - 1:
+                shards.append(Shard(tuple(groups), first))
+                first, groups, rows = first + rows, [], 0
+        return shards or [Shard((), 0)]
+
+    def batches(self, batch_rows: int = BATCH_ROWS, shard: Shard | None = None) -> Iterator[TokenRows]:
+        """Every row (of `shard`, when given), in dataset order, `batch_rows` at a time (a Parquet file
+        is read a row group's batch at a time; other formats are read whole first)."""
         columns = self.frame.collect_schema().names()
-        start = 0
-        for frame in self._frames(columns, batch_rows):
+        start = 0 if shard is None else shard.first_row
+        for frame in self._frames(columns, batch_rows, None if shard is None else shard.row_groups):
             if self.by_row_order:
                 frame = frame.with_columns(pl.int_range(start, start + frame.height, dtype=pl.Int64)
                                            .alias(datasets.SAMPLE_ID))
@@ -127,11 +151,15 @@ class TokenDataset:
 
     # ------------------------------------------------------------------ reading
 
-    def _frames(self, columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
-        if self.path.is_file() and datasets.SUFFIXES.get(self.path.suffix.lower()) == "parquet":
+    def _is_parquet(self) -> bool:
+        return self.path.is_file() and datasets.SUFFIXES.get(self.path.suffix.lower()) == "parquet"
+
+    def _frames(self, columns: list[str], batch_rows: int, row_groups: tuple[int, ...] | None
+                ) -> Iterator[pl.DataFrame]:
+        if self._is_parquet():
             try:
                 file = pq.ParquetFile(self.path)
-                for batch in file.iter_batches(batch_size=batch_rows, columns=columns):
+                for batch in file.iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups):
                     yield pl.from_arrow(batch)
             except (OSError, ValueError) as exc:
                 raise DatasetError(f"{self.path}: not readable as a dataset ({first_line(exc)})") from None

@@ -36,13 +36,14 @@ its copies:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from carto_cli.errors import DatasetError
-from carto_cli.io.tokens import TokenDataset, TokenRows
+from carto_cli.io.tokens import Shard, TokenDataset, TokenRows
 from carto_cli.score import match
 
 # Chosen by measurement on the experiment's development seeds (docs/scoring.md#findings).
@@ -113,16 +114,21 @@ def widen(lo: int, hi: int, run_lo: int, run_hi: int, length: int) -> tuple[int,
     return lo, hi
 
 
-def search(patterns: match.Patterns, data: TokenDataset) -> pl.DataFrame:
-    """Every occurrence of every pattern in every row of `data`: pattern, sample_id, start."""
+HITS_SCHEMA = {"pattern": pl.Int64, "sample_id": pl.Int64, "start": pl.Int64}
+Search = Callable[[match.Patterns, TokenDataset], pl.DataFrame]
+
+
+def search(patterns: match.Patterns, data: TokenDataset, shard: Shard | None = None) -> pl.DataFrame:
+    """Every occurrence of every pattern in every row of `data` (of `shard`, when given): pattern,
+    sample_id, start. Reads the rows a batch at a time: the memory held is the patterns and one batch."""
     frames = []
-    for rows in data.batches():
+    for rows in data.batches(shard=shard):
         hits = match.find(patterns, rows.values, rows.offsets)
         if len(hits):
             frames.append(pl.DataFrame({"pattern": hits.pattern, "sample_id": rows.sample_ids[hits.row],
                                         "start": hits.pos}))
     if not frames:
-        return pl.DataFrame(schema={"pattern": pl.Int64, "sample_id": pl.Int64, "start": pl.Int64})
+        return pl.DataFrame(schema=HITS_SCHEMA)
     return pl.concat(frames)
 
 
@@ -152,10 +158,11 @@ def group(n_patterns: int, hits: pl.DataFrame, overlap: float) -> np.ndarray:
 
 
 def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, params: FindingParams,
-         reference: TokenDataset | None = None) -> Findings:
+         reference: TokenDataset | None = None, searcher: Search = search) -> Findings:
     """Findings from `spans` (`spans.best_spans` of the samples whose evidence passed
     `params.min_evidence`; `evidence[i]` is spans row i's sample's evidence), their copies in
-    `data`, public where a member occurs in `reference` (see the module docstring)."""
+    `data`, public where a member occurs in `reference` (see the module docstring). `searcher`
+    runs the search (`search` here, or one Ray task per shard: `carto_cli.engines.ray`)."""
     rows = data.rows(spans["sample_id"].to_numpy())
     strings, index, short = candidates(spans, rows, min_length=params.min_length)
     # one pattern per distinct string, its evidence the largest of its sources'
@@ -174,7 +181,7 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
     if not patterns:
         return _empty(len(spans), short)
     compiled = match.Patterns(patterns, anchor=params.min_length)
-    hits = search(compiled, data)
+    hits = searcher(compiled, data)
     # a source's string must occur in its own row
     found = set(hits.select("pattern", "sample_id").unique().iter_rows())
     unmatched = sum((j, sample) not in found for sample, j in source_of)
@@ -187,7 +194,7 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
     public = np.zeros(len(patterns), dtype=bool)
     reference_copies = np.zeros(len(patterns), dtype=np.int64)
     if reference is not None:
-        in_reference = search(compiled, reference)
+        in_reference = searcher(compiled, reference)
         counts = in_reference.group_by("pattern").len()
         reference_copies[counts["pattern"].to_numpy()] = counts["len"].to_numpy()
         public = reference_copies > 0
