@@ -1,12 +1,12 @@
 """Findings: memorized strings, every copy of them, public or private (`carto score --data`).
 
-A hand-made world whose answer is worked out on paper (`WORLD`): 24 samples of 17 tokens, a secret
+A hand-made world whose answer is worked out on paper (`world`): 24 samples of 17 tokens, a secret
 planted in five of them (only one of which shows, in its own log, that the model learned it: the
 others are copies learned from it), a public string in two (it also occurs in the reference), and a
 sample whose memorized run is shorter than --min-span (its string takes the tokens before it).
-Then `carto score --data`, `findings`, `prune`, `mask` and `weights` on it; the rules one at a time; and a small world end to end, where a
-GRU trained with `CartoLogger()` memorizes secrets and `carto score --data` + `carto prune` at their
-defaults remove their copies.
+Then `carto score --data`, `findings`, `prune`, `mask` and `weights` on it; the rules one at a
+time; and a small world end to end, where a GRU trained with `CartoLogger()` memorizes secrets and
+`carto score --data` + `carto prune` at their defaults remove their copies.
 """
 
 from __future__ import annotations
