@@ -30,8 +30,9 @@ import polars as pl
 from carto_cli.io import storage
 from carto_cli.io.logs import LogSet, sample_id_dtype
 from carto_cli.log import schema
-from carto_cli.score import compiled, dense
+from carto_cli.score import compiled
 from carto_cli.score.fixedpoint import SCALE
+from carto_cli.score.reads import applies, read_ahead
 
 _NO_STEP = np.iinfo(np.int64).min
 _KEPT = "(kept rows)"  # `_chunks`' key for the rows of a batch that its plain columns hold
@@ -42,7 +43,7 @@ BATCH_ROWS = 262_144
 def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> pl.DataFrame | None:
     """sample_id -> `value` (Float64) for every sample of `logset` that has one (an early and a late
     sketched presentation); the others are left out (`local.with_signal` gives them null)."""
-    span = dense.applies(logset)
+    span = applies(logset)
     keys = None if span is not None else np.unique(np.concatenate(
         [chunk[schema.SAMPLE_ID] for chunk in _chunks(logset, [schema.SAMPLE_ID], False)]))
     n_slots = span[1] - span[0] + 1 if span is not None else len(keys)
@@ -57,7 +58,7 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
     mark = np.zeros(n_slots, dtype=np.int64)  # finds a slot twice in one batch without sorting
     first_row = 1  # the compiled loop's marks: rows numbered from 1 over the pass (0: no mark)
     late_columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.HIT_RUNS]
-    for chunk in dense.read_ahead(_chunks(logset, late_columns, drop_nonfinite, epochs=(early_epochs, None))):
+    for chunk in read_ahead(_chunks(logset, late_columns, drop_nonfinite, epochs=(early_epochs, None))):
         late = chunk[schema.EPOCH] >= early_epochs
         rows = _sketched(chunk, late, schema.HIT_RUNS)
         if rows is None:
@@ -90,7 +91,7 @@ def extractable(logset: LogSet, *, early_epochs: int, drop_nonfinite: bool) -> p
         if loops is None:
             starts, ends = runs[:, 0::2], runs[:, 0::2] + runs[:, 1::2]  # (slots, r): run j is [start, end)
         early_columns = [schema.SAMPLE_ID, schema.EPOCH, schema.TOP_POS, schema.TOP_LOSS]
-        for chunk in dense.read_ahead(_chunks(logset, early_columns, drop_nonfinite, epochs=(None, early_epochs))):
+        for chunk in read_ahead(_chunks(logset, early_columns, drop_nonfinite, epochs=(None, early_epochs))):
             early = chunk[schema.EPOCH] < early_epochs
             pos_rows, loss_rows = _sketched(chunk, early, schema.TOP_POS), _sketched(chunk, early, schema.TOP_LOSS)
             if pos_rows is None or loss_rows is None:
