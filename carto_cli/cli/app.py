@@ -24,7 +24,7 @@ from carto_cli.cli import inspect_command as cli_inspect
 from carto_cli.cli import map_command, report_command
 from carto_cli.cli.console import err, progress
 from carto_cli.cli.lazy import lazy
-from carto_cli.errors import CartoError, OptionError, first_line
+from carto_cli.errors import CartoError, OptionError, UnreadablePartError, first_line
 from carto_cli.version import __version__
 
 # Imported on first use (`carto_cli.cli.lazy`): `carto --help` needs none of them.
@@ -162,12 +162,12 @@ def _summary_line(prefix: str, s: dict) -> str:
 @_cli_errors
 def logs_summary(
     paths: LogArguments,
-    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts.")
+                            ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Parts, rows, samples, epochs and ranks of a log."""
-    logset = _open(paths, skip_corrupt)
-    summary = logs.summarize(logset)
+    _, summary = _with_logs(paths, skip_corrupt, logs.summarize)
     if as_json:
         _emit_json(summary)
     else:
@@ -180,14 +180,18 @@ def logs_bucketize(
     paths: LogArguments,
     out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the bucketed log.")],
     n_buckets: Annotated[int, typer.Option("--buckets", help="Number of buckets (sample_id mod N).")] = 64,
-    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts.")
+                            ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Rewrite a log as bucket=<sample_id mod N>/ parts, so scoring can go one bucket at a time."""
     artifacts.ensure_not_input(out, _local(paths))
-    logset = _open(paths, skip_corrupt)
-    with progress(f"bucketizing {logset.num_rows:,} rows"):
-        rows = buckets.bucketize(logset, out, n_buckets)
+
+    def bucketize(logset: logs.LogSet) -> dict[int, int]:
+        with progress(f"bucketizing {logset.num_rows:,} rows"):
+            return buckets.bucketize(logset, out, n_buckets)
+
+    _, rows = _with_logs(paths, skip_corrupt, bucketize)
     if as_json:
         _emit_json({"out": str(out), "buckets": n_buckets, "rows": sum(rows.values()),
                     "largest_bucket_rows": max(rows.values(), default=0)})
@@ -202,13 +206,34 @@ def _local(paths: list[str]) -> list[Path]:
     return [p for p in map(storage.location, paths) if isinstance(p, Path)]
 
 
-def _open(paths: list[str], skip_corrupt: bool) -> logs.LogSet:
+def _open(paths: list[str], skip_corrupt: bool, left_out: dict | None = None, warned: set | None = None
+          ) -> logs.LogSet:
     found = logs.discover(paths)
     with progress("checking log parts", total=len(found)) as advance:
-        logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance)
+        logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance, left_out=left_out)
     for path, why in logset.skipped:
-        err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
+        if warned is None or path not in warned:
+            err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
+        if warned is not None:
+            warned.add(path)
     return logset
+
+
+def _with_logs(paths: list[str], skip_corrupt: bool, work: Callable[[logs.LogSet], Any]) -> tuple[logs.LogSet, Any]:
+    """(the log set, `work(logset)`) for the logs at `paths`. With --skip-corrupt, a part found
+    damaged while `work` reads it (after its footer checked out) is left out too, with a warning
+    naming it, and the work made again without it; without, its error is the one line."""
+    left_out: dict = {}
+    warned: set = set()
+    found = set(logs.discover(paths)) if skip_corrupt else set()
+    while True:
+        try:
+            logset = _open(paths, skip_corrupt, left_out, warned)
+            return logset, work(logset)
+        except UnreadablePartError as exc:
+            if exc.path not in found or exc.path in left_out:  # not a part of these logs, or not skip_corrupt
+                raise
+            left_out[exc.path] = exc.reason
 
 
 # --------------------------------------------------------------------------------------- score
@@ -256,7 +281,8 @@ def score_command(
         int | None, typer.Option("--late-from", help="tail-var: first late epoch (default: second half).")
     ] = None,
     skip_corrupt: Annotated[
-        bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts (with a warning) instead of failing.")
+        bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts (with a warning) "
+                           "instead of failing.")
     ] = False,
     update: Annotated[
         bool, typer.Option("--update", help="Fold only parts new since the last --update run into its saved state.")
@@ -285,13 +311,17 @@ def score_command(
     )
     placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
     artifacts.ensure_not_input(out, _local(paths))
-    logset = _open(paths, skip_corrupt)
-    if run_id is not None:
-        logset = runs.select_run(logset, run_id)
-    groups = buckets.bucket_groups(logset)
-    with progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
-        run = pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths], placement=placement,
-                                 engine=engine, address=address, update=update, on_bucket=advance)
+
+    def score(logset: logs.LogSet) -> tuple[logs.LogSet, pipeline.ScoreRun]:
+        if run_id is not None:
+            logset = runs.select_run(logset, run_id)
+        groups = buckets.bucket_groups(logset)
+        with progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
+            return logset, pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths],
+                                              placement=placement, engine=engine, address=address, update=update,
+                                              on_bucket=advance)
+
+    _, (logset, run) = _with_logs(paths, skip_corrupt, score)
     for note in run.notes:
         err.print(f"[yellow]Note:[/] {escape(note)}" if note.startswith(("folded", "no saved", "left out"))
                   else f"[yellow]Warning:[/] {escape(note)}")

@@ -117,10 +117,11 @@ def list_files(root: RemotePath, suffix: str) -> list[tuple[RemotePath, tuple[st
 
 
 def open_parquet(path: Location) -> pq.ParquetFile:
-    """The Parquet file at `path` (reads the footer). Raises what pyarrow raises."""
-    if isinstance(path, Path):
-        return pq.ParquetFile(path)
-    return pq.ParquetFile(filesystem(path).open_input_file(path.key))
+    """The Parquet file at `path` (reads the footer), its page checksums verified on every read
+    where the writer stored them (a page whose bytes changed fails instead of being decoded).
+    Raises what pyarrow raises."""
+    source = path if isinstance(path, Path) else filesystem(path).open_input_file(path.key)
+    return pq.ParquetFile(source, page_checksum_verification=True)
 
 
 def size(path: Location) -> int:

@@ -51,18 +51,31 @@ class Sums:
         self.max_abs_fixed = 0
 
     def add(self, idx: np.ndarray, epoch: np.ndarray | int, loss: np.ndarray, correct: np.ndarray,
-            step: np.ndarray | None = None) -> None:
-        """Add rows: sample slots, epochs, losses, correctness (and steps, full state)."""
-        self.rows += len(idx)
+            step: np.ndarray | None = None, *, bounds: tuple[int, int] | None = None) -> int | None:
+        """Add rows: sample slots, epochs, losses, correctness (and steps, full state). `bounds`
+        (lo, hi): the slots the rows may have (their row group's footer range; default: every slot).
+
+        Returns None, or the position of a row outside `bounds`, or whose epoch lies before the loss
+        matrix's first or past 63: the file disagrees with its footer, and the accumulators are
+        left unusable (the caller reports the part as damaged). Nothing is ever written outside
+        the arrays: the compiled loop checks every row, numpy's version the rows' min and max."""
+        lo, hi = (0, len(self.words) - 1) if bounds is None else bounds
         one_epoch = isinstance(epoch, int)  # the row group's one epoch, from its footer
+        low, high = (epoch, epoch) if one_epoch else (int(epoch.min()), int(epoch.max()))
+        if low < self.first_epoch or high > 63:  # before the matrix, or no bit of a mask
+            return 0 if one_epoch else int(np.flatnonzero((epoch < self.first_epoch) | (epoch > 63))[0])
+        self.rows += len(idx)
         if one_epoch:  # the totals that check the packed fields afterwards (`fields`)
             bit = 1 << epoch
             self.seen_total += bit * len(idx)
             self.corr_total += bit * int(np.count_nonzero(correct))
-        self._grow(epoch if one_epoch else int(epoch.max()))
+        self._grow(high)
         if compiled.available():  # the same adds and stores in one compiled loop
-            compiled.add_rows(self, idx, epoch, loss, correct, step, n_bits=N_BITS, mask_bits=MASK_BITS)
-            return
+            bad = compiled.add_rows(self, idx, epoch, loss, correct, step, n_bits=N_BITS, mask_bits=MASK_BITS,
+                                    bounds=(lo, hi))
+            return None if bad < 0 else bad
+        if len(idx) and (idx.min() < lo or idx.max() > hi):
+            return int(np.flatnonzero((idx < lo) | (idx > hi))[0])
         if self.first_step is not None:
             np.minimum.at(self.first_step, idx, step)
             np.maximum.at(self.last_step, idx, step)
@@ -78,7 +91,7 @@ class Sums:
                 np.add.at(self.words, idx, np.uint64(bit))
                 np.add.at(self.corr, idx[correct], np.uint64(bit))
             self.losses[epoch - self.first_epoch][idx] = loss
-            return
+            return None
         # several epochs in a row group: never packed (the layout is chosen from the footers)
         bits = np.left_shift(np.uint64(1), epoch.astype(np.uint64))
         np.add.at(self.n_seen, idx, 1)
@@ -86,6 +99,7 @@ class Sums:
         bits *= correct
         add_at(self.corr, idx, bits)
         self.losses[epoch - self.first_epoch, idx] = loss
+        return None
 
     def _grow(self, epoch: int) -> None:
         """Room in the loss matrix for `epoch` (its row count comes from the footers; a row group

@@ -64,6 +64,7 @@ from carto_cli.score.accumulators import FIXED_LIMIT, MASK_BITS, N_BITS, PACKED_
 from carto_cli.score.dense_columns import COLUMNS, derive_state, frame, replace_rows
 from carto_cli.score.fixedpoint import SCALE
 from carto_cli.score.reads import applies, id_range, loss_matrix, read_ahead
+from carto_cli.score.state import MAX_ABS_LOSS
 
 __all__ = ["COLUMNS", "accumulated", "applies", "frame", "id_range", "passes", "read_ahead", "replace_rows", "scores",
            "state"]
@@ -182,28 +183,38 @@ def _reduce(logset: LogSet, kernel, stride: int, full: bool, finish) -> list | N
 
 
 
-def _accumulate(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int, int, int],
+def _accumulate(logset: LogSet, groups: list[reads.RowGroup], kernel, slots: tuple[int, int, int, int, int],
                 losses: tuple[int, int, np.dtype], packed: bool, full: bool = False) -> Sums | None:
     """Accumulate the samples in slots [start, start + width) of the n_ids slots of ids
     lo + slot * stride, over the whole log, one row group at a time, the next row group read while
     this one is added; `losses`: the loss matrix's epochs and float type (`_loss_matrix`). With
     `packed`, the packed layout is used where the footers allow it. None where the kernel declines.
+
+    Every id must lie in its row group's footer range (the plan's arrays were sized from those):
+    checked on every row, in the compiled loop (one pass) or with numpy (several passes, or numpy's
+    version); an id outside it is the `damaged` error naming the part (`reads.outside_footer`).
     """
     lo, start, width, n_ids, stride = slots
     unsigned = kernel.sample_id_dtype == "UInt64"
     first_id = lo + start * stride
     base = np.uint64(first_id) if unsigned else np.int64(first_id)
-    whole = start == 0 and width == n_ids  # one pass: every id is in [lo, hi] by the footers
-    packed = packed and all(e is not None and 0 <= e < PACKED_EPOCHS for _, _, e in groups)
+    whole = start == 0 and width == n_ids  # one pass: the footer ranges are slots of this pass
+    packed = packed and all(g.epoch is not None and 0 <= g.epoch < PACKED_EPOCHS for g in groups)
     sums = Sums(width, packed, full, losses=losses)
-    for chunk in read_ahead(reads.read(logset, groups, kernel, unsigned, full)):
-        ids, epoch, loss, rule_values, step = chunk
-        idx = (ids - base).astype(np.int64, copy=False)  # below the slice: negative (wrapped if unsigned)
+    for rows in read_ahead(reads.read(logset, groups, kernel, unsigned, full)):
+        where, epoch, loss, rule_values, step = rows.where, rows.epoch, rows.loss, rows.rule_values, rows.step
+        # wraps below the slice (and for any id outside the footer range: never onto a slot inside it)
+        idx = (rows.ids - base).astype(np.int64, copy=False)
         if stride > 1:
             if np.remainder(idx, stride).any():
                 return None  # an id off the stride: not one bucket of a bucketed log
             idx //= stride
-        keep = None if whole else (idx >= 0) & (idx < width)
+        # the row group's footer range, as slots of this pass (floor: ids are first_id + k * stride)
+        bounds = ((where.ids[0] - first_id) // stride, (where.ids[1] - first_id) // stride)
+        keep = None
+        if not whole:  # the rows of this pass's slots, once every row is known to be in its range
+            _check_slots(logset, where, rows.ids, idx, bounds)
+            keep = (idx >= 0) & (idx < width)
         if kernel.drop_nonfinite:
             finite = np.isfinite(loss)
             if keep is None:
@@ -212,21 +223,36 @@ def _accumulate(logset: LogSet, groups: list, kernel, slots: tuple[int, int, int
                 sums.dropped += int(np.count_nonzero(keep & ~finite))
             keep = finite if keep is None else keep & finite
         many = not isinstance(epoch, int)
+        ids = rows.ids
         if keep is not None and not keep.all():
-            idx, loss, rule_values = idx[keep], loss[keep], rule_values[keep]
+            idx, loss, rule_values, ids = idx[keep], loss[keep], rule_values[keep], ids[keep]
             epoch = epoch[keep] if many else epoch
             step = step[keep] if full else None
         if not len(idx):
             continue
         low, high = (int(epoch.min()), int(epoch.max())) if many else (epoch, epoch)
         peak = float(np.abs(loss).max()) * SCALE
-        if low < sums.first_epoch or high > 52 or peak >= FIXED_LIMIT:  # see Sums.bounded
+        # see Sums.bounded; a loss beyond MAX_ABS_LOSS (which footers planned from may deny): `prepare` reports it
+        if low < sums.first_epoch or high > 52 or peak >= FIXED_LIMIT or peak > MAX_ABS_LOSS * SCALE:
             return None
         sums.max_epoch = max(sums.max_epoch, high)
         sums.max_abs_fixed = max(sums.max_abs_fixed, round(peak))
-        sums.add(idx, epoch, loss, reads.correct_of(kernel, rule_values), step)
+        bad = sums.add(idx, epoch, loss, reads.correct_of(kernel, rule_values), step,
+                       bounds=(max(bounds[0], 0), min(bounds[1], width - 1)) if whole else None)
+        if bad is not None:  # outside its footer's range (the epochs were checked above)
+            _check_slots(logset, where, ids[bad:bad + 1], idx[bad:bad + 1], bounds)
+            raise AssertionError("the dense kernel stopped at a row whose slot and epoch are in range")
     return sums
 
+
+def _check_slots(logset: LogSet, where: reads.RowGroup, ids: np.ndarray, idx: np.ndarray,
+                 bounds: tuple[int, int]) -> None:
+    """The `damaged` error when any of `idx` (the slots of `ids`) lies outside `bounds`, the row
+    group's footer range."""
+    if len(idx) and (idx.min() < bounds[0] or idx.max() > bounds[1]):
+        outside = ids[(idx < bounds[0]) | (idx > bounds[1])]
+        raise reads.outside_footer(logset.parts[where.part].path, where.group, schema.SAMPLE_ID,
+                                   int(outside.min()), int(outside.max()), where.ids)
 
 
 def _state_pass(sums: Sums, slots: tuple[int, int, int, int, int], kernel, full: bool

@@ -1,22 +1,59 @@
 """What the numpy kernels (`carto_cli.score.dense`, `carto_cli.score.extract`) read of a log: the
 footer statistics they plan from (the id range, the epochs, the loss matrix's layout) and the row
 groups' columns, the next one read on another thread while the caller works on this one.
+
+The footers can disagree with the pages (a damaged disk or copy, a patched file, a buggy writer),
+and the kernels index arrays by what the pages hold, so nothing read is trusted to match the plan:
+- every sample_id is checked against its row group's footer range where it becomes an array
+  index (`compiled.add_rows` and the `_extract.c` loops: one compare per row; numpy: min and
+  max), and an id outside it is the `damaged` error naming the part (`outside_footer`);
+- the epochs and steps of each row group the dense kernel reads are checked against its footer
+  (`read`: their min and max), as the plan rests on them (one epoch per row group: the packed
+  layout; step ranges: the order of presentations); so are the epochs of every row group
+  `carto_cli.score.extract` reads (`check_footer_range`: it skipped row groups by them);
+- a required column must hold no null (the footer said so at open);
+- whatever pyarrow raises reading a part (a page that fails to decode or its checksum) is the
+  `damaged` error naming it (`carto_cli.io.logs.reading`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from carto_cli.errors import UnreadablePartError
 from carto_cli.io import storage
-from carto_cli.io.logs import LogSet
+from carto_cli.io.logs import LogSet, damaged, reading
 from carto_cli.log import schema
 
 T = TypeVar("T")
+
+
+class RowGroup(NamedTuple):
+    """One non-empty row group, as its footer describes it."""
+
+    part: int  # index in the log set's parts
+    group: int
+    epoch: int | None  # the one epoch of every row, where the statistics show a single one
+    epochs: tuple[int, int] | None  # (min, max) epoch, None without statistics
+    ids: tuple[int, int] | None  # (min, max) sample_id
+    steps: tuple[int, int] | None  # (min, max) step
+
+
+class Rows(NamedTuple):
+    """The columns the dense kernel reads of one row group."""
+
+    where: RowGroup
+    ids: np.ndarray  # int64, or uint64 for a log of unsigned ids
+    epoch: np.ndarray | int  # per row, or the row group's one epoch (checked against the column)
+    loss: np.ndarray  # float32 or float64
+    rule_values: np.ndarray  # the correctness rule's column
+    step: np.ndarray | None  # with the full state only (else read only to be checked)
 
 
 def footer_stats(logset: LogSet, column: str) -> Iterator[tuple[int, int, object]]:
@@ -64,19 +101,25 @@ def loss_matrix(logset: LogSet) -> tuple[int, int, np.dtype]:
     return max(first, 0), last - max(first, 0) + 1, np.dtype(np.float32 if single else np.float64)
 
 
-def row_groups(logset: LogSet) -> list[tuple[int, int, int | None]]:
-    """(part index, row group, its one epoch or None) of every non-empty row group; the epoch comes
-    from the footer statistics when they show a single epoch, so its column need not be read."""
-    return [(i, rg, int(stats.min) if stats is not None and stats.min == stats.max else None)
+def row_groups(logset: LogSet) -> list[RowGroup]:
+    """Every non-empty row group, with its one epoch where the footer statistics show a single
+    epoch (so that the kernel can take the packed layout), and its sample_id and step ranges."""
+    ids, steps = ({(i, rg): _bounds(stats) for i, rg, stats in footer_stats(logset, column)}
+                  for column in (schema.SAMPLE_ID, schema.STEP))
+    return [RowGroup(i, rg, int(stats.min) if stats is not None and stats.min == stats.max else None, _bounds(stats),
+                     ids[i, rg], steps[i, rg])
             for i, rg, stats in footer_stats(logset, schema.EPOCH)]
 
 
-def kernel_columns(kernel, with_epoch: bool, with_step: bool) -> list[str]:
-    """What the kernel reads: ids, epochs (unless known), losses, the correctness rule's column, and
-    steps for the full state."""
-    names = [schema.SAMPLE_ID, schema.EPOCH, schema.LOSS, kernel.rule.column, schema.STEP]
-    return list(dict.fromkeys(n for n in names if (with_epoch or n != schema.EPOCH)
-                              and (with_step or n != schema.STEP)))
+def _bounds(stats) -> tuple[int, int] | None:
+    return None if stats is None else (int(stats.min), int(stats.max))
+
+
+def kernel_columns(kernel) -> list[str]:
+    """What the dense kernel reads: ids, epochs, losses, the correctness rule's column, and steps
+    (for the full state; else only to check them against the footer, whose step ranges say which
+    presentation comes first)."""
+    return list(dict.fromkeys([schema.SAMPLE_ID, schema.EPOCH, schema.LOSS, kernel.rule.column, schema.STEP]))
 
 
 def correct_of(kernel, values: np.ndarray) -> np.ndarray:
@@ -87,21 +130,59 @@ def correct_of(kernel, values: np.ndarray) -> np.ndarray:
     return values >= rule.threshold if rule.source == "acc" else values < rule.threshold
 
 
-def read(logset: LogSet, groups: list, kernel, unsigned: bool, full: bool) -> Iterator[tuple]:
-    """(ids, epoch array or the row group's one epoch, loss, rule column, steps or None), one row
-    group at a time."""
+def read(logset: LogSet, groups: list[RowGroup], kernel, unsigned: bool, full: bool) -> Iterator[Rows]:
+    """The columns of each row group in `groups`, in order; the epoch as the row group's one epoch
+    where its footer shows one. Its epochs and steps are checked against its footer (the plan's
+    packed layout and presentation order rest on those); a part that cannot be read, or that holds
+    a null or an epoch or step its footer denies, is the `damaged` error naming it."""
     files: dict[int, object] = {}
-    for i, rg, epoch in groups:
-        if i not in files:
-            files = {i: storage.open_parquet(logset.parts[i].path)}  # parts are read in order: one open
-        table = files[i].read_row_group(rg, columns=kernel_columns(kernel, epoch is None, full), use_threads=True)
-        yield (
+    for where in groups:
+        path = logset.parts[where.part].path
+        with reading(path):
+            if where.part not in files:  # parts are read in order: one open
+                files = {where.part: storage.open_parquet(path)}
+            table = files[where.part].read_row_group(where.group, columns=kernel_columns(kernel), use_threads=True)
+        for name in table.column_names:
+            if name in schema.REQUIRED_COLUMNS and table.column(name).null_count:
+                raise damaged(path, f"column '{name}' holds nulls in row group {where.group}, where its footer "
+                                    "statistics count none")
+        epochs = table.column(schema.EPOCH)
+        for name, footer in ((schema.EPOCH, where.epochs), (schema.STEP, where.steps)):
+            bounds = pc.min_max(table.column(name)) if footer is not None else None
+            if bounds is not None and (bounds["min"].as_py() < footer[0] or bounds["max"].as_py() > footer[1]):
+                raise outside_footer(path, where.group, name, bounds["min"].as_py(), bounds["max"].as_py(), footer)
+        yield Rows(
+            where,
             table.column(schema.SAMPLE_ID).to_numpy().astype(np.uint64 if unsigned else np.int64, copy=False),
-            table.column(schema.EPOCH).to_numpy().astype(np.int64, copy=False) if epoch is None else epoch,
-            table.column(schema.LOSS).to_numpy(),
+            epochs.to_numpy().astype(np.int64, copy=False) if where.epoch is None else where.epoch,
+            _float_loss(table.column(schema.LOSS).to_numpy()),
             table.column(kernel.rule.column).to_numpy(),
             table.column(schema.STEP).to_numpy().astype(np.int64, copy=False) if full else None,
         )
+
+
+def _float_loss(loss: np.ndarray) -> np.ndarray:
+    """The loss as the kernels take it: float32 or float64 (a float16 column as float64)."""
+    return loss if loss.dtype in (np.float32, np.float64) else loss.astype(np.float64)
+
+
+def outside_footer(path, group: int, column: str, low: int, high: int, footer: tuple[int, int]
+                   ) -> UnreadablePartError:
+    """The error for a row group whose `column` holds values in [low, high], outside the range
+    its footer statistics give: the pages or the footer are damaged (or were written wrong)."""
+    held = f"{low}" if low == high else f"{low}..{high}"
+    return damaged(path, f"row group {group} holds {column} {held}, outside the range its footer statistics "
+                         f"give ({footer[0]}..{footer[1]})")
+
+
+def check_footer_range(path, group: int, column: str, values: np.ndarray, footer: tuple[int, int] | None) -> None:
+    """`outside_footer` when any of `values` (one row group's, or a batch of it) lies outside the
+    footer's range of `column` (none where the footer has no statistics)."""
+    if footer is None or not len(values):
+        return
+    low, high = values.min(), values.max()
+    if low < footer[0] or high > footer[1]:
+        raise outside_footer(path, group, column, int(low), int(high), footer)
 
 
 
