@@ -2,10 +2,11 @@
 
 A part damaged by a disk, a copy or a buggy writer (bytes flipped, an id or an epoch patched, the
 file truncated, a chunk zeroed, footer statistics that disagree with the pages) must end every
-command in the correct result or in one `Error:` line naming the part and the fix. The cases run
-in a worker process (scripts/fuzz_logs.py, which judges each against pyarrow's reading of the
-files and the reference Polars path), so that a segmentation fault fails a test instead of
-killing pytest; `python scripts/fuzz_logs.py --cases 500` runs a longer, random set.
+command in the correct result or in one `Error:` line naming the part and the fix. The commands
+run in a worker process (scripts/fuzz_worker.py), so that a segmentation fault fails a test
+instead of killing pytest, and scripts/fuzz_logs.py judges each case against pyarrow's reading of
+the files and the reference Polars path; `python scripts/fuzz_logs.py --cases 500` runs a longer,
+random set.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _fuzz_module():
+    """scripts/fuzz_logs.py, imported as when it runs as a file (its folder on sys.path: it imports
+    fuzz_worker.py beside it)."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location("fuzz_logs", ROOT / "scripts" / "fuzz_logs.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["fuzz_logs"] = module  # its dataclasses look their module up

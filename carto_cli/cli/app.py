@@ -21,10 +21,10 @@ from rich.table import Table
 
 from carto_cli.cli import experiment as cli_experiment
 from carto_cli.cli import inspect_command as cli_inspect
-from carto_cli.cli import map_command, report_command
+from carto_cli.cli import map_command, opening, report_command
 from carto_cli.cli.console import err, progress
 from carto_cli.cli.lazy import lazy
-from carto_cli.errors import CartoError, OptionError, UnreadablePartError, first_line
+from carto_cli.errors import CartoError, OptionError, first_line
 from carto_cli.version import __version__
 
 # Imported on first use (`carto_cli.cli.lazy`): `carto --help` needs none of them.
@@ -167,7 +167,7 @@ def logs_summary(
     as_json: JsonOption = False,
 ) -> None:
     """Parts, rows, samples, epochs and ranks of a log."""
-    _, summary = _with_logs(paths, skip_corrupt, logs.summarize)
+    _, summary = opening.with_logs(paths, skip_corrupt, logs.summarize)
     if as_json:
         _emit_json(summary)
     else:
@@ -185,13 +185,13 @@ def logs_bucketize(
     as_json: JsonOption = False,
 ) -> None:
     """Rewrite a log as bucket=<sample_id mod N>/ parts, so scoring can go one bucket at a time."""
-    artifacts.ensure_not_input(out, _local(paths))
+    artifacts.ensure_not_input(out, opening.local_paths(paths))
 
     def bucketize(logset: logs.LogSet) -> dict[int, int]:
         with progress(f"bucketizing {logset.num_rows:,} rows"):
             return buckets.bucketize(logset, out, n_buckets)
 
-    _, rows = _with_logs(paths, skip_corrupt, bucketize)
+    _, rows = opening.with_logs(paths, skip_corrupt, bucketize)
     if as_json:
         _emit_json({"out": str(out), "buckets": n_buckets, "rows": sum(rows.values()),
                     "largest_bucket_rows": max(rows.values(), default=0)})
@@ -199,41 +199,6 @@ def logs_bucketize(
     largest = max(rows.values(), default=0)
     err.print(f"carto logs bucketize: {sum(rows.values()):,} rows into {len(rows)} non-empty of {n_buckets} "
               f"buckets (largest {largest:,} rows) in {escape(str(out))}")
-
-
-def _local(paths: list[str]) -> list[Path]:
-    """The arguments that are local paths (object-store URLs cannot be overwritten by an output)."""
-    return [p for p in map(storage.location, paths) if isinstance(p, Path)]
-
-
-def _open(paths: list[str], skip_corrupt: bool, left_out: dict | None = None, warned: set | None = None
-          ) -> logs.LogSet:
-    found = logs.discover(paths)
-    with progress("checking log parts", total=len(found)) as advance:
-        logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance, left_out=left_out)
-    for path, why in logset.skipped:
-        if warned is None or path not in warned:
-            err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
-        if warned is not None:
-            warned.add(path)
-    return logset
-
-
-def _with_logs(paths: list[str], skip_corrupt: bool, work: Callable[[logs.LogSet], Any]) -> tuple[logs.LogSet, Any]:
-    """(the log set, `work(logset)`) for the logs at `paths`. With --skip-corrupt, a part found
-    damaged while `work` reads it (after its footer checked out) is left out too, with a warning
-    naming it, and the work made again without it; without, its error is the one line."""
-    left_out: dict = {}
-    warned: set = set()
-    found = set(logs.discover(paths)) if skip_corrupt else set()
-    while True:
-        try:
-            logset = _open(paths, skip_corrupt, left_out, warned)
-            return logset, work(logset)
-        except UnreadablePartError as exc:
-            if exc.path not in found or exc.path in left_out:  # not a part of these logs, or not skip_corrupt
-                raise
-            left_out[exc.path] = exc.reason
 
 
 # --------------------------------------------------------------------------------------- score
@@ -310,7 +275,7 @@ def score_command(
         late_from=late_from,
     )
     placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
-    artifacts.ensure_not_input(out, _local(paths))
+    artifacts.ensure_not_input(out, opening.local_paths(paths))
 
     def score(logset: logs.LogSet) -> tuple[logs.LogSet, pipeline.ScoreRun]:
         if run_id is not None:
@@ -321,7 +286,7 @@ def score_command(
                                               placement=placement, engine=engine, address=address, update=update,
                                               on_bucket=advance)
 
-    _, (logset, run) = _with_logs(paths, skip_corrupt, score)
+    _, (logset, run) = opening.with_logs(paths, skip_corrupt, score)
     for note in run.notes:
         err.print(f"[yellow]Note:[/] {escape(note)}" if note.startswith(("folded", "no saved", "left out"))
                   else f"[yellow]Warning:[/] {escape(note)}")
