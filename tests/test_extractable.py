@@ -395,8 +395,8 @@ def test_numpy_kernel_equals_the_polars_definition(tmp_path: Path, seed: int, bu
 def test_compiled_loops_take_a_tied_last_presentation_as_numpy_does(tmp_path: Path, batch_rows: int,
                                                                     monkeypatch) -> None:
     """A sample drawn twice at one step (sampling with replacement) has two "last" presentations
-    with different hit runs: within a batch the later row counts, across batches the earlier one,
-    in the compiled loops as in numpy's (the Polars definition leaves such a tie to row order)."""
+    with different hit runs: the one whose runs compare largest counts, within a batch and across
+    batches, in the compiled loops as in numpy's and in the Polars definition."""
     from carto_cli.io.logs import open_logs
     from carto_cli.score import extract
 
@@ -415,6 +415,11 @@ def test_compiled_loops_take_a_tied_last_presentation_as_numpy_does(tmp_path: Pa
         use_loops(built, monkeypatch)
         values.append(extract.extractable(open_logs([tmp_path / "logs"]), early_epochs=1, drop_nonfinite=True))
     assert values[0].height == 6 and values[0].equals(values[1])
+    from carto_cli.io.logs import scan
+    from carto_cli.score import signals
+
+    lf = scan(open_logs([tmp_path / "logs"]), ["sample_id", "epoch", "step", "top_pos", "top_loss", "hit_runs"])
+    assert values[0].sort("sample_id").equals(signals.extractable(lf, early_epochs=1).sort("sample_id"))
 
 
 def _definition(log: Path) -> dict:

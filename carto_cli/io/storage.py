@@ -3,9 +3,10 @@
     carto score s3://my-bucket/runs/7/logs/ --out scores.parquet
 
 A log argument with a scheme (`s3://`, `gs://`, `abfs://`, ...) is an object-store prefix or
-object. Listing and footers go through pyarrow's filesystems (`pyarrow.fs.FileSystem.from_uri`),
-scans through Polars' own object-store reader; both take credentials, region and endpoint from the
-environment as the cloud SDKs do (`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+object. Listing, footers and every read of a part go through pyarrow's filesystems
+(`pyarrow.fs.FileSystem.from_uri`; the Polars kernels' scans too, see `carto_cli.io.logs.scan_paths`),
+which take credentials, region and endpoint from the environment as the cloud SDKs do
+(`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
 `GOOGLE_APPLICATION_CREDENTIALS`, ...). A URL part is a `RemotePath`, which answers the few
 questions carto asks of a `Path` (name, parent, parts); everything that opens a part goes through
 `open_parquet` and `size` here. Outputs (scores, manifests, states) are local files.
