@@ -21,7 +21,7 @@ from rich.table import Table
 
 from carto_cli.cli import experiment as cli_experiment
 from carto_cli.cli import inspect_command as cli_inspect
-from carto_cli.cli import map_command, report_command
+from carto_cli.cli import map_command, opening, report_command
 from carto_cli.cli.console import err, progress
 from carto_cli.cli.lazy import lazy
 from carto_cli.errors import CartoError, OptionError, first_line
@@ -162,12 +162,12 @@ def _summary_line(prefix: str, s: dict) -> str:
 @_cli_errors
 def logs_summary(
     paths: LogArguments,
-    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts.")
+                            ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Parts, rows, samples, epochs and ranks of a log."""
-    logset = _open(paths, skip_corrupt)
-    summary = logs.summarize(logset)
+    _, summary = opening.with_logs(paths, skip_corrupt, logs.summarize)
     if as_json:
         _emit_json(summary)
     else:
@@ -180,14 +180,18 @@ def logs_bucketize(
     paths: LogArguments,
     out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the bucketed log.")],
     n_buckets: Annotated[int, typer.Option("--buckets", help="Number of buckets (sample_id mod N).")] = 64,
-    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts.")
+                            ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Rewrite a log as bucket=<sample_id mod N>/ parts, so scoring can go one bucket at a time."""
-    artifacts.ensure_not_input(out, _local(paths))
-    logset = _open(paths, skip_corrupt)
-    with progress(f"bucketizing {logset.num_rows:,} rows"):
-        rows = buckets.bucketize(logset, out, n_buckets)
+    artifacts.ensure_not_input(out, opening.local_paths(paths))
+
+    def bucketize(logset: logs.LogSet) -> dict[int, int]:
+        with progress(f"bucketizing {logset.num_rows:,} rows"):
+            return buckets.bucketize(logset, out, n_buckets)
+
+    _, rows = opening.with_logs(paths, skip_corrupt, bucketize)
     if as_json:
         _emit_json({"out": str(out), "buckets": n_buckets, "rows": sum(rows.values()),
                     "largest_bucket_rows": max(rows.values(), default=0)})
@@ -195,20 +199,6 @@ def logs_bucketize(
     largest = max(rows.values(), default=0)
     err.print(f"carto logs bucketize: {sum(rows.values()):,} rows into {len(rows)} non-empty of {n_buckets} "
               f"buckets (largest {largest:,} rows) in {escape(str(out))}")
-
-
-def _local(paths: list[str]) -> list[Path]:
-    """The arguments that are local paths (object-store URLs cannot be overwritten by an output)."""
-    return [p for p in map(storage.location, paths) if isinstance(p, Path)]
-
-
-def _open(paths: list[str], skip_corrupt: bool) -> logs.LogSet:
-    found = logs.discover(paths)
-    with progress("checking log parts", total=len(found)) as advance:
-        logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance)
-    for path, why in logset.skipped:
-        err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
-    return logset
 
 
 # --------------------------------------------------------------------------------------- score
@@ -256,7 +246,8 @@ def score_command(
         int | None, typer.Option("--late-from", help="tail-var: first late epoch (default: second half).")
     ] = None,
     skip_corrupt: Annotated[
-        bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts (with a warning) instead of failing.")
+        bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts (with a warning) "
+                           "instead of failing.")
     ] = False,
     update: Annotated[
         bool, typer.Option("--update", help="Fold only parts new since the last --update run into its saved state.")
@@ -284,14 +275,18 @@ def score_command(
         late_from=late_from,
     )
     placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
-    artifacts.ensure_not_input(out, _local(paths))
-    logset = _open(paths, skip_corrupt)
-    if run_id is not None:
-        logset = runs.select_run(logset, run_id)
-    groups = buckets.bucket_groups(logset)
-    with progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
-        run = pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths], placement=placement,
-                                 engine=engine, address=address, update=update, on_bucket=advance)
+    artifacts.ensure_not_input(out, opening.local_paths(paths))
+
+    def score(logset: logs.LogSet) -> tuple[logs.LogSet, pipeline.ScoreRun]:
+        if run_id is not None:
+            logset = runs.select_run(logset, run_id)
+        groups = buckets.bucket_groups(logset)
+        with progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
+            return logset, pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths],
+                                              placement=placement, engine=engine, address=address, update=update,
+                                              on_bucket=advance)
+
+    _, (logset, run) = opening.with_logs(paths, skip_corrupt, score)
     for note in run.notes:
         err.print(f"[yellow]Note:[/] {escape(note)}" if note.startswith(("folded", "no saved", "left out"))
                   else f"[yellow]Warning:[/] {escape(note)}")
