@@ -15,15 +15,18 @@ class LogFormatError(CartoError):
 
 
 class UnreadablePartError(LogFormatError):
-    """A log part that is not a readable Parquet file (a truncated part, say): what `--skip-corrupt`
-    may leave out. `reason` is the message without the path and the hint."""
+    """A log part that cannot be read as it is: not a Parquet file (a truncated part, say), or
+    damaged inside (a page that fails to decode or its checksum, values that contradict its footer):
+    what `--skip-corrupt` may leave out. `reason` is the message without the path and the hint;
+    `path` the part (None where it is not known)."""
 
-    def __init__(self, message: str, reason: str) -> None:
+    def __init__(self, message: str, reason: str, path: object = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.path = path
 
-    def __reduce__(self):  # both arguments through pickle (a Ray task may raise it)
-        return type(self), (str(self), self.reason)
+    def __reduce__(self):  # every argument through pickle (a Ray task may raise it)
+        return type(self), (str(self), self.reason, self.path)
 
 
 class ScoresFormatError(CartoError):

@@ -281,6 +281,33 @@ def test_ray_engine_computes_a_memorization_signal_in_its_tasks(ray_instance, to
     assert got == TOKEN_EXPECTED[2]
 
 
+def test_ray_engine_names_a_damaged_part_in_one_line(ray_instance, tmp_path: Path) -> None:
+    """A part found damaged inside a Ray task (a page that fails its checksum) reached the user as
+    Ray's multi-line traceback around the task's error; it is that error's one line."""
+    import pyarrow.parquet as pq
+
+    rows = [{"sample_id": sid, "epoch": epoch, "step": 10 * epoch + sid, "loss": 1.0, "correct": True,
+             "top_pos": [sid % 5, 2], "top_loss": [2.0, 1.0], "hit_runs": [epoch, 2, 0, 1]}
+            for epoch in range(4) for sid in range(8)]
+    schema = {"sample_id": pl.Int64, "epoch": pl.Int32, "step": pl.Int64, "loss": pl.Float32, "correct": pl.Boolean,
+              "top_pos": pl.List(pl.UInt16), "top_loss": pl.List(pl.Float16), "hit_runs": pl.List(pl.UInt16)}
+    write_parts(tmp_path / "logs", rows, schema=schema)
+    run("logs", "bucketize", tmp_path / "logs", "--out", tmp_path / "bucketed", "--buckets", "2")
+    part = sorted((tmp_path / "bucketed").rglob("*.parquet"))[0]
+    pq.write_table(pq.read_table(part), part, compression="none", use_dictionary=False, write_page_checksum=True)
+    file = pq.ParquetFile(part)
+    chunk = file.metadata.row_group(0).column(file.schema_arrow.names.index("hit_runs"))  # read in the task only
+    data = bytearray(part.read_bytes())
+    data[chunk.data_page_offset + chunk.total_compressed_size - 2] ^= 0x04
+    part.write_bytes(bytes(data))
+    result = runner.invoke(app, ["score", str(tmp_path / "bucketed"), "--out", str(tmp_path / "s.parquet"),
+                                 "--engine", "ray"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Error: {part}: unreadable (could not verify page integrity")
+
+
 @pytest.mark.parametrize("method", ["bitmask", "general"])
 def test_reducing_in_several_passes_gives_the_same_state(hand_log: Path, method: str) -> None:
     logset = logs.open_logs([hand_log])

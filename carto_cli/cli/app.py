@@ -19,12 +19,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from carto_cli.cli import experiment as cli_experiment
-from carto_cli.cli import findings_command, map_command, report_command, score_command
+from carto_cli.cli import findings_command, map_command, opening, report_command, score_command
 from carto_cli.cli import inspect_command as cli_inspect
 from carto_cli.cli.common import JsonOption, LogArguments, ScoresOption
 from carto_cli.cli.common import emit_json as _emit_json
-from carto_cli.cli.common import local_paths as _local
-from carto_cli.cli.common import open_logs as _open
 from carto_cli.cli.console import err, progress
 from carto_cli.cli.lazy import lazy
 from carto_cli.errors import CartoError, OptionError, first_line
@@ -150,12 +148,12 @@ def _summary_line(prefix: str, s: dict) -> str:
 @_cli_errors
 def logs_summary(
     paths: LogArguments,
-    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts.")
+                            ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Parts, rows, samples, epochs and ranks of a log."""
-    logset = _open(paths, skip_corrupt)
-    summary = logs.summarize(logset)
+    _, summary = opening.with_logs(paths, skip_corrupt, logs.summarize)
     if as_json:
         _emit_json(summary)
     else:
@@ -168,14 +166,18 @@ def logs_bucketize(
     paths: LogArguments,
     out: Annotated[Path, typer.Option("--out", "-o", help="New directory for the bucketed log.")],
     n_buckets: Annotated[int, typer.Option("--buckets", help="Number of buckets (sample_id mod N).")] = 64,
-    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts.")] = False,
+    skip_corrupt: Annotated[bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts.")
+                            ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Rewrite a log as bucket=<sample_id mod N>/ parts, so scoring can go one bucket at a time."""
-    artifacts.ensure_not_input(out, _local(paths))
-    logset = _open(paths, skip_corrupt)
-    with progress(f"bucketizing {logset.num_rows:,} rows"):
-        rows = buckets.bucketize(logset, out, n_buckets)
+    artifacts.ensure_not_input(out, opening.local_paths(paths))
+
+    def bucketize(logset: logs.LogSet) -> dict[int, int]:
+        with progress(f"bucketizing {logset.num_rows:,} rows"):
+            return buckets.bucketize(logset, out, n_buckets)
+
+    _, rows = opening.with_logs(paths, skip_corrupt, bucketize)
     if as_json:
         _emit_json({"out": str(out), "buckets": n_buckets, "rows": sum(rows.values()),
                     "largest_bucket_rows": max(rows.values(), default=0)})

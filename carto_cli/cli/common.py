@@ -1,4 +1,4 @@
-"""What several commands share: argument types, opening logs with warnings, printing JSON."""
+"""What several commands share: argument types, printing JSON and numbers (opening logs: `opening`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
-
-from carto_cli.cli.console import err, progress
-from carto_cli.cli.lazy import lazy
-
-logs, storage = lazy("carto_cli.io.logs"), lazy("carto_cli.io.storage")
 
 LogArguments = Annotated[
     list[str],
@@ -29,18 +23,3 @@ def emit_json(payload: dict) -> None:
 
 def fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
-
-
-def local_paths(paths: list[str]) -> list[Path]:
-    """The arguments that are local paths (object-store URLs cannot be overwritten by an output)."""
-    return [p for p in map(storage.location, paths) if isinstance(p, Path)]
-
-
-def open_logs(paths: list[str], skip_corrupt: bool):
-    """The log set of `paths`, with a progress bar and a warning naming each part left out."""
-    found = logs.discover(paths)
-    with progress("checking log parts", total=len(found)) as advance:
-        logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance)
-    for path, why in logset.skipped:
-        err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)
-    return logset

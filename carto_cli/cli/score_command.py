@@ -9,10 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from carto_cli.cli import opening
 from carto_cli.cli.common import JsonOption, LogArguments, fmt
 from carto_cli.cli.common import emit_json as _emit_json
-from carto_cli.cli.common import local_paths as _local
-from carto_cli.cli.common import open_logs as _open
 from carto_cli.cli.console import err, progress
 from carto_cli.cli.lazy import lazy
 from carto_cli.errors import OptionError
@@ -20,7 +19,7 @@ from carto_cli.errors import OptionError
 buckets, pipeline, runs = lazy("carto_cli.engines.buckets"), lazy("carto_cli.engines.pipeline"), lazy(
     "carto_cli.engines.runs")
 findings_pass = lazy("carto_cli.engines.findings")
-artifacts, tokens = lazy("carto_cli.io.artifacts"), lazy("carto_cli.io.tokens")
+artifacts, logs, tokens = lazy("carto_cli.io.artifacts"), lazy("carto_cli.io.logs"), lazy("carto_cli.io.tokens")
 findings, rules = lazy("carto_cli.score.findings"), lazy("carto_cli.score.rules")
 # findings.DEFAULT_MIN_EVIDENCE and DEFAULT_MIN_LENGTH, written out so that the options' help needs no
 # import (tests/test_findings.py checks they agree)
@@ -68,7 +67,8 @@ def score_command(
         int | None, typer.Option("--late-from", help="tail-var: first late epoch (default: second half).")
     ] = None,
     skip_corrupt: Annotated[
-        bool, typer.Option("--skip-corrupt", help="Leave out unreadable parts (with a warning) instead of failing.")
+        bool, typer.Option("--skip-corrupt", help="Leave out unreadable or damaged parts (with a warning) "
+                           "instead of failing.")
     ] = False,
     update: Annotated[
         bool, typer.Option("--update", help="Fold only parts new since the last --update run into its saved state.")
@@ -126,7 +126,7 @@ def score_command(
         late_from=late_from,
     )
     placement = pipeline.Placement(d_quantile, m_quantile, d_threshold, m_threshold)
-    inputs = _local(paths) + [p for p in (data, reference) if p is not None]
+    inputs = opening.local_paths(paths) + [p for p in (data, reference) if p is not None]
     artifacts.ensure_not_input(out, inputs)
     request = None
     if data is not None:
@@ -141,14 +141,17 @@ def score_command(
             label_shift=label_shift, m_threshold=m_threshold)
     elif reference is not None:
         raise OptionError("--reference needs --data: public or private is said of the findings --data makes")
-    logset = _open(paths, skip_corrupt)
-    if run_id is not None:
-        logset = runs.select_run(logset, run_id)
-    groups = buckets.bucket_groups(logset)
-    with progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
-        run = pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths], placement=placement,
-                                 engine=engine, address=address, update=update, on_bucket=advance,
-                                 findings=request)
+
+    def score(logset: logs.LogSet) -> tuple[logs.LogSet, pipeline.ScoreRun]:
+        if run_id is not None:
+            logset = runs.select_run(logset, run_id)
+        groups = buckets.bucket_groups(logset)
+        with progress(f"scoring {logset.num_rows:,} rows", total=len(groups)) as advance:
+            return logset, pipeline.run_score(logset, params, out=out, inputs=[str(p) for p in paths],
+                                              placement=placement, engine=engine, address=address, update=update,
+                                              on_bucket=advance, findings=request)
+
+    _, (logset, run) = opening.with_logs(paths, skip_corrupt, score)
     for note in run.notes:
         err.print(f"[yellow]Note:[/] {escape(note)}" if note.startswith(("folded", "no saved", "left out"))
                   else f"[yellow]Warning:[/] {escape(note)}")

@@ -21,7 +21,7 @@ from carto_cli.engines import plan as planner
 from carto_cli.engines.plan import Kernel, Plan
 from carto_cli.io.logs import LogPart, LogSet, scan
 from carto_cli.log import schema
-from carto_cli.score import compiled, dense, extract, signals, streamed
+from carto_cli.score import compiled, dense, dense_columns, extract, signals, streamed
 from carto_cli.score.rules import CorrectnessRule, ScoreParams
 from carto_cli.score.state import SCORE_COLUMNS, finalize, segment_state
 
@@ -125,8 +125,8 @@ def dense_scores(logset: LogSet, kernel: Kernel, *, never_learned: str, stride: 
     columns, irregular, dropped = reduced
     unsigned = kernel.sample_id_dtype == "UInt64"
     if len(irregular):  # their rows hold provisional values: replace them with the general path's
-        dense.replace_rows(columns, _recounted_scores(logset, kernel, irregular, never_learned), unsigned)
-    return dense.frame(columns, unsigned), len(irregular), dropped
+        dense_columns.replace_rows(columns, _recounted_scores(logset, kernel, irregular, never_learned), unsigned)
+    return dense_columns.frame(columns, unsigned), len(irregular), dropped
 
 
 def _recounted_scores(logset: LogSet, kernel: Kernel, ids: np.ndarray, never_learned: str) -> pl.DataFrame:

@@ -219,8 +219,9 @@ def prepare(logset: LogSet, params: ScoreParams) -> Plan:
         )
     if max_loss is not None and max_loss > MAX_ABS_LOSS:
         raise LogFormatError(
-            f"column 'loss' holds values up to {max_loss:.3g}; carto expects a per-sample mean negative "
-            f"log-likelihood in nats (|loss| <= {MAX_ABS_LOSS:.0e}): check what the training loop logs"
+            f"{_first_part_over(logset, MAX_ABS_LOSS)}: column 'loss' holds values up to {max_loss:.3g}; carto "
+            f"expects a per-sample mean negative log-likelihood in nats (|loss| <= {MAX_ABS_LOSS:.0e}): check what "
+            "the training loop logs"
         )
     notes = []
     if nonfinite:
@@ -259,6 +260,16 @@ def prepare(logset: LogSet, params: ScoreParams) -> Plan:
     dense = params.method == "auto" and method == "bitmask"
     return Plan(kernel, nonfinite if params.nonfinite == "drop" else 0, notes, late_from, description, dense=dense)
 
+
+
+def _first_part_over(logset: LogSet, bound: float) -> object:
+    """The first part holding a finite |loss| above `bound` (one part read at a time: an error path)."""
+    loss = pl.col(schema.LOSS)
+    for part in logset.parts:
+        lf = scan(LogSet([part]), [schema.LOSS])
+        if lf.select((loss.is_finite() & (loss.abs() > bound)).any()).collect().item():
+            return part.origin or part.path
+    return "the logs"
 
 
 def _preflight(lf: pl.LazyFrame, rule_column: str | None) -> tuple[pl.DataFrame, int, int, float | None]:

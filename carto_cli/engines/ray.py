@@ -15,7 +15,7 @@ import polars as pl
 
 from carto_cli.engines.buckets import Bucket, SignalRequest, bucket_scores
 from carto_cli.engines.plan import Kernel
-from carto_cli.errors import MissingDependencyError
+from carto_cli.errors import CartoError, MissingDependencyError
 from carto_cli.io.logs import LogPart
 from carto_cli.io.tokens import Shard, TokenDataset
 from carto_cli.score import findings, match
@@ -75,7 +75,12 @@ def ray_buckets(kernel: Kernel, groups: dict[int | None, list[LogPart]], *, neve
         submit()
         while pending:
             [done], _ = ray.wait(list(pending), num_returns=1)
-            result = ray.get(done)
+            try:
+                result = ray.get(done)
+            except ray.exceptions.RayTaskError as exc:  # a worker's CartoError (a damaged part): its one line
+                if isinstance(exc.cause, CartoError):
+                    raise exc.cause from None
+                raise
             bucket = pending.pop(done)
             submit()
             yield bucket, result

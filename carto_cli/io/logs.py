@@ -7,6 +7,12 @@ What counts as bad input, and what happens:
 - a path that does not exist, a directory with no parts, a file that is not Parquet: error.
 - a truncated or otherwise unreadable part: error naming it, or, with `skip_corrupt=True`, the part
   is left out and reported in `LogSet.skipped` (the CLI prints a warning naming each one).
+- a part damaged inside, found when its pages are read (a page that fails to decode, a page
+  checksum that fails, values that contradict the footer's statistics): `damaged` makes the error
+  naming it, and `reading` turns whatever pyarrow raises on a part into that error, for every
+  reader of log parts (`scan`, the numpy kernels in `carto_cli.score`). Every read verifies the
+  Parquet page checksums where the writer stored them (`storage.open_parquet`). The CLI leaves such
+  a part out with `--skip-corrupt` too: it scores again without it (`carto_cli.cli.app`).
 - a required column missing or of the wrong kind, null values in a required column: error naming
   the file and the column.
 Hidden files and unfinished parts (`.tmp`) are never read: the shim renames a part only when whole.
@@ -17,19 +23,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
 from carto_cli.errors import LogFormatError, UnreadablePartError, first_line
 from carto_cli.io import replays, storage
 from carto_cli.io.storage import Location
 from carto_cli.log import schema
 
+# Rows per batch when a scan reads a part (`scan_paths`): bounds the memory of the decoded lists.
+SCAN_BATCH_ROWS = 262_144
 # Polars dtypes every part is cast to on scan (sample_id is decided per log set, see `scan`).
 SCAN_DTYPES = {
     schema.EPOCH: pl.Int64,
@@ -156,9 +166,14 @@ def inspect_part(path: Location) -> LogPart:
         total: int | None = 0
         for rg in range(meta.num_row_groups):
             stats = meta.row_group(rg).column(idx).statistics
-            if stats is None or not stats.has_null_count:
+            if stats is not None and stats.has_min_max and schema.COLUMN_KINDS[name] in ("integer", "float") \
+                    and stats.min > stats.max:  # the footer is damaged: nothing planned from it would hold
+                reason = f"its footer's statistics of '{name}' are inverted (min {stats.min} > max {stats.max})"
+                raise UnreadablePartError(f"{path}: {reason}; the part is damaged: restore it, remove it, "
+                                          "or pass --skip-corrupt to leave it out", reason, path)
+            if total is None or stats is None or not stats.has_null_count:
                 total = None
-                break
+                continue
             total += stats.null_count
         null_counts[name] = total
     return LogPart(
@@ -176,10 +191,17 @@ def open_logs(
     *,
     skip_corrupt: bool = False,
     on_part: Callable[[Location], None] | None = None,
+    left_out: dict[Location, str] | None = None,
 ) -> LogSet:
-    """Discover and check every part. `on_part` is called once per part (for a progress bar)."""
+    """Discover and check every part. `on_part` is called once per part (for a progress bar).
+    `left_out`: parts found damaged by an earlier read (path -> reason), skipped without a look."""
     logset = LogSet(parts=[])
     for path in discover(paths):
+        if left_out and path in left_out:
+            logset.skipped.append((path, left_out[path]))
+            if on_part is not None:
+                on_part(path)
+            continue
         try:
             part = inspect_part(path)
         except UnreadablePartError as exc:
@@ -216,16 +238,64 @@ def scan(logset: LogSet, columns: Sequence[str]) -> pl.LazyFrame:
 def scan_paths(paths: Sequence[str], columns: Sequence[str], *, sample_id_dtype: pl.DataType) -> pl.LazyFrame:
     """A lazy frame over the parts at `paths` with `columns`, each cast to one dtype across parts.
 
-    Optional columns a part lacks read as nulls; unknown columns are ignored.
+    Optional columns a part lacks read as nulls; unknown columns are ignored. The parts are read
+    by pyarrow, in order, SCAN_BATCH_ROWS rows at a time, as the query pulls them (a Polars IO
+    source): so every page checksum is verified (Polars' own reader does not verify them), and an
+    error in any part is the `damaged` error naming that part.
     """
     dtypes = {schema.SAMPLE_ID: sample_id_dtype, **SCAN_DTYPES}
-    return pl.scan_parquet(
-        list(paths),
-        schema={name: dtypes[name] for name in columns},
-        missing_columns="insert",
-        extra_columns="ignore",
-        cast_options=pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast"),
-    )
+    wanted = {name: dtypes[name] for name in columns}
+    locations = [storage.location(p) for p in paths]
+
+    def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+               batch_size: int | None) -> Iterator[pl.DataFrame]:
+        names = list(wanted) if with_columns is None else list(with_columns)
+        left = n_rows
+        for path in locations:
+            for frame in _part_frames(path, {name: wanted[name] for name in names}):
+                if predicate is not None:
+                    frame = frame.filter(predicate)
+                if left is not None:
+                    frame = frame.head(left)
+                    left -= frame.height
+                yield frame
+                if left == 0:
+                    return
+
+    return register_io_source(source, schema=wanted)
+
+
+def _part_frames(path: Location, dtypes: dict[str, pl.DataType]) -> Iterator[pl.DataFrame]:
+    """The columns `dtypes` of the part at `path`, SCAN_BATCH_ROWS rows at a time, each cast to
+    its dtype (nulls where the part lacks the column)."""
+    with reading(path):
+        file = storage.open_parquet(path)
+        present = [name for name in dtypes if name in file.schema_arrow.names]
+        for batch in file.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=present, use_threads=True):
+            frame = pl.from_arrow(batch) if present else None
+            yield pl.DataFrame([frame[name].cast(dtype) if name in present
+                                else pl.repeat(None, batch.num_rows, dtype=dtype, eager=True).alias(name)
+                                for name, dtype in dtypes.items()])
+
+
+def damaged(path: Location, reason: str) -> UnreadablePartError:
+    """The error for a part found damaged while it is read: names it, says why, and how to go on."""
+    return UnreadablePartError(
+        f"{path}: {reason}; the part is damaged: restore it, remove it, or pass --skip-corrupt to leave it out",
+        reason, path)
+
+
+@contextmanager
+def reading(path: Location) -> Iterator[None]:
+    """Turn what reading the part at `path` raises (pyarrow's thrift, page header, decompression,
+    checksum and type errors; a Polars cast of a value out of range; a vanished file) into the
+    `damaged` error naming it."""
+    try:
+        yield
+    except UnreadablePartError:
+        raise
+    except (OSError, pa.ArrowException, pl.exceptions.PolarsError) as exc:
+        raise damaged(path, f"unreadable ({first_line(exc)})") from None
 
 
 def _check_sample_id_types(parts: list[LogPart]) -> None:
@@ -245,8 +315,8 @@ def _check_required_nulls(parts: list[LogPart]) -> None:
         for name in schema.REQUIRED_COLUMNS:
             count = part.null_counts.get(name)
             if count is None:
-                column = storage.open_parquet(part.path).read(columns=[name]).column(0)
-                count = column.null_count
+                with reading(part.path):
+                    count = storage.open_parquet(part.path).read(columns=[name]).column(0).null_count
             if count:
                 raise LogFormatError(
                     f"{part.path}: column '{name}' has {count} null value(s); "

@@ -97,7 +97,10 @@ def step_range(part) -> tuple[int, int]:
     for rg in range(part.footer.num_row_groups):
         stats = part.footer.row_group(rg).column(idx).statistics
         if stats is None or not stats.has_min_max:
-            column = storage.open_parquet(part.path).read(columns=[schema.STEP]).column(0)
+            from carto_cli.io.logs import reading  # io.logs imports this module
+
+            with reading(part.path):
+                column = storage.open_parquet(part.path).read(columns=[schema.STEP]).column(0)
             bounds = pc.min_max(column)
             return int(bounds["min"].as_py()), int(bounds["max"].as_py())
         lo = stats.min if lo is None else min(lo, stats.min)
@@ -190,9 +193,10 @@ def _scratch_dir() -> Path:
 
 def _trimmed_copy(part, limit: int):
     """A temporary part holding the rows of `part` with step < limit (same schema and metadata)."""
-    from carto_cli.io.logs import inspect_part  # io.logs imports this module
+    from carto_cli.io.logs import inspect_part, reading  # io.logs imports this module
 
-    table = storage.open_parquet(part.path).read()
+    with reading(part.path):
+        table = storage.open_parquet(part.path).read()
     table = table.filter(pc.less(table.column(schema.STEP), limit))
     target = _scratch_dir() / f"{len(list(_scratch_dir().iterdir())):06d}-{Path(str(part.path)).name}"
     write_parquet(table, target)  # as the shim writes parts: zstd, page checksums

@@ -3,9 +3,10 @@
     carto score s3://my-bucket/runs/7/logs/ --out scores.parquet
 
 A log argument with a scheme (`s3://`, `gs://`, `abfs://`, ...) is an object-store prefix or
-object. Listing and footers go through pyarrow's filesystems (`pyarrow.fs.FileSystem.from_uri`),
-scans through Polars' own object-store reader; both take credentials, region and endpoint from the
-environment as the cloud SDKs do (`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
+object. Listing, footers and every read of a part go through pyarrow's filesystems
+(`pyarrow.fs.FileSystem.from_uri`; the Polars kernels' scans too, see `carto_cli.io.logs.scan_paths`),
+which take credentials, region and endpoint from the environment as the cloud SDKs do
+(`AWS_ACCESS_KEY_ID`, `AWS_REGION`, `AWS_ENDPOINT_URL`,
 `GOOGLE_APPLICATION_CREDENTIALS`, ...). A URL part is a `RemotePath`, which answers the few
 questions carto asks of a `Path` (name, parent, parts); everything that opens a part goes through
 `open_parquet` and `size` here. Outputs (scores, manifests, states) are local files.
@@ -117,10 +118,11 @@ def list_files(root: RemotePath, suffix: str) -> list[tuple[RemotePath, tuple[st
 
 
 def open_parquet(path: Location) -> pq.ParquetFile:
-    """The Parquet file at `path` (reads the footer). Raises what pyarrow raises."""
-    if isinstance(path, Path):
-        return pq.ParquetFile(path)
-    return pq.ParquetFile(filesystem(path).open_input_file(path.key))
+    """The Parquet file at `path` (reads the footer), its page checksums verified on every read
+    where the writer stored them (a page whose bytes changed fails instead of being decoded).
+    Raises what pyarrow raises."""
+    source = path if isinstance(path, Path) else filesystem(path).open_input_file(path.key)
+    return pq.ParquetFile(source, page_checksum_verification=True)
 
 
 def size(path: Location) -> int:

@@ -2,7 +2,10 @@
  *
  * add_rows: for each row: its sample's packed word (or row count, epoch mask and correct mask)
  *           += the row's contribution, and the loss matrix [epoch - first_epoch, slot] = the
- *           row's loss (and the first/last step, full state).
+ *           row's loss (and the first/last step, full state). Every row's slot is checked against
+ *           the bounds the caller gives (its row group's footer range) and its epoch against the
+ *           loss matrix, whatever the file held: the first row outside them stops the loop and is
+ *           returned, for the caller to report the part as damaged.
  * survey:   over slots [lo, hi): how many were seen, the largest row count, and the totals of the
  *           packed fields (to detect a field that overflowed into the next).
  * finish:   over slots [lo, hi): the score columns of every seen slot, written from position
@@ -56,16 +59,19 @@ static inline void fields_at(const Fields *f, Py_ssize_t slot, uint64_t *n, uint
 }
 
 /* add_rows(words, n_seen, corr, losses, first_epoch, packed, n_bits, mask_bits, idx, epochs, epoch,
- *          loss, correct, steps, first_step, last_step)
+ *          loss, correct, steps, first_step, last_step, lo, hi)
  * words/n_seen/corr/idx/epochs/steps/first_step/last_step: int64 (n_seen, corr, epochs, steps,
  * first_step, last_step may be empty); losses: float32 or float64 (width columns); loss: float32 or
- * float64; correct: bool (1 byte). */
+ * float64; correct: bool (1 byte). lo, hi: the slots rows may have (0 <= lo, hi < width).
+ * -> -1, or the index of the first row whose slot lies outside [lo, hi] or whose epoch has no row of
+ * the loss matrix (nothing of that row or after it is added). */
 static PyObject *add_rows(PyObject *self, PyObject *args) {
     PyObject *o[11];
     long long first_epoch, epoch;
     int packed, n_bits, mask_bits;
-    if (!PyArg_ParseTuple(args, "OOOOLpiiOOLOOOOO", &o[0], &o[1], &o[2], &o[3], &first_epoch, &packed, &n_bits,
-                          &mask_bits, &o[4], &o[5], &epoch, &o[6], &o[7], &o[8], &o[9], &o[10]))
+    Py_ssize_t lo, hi;
+    if (!PyArg_ParseTuple(args, "OOOOLpiiOOLOOOOOnn", &o[0], &o[1], &o[2], &o[3], &first_epoch, &packed, &n_bits,
+                          &mask_bits, &o[4], &o[5], &epoch, &o[6], &o[7], &o[8], &o[9], &o[10], &lo, &hi))
         return NULL;
     Buf b[11];
     const int writable[11] = {1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1};
@@ -86,6 +92,19 @@ static PyObject *add_rows(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "add_rows: losses must be float32 or float64");
         return NULL;
     }
+    Py_ssize_t rows = width ? b[3].view.len / matrix_item / width : 0;
+    /* every array as long as the loops below read or write it */
+    if (b[3].view.len != rows * width * matrix_item || (!packed && (b[1].view.len != width * 8 ||
+        b[2].view.len != width * 8)) || (many && b[5].view.len != n * 8) || b[6].view.len != n * loss_item ||
+        b[7].view.len != n || (full && (b[8].view.len != n * 8 || b[9].view.len != width * 8 ||
+        b[10].view.len != width * 8)) || lo < 0 || hi >= width || (!many && (epoch < first_epoch ||
+        epoch - first_epoch >= rows || epoch < 0 || epoch > 63))) {
+        release(b, 11);
+        PyErr_SetString(PyExc_ValueError, "add_rows: the arrays' sizes, the slot bounds or the epoch do not match");
+        return NULL;
+    }
+    const uint64_t span = (uint64_t)(hi - lo); /* a slot s is inside when (uint64)(s - lo) <= span */
+    Py_ssize_t bad = -1;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t i = 0; i < n; i++) {
         /* rows arrive in random slot order: ask for the cache lines of a row PREFETCH rows ahead,
@@ -93,15 +112,25 @@ static PyObject *add_rows(PyObject *self, PyObject *args) {
         if (i + PREFETCH < n) {
             int64_t ahead = idx[i + PREFETCH];
             int64_t ahead_epoch = many ? epochs[i + PREFETCH] : epoch;
-            __builtin_prefetch(&words[ahead], 1);
-            __builtin_prefetch(losses + ((Py_ssize_t)(ahead_epoch - first_epoch) * width + ahead) * matrix_item, 1);
-            if (!packed) {
-                __builtin_prefetch(&n_seen[ahead], 1);
-                __builtin_prefetch(&corr[ahead], 1);
+            if ((uint64_t)(ahead - lo) <= span && (uint64_t)(ahead_epoch - first_epoch) < (uint64_t)rows) {
+                __builtin_prefetch(&words[ahead], 1);
+                __builtin_prefetch(losses + ((Py_ssize_t)(ahead_epoch - first_epoch) * width + ahead) * matrix_item,
+                                   1);
+                if (!packed) {
+                    __builtin_prefetch(&n_seen[ahead], 1);
+                    __builtin_prefetch(&corr[ahead], 1);
+                }
             }
         }
         int64_t slot = idx[i];
         int64_t e = many ? epochs[i] : epoch;
+        /* the one compare per row that keeps every store inside the arrays, whatever the file held
+         * (and, with several epochs per row, one more for the epoch's row and bit) */
+        if ((uint64_t)(slot - lo) > span ||
+            (many && ((uint64_t)(e - first_epoch) >= (uint64_t)rows || (uint64_t)e > 63))) {
+            bad = i;
+            break;
+        }
         /* the bits as numpy's int64 arithmetic makes them (two's complement, wrapping) */
         uint64_t bit = (uint64_t)1 << e;
         if (packed) {
@@ -125,7 +154,7 @@ static PyObject *add_rows(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
     release(b, 11);
-    Py_RETURN_NONE;
+    return PyLong_FromSsize_t(bad);
 }
 
 /* survey(words, n_seen, corr, packed, n_bits, mask_bits, lo, hi)
@@ -140,6 +169,12 @@ static PyObject *survey(PyObject *self, PyObject *args) {
     Buf b[3];
     const int writable[3] = {0, 0, 0};
     if (get_bufs(o, b, writable, 3) < 0) { release(b, 3); return NULL; }
+    Py_ssize_t width = b[0].view.len / 8;
+    if (lo < 0 || hi > width || lo > hi || (!packed && (b[1].view.len != width * 8 || b[2].view.len != width * 8))) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "survey: the slots or the arrays' sizes do not match");
+        return NULL;
+    }
     Fields f = {b[0].view.buf, b[1].view.buf, b[2].view.buf, packed, n_bits, mask_bits};
     Py_ssize_t present = 0;
     uint64_t most = 0;
@@ -256,6 +291,18 @@ static PyObject *finish(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "finish: the loss matrix must be float32 or float64");
         return NULL;
     }
+    /* every output holds as many elements as the sample_id column (the seen slots, from survey) */
+    Py_ssize_t n_out = b[5].view.len / 8;
+    int sizes_differ = lo < 0 || hi > width || lo > hi || at < 0 || first_epoch < 0 || first_epoch + rows > 64 ||
+                       (!packed && (b[1].view.len != width * 8 || b[2].view.len != width * 8)) ||
+                       b[4].view.len / 8 <= (Py_ssize_t)(max_fixed >> step_bits);
+    for (int i = 6; i < 5 + N_OUT; i++)
+        if (b[i].view.len / b[i].view.itemsize != n_out) sizes_differ = 1;
+    if (sizes_differ) {
+        release(b, 5 + N_OUT);
+        PyErr_SetString(PyExc_ValueError, "finish: the slots, the epochs or the arrays' sizes do not match");
+        return NULL;
+    }
     const int64_t step_mask = ((int64_t)1 << step_bits) - 1;
     const int64_t sq_mask = ((int64_t)1 << sq_bits) - 1;
     const uint64_t early_mask = early_epochs >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << early_epochs) - 1);
@@ -265,6 +312,7 @@ static PyObject *finish(PyObject *self, PyObject *args) {
         uint64_t n, seen, corr;
         fields_at(&f, slot, &n, &seen, &corr);
         if (!n) continue;
+        if (out >= n_out) break; /* more seen slots than survey counted: the caller's assert reports it */
         /* the loss matrix's column: fixed-point sums of all epochs (0 where unseen), p over seen ones */
         int64_t early_sum = 0, late_sum = 0, prob = 0, sq_hi = 0, sq_lo = 0;
         for (Py_ssize_t row = 0; row < rows; row++) {
@@ -341,7 +389,9 @@ static PyObject *place(PyObject *self, PyObject *args) {
     uint8_t *difficulty_valid = b[5].view.buf, *memorization_valid = b[7].view.buf, *irregular = b[8].view.buf;
     Py_ssize_t width = b[0].view.len / 8;
     Py_ssize_t rows = width ? b[3].view.len / item / width : 0;
-    if ((item != 4 && item != 8) || b[4].view.len / 8 < hi - lo || b[8].view.len < hi - lo) {
+    if ((item != 4 && item != 8) || b[4].view.len / 8 < hi - lo || b[8].view.len < hi - lo || lo < 0 || hi > width ||
+        lo > hi || b[5].view.len < hi - lo || b[6].view.len / 8 < hi - lo || b[7].view.len < hi - lo ||
+        (!packed && (b[1].view.len != width * 8 || b[2].view.len != width * 8))) {
         release(b, 9);
         PyErr_SetString(PyExc_ValueError, "place: a float32/float64 loss matrix and hi - lo outputs are needed");
         return NULL;

@@ -92,20 +92,21 @@ def match_loops():
 
 
 def add_rows(sums, idx: np.ndarray, epoch: np.ndarray | int, loss: np.ndarray, correct: np.ndarray,
-             step: np.ndarray | None, *, n_bits: int, mask_bits: int) -> None:
-    """The rows (already checked and filtered by `dense._accumulate`) into the packed words or the three
-    fields, the loss matrix and the steps of `sums` (a `dense._Sums`, its matrix already grown to
-    the rows' epochs)."""
+             step: np.ndarray | None, *, n_bits: int, mask_bits: int, bounds: tuple[int, int]) -> int:
+    """The rows (filtered by `dense._accumulate`) into the packed words or the three fields, the
+    loss matrix and the steps of `sums` (an `accumulators.Sums`, its matrix already grown to the
+    rows' epochs). -1, or the position of the first row whose slot lies outside `bounds` (lo, hi)
+    or whose epoch has no row of the loss matrix: the loop checks every row and stops there."""
     many = isinstance(epoch, np.ndarray)
     full = sums.first_step is not None
-    _extension().add_rows(
+    return _extension().add_rows(
         sums.words.view(np.int64), _NONE if sums.packed else sums.n_seen,
         _NONE if sums.packed else sums.corr.view(np.int64), sums.losses, sums.first_epoch, sums.packed, n_bits,
         mask_bits, np.ascontiguousarray(idx, dtype=np.int64),
         np.ascontiguousarray(epoch, dtype=np.int64) if many else _NONE, 0 if many else int(epoch),
         np.ascontiguousarray(loss), np.ascontiguousarray(correct, dtype=np.bool_),
         np.ascontiguousarray(step, dtype=np.int64) if full else _NONE,
-        sums.first_step if full else _NONE, sums.last_step if full else _NONE)
+        sums.first_step if full else _NONE, sums.last_step if full else _NONE, bounds[0], bounds[1])
 
 
 def _fields(sums) -> tuple:

@@ -8,7 +8,11 @@
   presentations with epoch < early_epochs of the loss of position j in that presentation's
   sketch, 0 where j was not among its k largest (a lower bound: such a loss was at most the k-th
   largest); then, at its last presentation with epoch >= early_epochs (largest step, then largest
-  epoch), the largest sum of early_j over one run of greedy hits, in nats. Under teacher forcing a
+  epoch; of presentations tied on both, as a sample drawn twice in one step is, the one whose
+  hit_runs compare largest as lists of integers, lexicographically, so that the value never
+  depends on the order of files or rows), the largest sum of early_j over one run of greedy hits,
+  in nats. An early presentation counts where its top_pos and top_loss are logged, a late one
+  where its hit_runs are (the shim logs all three or none). Under teacher forcing a
   run of greedy hits is exactly what greedy decoding reproduces from the run's true prefix
   (extractability: Carlini et al. 2021 and 2023; Biderman et al. 2023), and weighting its tokens by
   their early loss counts the tokens no general skill predicted (a key, a number), not
@@ -107,15 +111,16 @@ def signal_frame(lf: pl.LazyFrame, signal: str, *, early_epochs: int, drop_k: in
 
 def extractable(lf: pl.LazyFrame, *, early_epochs: int) -> pl.DataFrame:
     sid, pos, loss, runs = schema.SAMPLE_ID, schema.TOP_POS, schema.TOP_LOSS, schema.HIT_RUNS
-    sketched = lf.filter(pl.col(pos).is_not_null() & pl.col(loss).is_not_null() & pl.col(runs).is_not_null())
-    early_rows = sketched.filter(pl.col(schema.EPOCH) < early_epochs)
+    early_rows = lf.filter(pl.col(pos).is_not_null() & pl.col(loss).is_not_null()
+                           & (pl.col(schema.EPOCH) < early_epochs))
     n_early = early_rows.group_by(sid).agg(pl.len().alias("n_early"))
     # per (sample, position): the sum of its sketched early losses, in fixed point (exact)
     early = (early_rows.select(sid, pos, loss).explode([pos, loss])
              .filter(pl.col(loss).is_finite())
              .group_by(sid, pos).agg(fixed_sum(pl.col(loss)).alias("early")))
-    last_runs = (sketched.filter(pl.col(schema.EPOCH) >= early_epochs)
-                 .group_by(sid).agg(pl.col(runs).sort_by([schema.STEP, schema.EPOCH]).last()))
+    # the last late presentation; of those tied on (step, epoch), the one whose runs compare largest
+    last_runs = (lf.filter(pl.col(runs).is_not_null() & (pl.col(schema.EPOCH) >= early_epochs))
+                 .group_by(sid).agg(pl.col(runs).sort_by([schema.STEP, schema.EPOCH, runs]).last()))
     spans = (last_runs.select(sid, pl.col(runs).list.gather_every(2).alias("start"),
                               pl.col(runs).list.gather_every(2, offset=1).alias("length"))
              .with_columns(run=pl.int_ranges(pl.col("start").list.len()))

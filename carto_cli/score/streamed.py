@@ -30,6 +30,8 @@ from polars.io.plugins import register_io_source
 
 from carto_cli.log import schema
 from carto_cli.score import compiled, dense
+from carto_cli.score.accumulators import MASK_BITS, N_BITS, Sums
+from carto_cli.score.dense_columns import frame, replace_rows
 
 CHUNK = 1 << 18  # samples per chunk: about 24 MB of score columns; the writer holds a few at once
 
@@ -44,7 +46,7 @@ def applies(logset) -> bool:
 class StreamedScores:
     """The dense accumulators of a whole log, turned into scores on demand (see the module)."""
 
-    sums: dense._Sums
+    sums: Sums
     first_id: int  # the sample at slot i is first_id + i
     unsigned: bool  # sample_id is UInt64 (else Int64)
     early_epochs: int
@@ -82,7 +84,7 @@ class StreamedScores:
             slots = self._slots(self.signal[schema.SAMPLE_ID])
             memorization[slots] = self.signal["value"].fill_null(0).to_numpy()
             memorization_valid[slots] = self.signal["value"].is_not_null().to_numpy()
-        return dense.frame({"difficulty": (difficulty, difficulty_valid),
+        return frame({"difficulty": (difficulty, difficulty_valid),
                             "memorization": (memorization, memorization_valid)}, self.unsigned)
 
     def frames(self) -> Iterator[pl.DataFrame]:
@@ -91,43 +93,43 @@ class StreamedScores:
         signal = None if self.signal is None else _SignalLookup(self.signal, self.unsigned)
         for lo in range(0, width, CHUNK):
             hi = min(lo + CHUNK, width)
-            ranges, _, _ = compiled.survey(self.sums, n_bits=dense._N_BITS, mask_bits=dense._MASK_BITS,
+            ranges, _, _ = compiled.survey(self.sums, n_bits=N_BITS, mask_bits=MASK_BITS,
                                            span=(lo, hi))
             if not ranges[0][2]:
                 continue
             columns, irregular = compiled.finish(
-                self.sums, ranges, n_bits=dense._N_BITS, mask_bits=dense._MASK_BITS,
+                self.sums, ranges, n_bits=N_BITS, mask_bits=MASK_BITS,
                 early_epochs=self.early_epochs, never_learned=self.never_learned, first_id=self.first_id, stride=1)
             if irregular.any():
-                dense.replace_rows(columns, self._recounted(lo, hi), self.unsigned)
+                replace_rows(columns, self._recounted(lo, hi), self.unsigned)
             if signal is not None:
                 columns["memorization"] = signal.at(columns[schema.SAMPLE_ID][0])
-            yield dense.frame(columns, self.unsigned)
+            yield frame(columns, self.unsigned)
 
     def lazy(self) -> pl.LazyFrame:
         """A LazyFrame over `frames()`: the columns are made as a sink or collect pulls them."""
         def source(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
                    batch_size: int | None) -> Iterator[pl.DataFrame]:
             left = n_rows
-            for frame in self.frames():
+            for chunk in self.frames():
                 if predicate is not None:
-                    frame = frame.filter(predicate)
+                    chunk = chunk.filter(predicate)
                 if with_columns is not None:
-                    frame = frame.select(with_columns)
+                    chunk = chunk.select(with_columns)
                 if left is not None:
-                    frame = frame.head(left)
-                    left -= frame.height
-                yield frame
+                    chunk = chunk.head(left)
+                    left -= chunk.height
+                yield chunk
                 if left == 0:
                     return
 
         empty = {name: (np.empty(0, dtype=dtype), None) for name, dtype, _ in compiled.OUTPUTS}
-        return register_io_source(source, schema=dense.frame(empty, self.unsigned).schema,
+        return register_io_source(source, schema=frame(empty, self.unsigned).schema,
                                   explain_name="carto dense scores")
 
     def _place(self) -> tuple[np.ndarray, ...]:
         if self._placed is None:
-            self._placed = compiled.place(self.sums, n_bits=dense._N_BITS, mask_bits=dense._MASK_BITS,
+            self._placed = compiled.place(self.sums, n_bits=N_BITS, mask_bits=MASK_BITS,
                                           early_epochs=self.early_epochs, never_learned=self.never_learned)
         return self._placed
 
