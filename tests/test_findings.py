@@ -394,3 +394,46 @@ def test_a_dataset_read_in_shards_gives_every_row_its_id(tmp_path: Path) -> None
     assert ids == list(range(12))
     first = [batch.row(0).tolist() for s in shards for batch in data.batches(shard=s)]
     assert first[0] == rows[0].tolist() and first[-1] == rows[8].tolist()
+
+
+def test_indexed_dataset_masks_labels_for_lightning_and_plain_loops(tmp_path: Path) -> None:
+    """IndexedDataset(mask=): a dict item's labels get -100 on the masked tokens (a copy: the
+    dataset is untouched); an item without labels is a one-line error that says what to do."""
+    pytest.importorskip("torch")
+    from carto_cli.errors import OptionError
+    from carto_cli.integrations.distributed import IndexedDataset
+
+    mask = LossMask(pl.DataFrame({"sample_id": [1], "start": [2], "length": [2]}))
+    items = [{"input_ids": list(range(6)), "labels": list(range(6))} for _ in range(3)]
+    indexed = IndexedDataset(items, mask=mask)
+    sample_id, item = indexed[1]
+    assert sample_id == 1 and list(item["labels"]) == [0, 1, IGNORE_INDEX, IGNORE_INDEX, 4, 5]
+    assert list(indexed[0][1]["labels"]) == list(range(6)) and items[1]["labels"] == list(range(6))
+    with pytest.raises(OptionError, match="mask the targets in the training step"):
+        IndexedDataset([[1, 2, 3]], mask=mask)[0]
+
+
+def test_cartocallbacks_declared_shift_maps_logged_positions_to_the_rows(tmp_path: Path) -> None:
+    """CartoCallback(label_shift=1) writes the shift into every part, and `carto score --data` maps
+    positions by it (no measurement, no note): its logged positions land on the row's tokens."""
+    pytest.importorskip("lightning")
+    from test_integration_lightning import TinyLM, loader, tokens, trainer
+
+    from carto_cli.integrations.lightning import CartoCallback
+    from carto_cli.io.logs import open_logs
+
+    trainer([CartoCallback(log_dir=tmp_path / "logs", label_shift=1)], epochs=3).fit(TinyLM(), loader())
+    assert findings_pass.declared_label_shift(open_logs([tmp_path / "logs"])) == 1
+    data = write_dataset(tmp_path / "rows.parquet", tokens().numpy())
+    result = runner.invoke(app, ["score", str(tmp_path / "logs"), "--early-epochs", "1", "--data", str(data),
+                                 "--min-evidence", "0", "--min-span", "2", "--out", str(tmp_path / "s.parquet"),
+                                 "--findings", str(tmp_path / "f.parquet")])
+    assert result.exit_code == 0, result.output
+    assert "label shift" not in result.output  # declared by the log: nothing measured, nothing to note
+    found = pl.read_parquet(tmp_path / "f.parquet")
+    rows = tokens().numpy()
+    assert found.height
+    for finding in found.iter_rows(named=True):  # every copy holds one of the finding's strings, its text too
+        tokens_ = finding["tokens"]
+        held = [rows[c["sample_id"], c["start"]:c["start"] + c["length"]].tolist() for c in finding["copies_at"]]
+        assert any(any(h[i:i + len(tokens_)] == tokens_ for i in range(len(h))) for h in held)

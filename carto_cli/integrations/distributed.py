@@ -48,6 +48,7 @@ the masked rows in its writer thread.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,20 @@ class IndexedDataset:
     (a sequence as long as the dataset) maps an index to another id, e.g. a corpus-wide row number.
     A torch `Subset` (a `kept_subset`, say; nested ones too) keeps the ids of the dataset it was cut
     from: its item `i` is logged as `indices[i]`, not `i` (`carto_cli.export.subsets`).
+    `mask` (a mask file written by `carto mask`, or a `LossMask`): items that are dicts with
+    `labels` laid out like their `input_ids` get -100 where the label is a memorized token (a copy;
+    the dataset's item is not modified); for other items, mask the targets in the training step
+    with `LossMask.mask_batch(ids, y, target_offset=...)`.
     """
 
-    def __init__(self, dataset: Any, sample_ids: Any = None) -> None:
+    def __init__(self, dataset: Any, sample_ids: Any = None, mask: Any = None) -> None:
         self.dataset = dataset
         self.sample_ids = sample_ids
+        if mask is not None and not hasattr(mask, "mask_batch"):
+            from carto_cli.export.masks import LossMask
+
+            mask = LossMask.read(mask)
+        self.mask = mask
         if sample_ids is not None and len(sample_ids) != len(dataset):
             raise OptionError(
                 f"IndexedDataset: sample_ids has {len(sample_ids)} entries but the dataset {len(dataset)}; "
@@ -79,7 +89,14 @@ class IndexedDataset:
 
     def __getitem__(self, index: int) -> tuple[int, Any]:
         sample_id = sample_id_at(self.dataset, index) if self.sample_ids is None else int(self.sample_ids[index])
-        return sample_id, self.dataset[index]
+        item = self.dataset[index]
+        if self.mask is not None:
+            if not (isinstance(item, Mapping) and "labels" in item):
+                raise OptionError("IndexedDataset(mask=): the items are not dicts with labels; mask the targets in "
+                                  "the training step instead: LossMask.mask_batch(ids, y, target_offset=1) for y = "
+                                  "row[1:]")
+            item = {**item, "labels": self.mask.apply(sample_id, item["labels"], target_offset=0)}
+        return sample_id, item
 
 
 @dataclass(frozen=True)
