@@ -363,8 +363,8 @@ def test_bad_experiment_options(tmp_path: Path, args: list[str], fragment: str) 
 
 def test_every_command_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for command in ("carto log", "carto score", "carto prune", "carto weights", "carto logs summary",
-                    "carto logs bucketize", "carto experiment"):
+    for command in ("carto log", "carto score", "carto findings", "carto prune", "carto mask", "carto weights",
+                    "carto logs summary", "carto logs bucketize", "carto experiment"):
         assert f"{command} " in readme, command
 
 

@@ -167,6 +167,10 @@ def score_command(
     _print_score_report(run, never_learned, early_epochs)
     if run.findings is not None:
         _print_findings_summary(run.findings)
+    elif run.memorization.startswith("largest early loss"):  # extractable, per sample
+        err.print("[yellow]Note:[/] memorization here is each sample's own; copies of a string learned from "
+                  "other copies score 0: pass --data TRAIN (and --reference HELDOUT) to find the memorized "
+                  "strings and every copy of them")
     err.print(f"wrote {escape(str(out))}" + ("" if run.findings is None else f" and {escape(str(findings_out))}"))
 
 
