@@ -77,10 +77,11 @@ def row(sample: int, epoch: int, layout: str) -> tuple[torch.Tensor, torch.Tenso
     return row_logits, row_labels
 
 
-def log_layout(out: Path, layout: str) -> None:
+def log_layout(out: Path, layout: str, token_losses: bool = False) -> None:
     """Every sample once per epoch, one sample per `record` (so each has its own row width when unpadded)."""
     step = 0
-    with CartoLogger(out, tail_k=4, sketch_k=4, sketch_runs=3, run_id=layout.replace(", ", "-")) as log:
+    with CartoLogger(out, tail_k=4, sketch_k=4, sketch_runs=3, run_id=layout.replace(", ", "-"),
+                     token_losses=token_losses) as log:
         for epoch in range(EPOCHS):
             for sample in range(len(LENGTHS)):
                 logits, labels = row(sample, epoch, layout)
@@ -130,6 +131,27 @@ def test_the_logged_sketch_is_relative_to_the_first_target(scored, layout: str) 
     # unpadded, the first target is position 0: the row positions are the relative ones
     first = want.row(0, named=True)
     assert max(first["top_pos"]) < LENGTHS[0] and first["top_pos"] != [0] * 4
+
+
+@pytest.mark.parametrize("layout", ["left, changing", "prompt"])
+def test_token_losses_count_from_the_first_target_too(tmp_path: Path, layout: str) -> None:
+    """`token_loss` element j is the loss at the first target + j, so token-drop scores a sample the
+    same whatever the padding (row positions moved the early losses away from the late ones)."""
+    got = {}
+    for name in ("unpadded", layout):
+        log_layout(tmp_path / name, name, token_losses=True)
+        result = runner.invoke(app, ["score", str(tmp_path / name), "--memorization", "token-drop",
+                                     "--out", str(tmp_path / f"{name}.parquet")])
+        assert result.exit_code == 0, result.output
+        rows = pl.concat([pl.read_parquet(p.path) for p in logs.open_logs([tmp_path / name]).parts]).sort("step")
+        got[name] = rows, pl.read_parquet(tmp_path / f"{name}.parquet").sort("sample_id")
+    (want_rows, want), (rows, scores) = got["unpadded"], got[layout]
+    assert scores["memorization"].to_list() == want["memorization"].to_list()
+    assert want["memorization"].min() > 0
+    for unpadded, padded, sample in zip(want_rows["token_loss"].to_list(), rows["token_loss"].to_list(),
+                                        want_rows["sample_id"].to_list()):
+        L = LENGTHS[sample]
+        assert padded[:L] == unpadded[:L] and all(np.isnan(x) for x in padded[L:])
 
 
 def test_every_part_says_how_its_positions_are_counted(tmp_path: Path) -> None:

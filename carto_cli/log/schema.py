@@ -31,8 +31,9 @@ Other columns are allowed and ignored. A part is written under a temporary name 
 `.tmp`) and renamed when complete, so a reader never sees a half-written part and ignores temporary
 names. Run metadata is stored in the Parquet key-value metadata under the keys in `META_*`.
 
-Sketch positions (`top_pos`, the starts in `hit_runs`): in a part whose metadata says
-`carto.positions` = `first-target` (every part the shim writes), a position is relative to the
+Sketch positions (`top_pos`, the starts in `hit_runs`) and the index into `token_loss` written from
+logits: in a part whose metadata says `carto.positions` = `first-target` (every part the shim
+writes), a position is relative to the
 sample's first target position in its row, the first position whose label is not `ignore_index`
 (for a packed document, the document's first target): logged p = row position - first target,
 whatever the padding side and length and any masked prompt before the first target. A sample with

@@ -386,7 +386,8 @@ class CartoLogger:
                 schema.N_TOKENS: n_tok.int(),
             }
             if self.token_losses:
-                columns[schema.TOKEN_LOSS] = tok_loss.masked_fill(~valid, float("nan")).half()
+                # from the first target, as the sketch's positions: left padding does not move them
+                columns[schema.TOKEN_LOSS] = sketch.from_first_target(torch, tok_loss, valid)
             if self.sketch_k:
                 stats = fused.sketch_stats(torch, tok_loss, tok_hit, valid, self.sketch_k, self.sketch_runs)
                 if stats is None:  # not CUDA, or no Triton: the PyTorch ops

@@ -49,6 +49,18 @@ def first_target(torch: Any, valid: Any) -> Any:
     return valid.to(torch.uint8).argmax(dim=1)
 
 
+def from_first_target(torch: Any, tok_loss: Any, valid: Any) -> Any:
+    """(B, T) float16: each row's per-position losses moved left so that column j is the row's
+    position first_target + j (the `token_loss` column, positions as the sketch's); NaN where that
+    position has no target or lies past the row's end. A gather: no host-device synchronisation."""
+    B, T = tok_loss.shape
+    index = first_target(torch, valid).unsqueeze(1) + torch.arange(T, device=tok_loss.device)  # (B, T)
+    inside = index < T
+    index = index.clamp(max=T - 1)
+    kept = valid.gather(1, index) & inside
+    return tok_loss.gather(1, index).masked_fill(~kept, float("nan")).half()
+
+
 def top_losses(torch: Any, tok_loss: Any, valid: Any, k: int, origin: Any = None) -> tuple[Any, Any]:
     """(positions int32 (B, k), losses float16 (B, k)) of the k largest losses at valid positions.
 
