@@ -245,7 +245,8 @@ def test_token_losses_are_logged_per_position_for_every_sample_or_a_probe_subset
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(4, 6, 9, generator=g)  # (B, T, V)
     labels = torch.randint(0, 9, (4, 6), generator=g)
-    labels[2, :2] = -100  # ignored positions are NaN in the list
+    labels[2, :2] = -100  # a masked prompt: the list starts at the first target, NaN after the row's end
+    labels[3, 3] = -100  # an ignored position among the targets: NaN where it is
     want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.clamp_min(0).flatten(),
                                              reduction="none").view(4, 6)
     with CartoLogger(tmp_path / "all", token_losses=True) as log:
@@ -257,8 +258,10 @@ def test_token_losses_are_logged_per_position_for_every_sample_or_a_probe_subset
     every = read_log(tmp_path / "all").sort("sample_id")
     assert every.schema["token_loss"] == pl.List(pl.Float16)  # 2 bytes a position
     for b, row in enumerate(every["token_loss"].to_list()):
-        for t, value in enumerate(row):
-            if labels[b, t] == -100:
+        first = 2 if b == 2 else 0  # element j is the loss at the first target + j
+        for j, value in enumerate(row):
+            t = first + j
+            if t >= 6 or labels[b, t] == -100:
                 assert np.isnan(value)
             else:
                 assert value == pytest.approx(want[b, t].item(), rel=1e-3, abs=1e-3)
