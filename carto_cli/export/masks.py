@@ -32,6 +32,7 @@ import polars as pl
 
 from carto_cli.errors import OptionError
 from carto_cli.io import artifacts
+from carto_cli.score.findings import merge_intervals
 
 IGNORE_INDEX = -100
 MASK_COLUMNS = ("sample_id", "start", "length", "finding")
@@ -42,18 +43,11 @@ def mask_spans(findings: pl.DataFrame, *, include_public: bool = False) -> pl.Da
     overlapping or touching spans of a sample merged (the strongest finding among them named)."""
     chosen = findings if include_public else findings.filter(~pl.col("public"))
     copies = (chosen.select("finding", "evidence", "copies_at").explode("copies_at").drop_nulls("copies_at")
-              .unnest("copies_at").with_columns(end=pl.col("start") + pl.col("length")))
+              .unnest("copies_at"))
     if not copies.height:
         return pl.DataFrame(schema={"sample_id": pl.Int64, "start": pl.Int64, "length": pl.Int64, "finding": pl.Int64})
-    ordered = copies.sort(["sample_id", "start", "end"])
-    new = (pl.col("start") > pl.col("end").cum_max().shift(1).over("sample_id")).fill_null(True)
-    merged = (ordered.with_columns(block=new.cast(pl.Int64).cum_sum())
-              .sort(["block", "evidence", "finding"], descending=[False, True, False])
-              .group_by("sample_id", "block", maintain_order=True)
-              .agg(pl.col("start").min(), pl.col("end").max(), pl.col("finding").first()))
-    return (merged.select("sample_id", "start", (pl.col("end") - pl.col("start")).alias("length"),
-                          pl.col("finding").cast(pl.Int64))
-            .sort(["sample_id", "start"]))
+    merged = merge_intervals(copies, ["sample_id"], keep="finding", prefer="evidence")
+    return merged.with_columns(pl.col("finding").cast(pl.Int64))
 
 
 class LossMask:

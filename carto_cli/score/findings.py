@@ -168,6 +168,7 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
     # one pattern per distinct string, its evidence the largest of its sources'
     distinct: dict[bytes, int] = {}
     patterns, pattern_evidence, pattern_sources, source_of = [], [], [], []
+    sample_ids = spans["sample_id"].to_numpy()
     for string, i in zip(strings, index):
         key = string.tobytes()
         j = distinct.setdefault(key, len(patterns))
@@ -177,7 +178,7 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
             pattern_sources.append(0)
         pattern_evidence[j] = max(pattern_evidence[j], evidence[i])
         pattern_sources[j] += 1
-        source_of.append((int(spans["sample_id"][int(i)]), j))
+        source_of.append((int(sample_ids[i]), j))
     if not patterns:
         return _empty(len(spans), short)
     compiled = match.Patterns(patterns, anchor=params.min_length)
@@ -222,7 +223,7 @@ def _assemble(patterns: list[np.ndarray], evidence: np.ndarray, pattern_sources:
                  .join(text_of, on="group"))
     copies = (hits.join(members.select("pattern", "group", "length"), on="pattern")
               .select("group", "sample_id", "start", "length"))
-    copies = _merge_intervals(copies)
+    copies = merge_intervals(copies, ["group", "sample_id"])
     counts = copies.group_by("group").agg(pl.col("sample_id").n_unique().alias("carriers"), pl.len().alias("copies"))
     table = (per_group.join(counts, on="group", how="left")
              .sort(["public", "evidence", "carriers", "group"], descending=[False, True, True, False])
@@ -241,13 +242,21 @@ def _assemble(patterns: list[np.ndarray], evidence: np.ndarray, pattern_sources:
     return Findings(table, copies, candidates_, sources, short, unmatched)
 
 
-def _merge_intervals(copies: pl.DataFrame) -> pl.DataFrame:
-    """Overlapping or touching occurrences of one group in one row become one interval."""
-    ordered = copies.with_columns(end=pl.col("start") + pl.col("length")).sort(["group", "sample_id", "start"])
-    new = (pl.col("start") > pl.col("end").cum_max().shift(1).over(["group", "sample_id"])).fill_null(True)
-    return (ordered.with_columns(block=new.cast(pl.Int64).cum_sum())
-            .group_by("group", "sample_id", "block").agg(pl.col("start").min(), pl.col("end").max())
-            .select("group", "sample_id", "start", (pl.col("end") - pl.col("start")).alias("length")))
+def merge_intervals(spans: pl.DataFrame, by: list[str], *, keep: str | None = None,
+                    prefer: str | None = None) -> pl.DataFrame:
+    """`spans` (columns `by`, start, length, ...) with the overlapping or touching intervals of each
+    `by` group merged into one: `by`, start, length, and `keep`'s value from the merged row with
+    the largest `prefer` (ties: the smallest `keep`). Sorted by `by`, then start."""
+    ordered = spans.with_columns(end=pl.col("start") + pl.col("length")).sort([*by, "start"])
+    new = (pl.col("start") > pl.col("end").cum_max().shift(1).over(by)).fill_null(True)
+    blocks = ordered.with_columns(block=new.cast(pl.Int64).cum_sum())
+    merged = blocks.group_by("block").agg(*[pl.col(c).first() for c in by], pl.col("start").min(), pl.col("end").max())
+    columns = [*by, "start", (pl.col("end") - pl.col("start")).alias("length")]
+    if keep is not None:
+        chosen = (blocks.sort(["block", prefer, keep], descending=[False, True, False])
+                  .group_by("block", maintain_order=True).agg(pl.col(keep).first()))
+        merged, columns = merged.join(chosen, on="block"), [*columns, keep]
+    return merged.select(columns).sort([*by, "start"])
 
 
 def _empty(sources: int, short: int) -> Findings:
