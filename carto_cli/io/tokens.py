@@ -28,7 +28,7 @@ prompt where the dataset has a `labels` column: the first index t >= shift with 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class TokenDataset:
     by_row_order: bool
     has_labels: bool
     label_shift: int = 1
+    _cached: tuple[bytes, pl.DataFrame] | None = field(default=None, repr=False, compare=False)
 
     @property
     def describe(self) -> str:
@@ -121,8 +122,16 @@ class TokenDataset:
             yield self._token_rows(frame)
 
     def rows(self, ids: np.ndarray) -> TokenRows:
-        """The rows of the given sample ids, in that order; DatasetError when one is missing."""
+        """The rows of the given sample ids, in that order; DatasetError when one is missing. The
+        rows last asked for are kept: asking again (another label shift, the findings after the
+        shift was measured on them) reads the dataset once."""
         ids = np.asarray(ids, dtype=np.int64)
+        key = ids.tobytes()
+        if self._cached is None or self._cached[0] != key:
+            self._cached = key, self._read_rows(ids)
+        return self._token_rows(self._cached[1])
+
+    def _read_rows(self, ids: np.ndarray) -> pl.DataFrame:
         wanted = pl.DataFrame({datasets.SAMPLE_ID: ids}, schema={datasets.SAMPLE_ID: pl.Int64})
         frame = self.frame
         if self.by_row_order:
@@ -139,7 +148,7 @@ class TokenDataset:
                 f"{self.path}: {len(missing):,} of the {len(np.unique(ids)):,} sample ids the log scored as "
                 f"memorized are not in it (such as {int(missing[0])}); pass the dataset the model was trained on")
         order = pl.DataFrame({datasets.SAMPLE_ID: ids}).with_row_index("_order")
-        return self._token_rows(found.join(order, on=datasets.SAMPLE_ID).sort("_order").drop("_order"))
+        return found.join(order, on=datasets.SAMPLE_ID).sort("_order").drop("_order")
 
     def decode(self, tokens: np.ndarray) -> str:
         """Tokens as text: bytes as UTF-8 (invalid bytes replaced), a tokenizer's decode, else the ids."""
