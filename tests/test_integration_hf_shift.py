@@ -258,12 +258,6 @@ def test_the_check_runs_once_per_train_call(tmp_path: Path, monkeypatch: pytest.
     assert len(calls) == 2
 
 
-class ShiftAware(CartoLogger):
-    """A logger with the `label_shift` attribute (CartoLogger's own, once it records the shift)."""
-
-    label_shift = None
-
-
 @pytest.mark.parametrize(("model", "declared"), [
     (my_gpt, 1),
     (lambda: GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=V, n_positions=T,
@@ -275,7 +269,7 @@ def test_the_shift_is_set_on_a_logger_that_records_it(tmp_path: Path, model, dec
             item = super().__getitem__(i)
             return {**item, "labels": torch.tensor(i % 3)} if declared == 0 else item
 
-    logger = ShiftAware(tmp_path / "logs")
+    logger = CartoLogger(tmp_path / "logs")
     train(tmp_path, model(), Labelled(), carto_logger=logger)
     logger.close()
     assert logger.label_shift == declared

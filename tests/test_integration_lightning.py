@@ -168,21 +168,15 @@ def test_a_kept_subset_is_logged_under_the_datasets_ids(tmp_path: Path) -> None:
     assert np.allclose(log.head(BATCH)["loss"].to_numpy(), first.numpy(), atol=1e-5)
 
 
-class ShiftAware(CartoLogger):
-    """A logger with the `label_shift` attribute (CartoLogger's own, once it records the shift)."""
-
-    label_shift = None
-
-
 def test_a_declared_label_shift_is_set_on_a_logger_that_records_it(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    mine = ShiftAware(tmp_path / "mine")
+    mine = CartoLogger(tmp_path / "mine")
     trainer([CartoCallback(mine, label_shift=1)], epochs=1).fit(TinyLM(), loader())
     assert mine.label_shift == 1
     mine.close()
     opened = []
 
-    class Opened(ShiftAware):
+    class Opened(CartoLogger):
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             opened.append(self)
