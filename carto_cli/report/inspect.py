@@ -42,9 +42,11 @@ def select(
     by: str = DEFAULT_BY,
     top: int = DEFAULT_TOP,
     source: str = "the scores file",
+    ids_from: str = "--ids",
 ) -> Selection:
     """The `top` samples of a quadrant, of an id list, or of all samples (neither), ranked by `by`.
-    `top` 0 keeps every matching sample. `source` names the scores file in messages."""
+    `top` 0 keeps every matching sample. `source` names the scores file in messages, `ids_from`
+    where the ids came from (the option)."""
     if quadrant is not None and ids is not None:
         raise OptionError("--quadrant and --ids choose the samples in two ways; pass one of them")
     if top < 0:
@@ -65,7 +67,7 @@ def select(
         if missing:
             example = sorted(set(ids) - set(frame["sample_id"].to_list()))[:3]
             raise OptionError(
-                f"--ids: {missing:,} of the {len(set(ids)):,} ids are not in {source} (such as "
+                f"{ids_from}: {missing:,} of the {len(set(ids)):,} ids are not in {source} (such as "
                 f"{', '.join(map(str, example))}); pass ids of samples that carto scored"
             )
     ranked = frame.sort([by, "sample_id"], descending=[True, False], nulls_last=True)
