@@ -98,7 +98,7 @@ def inspect_command(
     rows = selection.rows
     if dataset is not None:
         rows = picking.with_texts(rows, dataset, max_id=scores["sample_id"].max())
-        rows = _with_marks(rows, found[0] if found is not None else None, finding)
+        rows = marks.with_marks(rows, found[0] if found is not None else None, finding)
     if as_json:
         extra = [c for c in ("finding", "text", "marked") if c in rows.columns]
         fields = ["rank", *dict.fromkeys([by, *JSON_FIELDS]), *extra]
@@ -131,18 +131,6 @@ def _headline(shown: int, selection, *, quadrant: str | None, ids: Path | None, 
     else:
         count = f"the first {shown:,} of the {matched:,} {what}"
     return f"carto inspect: {count}{of_all}, by {by}, highest first"
-
-
-def _with_marks(rows: pl.DataFrame, findings: pl.DataFrame | None, finding: int | None) -> pl.DataFrame:
-    """`rows` (with texts) with `marked`: where the finding each row is shown for occurs in its text
-    ([start, end) character pairs): --finding's, else the sample's strongest private finding."""
-    if findings is None or (finding is None and "finding" not in rows.columns):
-        return rows
-    texts = dict(findings.select("finding", "text").iter_rows())
-    wanted = [finding] * rows.height if finding is not None else rows["finding"].to_list()
-    spans = [[list(s) for s in marks.locate(text, marks.needle(texts.get(f)))] if f is not None else []
-             for text, f in zip(rows["text"].to_list(), wanted)]
-    return rows.with_columns(pl.Series("marked", spans, dtype=pl.List(pl.List(pl.Int64))))
 
 
 def _print_findings_note(rows: pl.DataFrame, found, finding: int | None, scores: pl.DataFrame) -> None:

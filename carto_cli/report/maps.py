@@ -131,10 +131,9 @@ def draw_map(scores: pl.LazyFrame, prov: dict, out: Path, *, x: str = "difficult
     _label(panels, x, y, strip)
     canvas_cls(fig)
     _legend(fig, panels, _quadrant_handles(prov, x, y, color, facts) + handles)
-    memorization = prov.get("memorization", "")
     fig.suptitle(title or f"carto data map: {n:,} samples ({facts.mode})", x=0.45)
     if y == "memorization" or x == "memorization":
-        fig.text(0.45, 0.935, _signal_line(prov, memorization), ha="center", fontsize=7, wrap=True)
+        fig.text(0.45, 0.935, f"memorization = {memorization_meaning(prov)}", ha="center", fontsize=7, wrap=True)
     write_atomic(out, lambda tmp: _save(fig, tmp, fmt))
     return facts
 
@@ -407,9 +406,11 @@ def _label(panels: _Panels, x: str, y: str, strip: bool) -> None:
         panels.zero_right.tick_params(labelleft=False)
 
 
-def _signal_line(prov: dict, memorization: str) -> str:
-    """What the memorization axis holds, under the title."""
+def memorization_meaning(prov: dict) -> str:
+    """What a scores file's memorization column holds, in words (its provenance; on scores placed
+    by findings, the finding's evidence, whatever signal found them)."""
+    signal = prov.get("memorization", "")
     if prov.get("findings"):
-        return ("memorization = the evidence (nats) of the strongest private finding a sample carries, 0 without "
-                f"one; the findings' own signal: {memorization}")
-    return f"memorization = {memorization}"
+        return ("the evidence (nats) of the strongest private finding a sample carries, 0 without one; the "
+                f"findings' own signal: {signal}")
+    return signal

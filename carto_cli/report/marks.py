@@ -59,6 +59,19 @@ def carriers(findings: pl.DataFrame, finding: int, source: Path) -> list[int]:
     return sorted(set(ids.to_list()))
 
 
+def with_marks(rows: pl.DataFrame, findings: pl.DataFrame | None, finding: int | None = None) -> pl.DataFrame:
+    """`rows` (samples with a `text` column) with `marked`: where the finding each row is shown for
+    occurs in its text, [start, end) character pairs: `finding`'s, else the sample's own `finding`
+    (its strongest private one); `rows` as they are without findings."""
+    if findings is None or (finding is None and "finding" not in rows.columns):
+        return rows
+    texts = dict(findings.select("finding", "text").iter_rows())
+    wanted = [finding] * rows.height if finding is not None else rows["finding"].to_list()
+    spans = [[list(s) for s in locate(text, needle(texts.get(f)))] if f is not None else []
+             for text, f in zip(rows["text"].to_list(), wanted)]
+    return rows.with_columns(pl.Series("marked", spans, dtype=pl.List(pl.List(pl.Int64))))
+
+
 def needle(text: str | None) -> str:
     """The string searched for: the finding's text without U+FFFD at its ends (a character its
     tokens cut)."""
