@@ -54,6 +54,15 @@ def assert_error(result, message: str) -> None:
     assert "Traceback" not in result.output
 
 
+def assert_usage_error(result, message: str) -> None:
+    """A malformed command line, as click reports its own: exit status 2, `Error: message` last
+    (through the test runner, after click's usage lines; the `carto` script prints the one line:
+    tests/test_cli.py)."""
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == f"Error: {message}", result.stderr
+    assert "Traceback" not in result.output
+
+
 @pytest.fixture
 def scores(tmp_path: Path) -> Path:
     frame = pl.DataFrame(
@@ -339,14 +348,14 @@ def test_hotspot_texts_of_sample_logs(tmp_path: Path) -> None:
 def test_bad_options(scores: Path, tmp_path: Path) -> None:
     ids = tmp_path / "ids.txt"
     ids.write_text("1\n")
-    assert_error(run("inspect", "--scores", scores, "--quadrant", "hotspot"),
-                 "--quadrant must be one of stable-easy, ambiguous-hard, hotspot-memorized, noisy-outlier, "
-                 "unplaced; got 'hotspot'")
+    assert_usage_error(run("inspect", "--scores", scores, "--quadrant", "hotspot"),
+                       "--quadrant must be one of stable-easy, ambiguous-hard, hotspot-memorized, noisy-outlier, "
+                       "unplaced; got 'hotspot'")
     assert_error(run("inspect", "--scores", scores, "--quadrant", "unplaced", "--ids", ids),
                  "--quadrant, --ids and --finding choose the samples in different ways; pass one of them")
-    assert_error(run("inspect", "--scores", scores, "--by", "quadrant"),
-                 f"--by quadrant: not a numeric column of {scores}; choose one of difficulty, memorization, "
-                 "forget_events, n_seen")
+    assert_usage_error(run("inspect", "--scores", scores, "--by", "quadrant"),
+                       f"--by quadrant: not a numeric column of {scores}; choose one of difficulty, memorization, "
+                       "forget_events, n_seen")
     assert_error(run("inspect", "--scores", scores, "--top", "-1"),
                  "--top must be >= 0 (0 shows every sample); got -1")
     assert_error(run("inspect", "--scores", scores, "--text-column", "text"),

@@ -231,9 +231,6 @@ def test_left_out_samples_are_counted(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--out", "{tmp}/m.jpg"], "--out {tmp}/m.jpg: the format follows the extension, one of png, svg, pdf"),
-        (["--x", "nope"], "--x nope: not a numeric column of the scores file; choose one of difficulty,"),
-        (["--y", "quadrant"], "--y quadrant: not a numeric column of the scores file"),
-        (["--color", "ever_learned"], "--color ever_learned: not a numeric column of the scores file"),
         (["--highlight", "{tmp}/none.txt"], "{tmp}/none.txt: no such file; pass --highlight a text file"),
         (["--highlight", "{tmp}/bad.txt"], "{tmp}/bad.txt, line 2: 'x7' is not a sample id; --highlight takes one"),
     ],
@@ -246,6 +243,22 @@ def test_bad_input_is_one_line(scores: Path, tmp_path: Path, args: list[str], me
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: " + message.format(tmp=tmp_path)), result.output
     assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--x", "nope"], "--x nope: not a numeric column of the scores file; choose one of difficulty,"),
+        (["--y", "quadrant"], "--y quadrant: not a numeric column of the scores file"),
+        (["--color", "ever_learned"], "--color ever_learned: not a numeric column of the scores file"),
+    ],
+)
+def test_a_column_that_is_not_a_choice_is_a_usage_error(scores: Path, tmp_path: Path, args: list[str],
+                                                        message: str) -> None:
+    result = runner.invoke(app, ["map", "--scores", str(scores), "--out", str(tmp_path / "m.png"), *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1].startswith("Error: " + message), result.output
+    assert not (tmp_path / "m.png").exists()
 
 
 def test_missing_scores_and_missing_matplotlib(scores: Path, tmp_path: Path, monkeypatch) -> None:

@@ -21,7 +21,7 @@ from rich.text import Text
 
 from carto_cli.cli.console import err
 from carto_cli.cli.lazy import lazy
-from carto_cli.errors import OptionError
+from carto_cli.errors import ChoiceError, OptionError
 
 pl = lazy("polars")
 artifacts, datasets, picking = lazy("carto_cli.io.artifacts"), lazy("carto_cli.io.datasets"), lazy(
@@ -79,6 +79,8 @@ def inspect_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the samples as a JSON list on stdout.")] = False,
 ) -> None:
     """Show the samples of a quadrant, an id list or a finding, ranked, with their scores and text."""
+    if quadrant is not None and quadrant not in QUADRANT_CHOICES:  # a malformed command line, before any read
+        raise ChoiceError(f"--quadrant must be one of {', '.join(QUADRANT_CHOICES)}; got '{quadrant}'")
     if text_column is not None and data is None:
         raise OptionError("--text-column names a column of --data; pass --data too")
     if sum(x is not None for x in (quadrant, ids, finding)) > 1:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from carto_cli.errors import OptionError
+from carto_cli.errors import ChoiceError, OptionError
 from carto_cli.io.datasets import Dataset
 from carto_cli.score import quadrants
 
@@ -53,11 +53,11 @@ def select(
         raise OptionError(f"--top must be >= 0 (0 shows every sample); got {top}")
     numeric = numeric_columns(scores)
     if by not in numeric:
-        raise OptionError(f"--by {by}: not a numeric column of {source}; choose one of {', '.join(numeric)}")
+        raise ChoiceError(f"--by {by}: not a numeric column of {source}; choose one of {', '.join(numeric)}")
     frame = scores
     if quadrant is not None:
         if quadrant not in QUADRANT_CHOICES:
-            raise OptionError(f"--quadrant must be one of {', '.join(QUADRANT_CHOICES)}; got '{quadrant}'")
+            raise ChoiceError(f"--quadrant must be one of {', '.join(QUADRANT_CHOICES)}; got '{quadrant}'")
         frame = frame.filter(pl.col("quadrant").is_null() if quadrant == quadrants.UNPLACED
                              else pl.col("quadrant") == quadrant)
     if ids is not None:

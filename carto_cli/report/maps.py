@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from carto_cli.errors import MissingDependencyError, OptionError
+from carto_cli.errors import ChoiceError, MissingDependencyError, OptionError
 from carto_cli.log.durable import write_atomic
 from carto_cli.score import quadrants as q
 
@@ -148,7 +148,7 @@ def _save(fig, path: Path, fmt: str) -> None:
 def _require_numeric(columns: pl.Schema, option: str, name: str) -> None:
     numeric = [c for c, dtype in columns.items() if dtype.is_numeric() and c != "sample_id"]
     if name not in columns or not columns[name].is_numeric():
-        raise OptionError(f"{option} {name}: not a numeric column of the scores file; "
+        raise ChoiceError(f"{option} {name}: not a numeric column of the scores file; "
                           f"choose one of {', '.join(numeric)}")
 
 
