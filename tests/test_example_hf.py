@@ -197,3 +197,25 @@ def test_the_next_run_with_the_memorized_tokens_masked(first_run) -> None:
         assert bool(masked) == (row["sample_id"] in planted)
     assert secret_findings(out, out / "masked-run" / "carto_logs", "masked").height == 0
     assert artifacts.read_provenance(out / "mask.parquet")["kind"] == "mask"
+
+
+def test_per_token_losses_through_your_own_logger(first_run, tmp_path: Path) -> None:
+    """`carto_logger=CartoLogger(token_losses=True)`, as the docs show it, logs `token_loss`, which
+    `carto score --memorization token-drop` reads."""
+    from transformers import GPT2Config, GPT2LMHeadModel, TrainingArguments
+
+    from carto_cli import CartoLogger
+    from carto_cli.integrations.hf import CartoTrainer
+
+    example = example_module()
+    rows = rows_of(first_run["out"])[:64]
+    torch.set_num_threads(1)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=example.LENGTH, n_embd=32, n_layer=1, n_head=2))
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=2, per_device_train_batch_size=16,
+                             save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True)
+    with CartoLogger(out_dir=tmp_path / "logs", token_losses=True) as logger:
+        CartoTrainer(model=model, args=args, train_dataset=example.Texts(rows), carto_logger=logger).train()
+    logged_rows = logs.scan(logs.open_logs([str(tmp_path / "logs")]), ["sample_id", "token_loss"]).collect()
+    assert logged_rows.height == 128 and logged_rows["token_loss"].null_count() == 0
+    scored = carto("score", tmp_path / "logs", "--memorization", "token-drop", "--out", tmp_path / "s.parquet")
+    assert scored["samples"] == 64 and "drop" in artifacts.read_provenance(tmp_path / "s.parquet")["memorization"]
