@@ -1,4 +1,5 @@
-"""Domain errors. The core raises these; the CLI turns each into one `Error: ...` line and exit 1.
+"""Domain errors. The core raises these; the CLI turns each into one `Error: ...` line and exit 1
+(a ChoiceError, a malformed command line, into click's usage error: exit 2).
 
 Every message names the file, column or option at fault and says how to fix it.
 """
@@ -35,6 +36,13 @@ class ScoresFormatError(CartoError):
 
 class OptionError(CartoError):
     """An option value is out of range or inconsistent with the data."""
+
+
+class ChoiceError(OptionError):
+    """An option's value is not one of its choices (a fixed list, or the columns of the file it
+    names): a malformed command line, which the CLI reports as click does its own usage errors,
+    `Error: ...; see `carto CMD --help``, with exit status 2 (not 1). The message names the option,
+    the value and the choices."""
 
 
 class DatasetError(CartoError):

@@ -368,6 +368,32 @@ def test_every_command_is_documented_in_the_readme() -> None:
         assert f"{command} " in readme, command
 
 
+NO_NETWORK = """
+import runpy, socket, sys
+
+def refuse(*args, **kwargs):
+    raise OSError("network use at run time: " + repr(args))
+
+socket.socket.connect = socket.socket.connect_ex = socket.create_connection = refuse
+socket.getaddrinfo = refuse
+sys.argv = ["carto", "score", sys.argv[1], "--out", sys.argv[2]]
+runpy.run_module("carto_cli.cli", run_name="__main__")
+"""
+
+
+def test_the_first_command_needs_no_network_at_run_time(tmp_path: Path) -> None:
+    """The README's claim, as it words it (pip fetches wheels, so 'no network' alone was not true),
+    and checked: its first command, `carto score sample_logs/`, with every socket connection and
+    name lookup refused."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "then no network at run time" in readme
+    done = subprocess.run([sys.executable, "-c", NO_NETWORK, str(Path(__file__).parent.parent / "sample_logs"),
+                           str(tmp_path / "scores.parquet")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "carto score: 2,025 samples from 20,250 presentations" in done.stderr
+    assert (tmp_path / "scores.parquet").exists()
+
+
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
@@ -385,6 +411,50 @@ def test_usage_errors_of_the_carto_script_are_one_line_with_exit_2(argv: list[st
     assert "Traceback" not in done.stderr
 
 
+NOT_YET = pytest.mark.xfail(strict=True, reason="raised as OptionError (exit 1) by a module another helper owns: "
+                            "score/rules.py, score/signals.py, engines/pipeline.py, experiment/run.py; ChoiceError "
+                            "makes it a usage error")
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["inspect", "--scores", "{scores}", "--quadrant", "hotspot"],
+         "Error: --quadrant must be one of stable-easy, ambiguous-hard, hotspot-memorized, noisy-outlier, unplaced; "
+         "got 'hotspot'; see `carto inspect --help`"),
+        (["inspect", "--scores", "{scores}", "--by", "memorisation"],
+         "Error: --by memorisation: not a numeric column of {scores}; choose one of difficulty, memorization, "),
+        (["prune", "--scores", "{scores}", "--frac", "0.1", "--by", "memorisation", "--out", "{tmp}/m.parquet"],
+         "Error: --by must be one of memorization, quadrant, difficulty, random; got 'memorisation'; see "
+         "`carto prune --help`"),
+        (["map", "--scores", "{scores}", "--y", "memorisation", "--out", "{tmp}/m.png"],
+         "Error: --y memorisation: not a numeric column of the scores file; choose one of difficulty, "),
+        pytest.param(["score", "{log}", "--never-learned", "1000", "--out", "{tmp}/s.parquet"],
+                     "Error: --never-learned must be one of zero, max, exclude; got '1000'; see `carto score --help`",
+                     marks=NOT_YET),
+        pytest.param(["score", "{log}", "--memorization", "memorisation", "--out", "{tmp}/s.parquet"],
+                     "Error: --memorization must be one of", marks=NOT_YET),
+        pytest.param(["score", "{log}", "--engine", "dask", "--out", "{tmp}/s.parquet"],
+                     "Error: --engine must be one of local, ray; got 'dask'; see `carto score --help`", marks=NOT_YET),
+        pytest.param(["experiment", "--quick", "--regime", "nope", "--out", "{tmp}/exp"],
+                     "Error: --regime must be one of", marks=NOT_YET),
+    ],
+)
+def test_a_value_that_is_not_one_of_its_choices_is_a_usage_error(scored: Path, hand_log: Path, tmp_path: Path,
+                                                                  argv: list[str], line: str) -> None:
+    """One rule for every command: a value outside its option's choices is a malformed command line,
+    as click's own `Invalid value` is: one line through `main`, exit status 2, the help named."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    where = {"scores": scored, "log": hand_log, "tmp": outputs}
+    argv = [a.format(**where) for a in argv]
+    done = subprocess.run([sys.executable, "-m", "carto_cli.cli", *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(line.format(**where)) and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.rstrip().endswith(f"; see `carto {argv[0]} --help`")
+    assert not list(outputs.iterdir())  # nothing written
+
+
 @pytest.mark.parametrize("argv", [["--help"], ["score", "--help"], ["logs", "summary", "--help"]])
 def test_help_shows_flags_without_a_type(argv: list[str]) -> None:
     """A flag takes no value: its help line must not read like `--version <bool>`."""
@@ -398,11 +468,13 @@ def test_the_cli_constants_written_out_for_a_fast_help_agree_with_their_modules(
     import importlib
 
     from carto_cli.cli import inspect_command, map_command, report_command
+    from carto_cli.export import manifests
     from carto_cli.log import shim
     from carto_cli.report import html, inspect, maps
 
     app_module = importlib.import_module("carto_cli.cli.app")  # (carto_cli.cli.app is also the Typer app's name)
     assert app_module.LOG_DIR_ENV == shim.LOG_DIR_ENV
+    assert app_module.PRUNE_BY == manifests.PRUNE_BY
     assert map_command.SCATTER_MAX == maps.SCATTER_MAX
     assert inspect_command.QUADRANT_CHOICES == inspect.QUADRANT_CHOICES
     assert (inspect_command.DEFAULT_BY, inspect_command.DEFAULT_TOP) == (inspect.DEFAULT_BY, inspect.DEFAULT_TOP)

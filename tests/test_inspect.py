@@ -9,6 +9,8 @@ scripts/make_sample_logs.py cut them.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -49,6 +51,15 @@ def assert_error(result, message: str) -> None:
     """One line, exactly `Error: message`, exit status 1, no traceback."""
     assert result.exit_code == 1, result.output
     assert result.stderr.splitlines() == [f"Error: {message}"], result.stderr
+    assert "Traceback" not in result.output
+
+
+def assert_usage_error(result, message: str) -> None:
+    """A malformed command line, as click reports its own: exit status 2, `Error: message` last
+    (through the test runner, after click's usage lines; the `carto` script prints the one line:
+    tests/test_cli.py)."""
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == f"Error: {message}", result.stderr
     assert "Traceback" not in result.output
 
 
@@ -125,18 +136,37 @@ def test_terminal_table(scores: Path, tmp_path: Path) -> None:
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert lines[:2] == [
-        "carto inspect: 3 of 6 all samples (of 6) by memorization, highest first",
+        "carto inspect: the first 3 of the 6 samples, by memorization, highest first",
         f"text: column 'text' of {data}, matched by row order",
     ]
     assert lines[3].split("┃")[1:-1] == [" rank ", " sample_id ", " quadrant          ", " memorization ",
                                           " difficulty ", " forget_events ",
                                           " text" + " " * 30]
-    # 120 columns when stderr is not a terminal: the scores whole, the text cut to the 33 left
+    # 120 columns when stderr is not a terminal (and COLUMNS is not set): the scores whole, the
+    # text folded into the 33 columns left, not cut
     assert lines[5] == ("│    1 │         3 │ noisy-outlier     │        4.000 │      3.000 │             1 │ "
-                        "three xxxxxxxxxxxxxxxxxxxxxxxxxx… │")
+                        "three " + "x" * 27 + " │")
+    assert lines[6:9] == ["│      │           │                   │              │            │               │ "
+                          + x + " " * (33 - len(x)) + " │" for x in ("x" * 33, "x" * 33, "x" * 7)]
     assert {len(line) for line in lines[2:]} == {120}
-    assert "│ two [bold]not markup[/bold]" in lines[6]  # escaped: shown as written
-    assert "│ zero⏎second line " in lines[7]
+    assert "│ two [bold]not markup[/bold]" in lines[9]  # shown as written, not as Rich markup
+    assert "│ zero⏎second line " in lines[10]
+
+
+def test_the_width_of_a_pipe_is_columns_and_a_long_text_wraps(scores: Path, tmp_path: Path) -> None:
+    """Through the `carto` script with stderr a pipe, as a user's `2> out.txt` or `| less` has it."""
+    data = tmp_path / "train.parquet"
+    long = "three " + " ".join(f"word{i}" for i in range(60))  # 400 characters: more than 4 lines of the room
+    pl.DataFrame({"text": [*TEXTS[:3], long, *TEXTS[4:]]}).write_parquet(data)
+    argv = [sys.executable, "-m", "carto_cli.cli", "inspect", "--scores", str(scores), "--data", str(data),
+            "--top", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "160"})
+    assert done.returncode == 0, done.stderr
+    table = done.stderr.splitlines()[2:]
+    assert {len(line) for line in table} == {160}
+    shown = "".join(line.split("│")[-2][1:-1] for line in table[3:-1]).rstrip()  # the folded lines, joined
+    assert shown.startswith("three word0 word1") and "word30" in shown and shown.endswith("…")
+    assert len(table) - 4 == 4  # the sample's text folded into 4 lines of its column, then cut
 
 
 def test_terminal_without_data_and_unplaced(scores: Path, tmp_path: Path) -> None:
@@ -144,8 +174,96 @@ def test_terminal_without_data_and_unplaced(scores: Path, tmp_path: Path) -> Non
     ids.write_text("5\n")
     result = run("inspect", "--scores", scores, "--ids", ids)
     lines = result.stderr.splitlines()
-    assert lines[0] == f"carto inspect: 1 of 1 ids in {ids} samples (of 6) by memorization, highest first"
+    assert lines[0] == f"carto inspect: the one sample listed in {ids} (of 6), by memorization, highest first"
     assert lines[4] == "│    1 │         5 │ unplaced │        1.000 │          — │             0 │"
+
+
+@pytest.mark.parametrize(
+    ("args", "headline"),
+    [
+        ([], "the first 20 of the 2,025 samples"),
+        (["--top", "0"], "the 2,025 samples"),
+        (["--quadrant", "noisy-outlier", "--top", "5"], "the first 5 of the 33 noisy-outlier samples (of 2,025)"),
+        (["--ids", "{ids}"], "the 3 samples listed in {ids} (of 2,025)"),
+        (["--finding", "0", "--top", "2"], "the first 2 of the 9 samples that hold finding 0 (of 2,025)"),
+    ],
+)
+def test_headlines_say_plainly_what_is_shown(sample_findings, tmp_path: Path, args: list[str],
+                                            headline: str) -> None:
+    ids = tmp_path / "carriers.txt"
+    ids.write_text("1\n2\n3\n")
+    result = run("inspect", "--scores", sample_findings["scores"], *[a.format(ids=ids) for a in args])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == f"carto inspect: {headline.format(ids=ids)}, by memorization, highest first"
+
+
+# ------------------------------------------------------------------ findings
+
+
+def test_a_finding_lists_every_carrier_with_the_string_marked(sample_findings) -> None:
+    findings = pl.read_parquet(sample_findings["findings"]).filter(pl.col("finding") == 0).row(0, named=True)
+    carriers = sorted({copy["sample_id"] for copy in findings["copies_at"]})
+    shown = as_json(run("inspect", "--scores", sample_findings["scores"], "--data", sample_findings["texts"],
+                        "--finding", "0", "--top", "0", "--json"))
+    assert sorted(r["sample_id"] for r in shown) == carriers and len(carriers) == findings["carriers"]
+    for r in shown:
+        assert r["marked"], r  # every copy is found in its text: the finding's string, or its longest part
+        for start, end in r["marked"]:
+            assert end - start >= 4 and r["text"][start:end] in findings["text"]
+    exact = [r for r in shown if findings["text"] in r["text"]]
+    assert exact and all([r["text"][s:e] for s, e in r["marked"]] == [findings["text"]] * r["text"].count(
+        findings["text"]) for r in exact)
+    result = run("inspect", "--scores", sample_findings["scores"], "--data", sample_findings["texts"], "--finding", "0")
+    lines = result.stderr.splitlines()
+    assert lines[2] == (f"finding 0 (private, {findings['copies']} copies in {findings['carriers']} samples, evidence "
+                        f"{findings['evidence']:.1f}): {findings['text']}")
+    assert lines[3] == f"marked ⟦like this⟧: finding 0, from {sample_findings['findings']}"
+    assert f"⟦{findings['text']}⟧" in result.stderr
+
+
+def test_the_strongest_private_finding_of_each_sample_is_marked_escaped(scores: Path, tmp_path: Path) -> None:
+    """Hand-made findings beside the scores: the markup in a finding's text is shown as written."""
+    frame = pl.read_parquet(scores).with_columns(
+        finding=pl.Series([None, None, 0, 1, None, None], dtype=pl.Int64))
+    with_findings = tmp_path / "with" / "scores.parquet"
+    artifacts.write(frame, with_findings, artifacts.provenance("scores", inputs=[], parameters={}))
+    copy = pl.Struct({"sample_id": pl.Int64, "start": pl.Int64, "length": pl.Int64})
+    findings = pl.DataFrame(
+        {"finding": [0, 1], "text": ["[bold]not", "xxxx"], "tokens": [[1], [2]], "evidence": [12.0, 11.0],
+         "carriers": [1, 1], "copies": [1, 1], "public": [False, False],
+         "copies_at": [[{"sample_id": 2, "start": 4, "length": 9}], [{"sample_id": 3, "start": 6, "length": 4}]]},
+        schema_overrides={"copies_at": pl.List(copy)})
+    artifacts.write(findings, tmp_path / "with" / "findings.parquet",
+                    artifacts.provenance("findings", inputs=[], parameters={}))
+    data = tmp_path / "train.parquet"
+    pl.DataFrame({"text": TEXTS}).write_parquet(data)
+    result = run("inspect", "--scores", with_findings, "--data", data, "--top", "3")
+    assert result.exit_code == 0, result.output
+    where = tmp_path / "with" / "findings.parquet"
+    assert f"marked ⟦like this⟧: each sample's strongest private finding, from {where}" in result.stderr
+    assert "│       0 │ two ⟦[bold]not⟧ " in result.stderr  # the sample's finding, 0: shown as written
+    shown = as_json(run("inspect", "--scores", with_findings, "--data", data, "--top", "3", "--json"))
+    assert [(r["sample_id"], r["finding"], r["marked"]) for r in shown] == [
+        (3, 1, [[6, 106]]), (2, 0, [[4, 13]]), (0, None, [])]  # overlapping occurrences merged
+    # without the findings file: a note, nothing marked
+    (tmp_path / "with" / "findings.parquet").unlink()
+    result = run("inspect", "--scores", with_findings, "--data", data, "--top", "1")
+    assert "Note: the scores have findings, but no findings file was found" in result.stderr
+    assert "⟦" not in result.stderr.splitlines()[-3]
+
+
+def test_bad_finding_options(sample_findings, scores: Path, tmp_path: Path) -> None:
+    assert_error(run("inspect", "--scores", sample_findings["scores"], "--finding", "999"),
+                 f"--finding 999: no such finding in {sample_findings['findings']} (0..32); `carto findings` lists "
+                 "them")
+    assert_error(run("inspect", "--scores", scores, "--finding", "0"),
+                 f"--finding needs the findings file: {scores} records none and there is no findings.parquet beside "
+                 "it; pass --findings FILE (written by `carto score --data`)")
+    assert_error(run("inspect", "--scores", sample_findings["scores"], "--finding", "0", "--quadrant", "unplaced"),
+                 "--quadrant, --ids and --finding choose the samples in different ways; pass one of them")
+    assert_error(run("inspect", "--scores", scores, "--findings", tmp_path / "none.parquet"),
+                 f"--findings {tmp_path / 'none.parquet'}: no such file; pass the findings file `carto score --data` "
+                 "wrote")
 
 
 # ------------------------------------------------------------------ datasets
@@ -230,14 +348,14 @@ def test_hotspot_texts_of_sample_logs(tmp_path: Path) -> None:
 def test_bad_options(scores: Path, tmp_path: Path) -> None:
     ids = tmp_path / "ids.txt"
     ids.write_text("1\n")
-    assert_error(run("inspect", "--scores", scores, "--quadrant", "hotspot"),
-                 "--quadrant must be one of stable-easy, ambiguous-hard, hotspot-memorized, noisy-outlier, "
-                 "unplaced; got 'hotspot'")
+    assert_usage_error(run("inspect", "--scores", scores, "--quadrant", "hotspot"),
+                       "--quadrant must be one of stable-easy, ambiguous-hard, hotspot-memorized, noisy-outlier, "
+                       "unplaced; got 'hotspot'")
     assert_error(run("inspect", "--scores", scores, "--quadrant", "unplaced", "--ids", ids),
-                 "--quadrant and --ids choose the samples in two ways; pass one of them")
-    assert_error(run("inspect", "--scores", scores, "--by", "quadrant"),
-                 f"--by quadrant: not a numeric column of {scores}; choose one of difficulty, memorization, "
-                 "forget_events, n_seen")
+                 "--quadrant, --ids and --finding choose the samples in different ways; pass one of them")
+    assert_usage_error(run("inspect", "--scores", scores, "--by", "quadrant"),
+                       f"--by quadrant: not a numeric column of {scores}; choose one of difficulty, memorization, "
+                       "forget_events, n_seen")
     assert_error(run("inspect", "--scores", scores, "--top", "-1"),
                  "--top must be >= 0 (0 shows every sample); got -1")
     assert_error(run("inspect", "--scores", scores, "--text-column", "text"),

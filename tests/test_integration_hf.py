@@ -757,7 +757,7 @@ def test_the_example_trains_logs_and_scores(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "hf_trainer.py"), "--out", str(out),
                              "--epochs", "2", "--samples", "96"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert f"carto score {out / 'carto_logs'} --out {out / 'scores.parquet'}" in result.stdout
+    assert f"carto score {out / 'carto_logs'} --data {out / 'corpus.jsonl'} --tokenizer bytes" in result.stdout
     scored = run("score", out / "carto_logs", "--out", tmp_path / "scores.parquet")
     assert scored.exit_code == 0, scored.output
     scores = pl.read_parquet(tmp_path / "scores.parquet")

@@ -13,6 +13,8 @@ in CI (the `CI` variable set), where .ci/run installs it and a missing browser f
 from __future__ import annotations
 
 import base64
+import html
+import io
 import json
 import os
 import re
@@ -154,7 +156,11 @@ def test_the_page_is_self_contained(made) -> None:
             "style-src 'unsafe-inline'\">") in text
     assert set(page.tags) <= {"html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "p", "span",
                               "em", "code", "table", "thead", "tbody", "tr", "th", "td", "figure", "img",
-                              "figcaption", "pre", "br", "details", "summary"}, set(page.tags)
+                              "figcaption", "pre", "br", "details", "summary", "mark"}, set(page.tags)
+
+
+RANKED_BY = {"stable-easy": "confidence", "ambiguous-hard": "difficulty", "hotspot-memorized": "memorization",
+             "noisy-outlier": "memorization"}
 
 
 def test_texts_are_escaped_and_the_top_samples_are_inspects(made) -> None:
@@ -162,12 +168,13 @@ def test_texts_are_escaped_and_the_top_samples_are_inspects(made) -> None:
     page = Tables(text)
     counts = scores_counts(made["scores"])
     for name in QUADRANTS:
-        result = run("inspect", "--scores", made["scores"], "--quadrant", name, "--top", 10, "--json")
+        by = RANKED_BY[name]
+        result = run("inspect", "--scores", made["scores"], "--quadrant", name, "--by", by, "--top", 10, "--json")
         expected = [row["sample_id"] for row in json.loads(result.stdout)]
-        assert f'<h3 id="top-{name}">{name}: the first 10 of {counts[name]:,}</h3>' in text
+        assert f'<h3 id="top-{name}">{name}: the first 10 of {counts[name]:,}, by {by}, highest first</h3>' in text
         rows = page.rows(f"top-{name}")
         assert [int(cells[1]) for _, cells in rows] == expected
-        assert [cells[6] for _, cells in rows] == [text_of(sid) for sid in expected]  # shown as written
+        assert [cells[-1] for _, cells in rows] == [text_of(sid) for sid in expected]  # shown as written
     assert "<script" not in text.lower()
     assert "&lt;script&gt;document.title=&#x27;pwned 1458&#x27;&lt;/script&gt; &amp; &quot;sample&quot;" in text
 
@@ -195,19 +202,22 @@ def test_provenance(made) -> None:
     assert shown["memorization signal"] == prov["memorization"] and "greedy hits" in prov["memorization"]
     assert shown["scores file"] == f"{made['scores']} (sha256 {artifacts.file_digest(made['scores'])})"
     assert shown["--logs digest"].endswith(": the log the scores were made from")
+    # the command as run, every option spelled out
+    assert shown["this report"] == (f"carto {prov['carto_version']}: carto report --scores {made['scores']} --logs "
+                                    f"{SAMPLE_LOGS} --data {made['data']} --frac 0.1 --top 10 --out {made['out']}")
     assert {cells[0]: json.loads(cells[1]) for _, cells in page.rows("parameters")} == prov["parameters"]
 
 
 def test_without_logs_or_data_and_the_same_page_twice(made, tmp_path: Path) -> None:
     pages = []
-    for name in ("a.html", "b.html"):
-        result = run("report", "--scores", made["scores"], "--out", tmp_path / name, "--top", 0, "--frac", 0)
+    for _ in range(2):  # the same command twice (the page records it, --out included)
+        result = run("report", "--scores", made["scores"], "--out", tmp_path / "a.html", "--top", 0, "--frac", 0)
         assert result.exit_code == 0, result.output
-        pages.append((tmp_path / name).read_bytes())
+        pages.append((tmp_path / "a.html").read_bytes())
     assert pages[0] == pages[1]  # no timestamps: the same inputs give the same page
     assert result.stderr.splitlines() == [
         "carto report: 2,025 samples, 3 pictures, a prune of 0 removing 0",
-        f"wrote {tmp_path / 'b.html'} ({len(pages[1]) / 1024:,.0f} KiB, self-contained: opens with no network)",
+        f"wrote {tmp_path / 'a.html'} ({len(pages[1]) / 1024:,.0f} KiB, self-contained: opens with no network)",
     ]
     text = pages[0].decode()
     assert "Pass the training log (<code>--logs LOGS</code>) to see them." in text
@@ -244,6 +254,82 @@ def test_unplaced_samples_empty_quadrants_and_no_weights(tmp_path: Path) -> None
     noisy = (tmp_path / "noisy.html").read_text()
     assert {q: cells[5] for q, cells in Tables(noisy).rows("exports")} == {"noisy-outlier": "—"}
     assert "No weights: with the default multipliers every sample would get weight 0" in noisy
+
+
+def test_the_low_memorization_quadrants_are_ranked_by_what_separates_them(sample_findings, tmp_path: Path) -> None:
+    """On zero-heavy scores every stable-easy and ambiguous-hard sample has memorization 0: ranked by
+    it, their tables were ids 0, 2, 3, 4, ...; by confidence and by difficulty they are the most
+    confidently learned and the hardest, as `carto inspect --by` lists them."""
+    scores, out = sample_findings["scores"], tmp_path / "r.html"
+    frame = pl.read_parquet(scores)
+    assert run("report", "--scores", scores, "--out", out, "--findings", sample_findings["findings"]).exit_code == 0
+    page = Tables(out.read_text())
+    for name in ("stable-easy", "ambiguous-hard"):
+        assert (frame.filter(pl.col("quadrant") == name)["memorization"] == 0).all()
+        shown = [int(cells[1]) for _, cells in page.rows(f"top-{name}")]
+        by = RANKED_BY[name]
+        inspected = json.loads(run("inspect", "--scores", scores, "--quadrant", name, "--by", by, "--top", 10,
+                                   "--json").stdout)
+        assert shown == [r["sample_id"] for r in inspected]
+        values = [r[by] for r in inspected]
+        assert values == sorted(values, reverse=True) and values[0] > values[-1]  # they are told apart
+        in_id_order = frame.filter(pl.col("quadrant") == name)["sample_id"].sort().head(10).to_list()
+        assert shown != in_id_order
+
+
+def test_the_findings_table_lists_each_string_marked_and_escaped(sample_findings, tmp_path: Path) -> None:
+    scores, findings, out = sample_findings["scores"], sample_findings["findings"], tmp_path / "r.html"
+    result = run("report", "--scores", scores, "--data", sample_findings["texts"], "--out", out, "--json")
+    assert result.exit_code == 0, result.output  # the findings file the scores record is found
+    frame = pl.read_parquet(findings)
+    assert json.loads(result.stdout)["findings"] == frame.height
+    text = out.read_text()
+    rows = Tables(text).rows("findings")
+    expected = frame.sort(["public", "evidence", "finding"], descending=[False, True, False])
+    assert [int(cells[0]) for _, cells in rows] == expected["finding"].to_list()
+    assert [cells[1] for _, cells in rows] == expected["text"].to_list()  # the string, shown as written
+    assert [cells[6] for _, cells in rows] == ["public" if p else "private" for p in expected["public"]]
+    assert [int(cells[3]) for _, cells in rows] == expected["copies"].to_list()
+    # each string is marked in its copy's context, and that copy is one of the finding's carriers
+    for (_, cells), row in zip(rows, expected.iter_rows(named=True)):
+        sample = int(re.search(r"sample ([\d,]+)$", cells[2]).group(1).replace(",", ""))
+        assert sample in {c["sample_id"] for c in row["copies_at"]}
+    marked = re.findall(r'<td class="string"><pre class="text"><mark>(.*?)</mark>', text, re.DOTALL)
+    assert marked == [html.escape(t, quote=True) for t in expected["text"]]
+    prune = json.loads(run("prune", "--scores", scores, "--out", tmp_path / "m.parquet", "--json").stdout)
+    assert re.search(rf'<span id="findings-pruned">{prune["pruned"]:,}</span>', text)
+    # the embedded map shows the zero mass (97% of the samples) as its bar
+    import matplotlib.image
+    import numpy as np
+
+    from carto_cli.report import maps
+
+    src = re.search(r'<figure id="figure-map"><img src="data:image/png;base64,([^"]+)"', text).group(1)
+    pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(src)), format="png")[..., :3]
+    bar = np.abs(pixels - np.array([int(maps.ZERO_COLOUR[i:i + 2], 16) for i in (1, 3, 5)]) / 255).max(axis=2) < 0.03
+    assert bar.sum() > 2_000, bar.sum()
+
+
+def test_a_finding_with_markup_is_escaped_in_the_page(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"sample_id": [0, 1], "difficulty": [1.0, 2.0], "memorization": [12.0, 0.0],
+                          "forget_events": [0, 0], "n_seen": [2, 2], "quadrant": ["hotspot-memorized", "stable-easy"],
+                          "finding": [0, None]}, schema_overrides={"finding": pl.Int64})
+    folder = tmp_path / "run"
+    artifacts.write(frame, folder / "scores.parquet", artifacts.provenance("scores", inputs=[], parameters={}))
+    copy = pl.Struct({"sample_id": pl.Int64, "start": pl.Int64, "length": pl.Int64})
+    findings = pl.DataFrame({"finding": [0], "text": ["<script>x()</script>"], "tokens": [[1]], "evidence": [12.0],
+                             "carriers": [1], "copies": [1], "public": [False],
+                             "copies_at": [[{"sample_id": 0, "start": 3, "length": 20}]]},
+                            schema_overrides={"copies_at": pl.List(copy)})
+    artifacts.write(findings, folder / "findings.parquet", artifacts.provenance("findings", inputs=[], parameters={}))
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"text": "a <script>x()</script> & b"}) + "\n" + json.dumps({"text": "c"}) + "\n")
+    out = tmp_path / "r.html"
+    assert run("report", "--scores", folder / "scores.parquet", "--data", data, "--out", out).exit_code == 0
+    text = out.read_text()
+    assert "<script" not in text.lower()
+    assert '<mark>&lt;script&gt;x()&lt;/script&gt;</mark>' in text
+    assert '<pre class="text">a <mark>&lt;script&gt;x()&lt;/script&gt;</mark> &amp; b</pre>' in text  # in the table too
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -360,7 +446,7 @@ def test_in_a_browser_the_counts_show_and_nothing_is_requested(made, tmp_path: P
     page = Tables(dom)
     assert {q: int(number(cells[1])) for q, cells in page.rows("quadrants")} == scores_counts(made["scores"])
     assert len(page.images) == 4 and "<script" not in dom.lower()
-    shown = [cells[6] for name in QUADRANTS for _, cells in page.rows(f"top-{name}")]
+    shown = [cells[-1] for name in QUADRANTS for _, cells in page.rows(f"top-{name}")]
     assert len(shown) == 40 and all(re.fullmatch(r"<script>document.title='pwned (\d+)'</script> & \"sample\" "
                                                  r"\1\nsecond line", t) for t in shown)
     assert "<title>carto report: scores.parquet</title>" in dom  # the texts' scripts did not run

@@ -7,6 +7,7 @@ Every CartoError becomes one `Error: ...` line on stderr and exit status 1.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from carto_cli.cli.common import JsonOption, LogArguments, ScoresOption
 from carto_cli.cli.common import emit_json as _emit_json
 from carto_cli.cli.console import err, progress
 from carto_cli.cli.lazy import lazy
-from carto_cli.errors import CartoError, OptionError, first_line
+from carto_cli.errors import CartoError, ChoiceError, OptionError, first_line
 from carto_cli.version import __version__
 
 # Imported on first use (`carto_cli.cli.lazy`): `carto --help` needs none of them.
@@ -37,6 +38,7 @@ artifacts, logs, storage = lazy("carto_cli.io.artifacts"), lazy("carto_cli.io.lo
 schema = lazy("carto_cli.log.schema")
 quadrants, rules = lazy("carto_cli.score.quadrants"), lazy("carto_cli.score.rules")
 LOG_DIR_ENV = "CARTO_LOG_DIR"  # carto_cli.log.shim.LOG_DIR_ENV (tests/test_cli.py checks they agree)
+PRUNE_BY = ("memorization", "quadrant", "difficulty", "random")  # export.manifests.PRUNE_BY (tested equal)
 
 app = typer.Typer(
     name="carto",
@@ -54,12 +56,16 @@ app.add_typer(logs_app, name="logs")
 
 
 def _cli_errors(fn: Callable) -> Callable:
-    """Turn domain errors (and engine errors about the data) into one line and exit status 1."""
+    """Turn domain errors (and engine errors about the data) into one line and exit status 1; a
+    value that is not one of its option's choices (ChoiceError) into a usage error, as click's own
+    (`main` prints it as one line, exit status 2): one rule for every command."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except ChoiceError as exc:
+            raise _UsageError(str(exc), ctx=_click_globals().get_current_context(silent=True)) from None
         except CartoError as exc:
             err.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
@@ -199,13 +205,15 @@ def prune_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Manifest to write.")] = Path("manifest.parquet"),
     scores_path: ScoresOption = Path("scores.parquet"),
     by: Annotated[
-        str, typer.Option("--by", help="Ranking: memorization | quadrant | difficulty | random.")
+        str, typer.Option("--by", help="Ranking: " + " | ".join(PRUNE_BY) + ".")
     ] = "memorization",
     seed: Annotated[int, typer.Option("--seed", help="Seed of --by random.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """Write a manifest that removes every copy of what the model memorized (scores with findings), or
     the fraction FRAC of samples ranked most memorization-prone."""
+    if by not in PRUNE_BY:
+        raise ChoiceError(f"--by must be one of {', '.join(PRUNE_BY)}; got '{by}'")
     if frac is not None:
         export.prune_count(0, frac)  # validate --frac before reading anything
     artifacts.ensure_not_input(out, [scores_path])
@@ -364,8 +372,13 @@ def main() -> None:
 
 
 # click's UsageError (the base of typer.BadParameter), whether Typer vendors click (typer._click,
-# recent releases) or uses click itself (older ones).
+# recent releases) or uses click itself (older ones); and the same click's globals (the context
+# of the command running, for the usage line).
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _click_globals():
+    return importlib.import_module(_UsageError.__module__.rsplit(".", 1)[0] + ".globals")
 
 
 if __name__ == "__main__":  # pragma: no cover

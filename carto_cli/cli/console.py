@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -9,7 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-if not err.is_terminal:  # pipes and files: Rich would assume 80 columns and truncate the tables
+# Pipes and files: Rich would assume 80 columns and truncate the tables, so 120, unless COLUMNS
+# says how wide (Rich reads it: `COLUMNS=160 carto inspect ... 2> out.txt`).
+if not err.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
     err.width = 120
 
 

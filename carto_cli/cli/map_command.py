@@ -41,10 +41,13 @@ def map_command(
     if as_json:
         typer.echo(json.dumps({"out": str(out), "samples": facts.samples, "left_out": facts.left_out,
                                "mode": facts.mode, "x": x, "y": y, "color": color,
-                               "quadrants": facts.quadrant_counts, "highlighted": facts.highlighted}))
+                               "quadrants": facts.quadrant_counts, "highlighted": facts.highlighted,
+                               "zeros": facts.zeros}))
         return
     err.print(f"carto map: {facts.samples:,} samples, {x} against {y}, as a {facts.mode}"
               + (f" ({facts.left_out:,} without both values left out)" if facts.left_out else "")
+              + (f"; the {facts.zeros:,} at {y} 0 ({100 * facts.zeros / facts.samples:.0f}%) in a strip of their own"
+                 if facts.zeros else "")
               + (f"; {facts.highlighted:,} of {len(ids):,} highlighted ids found" if ids is not None else ""))
     err.print(f"wrote {escape(str(out))}")
 

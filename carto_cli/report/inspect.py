@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from carto_cli.errors import OptionError
+from carto_cli.errors import ChoiceError, OptionError
 from carto_cli.io.datasets import Dataset
 from carto_cli.score import quadrants
 
@@ -42,20 +42,22 @@ def select(
     by: str = DEFAULT_BY,
     top: int = DEFAULT_TOP,
     source: str = "the scores file",
+    ids_from: str = "--ids",
 ) -> Selection:
     """The `top` samples of a quadrant, of an id list, or of all samples (neither), ranked by `by`.
-    `top` 0 keeps every matching sample. `source` names the scores file in messages."""
+    `top` 0 keeps every matching sample. `source` names the scores file in messages, `ids_from`
+    where the ids came from (the option)."""
     if quadrant is not None and ids is not None:
         raise OptionError("--quadrant and --ids choose the samples in two ways; pass one of them")
     if top < 0:
         raise OptionError(f"--top must be >= 0 (0 shows every sample); got {top}")
     numeric = numeric_columns(scores)
     if by not in numeric:
-        raise OptionError(f"--by {by}: not a numeric column of {source}; choose one of {', '.join(numeric)}")
+        raise ChoiceError(f"--by {by}: not a numeric column of {source}; choose one of {', '.join(numeric)}")
     frame = scores
     if quadrant is not None:
         if quadrant not in QUADRANT_CHOICES:
-            raise OptionError(f"--quadrant must be one of {', '.join(QUADRANT_CHOICES)}; got '{quadrant}'")
+            raise ChoiceError(f"--quadrant must be one of {', '.join(QUADRANT_CHOICES)}; got '{quadrant}'")
         frame = frame.filter(pl.col("quadrant").is_null() if quadrant == quadrants.UNPLACED
                              else pl.col("quadrant") == quadrant)
     if ids is not None:
@@ -65,7 +67,7 @@ def select(
         if missing:
             example = sorted(set(ids) - set(frame["sample_id"].to_list()))[:3]
             raise OptionError(
-                f"--ids: {missing:,} of the {len(set(ids)):,} ids are not in {source} (such as "
+                f"{ids_from}: {missing:,} of the {len(set(ids)):,} ids are not in {source} (such as "
                 f"{', '.join(map(str, example))}); pass ids of samples that carto scored"
             )
     ranked = frame.sort([by, "sample_id"], descending=[True, False], nulls_last=True)
