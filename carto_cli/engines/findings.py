@@ -116,7 +116,8 @@ def run(logset: LogSet, scores_path: Path, request: FindingsRequest, *, early_ep
     write_findings(table, found, request.out, data, reference, params, shift, source)
     previous = quadrants.Thresholds(**prov["thresholds"])
     rescored, thresholds = rescore(scores, found, previous, request.m_threshold)
-    artifacts.write(rescored, scores_path, {**prov, "thresholds": thresholds.as_dict(), "findings": {
+    artifacts.write(rescored, scores_path, {**prov, "thresholds": thresholds.as_dict(), "memorization": DESCRIPTION,
+                                            "signal": prov.get("memorization"), "findings": {
         "path": str(request.out), "data": str(data.path),
         "reference": None if reference is None else str(reference.path),
         "label_shift": shift, "label_shift_source": source, **_parameters(params)}})

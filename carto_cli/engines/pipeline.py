@@ -23,7 +23,7 @@ import polars as pl
 from carto_cli.engines import buckets, incremental, ray, runs
 from carto_cli.engines import findings as findings_pass
 from carto_cli.engines import plan as planner
-from carto_cli.errors import OptionError
+from carto_cli.errors import ChoiceError, OptionError
 from carto_cli.io import artifacts
 from carto_cli.io.logs import LogSet, open_logs
 from carto_cli.score import compiled, quadrants, rules, streamed
@@ -77,7 +77,7 @@ ENGINES = ("local", "ray")
 def check_engine(engine: str, address: str | None) -> None:
     """Refuse an unknown engine, or an address for an engine that takes none."""
     if engine not in ENGINES:
-        raise OptionError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
+        raise ChoiceError(f"--engine must be one of {', '.join(ENGINES)}; got '{engine}'")
     if engine == "local" and address is not None:
         raise OptionError("--address applies to --engine ray only")
 

@@ -102,10 +102,11 @@ def scan(path: Path, kind: str) -> tuple[pl.LazyFrame, dict]:
 def _checked(path: Path, kind: str) -> dict:
     """The provenance of the artefact at `path`, after checking from its footer that it exists, is a
     carto file of `kind` and has the columns that kind needs. Raises ScoresFormatError."""
-    option = {"scores": "--scores"}.get(kind, "input")
+    option = {"scores": "--scores", "findings": "--findings"}.get(kind)
     if not path.exists():
-        hint = "run `carto score LOGS` first" if kind == "scores" else f"pass a {kind} file"
-        raise ScoresFormatError(f"{path}: no such file; {hint} (or pass {option} PATH)")
+        hint = {"scores": "run `carto score LOGS` first",
+                "findings": "run `carto score LOGS --data TRAIN` first"}.get(kind, f"pass a {kind} file")
+        raise ScoresFormatError(f"{path}: no such file; {hint}" + (f" (or pass {option} PATH)" if option else ""))
     try:
         prov = read_provenance(path)
         names = pq.read_schema(path).names

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from carto_cli.errors import OptionError
+from carto_cli.errors import ChoiceError, OptionError
 from carto_cli.log import schema
 from carto_cli.score import signals
 
@@ -77,7 +77,7 @@ class ScoreParams:
             ("--method", self.method, METHODS),
         ):
             if value not in allowed:
-                raise OptionError(f"{name} must be one of {', '.join(allowed)}; got '{value}'")
+                raise ChoiceError(f"{name} must be one of {', '.join(allowed)}; got '{value}'")
         if self.correct_from == "log" and self.threshold is not None:
             raise OptionError("--threshold applies to --correct-from loss|tail|acc, not log")
 

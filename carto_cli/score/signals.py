@@ -47,7 +47,7 @@ import math
 
 import polars as pl
 
-from carto_cli.errors import LogFormatError, OptionError
+from carto_cli.errors import ChoiceError, LogFormatError, OptionError
 from carto_cli.log import schema
 from carto_cli.score.fixedpoint import SCALE, fixed_mean, fixed_sum
 
@@ -87,7 +87,7 @@ def late_from_default(max_epoch: int) -> int:
 
 def check_options(signal: str, drop_k: int, late_from: int | None) -> None:
     if signal not in SIGNALS:
-        raise OptionError(f"--memorization must be one of {', '.join(SIGNALS)}; got '{signal}'")
+        raise ChoiceError(f"--memorization must be one of {', '.join(SIGNALS)}; got '{signal}'")
     if drop_k < 1:
         raise OptionError(f"--drop-k must be >= 1; got {drop_k}")
     if late_from is not None and late_from < 0:
