@@ -15,6 +15,15 @@ class LogFormatError(CartoError):
     """A training log part (or the set of parts) breaks the log contract."""
 
 
+class CartoOutputError(LogFormatError):
+    """A file passed as a log part is one of carto's own outputs (a scores file, a manifest: its
+    Parquet metadata holds `carto.provenance`), not a log part. `kind` is what it is."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 class UnreadablePartError(LogFormatError):
     """A log part that cannot be read as it is: not a Parquet file (a truncated part, say), or
     damaged inside (a page that fails to decode or its checksum, values that contradict its footer):

@@ -246,7 +246,10 @@ def test_empty_directory(tmp_path: Path) -> None:
 def test_file_that_is_not_parquet(tmp_path: Path) -> None:
     bad = tmp_path / "notes.parquet"
     bad.write_text("hello")
-    assert_one_line_error(run("score", bad), str(bad), "not a readable Parquet file")
+    assert_one_line_error(run("score", bad), str(bad), "a text file, not a log part")
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(b"PAR1\x15\x04\x15")  # a part cut short: still called unreadable, --skip-corrupt named
+    assert_one_line_error(run("score", cut), str(cut), "not a readable Parquet file", "--skip-corrupt")
 
 
 def test_truncated_part_fails_naming_it_or_is_skipped_with_a_warning(hand_log: Path, tmp_path: Path) -> None:

@@ -437,3 +437,33 @@ def test_cartocallbacks_declared_shift_maps_logged_positions_to_the_rows(tmp_pat
         tokens_ = finding["tokens"]
         held = [rows[c["sample_id"], c["start"]:c["start"] + c["length"]].tolist() for c in finding["copies_at"]]
         assert any(any(h[i:i + len(tokens_)] == tokens_ for i in range(len(h))) for h in held)
+
+
+def test_a_trainer_output_directory_is_scored_without_carto_s_own_files(world: dict, tmp_path: Path) -> None:
+    """`carto score OUTPUT_DIR` (the Trainer's output directory, the logs in OUTPUT_DIR/carto_logs) once
+    carto's own outputs are in it: they are left out with a note, not read as parts; a directory
+    with no part but carto's outputs names where the logs are; a dataset passed as a log is named."""
+    import shutil
+
+    out_dir = tmp_path / "out"
+    shutil.copytree(world["logs"], out_dir / "carto_logs")
+    first = runner.invoke(app, ["score", str(out_dir / "carto_logs"), "--early-epochs", "1",
+                                "--out", str(out_dir / "scores.parquet")])
+    assert first.exit_code == 0, first.output
+    assert runner.invoke(app, ["prune", "--frac", "0.1", "--scores", str(out_dir / "scores.parquet"),
+                               "--out", str(out_dir / "manifest.parquet")]).exit_code == 0
+    again = runner.invoke(app, ["score", str(out_dir), "--early-epochs", "1", "--out", str(tmp_path / "s2.parquet")])
+    assert again.exit_code == 0, again.output
+    assert "left out carto's own files in the log directory: manifest.parquet (manifest), scores.parquet " \
+           "(scores)" in again.output
+    assert pl.read_parquet(tmp_path / "s2.parquet").height == N
+    shutil.rmtree(out_dir / "carto_logs")
+    (out_dir / "logs").mkdir()
+    result = runner.invoke(app, ["score", str(out_dir), "--out", str(tmp_path / "s3.parquet")])
+    assert result.exit_code == 1
+    assert f"only carto's own outputs (manifest.parquet, scores.parquet), no log part; the logs are in " \
+           f"{out_dir / 'logs'}" in result.output
+    result = runner.invoke(app, ["score", str(out_dir / "scores.parquet"), "--out", str(tmp_path / "s4.parquet")])
+    assert result.exit_code == 1 and "a carto scores file, not a log part" in result.output
+    result = runner.invoke(app, ["score", str(write_text(tmp_path)), "--out", str(tmp_path / "s5.parquet")])
+    assert result.exit_code == 1 and "texts.jsonl: a JSON Lines file, not a log part" in result.output

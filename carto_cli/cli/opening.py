@@ -28,7 +28,12 @@ def open_logs(paths: list[str], skip_corrupt: bool, left_out: dict | None = None
     holds those already named). `left_out`: parts found damaged by an earlier try."""
     found = logs.discover(paths)
     with progress("checking log parts", total=len(found)) as advance:
-        logset = logs.open_logs(found, skip_corrupt=skip_corrupt, on_part=advance, left_out=left_out)
+        logset = logs.open_logs(paths, skip_corrupt=skip_corrupt, on_part=advance, left_out=left_out)
+    if logset.outputs and (warned is None or not warned):
+        names = ", ".join(f"{Path(str(p)).name} ({kind})" for p, kind in logset.outputs[:4])
+        more = f" and {len(logset.outputs) - 4} more" if len(logset.outputs) > 4 else ""
+        err.print(f"[yellow]Note:[/] left out carto's own files in the log directory: {escape(names)}{more}",
+                  soft_wrap=True)
     for path, why in logset.skipped:
         if warned is None or path not in warned:
             err.print(f"[yellow]Warning:[/] skipped {escape(str(path))}: {escape(why)}", soft_wrap=True)

@@ -22,6 +22,7 @@ A log may also be an object-store URL (`s3://bucket/prefix/`, see `carto_cli.io.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from polars.io.plugins import register_io_source
 
-from carto_cli.errors import LogFormatError, UnreadablePartError, first_line
+from carto_cli.errors import CartoOutputError, LogFormatError, UnreadablePartError, first_line
 from carto_cli.io import replays, storage
 from carto_cli.io.storage import Location
 from carto_cli.log import schema
@@ -85,6 +86,7 @@ class LogSet:
 
     parts: list[LogPart]
     skipped: list[tuple[Location, str]] = field(default_factory=list)
+    outputs: list[tuple[Location, str]] = field(default_factory=list)  # carto's own files left out (path, kind)
     replayed_rows: int = 0  # rows left out as replays of a restarted run (`carto_cli.io.replays`)
 
     @property
@@ -134,15 +136,25 @@ def discover(paths: Sequence[str | os.PathLike[str] | Location]) -> list[Locatio
 
 
 def inspect_part(path: Location) -> LogPart:
-    """Read and check one part's footer. Raises LogFormatError naming the file and the fix."""
+    """Read and check one part's footer. Raises LogFormatError naming the file and the fix
+    (CartoOutputError for one of carto's own outputs)."""
     try:
         pf = storage.open_parquet(path)
     except (pa.ArrowInvalid, OSError) as exc:
+        what = _what_file(path)
+        if what is not None:
+            raise LogFormatError(f"{path}: {what}, not a log part (a Parquet file); pass the log directory "
+                                 "the training run wrote (a dataset goes to `carto score --data`)") from None
         reason = f"not a readable Parquet file ({first_line(exc)})"
         raise UnreadablePartError(
             f"{path}: {reason}; if it is a truncated part, remove it or pass --skip-corrupt", reason
         ) from None
     arrow_schema = pf.schema_arrow
+    provenance = (pf.metadata.metadata or {}).get(b"carto.provenance")  # carto's own artefacts (`io.artifacts`)
+    if provenance is not None:
+        kind = _output_kind(provenance)
+        raise CartoOutputError(f"{path}: a carto {kind} file, not a log part; pass the log directory the "
+                               "training run wrote", kind)
     for name in schema.REQUIRED_COLUMNS:
         if name not in arrow_schema.names:
             raise LogFormatError(
@@ -186,6 +198,35 @@ def inspect_part(path: Location) -> LogPart:
     )
 
 
+def _output_kind(provenance: bytes) -> str:
+    try:
+        return str(json.loads(provenance).get("kind", "output"))
+    except (ValueError, AttributeError):
+        return "output"
+
+
+def _what_file(path: Location) -> str | None:
+    """What a local file that is not Parquet looks like, from its first bytes: JSON Lines, JSON,
+    CSV or text (None: nothing recognisable, e.g. a truncated part)."""
+    if not isinstance(path, Path):
+        return None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return None
+    text = head.lstrip()
+    if head.startswith(b"PAR1"):  # a Parquet file cut short: a damaged part, not another kind of file
+        return None
+    if text.startswith(b"{"):
+        return "a JSON Lines file" if b"\n{" in head or path.suffix in (".jsonl", ".ndjson") else "a JSON file"
+    if text.startswith(b"["):
+        return "a JSON file"
+    if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return "a CSV file" if path.suffix == ".csv" else "a text file"
+    return None
+
+
 def open_logs(
     paths: Sequence[str | os.PathLike[str] | Location],
     *,
@@ -196,6 +237,7 @@ def open_logs(
     """Discover and check every part. `on_part` is called once per part (for a progress bar).
     `left_out`: parts found damaged by an earlier read (path -> reason), skipped without a look."""
     logset = LogSet(parts=[])
+    named = {storage.location(p) for p in paths}
     for path in discover(paths):
         if left_out and path in left_out:
             logset.skipped.append((path, left_out[path]))
@@ -204,6 +246,11 @@ def open_logs(
             continue
         try:
             part = inspect_part(path)
+        except CartoOutputError as exc:
+            if path in named:  # passed by name: the user meant it as a part
+                raise
+            logset.outputs.append((path, exc.kind))  # in a directory passed: carto's own file, left out
+            continue
         except UnreadablePartError as exc:
             if not skip_corrupt:
                 raise
@@ -215,6 +262,8 @@ def open_logs(
                 on_part(path)
         logset.parts.append(part)
     if not logset.parts:
+        if logset.outputs and not logset.skipped:
+            raise LogFormatError(_only_outputs(paths, logset.outputs))
         raise LogFormatError(
             f"{', '.join(map(str, paths))}: every part was skipped as unreadable; nothing to score"
         )
@@ -222,6 +271,15 @@ def open_logs(
     _check_required_nulls(logset.parts)
     logset.parts, logset.replayed_rows = replays.apply(logset.parts)
     return logset
+
+
+def _only_outputs(paths: Sequence, outputs: list[tuple[Location, str]]) -> str:
+    """The error for directories that hold carto's outputs and no log part: where the logs may be."""
+    names = ", ".join(sorted({Path(str(p)).name for p, _ in outputs}))
+    where = [Path(str(storage.location(p))) / sub for p in paths for sub in ("carto_logs", "logs")
+             if isinstance(storage.location(p), Path) and (Path(str(storage.location(p))) / sub).is_dir()]
+    hint = f"the logs are in {where[0]}" if where else "pass the log directory the training run wrote"
+    return f"{', '.join(map(str, paths))}: only carto's own outputs ({names}), no log part; {hint}"
 
 
 def sample_id_dtype(parts: Iterable[LogPart]) -> pl.DataType:
