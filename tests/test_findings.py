@@ -247,15 +247,23 @@ def test_a_core_is_widened_inside_its_run() -> None:
     assert findings.widen(0, 10, 0, 12, 6) == (0, 10)  # long enough already
 
 
-def test_a_common_string_does_not_chain_rare_ones_together() -> None:
-    """Two secrets (rows 0-9 and 10-19) and indentation in every row: sharing most of each secret's
-    rows, it would join them into one finding if overlap were measured against the smaller set."""
-    hits = pl.DataFrame({"pattern": [0] * 10 + [1] * 10 + [2] * 40 + [3] * 9,
-                         "sample_id": [*range(10), *range(10, 20), *range(40), *range(1, 10)],
-                         "start": [0] * 69})
-    labels = findings.group(4, hits, overlap=0.5)
+def test_a_common_string_does_not_chain_rare_ones_together_and_pieces_join_their_whole() -> None:
+    """Two secrets (rows 0-9 at 10, rows 10-19 at 30) and indentation in every row at 0: sharing most
+    of each secret's rows, it would join them into one finding if overlap were measured against the
+    smaller set, or if a weaker string could take in the stronger ones it overlaps. Pattern 3 is
+    secret 0 seen through another run (9 of its 10 rows); pattern 4, weaker, occurs in half of
+    secret 0's rows overlapping it: a piece of it; pattern 5 too, but stronger: not a piece;
+    pattern 6 lies in rows of the indentation but away from it."""
+    rows = {0: range(10), 1: range(10, 20), 2: range(40), 3: range(1, 10), 4: range(5, 10), 5: range(3),
+            6: range(20, 23)}
+    starts = {0: 10, 1: 30, 2: 0, 3: 10, 4: 8, 5: 8, 6: 40}
+    lengths = np.array([8, 8, 12, 8, 8, 8, 8])
+    evidence = np.array([20.0, 20.0, 11.0, 15.0, 12.0, 25.0, 12.0])
+    hits = pl.DataFrame([{"pattern": p, "sample_id": r, "start": starts[p]} for p, rs in rows.items() for r in rs])
+    labels = findings.group(lengths, evidence, hits, overlap=0.5)
     assert labels[0] != labels[1] and labels[2] not in (labels[0], labels[1])
-    assert labels[3] == labels[0]  # 9 of secret 0's 10 rows: the same string seen through another run
+    assert labels[3] == labels[0] and labels[4] == labels[0]  # the same rows; a weaker piece of it
+    assert len({labels[0], labels[1], labels[2], labels[5], labels[6]}) == 5  # stronger; away from the rest
 
 
 def test_a_loss_mask_drops_the_targets_of_the_masked_tokens() -> None:

@@ -183,7 +183,7 @@ def test_terminal_without_data_and_unplaced(scores: Path, tmp_path: Path) -> Non
     [
         ([], "the first 20 of the 2,025 samples"),
         (["--top", "0"], "the 2,025 samples"),
-        (["--quadrant", "noisy-outlier", "--top", "5"], "the first 5 of the 33 noisy-outlier samples (of 2,025)"),
+        (["--quadrant", "noisy-outlier", "--top", "5"], "the first 5 of the 39 noisy-outlier samples (of 2,025)"),
         (["--ids", "{ids}"], "the 3 samples listed in {ids} (of 2,025)"),
         (["--finding", "0", "--top", "2"], "the first 2 of the 9 samples that hold finding 0 (of 2,025)"),
     ],
@@ -254,7 +254,7 @@ def test_the_strongest_private_finding_of_each_sample_is_marked_escaped(scores: 
 
 def test_bad_finding_options(sample_findings, scores: Path, tmp_path: Path) -> None:
     assert_error(run("inspect", "--scores", sample_findings["scores"], "--finding", "999"),
-                 f"--finding 999: no such finding in {sample_findings['findings']} (0..32); `carto findings` lists "
+                 f"--finding 999: no such finding in {sample_findings['findings']} (0..38); `carto findings` lists "
                  "them")
     assert_error(run("inspect", "--scores", scores, "--finding", "0"),
                  f"--finding needs the findings file: {scores} records none and there is no findings.parquet beside "

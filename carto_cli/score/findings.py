@@ -17,12 +17,13 @@ its copies:
 2. **Copies.** Every candidate is searched for in every training row (`carto_cli.score.match`: exact
    token matches, every occurrence). A candidate must occur in its own source row, or the dataset is
    not the one the log was written from (counted, and refused when most do not).
-3. **Findings.** Candidates whose rows are nearly the same (they share `overlap` of the larger set) are
-   one finding: the same string seen through different runs (a run one token longer, a copy in
-   other context). A finding's text is its member with the strongest evidence (then the most rows,
-   then the shortest); its copies are every row that holds any member; its evidence is the largest
-   evidence of any source (the strongest sign that the model learned it); `sources` counts the
-   samples whose own run gave a member.
+3. **Findings.** Candidates whose rows are nearly the same (they share `overlap` of the larger set)
+   are one finding: the same string seen through different runs (a run one token longer, a copy in
+   other context); so is a candidate that occurs only where another, stronger one does, overlapping
+   it (a piece of it: a run cut short, with the token before it). A finding's text is its member
+   with the strongest evidence (then the most rows, then the shortest); its copies are every row
+   that holds any member; its evidence is the largest evidence of any source (the strongest sign
+   that the model learned it); `sources` counts the samples whose own run gave a member.
 4. **Public or private.** With a reference (held-out text the model should be able to know:
    a validation split, licences, documentation), a finding of which any member occurs there is
    *public*: common code, boilerplate, an idiom; it is reported but not pruned or masked by
@@ -98,6 +99,8 @@ def candidates(spans: pl.DataFrame, rows: TokenRows, *, min_length: int) -> tupl
             short += 1
             lo = max(-first, hi - min_length)
             hi = min(len(row) - first, lo + min_length)
+            if hi - lo < min_length:  # the whole row is shorter: nothing long enough to search for
+                continue
         strings.append(row[first + lo : first + hi])
         index.append(i)
     return strings, np.asarray(index, dtype=np.int64), short
@@ -132,11 +135,17 @@ def search(patterns: match.Patterns, data: TokenDataset, shard: Shard | None = N
     return pl.concat(frames)
 
 
-def group(n_patterns: int, hits: pl.DataFrame, overlap: float) -> np.ndarray:
-    """A group label per pattern: patterns whose sets of rows are nearly the same (they share at
-    least `overlap` of the larger set) are one group (union-find over the pairs that share rows).
-    Relative to the larger set, not the smaller: a common string (indentation, a template) shares
-    most of a rare string's rows, and would otherwise chain unrelated findings together."""
+def group(lengths: np.ndarray, evidence: np.ndarray, hits: pl.DataFrame, overlap: float) -> np.ndarray:
+    """A group label per pattern (union-find over the pairs of patterns that share rows). Two
+    patterns are one finding when
+    - their sets of rows are nearly the same: they share at least `overlap` of the larger set
+      (relative to the larger set, not the smaller: a common string, indentation or a template,
+      shares most of a rare string's rows, and would otherwise chain unrelated findings together); or
+    - one is a piece of the other: it occurs (nearly: 90%) only in the other's rows, overlapping the
+      other's occurrence there in at least half of them, and its evidence is not stronger (a run
+      cut short, seen with the token before it). A template with weaker evidence never absorbs the
+      stronger secrets that follow it: it is the larger, not the piece."""
+    n_patterns = len(lengths)
     parent = np.arange(n_patterns)
 
     def root(i: int) -> int:
@@ -145,12 +154,19 @@ def group(n_patterns: int, hits: pl.DataFrame, overlap: float) -> np.ndarray:
             i = parent[i]
         return i
 
-    per_row = hits.select("pattern", "sample_id").unique()
-    size = np.bincount(per_row["pattern"].to_numpy(), minlength=n_patterns)
-    pairs = (per_row.join(per_row, on="sample_id", suffix="_b").filter(pl.col("pattern") < pl.col("pattern_b"))
-             .group_by("pattern", "pattern_b").agg(pl.len().alias("shared")))
-    for a, b, shared in pairs.iter_rows():
-        if shared >= overlap * max(size[a], size[b]):
+    length = pl.DataFrame({"pattern": np.arange(n_patterns, dtype=np.int64), "length": lengths.astype(np.int64)})
+    occurrences = (hits.group_by("pattern", "sample_id").agg(pl.col("start").min()).join(length, on="pattern")
+                   .with_columns(end=pl.col("start") + pl.col("length")))
+    size = np.bincount(occurrences["pattern"].to_numpy(), minlength=n_patterns)
+    pairs = (occurrences.join(occurrences, on="sample_id", suffix="_b").filter(pl.col("pattern") < pl.col("pattern_b"))
+             .with_columns(touch=(pl.col("start") < pl.col("end_b")) & (pl.col("start_b") < pl.col("end")))
+             .group_by("pattern", "pattern_b").agg(pl.len().alias("shared"), pl.col("touch").sum().alias("touching")))
+    for a, b, shared, touching in pairs.iter_rows():
+        piece, whole = (a, b) if size[a] <= size[b] else (b, a)
+        same_rows = shared >= overlap * max(size[a], size[b])
+        is_piece = (shared >= 0.9 * size[piece] and touching >= 0.5 * shared
+                    and evidence[piece] <= evidence[whole])
+        if same_rows or is_piece:
             ra, rb = root(a), root(b)
             if ra != rb:
                 parent[max(ra, rb)] = min(ra, rb)
@@ -191,7 +207,7 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
             f"{data.path}: {unmatched:,} of the {len(source_of):,} memorized spans are not where the log says in "
             "their own rows; pass the dataset the model was trained on (and its tokenizer), or the right "
             "--label-shift")
-    labels = group(len(patterns), hits, params.overlap)
+    labels = group(np.array([len(p) for p in patterns]), np.asarray(pattern_evidence), hits, params.overlap)
     public = np.zeros(len(patterns), dtype=bool)
     reference_copies = np.zeros(len(patterns), dtype=np.int64)
     if reference is not None:
