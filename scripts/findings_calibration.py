@@ -72,7 +72,7 @@ def baseline(seed: int, work: Path) -> tuple[dict, dict]:
     return json.loads(metrics_path.read_text()), data.canaries.to_dict()
 
 
-def evaluate(seed: int, work: Path, evidence: list[float], spans: list[int]) -> list[dict]:
+def evaluate(seed: int, work: Path, evidence: list[float], spans: list[int], public_rules: list[str]) -> list[dict]:
     metrics, canaries = baseline(seed, work)
     carrier_of = {s: i for i, c in enumerate(canaries["canaries"]) for s in c["sample_ids"]}
     extracted = {i for i, c in enumerate(metrics["per_canary"]) if c["extracted"]}
@@ -80,28 +80,28 @@ def evaluate(seed: int, work: Path, evidence: list[float], spans: list[int]) -> 
     logset = logs.open_logs([work / "logs"])
     params = rules.ScoreParams(early_epochs=1)
     rows = []
-    for min_evidence in evidence:
-        for min_span in spans:
-            out = work / "scores.parquet"
-            request = findings_pass.FindingsRequest(
-                data=tokens.open_tokens(work / "train.parquet", tokenizer="bytes"), out=work / "findings.parquet",
-                params=findings.FindingParams(min_evidence=min_evidence, min_length=min_span),
-                reference=tokens.open_tokens(work / "val.parquet", tokenizer="bytes"))
-            started = time.time()
-            run = pipeline.run_score(logset, params, out=out, inputs=[str(work / "logs")], findings=request)
-            seconds = time.time() - started
-            scores = artifacts.read(out, "scores")[0]
-            pruned = set(scores.filter(pl.col("finding").is_not_null())["sample_id"].to_list())
-            table = run.findings.findings.table
-            rows.append({
-                "seed": seed, "min_evidence": min_evidence, "min_span": min_span,
-                "extracted": f"{len(extracted)}/{len(canaries['canaries'])}",
-                "sources": run.findings.findings.sources, "findings": table.height,
-                "private": int((~table["public"]).sum()), "pruned": len(pruned),
-                "recall": len(pruned & targets) / max(1, len(targets)),
-                "carriers_pruned": len(pruned & set(carrier_of)) / len(carrier_of),
-                "precision": len(pruned & set(carrier_of)) / max(1, len(pruned)), "seconds": seconds})
-            print(rows[-1], file=sys.stderr, flush=True)
+    grid = [(e, s, r) for e in evidence for s in spans for r in public_rules]
+    for min_evidence, min_span, public_rule in grid:
+        out = work / "scores.parquet"
+        request = findings_pass.FindingsRequest(
+            data=tokens.open_tokens(work / "train.parquet", tokenizer="bytes"), out=work / "findings.parquet",
+            params=findings.FindingParams(min_evidence=min_evidence, min_length=min_span, public_rule=public_rule),
+            reference=tokens.open_tokens(work / "val.parquet", tokenizer="bytes"))
+        started = time.time()
+        run = pipeline.run_score(logset, params, out=out, inputs=[str(work / "logs")], findings=request)
+        seconds = time.time() - started
+        scores = artifacts.read(out, "scores")[0]
+        pruned = set(scores.filter(pl.col("finding").is_not_null())["sample_id"].to_list())
+        table = run.findings.findings.table
+        rows.append({
+            "seed": seed, "min_evidence": min_evidence, "min_span": min_span, "public_rule": public_rule,
+            "extracted": f"{len(extracted)}/{len(canaries['canaries'])}",
+            "sources": run.findings.findings.sources, "findings": table.height,
+            "private": int((~table["public"]).sum()), "pruned": len(pruned),
+            "recall": len(pruned & targets) / max(1, len(targets)),
+            "carriers_pruned": len(pruned & set(carrier_of)) / len(carrier_of),
+            "precision": len(pruned & set(carrier_of)) / max(1, len(pruned)), "seconds": seconds})
+        print(rows[-1], file=sys.stderr, flush=True)
     return rows
 
 
@@ -111,19 +111,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--evidence", default="5,10,15,20", help="--min-evidence values (nats)")
     parser.add_argument("--span", default="6,8,12", help="--min-span values (tokens)")
+    parser.add_argument("--public-rule", default=findings.DEFAULT_PUBLIC_RULE,
+                        help=f"public rules, of {', '.join(findings.PUBLIC_RULES)}")
     args = parser.parse_args()
     evidence = [float(x) for x in args.evidence.split(",")]
     spans = [int(x) for x in args.span.split(",")]
-    rows = [row for seed in args.seeds for row in evaluate(seed, args.work / f"seed{seed}", evidence, spans)]
+    rules = args.public_rule.split(",")
+    rows = [row for seed in args.seeds for row in evaluate(seed, args.work / f"seed{seed}", evidence, spans, rules)]
     print(f"# command: python scripts/findings_calibration.py {' '.join(sys.argv[1:])}")
     print(f"# carto commit: {commit()}; defaults: --min-evidence {findings.DEFAULT_MIN_EVIDENCE:g} "
-          f"--min-span {findings.DEFAULT_MIN_LENGTH}")
+          f"--min-span {findings.DEFAULT_MIN_LENGTH}, public rule {findings.DEFAULT_PUBLIC_RULE}")
     print("# recall: carriers of extracted canaries in the prune set; precision: pruned rows that carry a canary")
-    print("| seed | extracted | --min-evidence | --min-span | sources | findings | private | pruned | recall "
-          "| all carriers pruned | precision |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| seed | extracted | --min-evidence | --min-span | public rule | sources | findings | private | pruned "
+          "| recall | all carriers pruned | precision |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['seed']} | {r['extracted']} | {r['min_evidence']:g} | {r['min_span']} | {r['sources']:,} | "
+        print(f"| {r['seed']} | {r['extracted']} | {r['min_evidence']:g} | {r['min_span']} | {r['public_rule']} | "
+              f"{r['sources']:,} | "
               f"{r['findings']} | {r['private']} | {r['pruned']:,} | {r['recall']:.3f} | "
               f"{r['carriers_pruned']:.3f} | {r['precision']:.3f} |")
 

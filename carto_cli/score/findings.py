@@ -51,6 +51,11 @@ from carto_cli.score import match
 DEFAULT_MIN_EVIDENCE = 10.0  # nats
 DEFAULT_MIN_LENGTH = 8  # tokens
 DEFAULT_OVERLAP = 0.5
+# When a finding is public (with a reference): "text" when its text (strongest member) occurs there;
+# "sources" when the members that occur there gave at least half of its sources (the runs that
+# showed it); "any" when any member does. Compared on the development seeds (docs/scoring.md).
+PUBLIC_RULES = ("text", "sources", "any")
+DEFAULT_PUBLIC_RULE = "sources"
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class FindingParams:
     min_evidence: float = DEFAULT_MIN_EVIDENCE
     min_length: int = DEFAULT_MIN_LENGTH
     overlap: float = DEFAULT_OVERLAP
+    public_rule: str = DEFAULT_PUBLIC_RULE  # see PUBLIC_RULES
 
 
 @dataclass
@@ -217,12 +223,12 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
         public = reference_copies > 0
     return _assemble(patterns, np.asarray(pattern_evidence), np.asarray(pattern_sources), labels, hits, public,
                      reference_copies, data, candidates_=len(patterns), sources=len(spans), short=short,
-                     unmatched=unmatched)
+                     unmatched=unmatched, public_rule=params.public_rule)
 
 
 def _assemble(patterns: list[np.ndarray], evidence: np.ndarray, pattern_sources: np.ndarray, labels: np.ndarray,
               hits: pl.DataFrame, public: np.ndarray, reference_copies: np.ndarray, data: TokenDataset, *,
-              candidates_: int, sources: int, short: int, unmatched: int) -> Findings:
+              candidates_: int, sources: int, short: int, unmatched: int, public_rule: str) -> Findings:
     rows_of = hits.group_by("pattern").agg(pl.col("sample_id").n_unique().alias("rows"))
     n_rows = np.zeros(len(patterns), dtype=np.int64)
     n_rows[rows_of["pattern"].to_numpy()] = rows_of["rows"].to_numpy()
@@ -233,10 +239,15 @@ def _assemble(patterns: list[np.ndarray], evidence: np.ndarray, pattern_sources:
     text_of = (members.sort(["group", "evidence", "rows", "length", "pattern"],
                             descending=[False, True, True, False, False])
                .group_by("group", maintain_order=True).first().select("group", pl.col("pattern").alias("text_pattern")))
-    per_group = (members.group_by("group").agg(pl.col("evidence").max(), pl.col("sources").sum(),
-                                               pl.col("public").any(), pl.col("reference_copies").sum(),
-                                               pl.len().alias("members"))
-                 .join(text_of, on="group"))
+    per_group = (members.group_by("group").agg(
+        pl.col("evidence").max(), pl.col("sources").sum(), pl.col("reference_copies").sum(), pl.len().alias("members"),
+        pl.col("public").any().alias("any"), (pl.col("sources") * pl.col("public")).sum().alias("public_sources"))
+        .join(text_of, on="group")
+        .join(members.select(pl.col("pattern").alias("text_pattern"), pl.col("public").alias("text")),
+              on="text_pattern"))
+    public_when = {"any": pl.col("any"), "text": pl.col("text"),
+                   "sources": 2 * pl.col("public_sources") >= pl.col("sources")}[public_rule]
+    per_group = per_group.with_columns(public=public_when).drop("any", "text", "public_sources")
     copies = (hits.join(members.select("pattern", "group", "length"), on="pattern")
               .select("group", "sample_id", "start", "length"))
     copies = merge_intervals(copies, ["group", "sample_id"])
