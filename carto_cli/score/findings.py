@@ -25,8 +25,8 @@ its copies:
    that holds any member; its evidence is the largest evidence of any source (the strongest sign
    that the model learned it); `sources` counts the samples whose own run gave a member.
 4. **Public or private.** With a reference (held-out text the model should be able to know:
-   a validation split, licences, documentation), a finding of which any member occurs there is
-   *public*: common code, boilerplate, an idiom; it is reported but not pruned or masked by
+   a validation split, licences, documentation), a finding whose text (its strongest member, the
+   string shown) occurs there is *public*: common code, boilerplate, an idiom; it is reported but not pruned or masked by
    default (Lee et al. 2022 keep the first occurrence of a duplicated span for the same reason: text
    that is common is not the risk). Without a reference every finding is private, and nothing tells
    a memorized secret from memorized boilerplate.
@@ -55,7 +55,7 @@ DEFAULT_OVERLAP = 0.5
 # "sources" when the members that occur there gave at least half of its sources (the runs that
 # showed it); "any" when any member does. Compared on the development seeds (docs/scoring.md).
 PUBLIC_RULES = ("text", "sources", "any")
-DEFAULT_PUBLIC_RULE = "sources"
+DEFAULT_PUBLIC_RULE = "text"
 
 
 @dataclass(frozen=True)
