@@ -26,9 +26,9 @@ its copies:
    that the model learned it); `sources` counts the samples whose own run gave a member.
 4. **Public or private.** With a reference (held-out text the model should be able to know:
    a validation split, licences, documentation), a finding whose text (its strongest member, the
-   string shown) occurs there is *public*: common code, boilerplate, an idiom; it is reported but not pruned or masked by
-   default (Lee et al. 2022 keep the first occurrence of a duplicated span for the same reason: text
-   that is common is not the risk). Without a reference every finding is private, and nothing tells
+   string shown) occurs there is *public*: common code, boilerplate, an idiom; it is reported but
+   not pruned or masked by default (Lee et al. 2022 keep the first occurrence of a duplicated span
+   for the same reason: text that is common is not the risk). Without a reference every finding is private, and nothing tells
    a memorized secret from memorized boilerplate.
 5. **Per sample.** A sample's memorization becomes the evidence of the strongest private finding it
    carries, 0 when it carries none: its copies learned from other copies are found, and a sample
