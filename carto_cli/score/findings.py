@@ -28,8 +28,8 @@ its copies:
    a validation split, licences, documentation), a finding whose text (its strongest member, the
    string shown) occurs there is *public*: common code, boilerplate, an idiom; it is reported but
    not pruned or masked by default (Lee et al. 2022 keep the first occurrence of a duplicated span
-   for the same reason: text that is common is not the risk). Without a reference every finding is private, and nothing tells
-   a memorized secret from memorized boilerplate.
+   for the same reason: text that is common is not the risk). Without a reference every finding
+   is private, and nothing tells a memorized secret from memorized boilerplate.
 5. **Per sample.** A sample's memorization becomes the evidence of the strongest private finding it
    carries, 0 when it carries none: its copies learned from other copies are found, and a sample
    whose own run is public or too short is not counted as memorizing a string.
