@@ -15,8 +15,9 @@ its copies:
    a prompt, it is found where that context was copied with it; the text after a copied string
    varies more often than the text before it).
 2. **Copies.** Every candidate is searched for in every training row (`carto_cli.score.match`: exact
-   token matches, every occurrence). A candidate must occur in its own source row, or the dataset is
-   not the one the log was written from (counted, and refused when most do not).
+   token matches, every occurrence). A candidate is read from its source's row by id and must be
+   found again there when the rows are read in order: a check that the two reads agree (refused
+   when most do not: the file changed while it was read, or its ids do not name one row each).
 3. **Findings.** Candidates whose rows are nearly the same (they share `overlap` of the larger set)
    are one finding: the same string seen through different runs (a run one token longer, a copy in
    other context); so is a candidate that occurs only where another, stronger one does, overlapping
@@ -77,7 +78,7 @@ class Findings:
     candidates: int  # strings searched for
     sources: int  # samples whose evidence passed min_evidence
     short: int  # of those, runs shorter than min_length (their strings take context from the row)
-    unmatched: int  # of those, candidates not found in their own row (a dataset/log mismatch)
+    unmatched: int  # of those, candidates not found again in their own row when the dataset was searched
 
     def per_sample(self) -> pl.DataFrame:
         """sample_id -> finding (the strongest private finding it carries), finding_evidence."""
@@ -205,14 +206,13 @@ def find(spans: pl.DataFrame, evidence: np.ndarray, data: TokenDataset, *, param
         return _empty(len(spans), short)
     compiled = match.Patterns(patterns, anchor=params.min_length)
     hits = searcher(compiled, data)
-    # a source's string must occur in its own row
+    # a source's string, read from its row by id, is found again there by the search (rows in order)
     found = set(hits.select("pattern", "sample_id").unique().iter_rows())
     unmatched = sum((j, sample) not in found for sample, j in source_of)
     if unmatched > len(source_of) / 2:
         raise DatasetError(
-            f"{data.path}: {unmatched:,} of the {len(source_of):,} memorized spans are not where the log says in "
-            "their own rows; pass the dataset the model was trained on (and its tokenizer), or the right "
-            "--label-shift")
+            f"{data.path}: {unmatched:,} of the {len(source_of):,} memorized strings read by sample id were not "
+            "found again in their rows when the dataset was read in order; did it change while carto read it?")
     labels = group(np.array([len(p) for p in patterns]), np.asarray(pattern_evidence), hits, params.overlap)
     public = np.zeros(len(patterns), dtype=bool)
     reference_copies = np.zeros(len(patterns), dtype=np.int64)
