@@ -1,6 +1,6 @@
 """The next Lightning run with carto's exports, as docs/integrations/lightning.md shows it: a
 manifest (`kept_subset` in an `IndexedDataset`), weights (`weighted_sampler` in the loader) and a
-mask (`LossMask.apply` on the targets in `training_step`), each logged by `CartoCallback` under the
+mask (`LossMask.mask_batch` on the targets in `training_step`), each logged by `CartoCallback` under the
 dataset's own ids. The model and data are examples/lightning_train.py's (a tiny next-token model
 on 24 generated sequences); the files are written as `carto prune`, `carto weights` and `carto
 mask` write them.
@@ -87,7 +87,7 @@ def test_a_mask_on_the_targets_in_training_step(tmp_path: Path) -> None:
     class Masked(ex.TinyLM):  # as docs/integrations/lightning.md shows it
         def training_step(self, batch, batch_idx):
             ids, x = batch  # (B,), (B, LENGTH)
-            y = torch.stack([mask.apply(int(i), row, target_offset=1) for i, row in zip(ids, x[:, 1:])])
+            y = mask.mask_batch(ids, x[:, 1:], target_offset=1)  # as docs/integrations/lightning.md shows it
             logits = self.head(self.embed(x[:, :-1]))  # (B, T, V): position t predicts x[:, t + 1]
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
             return {"loss": loss, "carto_ids": ids, "carto_logits": logits.detach(), "carto_labels": y}
