@@ -2,7 +2,8 @@
 carto's token search (`carto_cli.score.match`) against what a user would reach for.
 
     python benchmarks/bench_findings.py                                  # 100,000 rows x ~512 tokens
-    python benchmarks/bench_findings.py --rows 10_000_000 --row-tokens 1024 --repeat 1   # the issue's scale
+    python benchmarks/bench_findings.py --rows 10_000_000 --row-tokens 1024 \
+        --contenders carto,ahocorasick,polars --repeat 1                   # the issue's scale: 15.5 GiB
 
 Writes a synthetic tokenized dataset under /work/bench_data (Parquet, one `input_ids` column of
 list<uint16> (or int32), zstd, row groups of 65,536 rows): row lengths uniform in [L/2, 3L/2] for
@@ -13,14 +14,21 @@ plus one tenth as many random strings of the same lengths that occur nowhere (a 
 occur in the data). Then runs each contender in its own process, alternately `--repeat` times,
 and prints its wall time and peak RSS (wait4) and the ratios carto / contender:
 
-- `carto`: the dataset read a batch at a time with pyarrow (the list column's values as they are,
-  uint16, no copy), `match.find` per batch (its compiled loop where built);
+- `carto`: the dataset read a batch at a time with pyarrow (8,192 rows, no pre-buffering: see
+  `batches`; the list column's values as they are, uint16, no copy), `match.find` per batch (its
+  compiled loop where built);
 - `carto-tokens`: the same search over the batches `carto_cli.io.tokens` reads (what `carto score
-  --data` reads: Polars batches, tokens converted to int64), as `findings.search` loops;
-- `ahocorasick`: pyahocorasick's automaton over each batch as one string, one character per token,
-  rows separated by a character no pattern holds; every occurrence, positions included;
+  --data` reads: 65,536 rows, pyarrow's default pre-buffering, Polars, tokens converted to
+  int64), as `findings.search` loops; its memory grows with the file (see `batches`), so it is
+  left out of runs at the issue's scale;
+- `ahocorasick`: pyahocorasick's automaton over each batch (read as carto's) as one string, one
+  character per token, rows separated by a character no pattern holds; every occurrence,
+  positions included;
 - `duckdb`: the SQL an expert writes: each row and each pattern as its tokens joined by spaces
-  (' 5 9 2 '), the rows joined to the patterns on `contains`; which rows hold which pattern (no counts);
+  (' 5 9 2 '), the rows joined to the patterns on `contains`; which rows hold which pattern (no
+  counts). A regular expression of all the patterns as a filter first took nearly as long. Left out at
+  the issue's scale: at the default one it took 61 times carto's time
+  (docs/benchmark-results/findings-100k-db34555.txt);
 - `polars`: the same strings, `str.extract_many(patterns, overlapping=True)` (Polars' Aho-Corasick),
   lazily, with the streaming engine; counts per (pattern, row).
 
@@ -121,16 +129,26 @@ def _spaced(tokens: np.ndarray) -> str:
 # ------------------------------------------------------------------ the contenders (each in its own process)
 
 
+def batches(data: Path):
+    """The `input_ids` column, BATCH_ROWS rows at a time. Without pre-buffering: with pyarrow's
+    default (pre_buffer=True) the memory held grew with every batch read, to the file's size at
+    the end (16 GiB peak RSS for the 15.5 GiB file of `--rows 10_000_000 --row-tokens 1024`,
+    pyarrow 26.0.1); read through a 1 MiB buffer instead it stayed near 260 MiB for the same
+    CPU time (measured while writing this script)."""
+    file = pq.ParquetFile(data, pre_buffer=False, buffer_size=1 << 20)
+    for batch in file.iter_batches(batch_size=BATCH_ROWS, columns=["input_ids"]):
+        yield batch.column(0)
+
+
 def run_carto(data: Path, patterns: list[np.ndarray]) -> dict[str, np.ndarray]:
     from carto_cli.score import match
 
     compiled = match.Patterns(patterns, anchor=ANCHOR)
     found, first_row = [], 0
-    for batch in pq.ParquetFile(data).iter_batches(batch_size=BATCH_ROWS, columns=["input_ids"]):
-        column = batch.column(0)
+    for column in batches(data):
         hits = match.find(compiled, column.values.to_numpy(), column.offsets.to_numpy())
         found.append((hits.pattern, hits.row + first_row, hits.pos))
-        first_row += len(batch)
+        first_row += len(column)
     return dict(zip(("pattern", "row", "pos"), (np.concatenate(parts) for parts in zip(*found))))
 
 
@@ -163,8 +181,7 @@ def run_ahocorasick(data: Path, patterns: list[np.ndarray]) -> dict[str, np.ndar
     automaton.make_automaton()
     separator = np.uint32(0x10FFFF)  # above every token's code point (vocabularies < 1.1M)
     found, first_row = [], 0
-    for batch in pq.ParquetFile(data).iter_batches(batch_size=BATCH_ROWS, columns=["input_ids"]):
-        column = batch.column(0)
+    for column in batches(data):
         offsets = column.offsets.to_numpy().astype(np.int64)
         values = column.values.to_numpy()[offsets[0] : offsets[-1]]
         lengths = np.diff(offsets)
@@ -179,7 +196,7 @@ def run_ahocorasick(data: Path, patterns: list[np.ndarray]) -> dict[str, np.ndar
         at = np.asarray(ends, dtype=np.int64)
         row = np.searchsorted(starts, at, side="right") - 1
         found.append((np.asarray(pattern, dtype=np.int64), row + first_row, at - starts[row]))
-        first_row += len(batch)
+        first_row += len(column)
     return dict(zip(("pattern", "row", "pos"), (np.concatenate(parts) for parts in zip(*found))))
 
 
