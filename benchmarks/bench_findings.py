@@ -27,8 +27,8 @@ and prints its wall time and peak RSS (wait4) and the ratios carto / contender:
 - `duckdb`: the SQL an expert writes: each row and each pattern as its tokens joined by spaces
   (' 5 9 2 '), the rows joined to the patterns on `contains`; which rows hold which pattern (no
   counts). A regular expression of all the patterns as a filter first took nearly as long. Left out at
-  the issue's scale: at the default one it took 61 times carto's time
-  (docs/benchmark-results/findings-100k-db34555.txt);
+  the issue's scale: at the default one it took 36 times carto's time
+  (docs/benchmark-results/findings-100k-feb4bf3.txt);
 - `polars`: the same strings, `str.extract_many(patterns, overlapping=True)` (Polars' Aho-Corasick),
   lazily, with the streaming engine; counts per (pattern, row).
 
