@@ -324,3 +324,42 @@ def test_bench_write_files_are_read_back_by_every_reader(small_logs: Path) -> No
     assert result["read_back"]["polars zstd-1 (carto)"]["quadrant"] == "String"
     assert result["read_back"]["polars zstd-1, quadrant as Enum"]["quadrant"].startswith("Enum")
     assert result["read_back"]["polars zstd-1, no quadrant"]["quadrant"] == "None"
+
+
+def test_bench_findings_contenders_find_what_carto_finds(tmp_path: Path) -> None:
+    pytest.importorskip("duckdb")
+    pytest.importorskip("ahocorasick")
+    result = last_json(bench("bench_findings.py", "--rows", 2000, "--row-tokens", 64, "--strings", 20,
+                             "--data", tmp_path / "tokens", "--repeat", 1))
+    assert result["ok"] is True and result["rows"] == 2000
+    assert set(result["agreement"]) == {"carto-tokens", "ahocorasick", "duckdb", "polars"}
+    for name, check in result["agreement"].items():
+        assert check["pairs"] > 100 and check["agrees"], (name, check)
+        assert name == "duckdb" or check["count_mismatches"] == 0, name  # every contender but DuckDB counts
+    assert result["agreement"]["ahocorasick"]["position_mismatches"] == 0
+    assert set(result["time_ratio"]) == {"carto-tokens", "ahocorasick", "duckdb", "polars"}
+
+
+def test_bench_findings_agreement_flags_a_missing_pair_a_count_and_a_position(tmp_path: Path, monkeypatch) -> None:
+    import numpy as np
+
+    bf = bench_module("bench_findings", monkeypatch)
+    carto = {"pattern": np.array([0, 0, 1]), "row": np.array([4, 4, 7]), "pos": np.array([0, 3, 2])}
+    contenders = {
+        "carto": carto,
+        "same": {k: v.copy() for k, v in carto.items()},
+        "missing": {"pattern": np.array([0]), "row": np.array([4])},  # pairs only: (1, 7) missing
+        "extra": {"pattern": np.array([0, 1, 2]), "row": np.array([4, 7, 9])},
+        "count": {"pattern": np.array([0, 1]), "row": np.array([4, 7]), "count": np.array([1, 1])},  # (0, 4): 2
+        "position": {"pattern": np.array([0, 0, 1]), "row": np.array([4, 4, 7]), "pos": np.array([0, 3, 1])},
+    }
+    outs = {}
+    for name, result in contenders.items():
+        outs[name] = tmp_path / f"{name}.npz"
+        np.savez(outs[name], **result)
+    checks = bf.agreement(outs)
+    assert checks["same"]["agrees"] and checks["same"]["pairs"] == 2
+    assert checks["missing"]["missing"] == 1 and not checks["missing"]["agrees"]
+    assert checks["extra"]["extra"] == 1 and not checks["extra"]["agrees"]
+    assert checks["count"]["count_mismatches"] == 1 and not checks["count"]["agrees"]
+    assert checks["position"]["position_mismatches"] == 2 and not checks["position"]["agrees"]

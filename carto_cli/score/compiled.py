@@ -26,7 +26,8 @@ The extension is built by `pip install` where a C compiler with 128-bit integers
 (gcc, clang; `setup.py`, optional: a failed build leaves the numpy version). `available()` is
 False without it, or with `CARTO_NO_COMPILED=1`; the dense kernel then runs its numpy version, with
 the same results. `extract_loops()` is the same for the `extractable` signal's loops (`_extract.c`,
-used by `carto_cli.score.extract`).
+used by `carto_cli.score.extract`), and `match_loops()` for the findings' token search (`_match.c`,
+used by `carto_cli.score.match`).
 """
 
 from __future__ import annotations
@@ -85,10 +86,31 @@ def extract_loops():
     return None if os.environ.get("CARTO_NO_COMPILED") else _built("_extract")
 
 
-def match_loops():
+class _MatchLoops:
+    """`_match.find` with its result as numpy arrays: the C function returns one bytearray of 3 * h
+    int64 (it is built without numpy's headers), viewed here without a copy."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def find(self, values: np.ndarray, offsets: np.ndarray, flat: np.ndarray, starts: np.ndarray,
+             lengths: np.ndarray, sorted_hashes: np.ndarray, order: np.ndarray, anchor: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pattern, row, pos), int64, sorted by (pattern, row, pos): every occurrence of every
+        pattern in the rows `values[offsets[i]:offsets[i + 1]]` (see `_match.c` for the arguments);
+        ValueError for inputs the loop cannot search safely."""
+        buffer, h = self._module.find(values, offsets, flat, starts, lengths, sorted_hashes, order, int(anchor))
+        hits = np.frombuffer(buffer, dtype=np.int64).reshape(3, h)
+        return hits[0], hits[1], hits[2]
+
+
+def match_loops() -> _MatchLoops | None:
     """The multi-pattern token search's compiled loop (`_match.c`, used by `carto_cli.score.match`),
     or None where it was not built or `CARTO_NO_COMPILED` is set."""
-    return None if os.environ.get("CARTO_NO_COMPILED") else _built("_match")
+    if os.environ.get("CARTO_NO_COMPILED"):
+        return None
+    module = _built("_match")
+    return None if module is None else _MatchLoops(module)
 
 
 def add_rows(sums, idx: np.ndarray, epoch: np.ndarray | int, loss: np.ndarray, correct: np.ndarray,
