@@ -17,10 +17,9 @@ and prints its wall time and peak RSS (wait4) and the ratios carto / contender:
 - `carto`: the dataset read a batch at a time with pyarrow (8,192 rows, no pre-buffering: see
   `batches`; the list column's values as they are, uint16, no copy), `match.find` per batch (its
   compiled loop where built);
-- `carto-tokens`: the same search over the batches `carto_cli.io.tokens` reads (what `carto score
-  --data` reads: 65,536 rows, pyarrow's default pre-buffering, Polars, tokens converted to
-  int64), as `findings.search` loops; its memory grows with the file (see `batches`), so it is
-  left out of runs at the issue's scale;
+- `carto-tokens`: `findings.search`, what `carto score --data` runs, over the batches
+  `carto_cli.io.tokens` reads (8,192 rows, no pre-buffering, through Polars, the tokens in the
+  column's own type);
 - `ahocorasick`: pyahocorasick's automaton over each batch (read as carto's) as one string, one
   character per token, rows separated by a character no pattern holds; every occurrence,
   positions included;
@@ -153,17 +152,12 @@ def run_carto(data: Path, patterns: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def run_carto_tokens(data: Path, patterns: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """The loop of `findings.search` (written out: findings.py is the lead's, still changing) over
-    the batches `carto_cli.io.tokens` reads."""
+    """`findings.search` over the batches `carto_cli.io.tokens` reads: what `carto score --data` runs."""
     from carto_cli.io.tokens import open_tokens
-    from carto_cli.score import match
+    from carto_cli.score import findings, match
 
-    compiled = match.Patterns(patterns, anchor=ANCHOR)
-    found = []
-    for rows in open_tokens(data).batches():
-        hits = match.find(compiled, rows.values, rows.offsets)
-        found.append((hits.pattern, rows.sample_ids[hits.row], hits.pos))
-    return dict(zip(("pattern", "row", "pos"), (np.concatenate(parts) for parts in zip(*found))))
+    hits = findings.search(match.Patterns(patterns, anchor=ANCHOR), open_tokens(data))
+    return {"pattern": hits["pattern"].to_numpy(), "row": hits["sample_id"].to_numpy(), "pos": hits["start"].to_numpy()}
 
 
 def _codepoints(tokens: np.ndarray) -> np.ndarray:

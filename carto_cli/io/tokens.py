@@ -43,7 +43,8 @@ INPUT_IDS = "input_ids"
 LABELS = "labels"
 IGNORE_INDEX = -100
 BYTES = "bytes"  # the tokenizer name of byte-level models: each UTF-8 byte is one token
-BATCH_ROWS = 65_536
+# Rows read at a time: a quarter of the CPU of 65,536-row batches in bench_findings' development runs.
+BATCH_ROWS = 8_192
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class TokenRows:
     logged position j of that sample is its token `first_target[i] + j`."""
 
     sample_ids: np.ndarray  # (n,) int64
-    values: np.ndarray  # (offsets[-1],) int64
+    values: np.ndarray  # (offsets[-1],) the tokens, in the dataset's integer type
     offsets: np.ndarray  # (n + 1,) int64
     first_target: np.ndarray  # (n,) int64
 
@@ -94,7 +95,7 @@ class TokenDataset:
                                                            else "", "tokenized")
         return f"{self.path} ({self.source}, {how})"
 
-    def shards(self, rows_per_shard: int = 4 * BATCH_ROWS) -> list[Shard]:
+    def shards(self, rows_per_shard: int = 262_144) -> list[Shard]:
         """The dataset cut into pieces that can be read apart (by another process: `--engine ray`):
         a Parquet file's row groups, about `rows_per_shard` rows a piece; any other format, one piece."""
         if not self._is_parquet():
@@ -167,7 +168,9 @@ class TokenDataset:
                 ) -> Iterator[pl.DataFrame]:
         if self._is_parquet():
             try:
-                file = pq.ParquetFile(self.path)
+                # no pre-buffering: pyarrow's default grew to the file's size (16 GiB for 15.5 GiB of
+                # tokens, docs/benchmark-results/findings-10M-3119f1c.txt); 1 MiB reads keep it bounded
+                file = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
                 for batch in file.iter_batches(batch_size=batch_rows, columns=columns, row_groups=row_groups):
                     yield pl.from_arrow(batch)
             except (OSError, ValueError) as exc:
@@ -191,8 +194,8 @@ class TokenDataset:
                 raise DatasetError(f"{self.path}: {column.null_count():,} null {self.source} value(s); every row "
                                    "needs its tokens")
             lengths = column.list.len().to_numpy().astype(np.int64)
-            values = column.explode().to_numpy() if len(column) else np.zeros(0)
-            values = values.astype(np.int64)
+            # the column's own integer type (uint16 tokens stay 2 bytes): the search takes any
+            values = column.explode().to_numpy() if len(column) else np.zeros(0, dtype=np.int64)
         else:
             encoded = [self._encode(text) for text in frame[self.source].to_list()]
             lengths = np.array([len(e) for e in encoded], dtype=np.int64)
