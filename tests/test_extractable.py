@@ -280,16 +280,17 @@ def test_defaults_prune_what_the_model_memorized(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
 
 
-def run_small_world(tmp_path: Path) -> None:
+def train_small_world(log_dir: Path, data: np.ndarray, keys: np.ndarray, secrets: np.ndarray) -> list[bool]:
+    """Train the small world's GRU 5 epochs with `CartoLogger(log_dir)` at its defaults; which of
+    the 8 secrets greedy decoding gives back after its marker and key."""
     from carto_cli import CartoLogger
 
     torch.manual_seed(0)
-    data, keys, secrets, carriers = small_world(seed=1)
     model = _GRU(96)
     opt = torch.optim.Adam(model.parameters(), lr=5e-3)
     x, y = torch.from_numpy(data[:, :-1]), torch.from_numpy(data[:, 1:])
     step = 0
-    with CartoLogger(tmp_path / "logs") as log:  # the defaults
+    with CartoLogger(log_dir) as log:  # the defaults
         for epoch in range(5):
             order = torch.from_numpy(np.random.default_rng(epoch).permutation(len(data)))
             for i in range(0, len(data), 32):
@@ -301,7 +302,6 @@ def run_small_world(tmp_path: Path) -> None:
                 loss.backward()
                 opt.step()
                 step += 1
-
     extracted = []
     with torch.no_grad():
         for s in range(8):
@@ -310,6 +310,12 @@ def run_small_world(tmp_path: Path) -> None:
                 seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
             extracted.append(seq[0, 2:].tolist() == secrets[s].tolist())
     assert sum(extracted) >= 2, "the world must let the model memorize some secrets, or the test shows nothing"
+    return extracted
+
+
+def run_small_world(tmp_path: Path) -> None:
+    data, keys, secrets, carriers = small_world(seed=1)
+    extracted = train_small_world(tmp_path / "logs", data, keys, secrets)
     memorized = set(carriers[np.flatnonzero(extracted)].ravel().tolist())
 
     scores, manifest = tmp_path / "scores.parquet", tmp_path / "manifest.parquet"

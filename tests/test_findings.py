@@ -319,43 +319,17 @@ def test_defaults_find_every_copy_of_what_the_model_memorized(tmp_path: Path) ->
     80% of the carriers of every secret the model gives back, at least 80% of what they remove is a
     carrier, and `carto weights` never weights a carrier above 1."""
     torch = pytest.importorskip("torch")
-    from test_extractable import _GRU, small_world
-
-    from carto_cli import CartoLogger
+    from test_extractable import small_world, train_small_world
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # a model this small: thread hand-offs cost more than they save
     try:
-        torch.manual_seed(0)
         data, keys, secrets, carriers = small_world(seed=1)
         held_out, _, _, _ = small_world(seed=1, n=1400)
         reference = held_out[1200:]  # the same language, never trained on, no secret
-        model = _GRU(96)
-        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-        x, y = torch.from_numpy(data[:, :-1]), torch.from_numpy(data[:, 1:])
-        step = 0
-        with CartoLogger(tmp_path / "logs") as log:
-            for epoch in range(5):
-                order = torch.from_numpy(np.random.default_rng(epoch).permutation(len(data)))
-                for i in range(0, len(data), 32):
-                    ids = order[i:i + 32]
-                    logits = model(x[ids])
-                    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[ids].flatten())
-                    log.record(ids, epoch=epoch, step=step, logits=logits, labels=y[ids])
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    step += 1
-        extracted = []
-        with torch.no_grad():
-            for s in range(8):
-                seq = torch.tensor([[95, keys[s]]])
-                for _ in range(6):
-                    seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
-                extracted.append(seq[0, 2:].tolist() == secrets[s].tolist())
+        extracted = train_small_world(tmp_path / "logs", data, keys, secrets)
     finally:
         torch.set_num_threads(threads)
-    assert sum(extracted) >= 2, "the world must let the model memorize some secrets, or the test shows nothing"
     memorized = set(carriers[np.flatnonzero(extracted)].ravel().tolist())
     every_carrier = set(carriers.ravel().tolist())
 
