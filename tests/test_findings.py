@@ -449,3 +449,26 @@ def test_a_trainer_output_directory_is_scored_without_carto_s_own_files(world: d
     assert result.exit_code == 1 and "a carto scores file, not a log part" in result.output
     result = runner.invoke(app, ["score", str(write_text(tmp_path)), "--out", str(tmp_path / "s5.parquet")])
     assert result.exit_code == 1 and "texts.jsonl: a JSON Lines file, not a log part" in result.output
+
+
+def test_a_log_of_several_runs_is_searched_one_run_at_a_time(world: dict, tmp_path: Path) -> None:
+    import shutil
+
+    for run in ("seed-a", "seed-b"):
+        for part in sorted(world["logs"].glob("*.parquet")):
+            table = pq.read_table(part)
+            meta = {**(table.schema.metadata or {}), b"carto.run_id": run.encode(),
+                    b"carto.attempt": f"{run}-1".encode(), b"carto.attempt_started_ns": b"1"}
+            (tmp_path / run).mkdir(exist_ok=True)
+            pq.write_table(table.replace_schema_metadata(meta), tmp_path / run / part.name)
+    both = tmp_path / "both"
+    both.mkdir()
+    for run in ("seed-a", "seed-b"):
+        shutil.copytree(tmp_path / run, both / run)
+    base = ["score", str(both), "--early-epochs", "1", "--data", str(world["data"]), "--min-span", "6",
+            "--out", str(tmp_path / "s.parquet"), "--findings", str(tmp_path / "f.parquet")]
+    result = runner.invoke(app, base)
+    assert result.exit_code == 1 and "one run at a time and this log holds 2; pass --run ID" in result.output
+    result = runner.invoke(app, [*base, "--run", "seed-a"])
+    assert result.exit_code == 0, result.output
+    assert tuple(SECRET) in {tuple(t) for t in pl.read_parquet(tmp_path / "f.parquet")["tokens"]}

@@ -234,6 +234,10 @@ def _check_findings(logset: LogSet, params: rules.ScoreParams, update: bool) -> 
     if params.memorization != "extractable":
         raise OptionError(f"--data finds memorized strings by the extractable signal; drop --memorization "
                           f"{params.memorization}")
+    run_ids = runs.run_ids(logset)
+    if len(run_ids) > 1:  # each run's last presentation is its own: one run's spans at a time
+        raise OptionError(f"--data finds the strings of one run at a time and this log holds {len(run_ids)}; pass "
+                          f"--run ID (runs: {', '.join(repr(r) for r in run_ids)})")
 
 
 def unplaced_note(counts: dict, params: rules.ScoreParams) -> str:
