@@ -183,9 +183,9 @@ def test_terminal_without_data_and_unplaced(scores: Path, tmp_path: Path) -> Non
     [
         ([], "the first 20 of the 2,025 samples"),
         (["--top", "0"], "the 2,025 samples"),
-        (["--quadrant", "noisy-outlier", "--top", "5"], "the first 5 of the 39 noisy-outlier samples (of 2,025)"),
+        (["--quadrant", "noisy-outlier", "--top", "5"], "the first 5 of the {noisy} noisy-outlier samples (of 2,025)"),
         (["--ids", "{ids}"], "the 3 samples listed in {ids} (of 2,025)"),
-        (["--finding", "0", "--top", "2"], "the first 2 of the 9 samples that hold finding 0 (of 2,025)"),
+        (["--finding", "0", "--top", "2"], "the first 2 of the {holders} samples that hold finding 0 (of 2,025)"),
     ],
 )
 def test_headlines_say_plainly_what_is_shown(sample_findings, tmp_path: Path, args: list[str],
@@ -194,7 +194,14 @@ def test_headlines_say_plainly_what_is_shown(sample_findings, tmp_path: Path, ar
     ids.write_text("1\n2\n3\n")
     result = run("inspect", "--scores", sample_findings["scores"], *[a.format(ids=ids) for a in args])
     assert result.exit_code == 0, result.output
-    assert result.stderr.splitlines()[0] == f"carto inspect: {headline.format(ids=ids)}, by memorization, highest first"
+    # the counts, from the files the command read (the findings' numbers move with their rules)
+    scores = pl.read_parquet(sample_findings["scores"])
+    noisy = scores.filter(pl.col("quadrant") == "noisy-outlier").height
+    found = pl.read_parquet(sample_findings["findings"]).filter(pl.col("finding") == 0)
+    holders = len({c["sample_id"] for c in found["copies_at"][0]})
+    assert noisy > 5 and holders > 2  # the headline cuts them
+    expected = headline.format(ids=ids, noisy=noisy, holders=holders)
+    assert result.stderr.splitlines()[0] == f"carto inspect: {expected}, by memorization, highest first"
 
 
 # ------------------------------------------------------------------ findings
@@ -253,9 +260,10 @@ def test_the_strongest_private_finding_of_each_sample_is_marked_escaped(scores: 
 
 
 def test_bad_finding_options(sample_findings, scores: Path, tmp_path: Path) -> None:
+    last = pl.read_parquet(sample_findings["findings"])["finding"].max()
     assert_error(run("inspect", "--scores", sample_findings["scores"], "--finding", "999"),
-                 f"--finding 999: no such finding in {sample_findings['findings']} (0..38); `carto findings` lists "
-                 "them")
+                 f"--finding 999: no such finding in {sample_findings['findings']} (0..{last}); `carto findings` "
+                 "lists them")
     assert_error(run("inspect", "--scores", scores, "--finding", "0"),
                  f"--finding needs the findings file: {scores} records none and there is no findings.parquet beside "
                  "it; pass --findings FILE (written by `carto score --data`)")
