@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from common import DATA_ROOT, carto_source, dir_size_mib, run_step
+from common import DATA_ROOT, carto_source, dir_size_mib, encoding_tag, run_step
+
+from carto_cli.log.writer import write_parquet
 
 CARTO = [sys.executable, "-c", "from carto_cli.cli import main; main()"]
 
@@ -59,7 +60,8 @@ def write_log(out: Path, samples: int, epochs: int, *, k: int = SKETCH_K, r: int
             "top_loss": lists((rng.random((samples, k)) * 5).astype(np.float16), pa.float16()),
             "hit_runs": lists(rng.integers(0, 40, (samples, 2 * r)).astype(np.uint16), pa.uint16()),
         })
-        pq.write_table(table, out / f"part-e{epoch}.parquet", compression="zstd", row_group_size=1_000_000)
+        # as the shim writes parts (its encodings, checksums), in row groups of 1M rows
+        write_parquet(table, out / f"part-e{epoch}.parquet", row_group_size=1_000_000)
 
 
 def check(logs: Path) -> int:
@@ -90,8 +92,9 @@ def main() -> int:
     if args.write_log:
         write_log(args.write_log, args.samples, args.epochs, k=SKETCH_K, r=SKETCH_R)
         return 0
-    # the sketch's shape is in the name, so a log written with older defaults is not reused
-    logs = args.logs or DATA_ROOT / f"sketch-k{SKETCH_K}r{SKETCH_R}-{args.samples}x{args.epochs}"
+    # the sketch's shape and the writer's encodings are in the name, so a log written with older
+    # defaults is not reused
+    logs = args.logs or DATA_ROOT / f"sketch-k{SKETCH_K}r{SKETCH_R}-{encoding_tag()}-{args.samples}x{args.epochs}"
     if not logs.exists():
         # in a child process: the runs are forked from this one, and wait4's peak RSS of a forked
         # child starts from its parent's, so a parent grown by writing the log would inflate them

@@ -28,6 +28,18 @@ def default_logs_dir(samples: int, epochs: int) -> Path:
     return DATA_ROOT / f"logs-{samples}x{epochs}"
 
 
+def encoding_tag() -> str:
+    """A short digest of the shim's Parquet encodings (`carto_cli.log.writer.column_encodings`), for
+    the names of generated logs: a log written with other encodings is not silently reused."""
+    import json
+
+    from carto_cli.log import schema
+    from carto_cli.log.writer import column_encodings
+
+    text = json.dumps(column_encodings(schema.LOG_SCHEMA), sort_keys=True)
+    return "enc" + hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
