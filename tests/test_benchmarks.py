@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -297,6 +298,16 @@ def test_bench_signal_kernel_equals_the_definition(tmp_path: Path) -> None:
     assert result["other_columns_identical"] is True  # the signal changes the memorization column only
     on_disk = sum(p.stat().st_size for p in (tmp_path / "sketch").rglob("*.parquet")) / 2**20
     assert result["log_on_disk_mib"] == round(on_disk, 1) > 0  # the size a result file quotes
+    # the DuckDB query an expert writes for the same columns computes the same signal
+    duckdb = result["duckdb_agreement"]
+    assert duckdb["samples"] == 3000 and duckdb["missing"] == 0 and duckdb["forget_events_mismatches"] == 0
+    assert duckdb["memorization_beyond_tolerance"] == 0 and duckdb["quadrant_mismatches_off_threshold"] == 0
+    assert [g["ratio"] for g in result["goals"]] == ["extractable/forgets wall_s", "extractable/forgets peak_rss_mib",
+                                                     "extractable/duckdb-sketch wall_s"]
+    # the log is written as the shim writes parts: float32 columns byte-stream-split, float16 lists plain
+    part = pq.ParquetFile(next((tmp_path / "sketch").rglob("*.parquet"))).metadata.row_group(0)
+    encodings = {part.column(i).path_in_schema: part.column(i).encodings for i in range(part.num_columns)}
+    assert "BYTE_STREAM_SPLIT" in encodings["loss"] and "RLE_DICTIONARY" not in encodings["top_loss.list.element"]
 
 
 def test_bench_map_draws_a_density_map(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@
  * as any integer type, losses as float16, float32 or float64), with the batch positions of the
  * rows to take; nothing is gathered, filtered or widened in numpy first.
  *
+ * superseded:  whether every slot of a row group already holds a late presentation after the
+ *              group's steps (its hit runs then need no decoding: see extract.py).
  * late_runs:   the late pass over one batch: per sample slot, the hit runs of its last
  *              presentation: the largest (step, epoch, runs), the runs compared as lists of
  *              integers, lexicographically (the definition's tie rule: of two presentations at one
@@ -79,7 +81,7 @@ static int get_layout(PyObject *arena, PyObject *sizes, Py_buffer *view, Layout 
     l->n = l->size > 0 ? view->len / l->size : 0;
     if (l->size <= 0 || view->len != l->n * l->size || l->r < 1 || (l->run_size != 2 && l->run_size != 4) ||
         l->runs < (6 * l->r > 16 ? 6 * l->r : 16) || l->n_early < l->runs + 2 * l->r * l->run_size ||
-        l->flag < l->n_early + 2 || l->flag >= l->size) {
+        l->flag < l->n_early + 2 || l->flag >= l->size || l->size % 8 || (uintptr_t)l->base % 8) {
         PyBuffer_Release(view);
         PyErr_SetString(PyExc_ValueError, "extract: the arena's layout does not hold its fields");
         return -1;
@@ -96,8 +98,16 @@ static inline void set_i32(char *p, int32_t v) { memcpy(p, &v, 4); }
 static inline uint16_t get_u16(const char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline void set_u16(char *p, uint16_t v) { memcpy(p, &v, 2); }
 
-#define LAST_STEP(l, slot) get_i64(RECORD(l, slot))
-#define LAST_EPOCH(l, slot) get_i32(RECORD(l, slot) + 8)
+/* The last step and epoch are read by `superseded` on another thread while `late_runs` writes
+ * them: relaxed atomic loads and stores (plain moves on x86-64 and arm64; the fields are aligned,
+ * records being multiples of 8 bytes from a 64-byte boundary). */
+#define LAST_STEP(l, slot) __atomic_load_n((const int64_t *)RECORD(l, slot), __ATOMIC_RELAXED)
+#define LAST_EPOCH(l, slot) __atomic_load_n((const int32_t *)(RECORD(l, slot) + 8), __ATOMIC_RELAXED)
+#define SET_LAST(l, slot, step, epoch)                                                                \
+    do {                                                                                                \
+        __atomic_store_n((int64_t *)RECORD(l, slot), (step), __ATOMIC_RELAXED);                        \
+        __atomic_store_n((int32_t *)(RECORD(l, slot) + 8), (epoch), __ATOMIC_RELAXED);                 \
+    } while (0)
 #define MARK(l, slot) get_i32(RECORD(l, slot) + 12)
 #define N_EARLY(l, slot) get_u16(RECORD(l, slot) + (l)->n_early)
 #define FLAG(l, slot) (*(uint8_t *)(RECORD(l, slot) + (l)->flag))
@@ -304,7 +314,8 @@ static inline int compare(int64_t step_a, int64_t epoch_a, const int64_t *runs_a
 #define MAX_RUNS 1024 /* 2r values a list at most (the shim logs 12; extract.py declines wider ones) */
 
 /* late_runs(arena, layout, idx, rows, offsets, values, step, epoch, starts, lo, hi)
- * idx/rows/step/epoch: int64 [m] (the rows' slots, their positions in the batch's list arrays,
+ * idx/rows/step/epoch: int64 [m] (the rows' slots, their positions in the batch's list arrays (rows
+ * empty: positions 0 .. m - 1),
  * their steps and epochs, each epoch in [0, INT32_MAX)); offsets/values: the hit_runs list array;
  * starts: int64 [m], scratch.
  * The mark is a slot's candidate as its row in the batch; any value is safe: a mark counts only
@@ -335,7 +346,8 @@ static PyObject *late_runs(PyObject *self, PyObject *args) {
     int64_t *start = b[4].view.buf;
     const Typed *offsets = &t[0], *values = &t[1];
     Py_ssize_t m = b[0].view.len / 8, n = l.n, w = 2 * l.r;
-    if (b[1].view.len != m * 8 || b[2].view.len != m * 8 || b[3].view.len != m * 8 || b[4].view.len != m * 8 ||
+    const int identity = b[1].view.len == 0; /* no rows given: row i is batch position i */
+    if ((!identity && b[1].view.len != m * 8) || b[2].view.len != m * 8 || b[3].view.len != m * 8 || b[4].view.len != m * 8 ||
         is_float(offsets) || is_float(values) || w > MAX_RUNS || lo < 0 || hi >= n || m > INT32_MAX)
         return sizes_differ(b, 5, t, 2, &view, "late_runs");
     const int64_t low = l.run_size == 2 ? 0 : INT32_MIN, high = l.run_size == 2 ? UINT16_MAX : INT32_MAX;
@@ -352,7 +364,7 @@ static PyObject *late_runs(PyObject *self, PyObject *args) {
             int64_t ahead = idx[i + PREFETCH];
             if ((uint64_t)(ahead - lo) <= span) __builtin_prefetch(RECORD(&l, ahead), 1);
         }
-        start[i] = list_at(offsets, values, rows[i], &length);
+        start[i] = list_at(offsets, values, identity ? i : rows[i], &length);
         if (start[i] < 0 || epoch[i] < 0 || epoch[i] >= INT32_MAX) { status = OUT_OF_RANGE; break; }
         if (length != w) { status = OTHER_WIDTH; break; }
         if (!ints_within(values, start[i], w, low, high)) { status = OUT_OF_RANGE; break; }
@@ -384,8 +396,7 @@ static PyObject *late_runs(PyObject *self, PyObject *args) {
             larger = compare(0, 0, mine, 0, 0, theirs, w) > 0;
         }
         if (larger) {
-            set_i64(RECORD(&l, slot), step[i]);
-            set_i32(RECORD(&l, slot) + 8, (int32_t)(epoch[i] + 1));
+            SET_LAST(&l, slot, step[i], (int32_t)(epoch[i] + 1));
             store_runs(&l, slot, mine);
         }
     }
@@ -394,6 +405,39 @@ static PyObject *late_runs(PyObject *self, PyObject *args) {
     release_typed(t, 2);
     PyBuffer_Release(&view);
     return Py_BuildValue("ni", bad, status);
+}
+
+/* superseded(arena, layout, idx, lo, hi, step) -> whether every slot of idx (int64 [m]) lies in
+ * [lo, hi] and already holds a late presentation at a step after `step`: then no row of a row
+ * group whose steps are at most `step` can replace one (late_runs needs not see them). Called on
+ * the reader thread while late_runs may run: it reads each slot's step and epoch atomically, and a
+ * slot's stored step only grows, so a yes stays true. */
+static PyObject *superseded(PyObject *self, PyObject *args) {
+    PyObject *arena, *sizes, *o;
+    Py_ssize_t lo, hi;
+    long long step;
+    if (!PyArg_ParseTuple(args, "OOOnnL", &arena, &sizes, &o, &lo, &hi, &step)) return NULL;
+    Py_buffer view;
+    Layout l;
+    if (get_layout(arena, sizes, &view, &l) < 0) return NULL;
+    Buf b[1];
+    const int writable[1] = {0};
+    if (get_bufs(&o, b, writable, 1) < 0) { release(b, 1); PyBuffer_Release(&view); return NULL; }
+    const int64_t *idx = b[0].view.buf;
+    Py_ssize_t m = b[0].view.len / 8;
+    int all = lo >= 0 && hi < l.n;
+    Py_BEGIN_ALLOW_THREADS
+    const uint64_t span = (uint64_t)(hi - lo);
+    for (Py_ssize_t i = 0; i < m && all; i++) {
+        int64_t slot = idx[i];
+        if (i + PREFETCH < m && (uint64_t)(idx[i + PREFETCH] - lo) <= span)
+            __builtin_prefetch(RECORD(&l, idx[i + PREFETCH]));
+        all = (uint64_t)(slot - lo) <= span && LAST_EPOCH(&l, slot) != 0 && LAST_STEP(&l, slot) > step;
+    }
+    Py_END_ALLOW_THREADS
+    release(b, 1);
+    PyBuffer_Release(&view);
+    return PyBool_FromLong(all);
 }
 
 /* settle(arena, layout): between the passes: each slot's flag = it has a late sketched presentation;
@@ -418,7 +462,7 @@ static PyObject *settle(PyObject *self, PyObject *args) {
 /* ------------------------------------------------------------------ early_sums */
 
 /* early_sums(arena, layout, idx, rows, pos_offsets, pos_values, loss_offsets, loss_values, k, lo, hi)
- * idx/rows: int64 [m]; pos_*: the top_pos list array (integers), loss_*: the top_loss list array
+ * idx/rows: int64 [m] (rows empty: positions 0 .. m - 1); pos_*: the top_pos list array (integers), loss_*: the top_loss list array
  * (floats), every list k long.
  * -> (first row whose slot is outside [lo, hi], or -1; the largest |fixed-point loss| added, or -1
  *    where a finite loss was too large for it: the caller then declines; status) */
@@ -446,7 +490,8 @@ static PyObject *early_sums(PyObject *self, PyObject *args) {
     const int64_t *idx = b[0].view.buf, *rows = b[1].view.buf;
     const Typed *pos_offsets = &t[0], *pos = &t[1], *loss_offsets = &t[2], *loss = &t[3];
     Py_ssize_t m = b[0].view.len / 8, n = l.n, r = l.r;
-    if (b[1].view.len != m * 8 || is_float(pos_offsets) || is_float(loss_offsets) || is_float(pos) ||
+    const int identity = b[1].view.len == 0; /* no rows given: row i is batch position i */
+    if ((!identity && b[1].view.len != m * 8) || is_float(pos_offsets) || is_float(loss_offsets) || is_float(pos) ||
         !is_float(loss) || k <= 0 || 2 * r > MAX_RUNS || lo < 0 || hi >= n)
         return sizes_differ(b, 2, t, 4, &view, "early_sums");
     const uint64_t span = (uint64_t)(hi - lo);
@@ -458,8 +503,9 @@ static PyObject *early_sums(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < m; i++) {
         int64_t slot = idx[i], pos_length = 0, loss_length = 0;
         if ((uint64_t)(slot - lo) > span) { bad = i; break; }
-        int64_t p0 = list_at(pos_offsets, pos, rows[i], &pos_length);
-        int64_t l0 = list_at(loss_offsets, loss, rows[i], &loss_length);
+        int64_t row = identity ? i : rows[i];
+        int64_t p0 = list_at(pos_offsets, pos, row, &pos_length);
+        int64_t l0 = list_at(loss_offsets, loss, row, &loss_length);
         if (p0 < 0 || l0 < 0) { status = OUT_OF_RANGE; break; }
         if (pos_length != loss_length) { status = LISTS_DIFFER; break; }
         if (pos_length != k) { status = OTHER_WIDTH; break; }
@@ -478,7 +524,8 @@ static PyObject *early_sums(PyObject *self, PyObject *args) {
         uint16_t count = get_u16(record + l.n_early);
         if (count == UINT16_MAX) { status = OUT_OF_RANGE; break; } /* the caller declines */
         set_u16(record + l.n_early, (uint16_t)(count + 1));
-        int64_t p0 = list_at(pos_offsets, pos, rows[i], &length), l0 = list_at(loss_offsets, loss, rows[i], &length);
+        int64_t row = identity ? i : rows[i];
+        int64_t p0 = list_at(pos_offsets, pos, row, &length), l0 = list_at(loss_offsets, loss, row, &length);
         load_runs(&l, slot, spans);
         for (Py_ssize_t q0 = 0; q0 < k; q0 += CHUNK) {
             /* up to CHUNK sketched positions and their fixed-point losses, then each run's sum
@@ -543,6 +590,7 @@ static PyObject *best_values(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"late_runs", late_runs, METH_VARARGS, "The hit runs of each slot's last late presentation, one batch."},
+    {"superseded", superseded, METH_VARARGS, "Whether every slot already holds a later late presentation."},
     {"settle", settle, METH_VARARGS, "The arena between the late and the early pass."},
     {"early_sums", early_sums, METH_VARARGS, "Each slot's early sketched losses summed per late run, one batch."},
     {"best_values", best_values, METH_VARARGS, "Each slot's signal from its totals per run."},

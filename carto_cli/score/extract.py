@@ -57,6 +57,7 @@ BATCH_ROWS = 262_144
 # loops keep 48-bit sums; 2^47 fixed-point units are 32,768 nats)
 _SUM_LIMIT = 2**47
 _OK, _LISTS_DIFFER = extract_loops._OK, extract_loops._LISTS_DIFFER  # the loops' statuses
+ALL = extract_loops.ALL  # `_Batch.rows`: every row of the batch
 
 
 class Declined(Exception):
@@ -115,11 +116,14 @@ class _Slots:
 
     def at(self, batch: _Batch, where: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """The slots of the rows `where` of a batch (int64), and those its row group's footer allows."""
-        ids = batch.plain(schema.SAMPLE_ID)[where].astype(self.id_type, copy=False)
+        return self.of(batch.plain(schema.SAMPLE_ID)[where], batch.footer_ids)
+
+    def of(self, ids: np.ndarray, footer: tuple[int, int] | None) -> tuple[np.ndarray, tuple[int, int]]:
+        """The slots of `ids` (int64), and those a row group's footer range `footer` allows."""
+        ids = ids.astype(self.id_type, copy=False)
         if self.span is None:
             return np.searchsorted(self.keys, ids).astype(np.int64), (0, self.n - 1)
         lo = self.span[0]
-        footer = batch.footer_ids
         bounds = (0, self.n - 1) if footer is None else (footer[0] - lo, footer[1] - lo)
         # wraps for an id outside the footer's range, never onto a slot inside it (as in `dense`)
         return (ids - self.id_type(lo)).astype(np.int64, copy=False), bounds
@@ -156,9 +160,28 @@ def _late_pass(logset: LogSet, slots: _Slots, state, early_epochs: int, drop_non
     late sketch."""
     width = None
     columns = [schema.SAMPLE_ID, schema.EPOCH, schema.STEP, schema.HIT_RUNS]
-    for batch in read_ahead(_batches(logset, columns, drop_nonfinite, epochs=(early_epochs, None))):
+
+    def superseded(group: _Group, file) -> bool:
+        """Whether every sample of a row group already has a late sketched presentation at a later
+        step than any of the group's (its footer's largest): then none of its rows can be a last
+        presentation, and its hit runs need no decoding. Asked on the reader thread, of a state
+        the main thread is still adding to: a slot's last step only grows, so a yes stays true."""
+        if group.steps is None or not state.started():
+            return False
+        with reading(group.part.path):
+            ids = file.read_row_group(group.index, columns=[schema.SAMPLE_ID]).column(0)
+        if ids.null_count:
+            return False  # the pass reports it
+        idx, bounds = slots.of(ids.to_numpy(), group.ids)
+        return state.superseded(idx, bounds, group.steps[1])
+
+    # newest first: with one presentation per sample and epoch, the last epoch's rows are read and
+    # every earlier late epoch's row groups are superseded (their sample ids alone are read)
+    batches = _batches(logset, columns, drop_nonfinite, epochs=(early_epochs, None), newest_first=True,
+                       skip=superseded)
+    for batch in read_ahead(batches):
         where = batch.rows(lambda epoch: epoch >= early_epochs, [schema.HIT_RUNS], drop_nonfinite)
-        if not len(where):
+        if where is not ALL and not len(where):
             continue
         lists = batch.column(schema.HIT_RUNS)
         found = _width(lists, where)
@@ -168,8 +191,8 @@ def _late_pass(logset: LogSet, slots: _Slots, state, early_epochs: int, drop_non
         idx, bounds = slots.at(batch, where)
         if isinstance(state, extract_loops.Numpy):
             _check_slots(batch, where, idx, bounds)
-        step = batch.plain(schema.STEP)[where].astype(np.int64)
-        epoch = batch.plain(schema.EPOCH)[where].astype(np.int64)
+        step = np.ascontiguousarray(batch.plain(schema.STEP)[where], dtype=np.int64)
+        epoch = np.ascontiguousarray(batch.plain(schema.EPOCH)[where], dtype=np.int64)
         bad, status = state.late(idx, where, lists, step, epoch, width, bounds)
         _check_slots(batch, where, idx, bounds, bad)
         _check_status(batch, status)
@@ -184,7 +207,7 @@ def _early_pass(logset: LogSet, slots: _Slots, state, early_epochs: int, drop_no
     columns = [schema.SAMPLE_ID, schema.EPOCH, schema.TOP_POS, schema.TOP_LOSS]
     for batch in read_ahead(_batches(logset, columns, drop_nonfinite, epochs=(None, early_epochs))):
         where = batch.rows(lambda epoch: epoch < early_epochs, [schema.TOP_POS, schema.TOP_LOSS], drop_nonfinite)
-        if not len(where):
+        if where is not ALL and not len(where):
             continue
         pos, loss = batch.column(schema.TOP_POS), batch.column(schema.TOP_LOSS)
         k = _width(pos, where)
@@ -203,11 +226,11 @@ def _early_pass(logset: LogSet, slots: _Slots, state, early_epochs: int, drop_no
     return None if width is None else (width, most)
 
 
-def _width(lists: pa.Array, where: np.ndarray) -> int:
+def _width(lists: pa.Array, where: np.ndarray | slice) -> int:
     """The length of the list at the first of the rows `where` (the loops check every other row
     against it); declines where it is 0 or a list holds a null."""
-    offsets = lists.offsets
-    width = offsets[int(where[0]) + 1].as_py() - offsets[int(where[0])].as_py()
+    offsets, first = lists.offsets, 0 if where is ALL else int(where[0])
+    width = offsets[first + 1].as_py() - offsets[first].as_py()
     if width == 0 or lists.values.null_count:
         raise Declined
     return width
@@ -257,9 +280,10 @@ class _Batch:
                                      "statistics count none")
         return column.to_numpy(zero_copy_only=False)
 
-    def rows(self, keep_epoch, lists: list[str], drop_nonfinite: bool) -> np.ndarray:
+    def rows(self, keep_epoch, lists: list[str], drop_nonfinite: bool) -> np.ndarray | slice:
         """The positions of the rows whose epoch `keep_epoch` keeps, whose `lists` are not null,
-        and (with `drop_nonfinite`) whose loss is finite; the epochs are checked against the footer."""
+        and (with `drop_nonfinite`) whose loss is finite, or `ALL` where that is every row (no
+        array gathered); the epochs are checked against the footer."""
         epoch = self.plain(schema.EPOCH)
         check_footer_range(self.path, self.group, schema.EPOCH, epoch, self.footer_epochs)
         keep = keep_epoch(epoch)
@@ -269,41 +293,72 @@ class _Batch:
             column = self.data.column(name)
             if column.null_count:
                 keep &= np.asarray(column.is_valid(), dtype=bool)
-        return np.flatnonzero(keep)
+        return ALL if keep.all() else np.flatnonzero(keep)
+
+
+@dataclass
+class _Group:
+    """A row group to read, with its footer's ranges (None without statistics)."""
+
+    part: object  # its `LogPart`
+    index: int
+    ids: tuple[int, int] | None
+    epochs: tuple[int, int] | None
+    steps: tuple[int, int] | None
+
+
+def _groups(logset: LogSet, columns: list[str], epochs: tuple[int | None, int | None]) -> list[_Group]:
+    """The row groups of the parts that hold `columns`' sketch, without those whose footer
+    statistics show no epoch in `epochs` (lo, hi) (a row group skipped by one pass is read, and
+    checked, by the other)."""
+    lo, hi = epochs
+    found = []
+    wanted = [c for c in schema.SKETCH_COLUMNS if c in columns]
+    for part in logset.parts:
+        if any(c not in part.columns for c in wanted):
+            continue  # no sketched row there (the shim logs all three sketch columns or none)
+        names = part.arrow_schema.names
+        at = {name: names.index(name) for name in (schema.EPOCH, schema.SAMPLE_ID, schema.STEP)}
+        for rg in range(part.footer.num_row_groups):
+            group = part.footer.row_group(rg)
+            if not group.num_rows:
+                continue
+            footer = {name: _range(group.column(i).statistics) for name, i in at.items()}
+            held = footer[schema.EPOCH]
+            if held is not None and ((lo is not None and held[1] < lo) or (hi is not None and held[0] >= hi)):
+                continue
+            found.append(_Group(part, rg, footer[schema.SAMPLE_ID], held, footer[schema.STEP]))
+    return found
 
 
 def _batches(logset: LogSet, columns: list[str], drop_nonfinite: bool,
-             epochs: tuple[int | None, int | None] = (None, None)) -> Iterator[_Batch]:
-    """Each row group's `columns` (and the loss with `drop_nonfinite`), BATCH_ROWS rows at a time.
-    `epochs` (lo, hi): skip the row groups whose footer statistics show no epoch in [lo, hi) (a row
-    group skipped by one pass is read, and checked, by the other)."""
-    lo, hi = epochs
-    for part in logset.parts:
+             epochs: tuple[int | None, int | None] = (None, None), *, newest_first: bool = False,
+             skip=None) -> Iterator[_Batch]:
+    """Each row group's `columns` (and the loss with `drop_nonfinite`), BATCH_ROWS rows at a time,
+    of the row groups `_groups` keeps; with `newest_first`, in descending order of their footers'
+    largest step (those without statistics first). `skip(group, file)`: True to leave a row group
+    unread."""
+    groups = _groups(logset, columns, epochs)
+    if newest_first:
+        groups.sort(key=lambda g: float("inf") if g.steps is None else g.steps[1], reverse=True)
+    opened = (None, None)
+    for group in groups:
+        part = group.part
+        if opened[0] is not part:  # one part open at a time (a log may have thousands)
+            with reading(part.path):
+                opened = (part, storage.open_parquet(part.path))
+        file = opened[1]
+        if skip is not None and skip(group, file):
+            continue
         names = [c for c in columns if c in part.columns]
-        wanted = [c for c in schema.SKETCH_COLUMNS if c in columns]
-        if wanted and not any(c in part.columns for c in wanted):
-            continue  # a part without the sketch adds no sketched row
-        if any(c not in part.columns for c in wanted):
-            continue  # every row's sketch is null there (the shim logs all three or none)
-        with reading(part.path):
-            file = storage.open_parquet(part.path)
         read = names + ([schema.LOSS] if drop_nonfinite and schema.LOSS not in names else [])
-        epoch_index = part.arrow_schema.names.index(schema.EPOCH)
-        id_index = part.arrow_schema.names.index(schema.SAMPLE_ID)
-        for rg in range(file.metadata.num_row_groups):
-            group = part.footer.row_group(rg)
-            footer_epochs = _range(group.column(epoch_index).statistics)
-            footer_ids = _range(group.column(id_index).statistics)
-            if footer_epochs is not None and (
-                    (lo is not None and footer_epochs[1] < lo) or (hi is not None and footer_epochs[0] >= hi)):
-                continue
-            batches = file.iter_batches(batch_size=BATCH_ROWS, row_groups=[rg], columns=read)
-            while True:
-                with reading(part.path):
-                    data = next(batches, None)
-                if data is None:
-                    break
-                yield _Batch(part.path, rg, footer_ids, footer_epochs, data)
+        batches = file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group.index], columns=read)
+        while True:
+            with reading(part.path):
+                data = next(batches, None)
+            if data is None:
+                break
+            yield _Batch(part.path, group.index, group.ids, group.epochs, data)
 
 
 def _range(stats) -> tuple[int, int] | None:

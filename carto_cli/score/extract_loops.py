@@ -26,6 +26,8 @@ NO_EPOCH = np.iinfo(np.int32).min  # numpy's: a slot without a late sketched pre
 MAX_WIDTH = 1024  # hit_runs values a list at most for the compiled loops (the shim logs 12)
 _LOSS_LIMIT = 2.0**31  # |sketched loss| below this: its fixed point (x SCALE) fits int64
 _OK, _OTHER_WIDTH, _OUT_OF_RANGE, _LISTS_DIFFER = range(4)
+ALL = slice(None)  # the rows of a batch: every one (indexing with it gathers nothing)
+_IDENTITY = np.empty(0, dtype=np.int64)  # the compiled loops' "every row, in order"
 
 
 class Compiled:
@@ -50,18 +52,25 @@ class Compiled:
             self.raw = np.zeros(self.n * size + 64, dtype=np.uint8)
             self.start = -self.raw.ctypes.data % 64
             self.arena = self.raw[self.start:self.start + self.n * size]
-        if len(self.scratch) < len(where):
-            self.scratch = np.empty(len(where), dtype=np.int64)
-        return self.loops.late_runs(self.arena, self.layout, idx, where, lists.offsets.to_numpy(), values(lists),
-                                    step, epoch, self.scratch[:len(where)], *bounds)
+        if len(self.scratch) < len(idx):
+            self.scratch = np.empty(len(idx), dtype=np.int64)
+        return self.loops.late_runs(self.arena, self.layout, idx, _rows(where), lists.offsets.to_numpy(),
+                                    values(lists), step, epoch, self.scratch[:len(idx)], *bounds)
+
+    def started(self) -> bool:
+        return self.arena is not None
+
+    def superseded(self, idx: np.ndarray, bounds: tuple[int, int], step: int) -> bool:
+        """Whether every slot of `idx` (within `bounds`) holds a late presentation after `step`."""
+        return self.loops.superseded(self.arena, self.layout, idx, *bounds, step)
 
     def settle(self) -> None:
         self.loops.settle(self.arena, self.layout)
 
     def early(self, idx: np.ndarray, where: np.ndarray, pos: pa.Array, loss: pa.Array, k: int,
               bounds: tuple[int, int]) -> tuple[int, int, int]:
-        return self.loops.early_sums(self.arena, self.layout, idx, where, pos.offsets.to_numpy(), values(pos),
-                                     loss.offsets.to_numpy(), values(loss), k, *bounds)
+        return self.loops.early_sums(self.arena, self.layout, idx, _rows(where), pos.offsets.to_numpy(),
+                                     values(pos), loss.offsets.to_numpy(), values(loss), k, *bounds)
 
     def values(self) -> tuple[np.ndarray, np.ndarray, int]:
         """(value of every slot, its validity, the largest count of early rows of a slot). The values
@@ -109,6 +118,14 @@ class Numpy:
         i = idx[later]
         self.last_step[i], self.last_epoch[i], self.runs[i] = step[later], epoch[later], values[later]
         return -1, _OK
+
+    def started(self) -> bool:
+        return self.runs is not None
+
+    def superseded(self, idx: np.ndarray, bounds: tuple[int, int], step: int) -> bool:
+        if not len(idx) or idx.min() < bounds[0] or idx.max() > bounds[1]:
+            return False
+        return bool(((self.last_epoch[idx] != NO_EPOCH) & (self.last_step[idx] > step)).all())
 
     def settle(self) -> None:
         self.has_late = self.last_epoch != NO_EPOCH
@@ -166,6 +183,10 @@ def _larger(step: np.ndarray, epoch: np.ndarray, values: np.ndarray, step_b: np.
     return larger
 
 
+def _rows(where: np.ndarray | slice) -> np.ndarray:
+    return _IDENTITY if where is ALL else where
+
+
 def values(lists: pa.Array) -> np.ndarray:
     """A list array's values as numpy sees them, without a copy (the caller checked for nulls)."""
     return lists.values.to_numpy(zero_copy_only=False)
@@ -176,6 +197,7 @@ def gathered(lists: pa.Array, where: np.ndarray, width: int) -> tuple[np.ndarray
     gathers them; None, and the status, where one is not `width` long (`_OTHER_WIDTH`) or holds an
     integer beyond int32 (`_OUT_OF_RANGE`: positions and runs are compared as int32)."""
     offsets = lists.offsets.to_numpy()
+    where = np.arange(len(offsets) - 1) if where is ALL else where
     starts = offsets[where]
     if ((offsets[where + 1] - starts) != width).any():
         return None, _OTHER_WIDTH
