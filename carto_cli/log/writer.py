@@ -256,25 +256,24 @@ def write_parquet(table: pa.Table, path: Path, **options) -> None:
 def column_encodings(arrow_schema: pa.Schema) -> dict:
     """`pq.write_table`'s per-column encoding options for a part (docs/logging.md, "Encodings"):
 
-    - integers (ids, epochs, steps, positions and runs, in lists too): dictionary-encoded, as
-      pyarrow does by default: a part holds few distinct values per column (positions below the
-      sequence length, steps one per batch), and the indices pack into a few bits;
     - float32 and float64 columns (loss, token_acc, tail_loss): BYTE_STREAM_SPLIT, which puts the
       bytes of each position of the values together (sign and exponent apart from the noisy low
-      mantissa) before zstd: 5.3 to 3.2 bytes a row for the loss on the sample logs; no dictionary
-      (a float rarely repeats);
-    - float16 lists (top_loss, token_loss): PLAIN. A dictionary of float16 values is slow to decode
-      (pyarrow gathers them one by one: 3.1 times the time of plain pages, for 6% fewer bytes), and
-      DuckDB 2.0 reads no BYTE_STREAM_SPLIT float16 (it does read float32's).
+      mantissa) before zstd, and no dictionary (a float rarely repeats): the loss and tail_loss
+      take about 2 bytes a presentation less each on the real logs (docs/benchmarks.md);
+    - the sketch's losses (top_loss, float16 lists): PLAIN. pyarrow decodes a dictionary of float16
+      values one value at a time, three times slower than plain pages, and the default signal reads
+      them for every early presentation; DuckDB 2.0 reads no BYTE_STREAM_SPLIT float16;
+    - everything else as pyarrow does by default: dictionary-encoded where a part holds few
+      distinct values (ids, epochs, steps, positions and runs, the per-token losses).
     Every reader decodes these (pyarrow, Polars, DuckDB); the values, so the scores, are unchanged.
     """
     dictionary, split = [], {}
     for field in arrow_schema:
-        kind = field.type.value_type if pa.types.is_list(field.type) or pa.types.is_large_list(field.type) else None
-        path = field.name if kind is None else f"{field.name}.list.element"
-        value_type = field.type if kind is None else kind
-        if pa.types.is_integer(value_type):
-            dictionary.append(path)
-        elif kind is None and (pa.types.is_float32(value_type) or pa.types.is_float64(value_type)):
+        listed = pa.types.is_list(field.type) or pa.types.is_large_list(field.type)
+        value_type = field.type.value_type if listed else field.type
+        path = f"{field.name}.list.element" if listed else field.name
+        if not listed and (pa.types.is_float32(value_type) or pa.types.is_float64(value_type)):
             split[path] = "BYTE_STREAM_SPLIT"
+        elif field.name != schema.TOP_LOSS:
+            dictionary.append(path)
     return {"use_dictionary": dictionary, "column_encoding": split}
