@@ -164,22 +164,29 @@ def _late_pass(logset: LogSet, slots: _Slots, state, early_epochs: int, drop_non
     def superseded(group: _Group, file) -> bool:
         """Whether every sample of a row group already has a late sketched presentation at a later
         step than any of the group's (its footer's largest): then none of its rows can be a last
-        presentation, and its hit runs need no decoding. Asked on the reader thread, of a state
-        the main thread is still adding to: a slot's last step only grows, so a yes stays true."""
-        if group.steps is None or not state.started():
+        presentation, and its hit runs need no decoding. Asked first on the reader thread, before
+        the group is decoded, of a state the main thread is still adding to (a slot's last step
+        only grows, so a yes stays true), and again by the main thread at the group's first batch
+        (`group.slots`, the group's slots, read here)."""
+        if group.steps is None:
             return False
         with reading(group.part.path):
             ids = file.read_row_group(group.index, columns=[schema.SAMPLE_ID]).column(0)
         if ids.null_count:
             return False  # the pass reports it
-        idx, bounds = slots.of(ids.to_numpy(), group.ids)
-        return state.superseded(idx, bounds, group.steps[1])
+        group.slots = slots.of(ids.to_numpy(), group.ids)
+        return state.started() and state.superseded(*group.slots, group.steps[1])
 
     # newest first: with one presentation per sample and epoch, the last epoch's rows are read and
     # every earlier late epoch's row groups are superseded (their sample ids alone are read)
     batches = _batches(logset, columns, drop_nonfinite, epochs=(early_epochs, None), newest_first=True,
                        skip=superseded)
     for batch in read_ahead(batches):
+        group = batch.origin
+        if batch.first and group.slots is not None and state.started() and state.superseded(*group.slots,
+                                                                                              group.steps[1]):
+            group.skip = True  # the rows the reader thread added since: the rest is left unread
+            continue
         where = batch.rows(lambda epoch: epoch >= early_epochs, [schema.HIT_RUNS], drop_nonfinite)
         if where is not ALL and not len(where):
             continue
@@ -267,6 +274,8 @@ class _Batch:
     footer_ids: tuple[int, int] | None
     footer_epochs: tuple[int, int] | None
     data: pa.RecordBatch
+    origin: _Group | None = None
+    first: bool = False  # the first batch of its row group
 
     def column(self, name: str) -> pa.Array:
         return self.data.column(name)
@@ -305,6 +314,8 @@ class _Group:
     ids: tuple[int, int] | None
     epochs: tuple[int, int] | None
     steps: tuple[int, int] | None
+    slots: tuple | None = None  # its rows' (slots, bounds), where a pass read them (`_late_pass`)
+    skip: bool = False  # set by the pass: read no more of it
 
 
 def _groups(logset: LogSet, columns: list[str], epochs: tuple[int | None, int | None]) -> list[_Group]:
@@ -337,7 +348,7 @@ def _batches(logset: LogSet, columns: list[str], drop_nonfinite: bool,
     """Each row group's `columns` (and the loss with `drop_nonfinite`), BATCH_ROWS rows at a time,
     of the row groups `_groups` keeps; with `newest_first`, in descending order of their footers'
     largest step (those without statistics first). `skip(group, file)`: True to leave a row group
-    unread."""
+    unread; a group whose `skip` the caller sets is read no further."""
     groups = _groups(logset, columns, epochs)
     if newest_first:
         groups.sort(key=lambda g: float("inf") if g.steps is None else g.steps[1], reverse=True)
@@ -353,12 +364,14 @@ def _batches(logset: LogSet, columns: list[str], drop_nonfinite: bool,
         names = [c for c in columns if c in part.columns]
         read = names + ([schema.LOSS] if drop_nonfinite and schema.LOSS not in names else [])
         batches = file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group.index], columns=read)
-        while True:
+        first = True
+        while not group.skip:
             with reading(part.path):
                 data = next(batches, None)
             if data is None:
                 break
-            yield _Batch(part.path, group.index, group.ids, group.epochs, data)
+            yield _Batch(part.path, group.index, group.ids, group.epochs, data, group, first)
+            first = False
 
 
 def _range(stats) -> tuple[int, int] | None:
