@@ -7,7 +7,8 @@ Parquet options, and what the sketch's values hold at best.
 For each log directory (default: `sample_logs/` and the experiment baselines' logs under
 /work/proto/dev0/logs and dev1/logs where they exist), every part is rewritten into a temporary
 directory with each option below, and the table gives bytes per presentation (file bytes / rows,
-footers included) overall and per column (its column chunks' compressed bytes / rows):
+footers included) overall and per column (its column chunks' compressed bytes / rows), and the CPU
+time to read them back (every column, and the sketch's columns alone, per million rows):
 
 - `as found`: the parts as they are on disk;
 - `before`: pyarrow's defaults with zstd and page checksums (how the shim wrote parts before the
@@ -72,6 +73,24 @@ def options(table_has_token_loss: bool) -> dict:
         drop = lambda t: t.drop_columns([schema.TOKEN_LOSS])  # noqa: E731
         found["before, without token_loss"] = (before, drop)
         found["carto, without token_loss"] = (write_parquet, drop)
+    return found
+
+
+def read_cost(paths: list[Path], repeat: int) -> dict:
+    """CPU seconds per million rows to read the parts through pyarrow with page checksums (as
+    carto reads them): every column, and the sketch's three columns alone (the default signal's
+    reads), the best of `repeat`."""
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    found = {}
+    for name, columns in (("all", None), ("sketch", list(SKETCH_WIDTHS))):
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.process_time()
+            for path in paths:
+                file = pq.ParquetFile(path, page_checksum_verification=True)
+                file.read(columns=None if columns is None else [c for c in columns if c in file.schema_arrow.names])
+            best = min(best, time.process_time() - start)
+        found[name] = best / rows * 1e6
     return found
 
 
@@ -149,7 +168,7 @@ def main() -> int:
     for directory in logs:
         parts = sorted(directory.glob("*.parquet"))
         tables = [pq.read_table(p) for p in parts]
-        found = {"as found": measure(parts)}
+        found = {"as found": {**measure(parts), "read_cpu_s_per_million_rows": read_cost(parts, args.repeat)}}
         with tempfile.TemporaryDirectory() as tmp:
             for name, (writer, transform) in options(schema.TOKEN_LOSS in tables[0].column_names
                                                      and tables[0].column(schema.TOKEN_LOSS).null_count
@@ -158,7 +177,8 @@ def main() -> int:
                 out.mkdir()
                 for part, table in zip(parts, tables):
                     writer(table if transform is None else transform(table), out / part.name)
-                found[name] = measure(sorted(out.glob("*.parquet")))
+                written = sorted(out.glob("*.parquet"))
+                found[name] = {**measure(written), "read_cpu_s_per_million_rows": read_cost(written, args.repeat)}
             identical = same_scores(directory, Path(tmp) / "carto", Path(tmp))
         results[str(directory)] = {"options": found, "sketch_floor_xz9": sketch_floor(tables),
                                    "write_cpu_s_per_million_rows": write_cost(tables, args.repeat),
@@ -173,10 +193,15 @@ def show(directory: Path, result: dict) -> None:
     columns = list(found["as found"]["columns"])
     print(f"\n{directory}: {found['as found']['rows']:,} presentations in {result['parts']} parts; "
           "bytes per presentation")
-    print(f"{'option':<28} {'total':>7}  " + " ".join(f"{c[:10]:>10}" for c in columns))
+    print(f"{'option':<28} {'total':>7}  " + " ".join(f"{c[:10]:>10}" for c in columns)
+          + f"  {'read all':>9} {'sketch':>7}")
     for name, m in found.items():
+        read = m["read_cpu_s_per_million_rows"]
         print(f"{name:<28} {m['bytes_per_row']:>7.2f}  "
-              + " ".join(f"{m['columns'].get(c, 0):>10.2f}" for c in columns))
+              + " ".join(f"{m['columns'].get(c, 0):>10.2f}" for c in columns)
+              + f"  {read['all']:>9.3f} {read['sketch']:>7.3f}")
+    print("(read all, sketch: CPU seconds per million rows to read every column, or the three sketch "
+          "columns, with page checksums)")
     floor = result["sketch_floor_xz9"]
     print("sketch floor (xz -9e, byte-transposed): " + ", ".join(f"{k} {v:.2f}" for k, v in floor.items())
           + f"; sum {sum(floor.values()):.2f}")
