@@ -10,6 +10,7 @@ reference, and the default signal's kernel against its Polars definition.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -310,6 +311,26 @@ def test_bench_signal_kernel_equals_the_definition(tmp_path: Path) -> None:
     part = pq.ParquetFile(next((tmp_path / "sketch").rglob("*.parquet"))).metadata.row_group(0)
     encodings = {part.column(i).path_in_schema: part.column(i).encodings for i in range(part.num_columns)}
     assert "BYTE_STREAM_SPLIT" in encodings["loss"] and "RLE_DICTIONARY" not in encodings["top_loss.list.element"]
+
+
+def test_profile_signal_times_the_signal_and_the_decoding_it_cannot_avoid(tmp_path: Path) -> None:
+    bench("bench_signal.py", "--write-log", tmp_path / "sketch", "--samples", 2000)
+    result = last_json(bench("profile_signal.py", "--logs", tmp_path / "sketch", "--repeat", 1))
+    assert set(result["best_cpu_s"]) == {"decode late", "decode early", "signal", "dense pass"}
+    assert result["rows"] == 8000 and all(v >= 0 for v in result["best_cpu_s"].values())
+
+
+def test_bench_logsize_measures_real_logs_and_checks_the_scores(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    shutil.copytree(BENCH.parent / "sample_logs", logs)
+    for part in sorted(logs.glob("*.parquet"))[2:]:  # a smaller log: two parts
+        part.unlink()
+    result = last_json(bench("bench_logsize.py", logs, "--repeat", 1))["logs"][str(logs)]
+    assert result["scores_identical_after_rewrite"] is True and result["parts"] == 2
+    options = result["options"]
+    assert options["carto"]["bytes_per_row"] < options["before"]["bytes_per_row"]  # the float32 columns' split
+    assert options["as found"]["rows"] == options["carto"]["rows"] > 0
+    assert 0 < sum(result["sketch_floor_xz9"].values()) < options["carto"]["bytes_per_row"]
 
 
 def test_bench_map_draws_a_density_map(tmp_path: Path) -> None:
