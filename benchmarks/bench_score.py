@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from common import carto_source, current_rss_mib, dir_size_mib, measure_command
+from common import carto_source, current_rss_mib, dir_size_mib, measure_command, quadrant_checks
 
 CONTENDERS_PY = Path(__file__).with_name("contenders.py")
 CONTENDERS = ("scan", "duckdb", "duckdb-window", "duckdb-bitmask", "duckdb-full", "polars", "carto",
@@ -191,10 +191,7 @@ def compare_full(reference_path: Path, other_path: Path) -> dict:
         **{f"{name}_beyond_tolerance": ((pl.col(name) - other[name]).abs() > DIFFICULTY_TOLERANCE).sum()
            + pl.col(name).is_null().ne(other[name].is_null()).sum() for name in FULL_FLOATS},
         **{f"{name}_max_abs_diff": (pl.col(name) - other[name]).abs().max() for name in FULL_FLOATS},
-        quadrant_mismatches=pl.col("quadrant").ne_missing(other["quadrant"]).sum(),
-        quadrant_mismatches_off_threshold=(pl.col("quadrant").ne_missing(other["quadrant"])
-                                           & (pl.col("difficulty") != thresholds["difficulty"])
-                                           & (pl.col("memorization") != thresholds["memorization"])).sum(),
+        **quadrant_checks(thresholds, "_other"),
     ).row(0, named=True)
     return {k: (v or 0) for k, v in stats.items()}
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from common import DATA_ROOT, carto_source, dir_size_mib, encoding_tag, run_step
+from common import DATA_ROOT, carto_source, dir_size_mib, encoding_tag, quadrant_checks, run_step
 
 from carto_cli.log.writer import write_parquet
 
@@ -118,10 +118,7 @@ def compare_duckdb(carto: Path, duck: Path) -> dict:
         forget_events_mismatches=pl.col("forget_events").ne_missing(other["forget_events"]).sum(),
         difficulty_beyond_tolerance=floats["difficulty"], memorization_beyond_tolerance=floats["memorization"],
         memorization_max_abs_diff=(pl.col("memorization") - other["memorization"]).abs().max(),
-        quadrant_mismatches=pl.col("quadrant").ne_missing(other["quadrant"]).sum(),
-        quadrant_mismatches_off_threshold=(pl.col("quadrant").ne_missing(other["quadrant"])
-                                           & (pl.col("difficulty") != thresholds["difficulty"])
-                                           & (pl.col("memorization") != thresholds["memorization"])).sum(),
+        **quadrant_checks(thresholds, "_duckdb"),
     ).row(0, named=True)
     return {k: (v or 0) for k, v in stats.items()}
 

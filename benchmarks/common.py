@@ -28,6 +28,19 @@ def default_logs_dir(samples: int, epochs: int) -> Path:
     return DATA_ROOT / f"logs-{samples}x{epochs}"
 
 
+def quadrant_checks(thresholds: dict, suffix: str) -> dict:
+    """Polars expressions over two scores files joined on sample_id (the other's columns named with
+    `suffix`): the samples whose quadrants differ, and those of them not at one of carto's
+    `thresholds` (DuckDB's quantile_disc takes the lower middle value at an even count, Polars'
+    "nearest" quantile the upper one, so a sample exactly at a threshold may be placed apart)."""
+    import polars as pl
+
+    differ = pl.col("quadrant").ne_missing(pl.col(f"quadrant{suffix}"))
+    return {"quadrant_mismatches": differ.sum(),
+            "quadrant_mismatches_off_threshold": (differ & (pl.col("difficulty") != thresholds["difficulty"])
+                                                  & (pl.col("memorization") != thresholds["memorization"])).sum()}
+
+
 def encoding_tag() -> str:
     """A short digest of the shim's Parquet encodings (`carto_cli.log.writer.column_encodings`), for
     the names of generated logs: a log written with other encodings is not silently reused."""

@@ -116,6 +116,22 @@ FROM (
 """
 
 
+# The quadrants of a `scored` CTE (difficulty, memorization) at the median thresholds, sorted by
+# sample_id: the tail of duckdb-full and duckdb-sketch.
+QUADRANTS_SQL = """thresholds AS (
+    SELECT quantile_disc(difficulty, 0.5) AS d, quantile_disc(memorization, 0.5) AS m
+    FROM scored WHERE difficulty IS NOT NULL AND memorization IS NOT NULL
+)
+SELECT scored.*,
+       CASE WHEN difficulty IS NULL OR memorization IS NULL THEN NULL
+            WHEN difficulty > d AND memorization > m THEN 'noisy-outlier'
+            WHEN difficulty > d THEN 'ambiguous-hard'
+            WHEN memorization > m THEN 'hotspot-memorized'
+            ELSE 'stable-easy' END AS quadrant
+FROM scored, thresholds
+ORDER BY sample_id
+"""
+
 # Like for like: the scores file carto writes, every column of it, in SQL. The bitmask query's
 # aggregation (the fastest) with the other sums beside it, materialized once; the quadrant
 # thresholds are the medians over the samples that can be placed (quantile_disc: at an even count
@@ -146,19 +162,7 @@ scored AS MATERIALIZED (
            n_correct / n_seen AS correctness
     FROM per_sample
 ),
-thresholds AS (
-    SELECT quantile_disc(difficulty, 0.5) AS d, quantile_disc(memorization, 0.5) AS m
-    FROM scored WHERE difficulty IS NOT NULL AND memorization IS NOT NULL
-)
-SELECT scored.*,
-       CASE WHEN difficulty IS NULL OR memorization IS NULL THEN NULL
-            WHEN difficulty > d AND memorization > m THEN 'noisy-outlier'
-            WHEN difficulty > d THEN 'ambiguous-hard'
-            WHEN memorization > m THEN 'hotspot-memorized'
-            ELSE 'stable-easy' END AS quadrant
-FROM scored, thresholds
-ORDER BY sample_id
-"""
+""" + QUADRANTS_SQL
 
 
 # The sketched log's expert query (duckdb-sketch). Its sums are float64 sums of the float16 (or
@@ -202,19 +206,7 @@ scored AS MATERIALIZED (
     SELECT p.sample_id, p.difficulty, bit_count(p.c & ~(p.c >> 1) & (p.s >> 1)) AS forget_events, g.memorization
     FROM per_sample p LEFT JOIN signal g USING (sample_id)
 ),
-thresholds AS (
-    SELECT quantile_disc(difficulty, 0.5) AS d, quantile_disc(memorization, 0.5) AS m
-    FROM scored WHERE difficulty IS NOT NULL AND memorization IS NOT NULL
-)
-SELECT scored.*,
-       CASE WHEN difficulty IS NULL OR memorization IS NULL THEN NULL
-            WHEN difficulty > d AND memorization > m THEN 'noisy-outlier'
-            WHEN difficulty > d THEN 'ambiguous-hard'
-            WHEN memorization > m THEN 'hotspot-memorized'
-            ELSE 'stable-easy' END AS quadrant
-FROM scored, thresholds
-ORDER BY sample_id
-"""
+""" + QUADRANTS_SQL
 
 
 def _duckdb(query: str) -> Callable[[Path, Path], dict]:
