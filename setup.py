@@ -15,5 +15,6 @@ from setuptools import Extension, setup
 
 flags = [] if sys.platform == "win32" else ["-O2", "-ffp-contract=off"]
 setup(ext_modules=[Extension(f"carto_cli.score.{name}", [f"carto_cli/score/{name}.c"], optional=True,
-                             depends=["carto_cli/score/_buffers.h"], extra_compile_args=flags)
+                             depends=["carto_cli/score/_buffers.h", "carto_cli/score/_typed.h"],
+                             extra_compile_args=flags)
                    for name in ("_dense", "_extract", "_match")])

@@ -17,8 +17,11 @@ cache. For each process:
   when it is spawned, so this script imports nothing heavy (Polars, pyarrow) until every
   contender has run; its own RSS at spawn time is reported as `parent_rss_mib` (a floor, ~15 MiB).
 
-With `--repeat K` the contenders run round-robin K times; the table shows the best work, wall and
-CPU times and the largest peak RSS of the K runs. A run past `--timeout` is killed and reported.
+With `--repeat K` the contenders run round-robin K times, each round starting one contender later
+than the one before (so no contender always runs right after the same one: a process that follows
+one which freed gigabytes finds that memory cheap to touch on this VM); the table shows the best
+work, wall and CPU times and the largest peak RSS of the K runs, and the ratios of the median wall
+times are printed beside the headline. A run past `--timeout` is killed and reported.
 
 The headline ratios are whole-process wall time (what a user waits for) against the scan floor and
 against the fastest of the three DuckDB formulations (`duckdb*`; see contenders.py: the join, the
@@ -44,13 +47,14 @@ import json
 import os
 import platform
 import signal
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from common import carto_source, current_rss_mib, dir_size_mib, measure_command
+from common import carto_source, current_rss_mib, dir_size_mib, measure_command, quadrant_checks
 
 CONTENDERS_PY = Path(__file__).with_name("contenders.py")
 CONTENDERS = ("scan", "duckdb", "duckdb-window", "duckdb-bitmask", "duckdb-full", "polars", "carto",
@@ -63,16 +67,19 @@ FULL_FLOATS = ("memorization", "mean_loss", "confidence", "variability", "correc
 BEST_DUCKDB = "best-duckdb"  # its alias in the ratios
 REFERENCE = "carto"  # the output the others are checked against
 DIFFICULTY_TOLERANCE = 1e-6
-# (numerator, denominator, measure, goal): carto's targets. The headline is whole-process wall time
-# (start, imports, read, score, write: what a user waits for) against the fastest DuckDB query; the
-# in-process `work_s` ratios are printed beside them.
+# (numerator, denominator, measure, goal): carto's targets, in whole-process wall time (start,
+# imports, read, score, write: what a user waits for) and peak memory. Issue 25: like for like (the
+# query that writes every column carto writes) at most half, and never slower than the fastest
+# four-column query; issue 13: no more memory than that query. The in-process `work_s` ratios, and
+# issue 13's earlier time targets (half the fastest four-column query, 5 times the scan), are
+# printed beside them.
 GOALS = (
-    ("carto", BEST_DUCKDB, "wall_s", 0.5),
-    ("carto", "scan", "wall_s", 5.0),
+    ("carto", FULL, "wall_s", 0.5),
+    ("carto", BEST_DUCKDB, "wall_s", 1.0),
     ("carto", BEST_DUCKDB, "peak_rss_mib", 1.0),
 )
-INFO_RATIOS = (("carto", BEST_DUCKDB, "work_s"), ("carto", "scan", "work_s"), ("carto", FULL, "wall_s"),
-               ("carto", FULL, "work_s"), ("carto", FULL, "peak_rss_mib"))
+INFO_RATIOS = (("carto", FULL, "work_s"), ("carto", BEST_DUCKDB, "work_s"), ("carto", FULL, "peak_rss_mib"),
+               ("carto", "scan", "wall_s"), ("carto", "scan", "work_s"))
 
 
 @dataclass
@@ -184,10 +191,7 @@ def compare_full(reference_path: Path, other_path: Path) -> dict:
         **{f"{name}_beyond_tolerance": ((pl.col(name) - other[name]).abs() > DIFFICULTY_TOLERANCE).sum()
            + pl.col(name).is_null().ne(other[name].is_null()).sum() for name in FULL_FLOATS},
         **{f"{name}_max_abs_diff": (pl.col(name) - other[name]).abs().max() for name in FULL_FLOATS},
-        quadrant_mismatches=pl.col("quadrant").ne_missing(other["quadrant"]).sum(),
-        quadrant_mismatches_off_threshold=(pl.col("quadrant").ne_missing(other["quadrant"])
-                                           & (pl.col("difficulty") != thresholds["difficulty"])
-                                           & (pl.col("memorization") != thresholds["memorization"])).sum(),
+        **quadrant_checks(thresholds, "_other"),
     ).row(0, named=True)
     return {k: (v or 0) for k, v in stats.items()}
 
@@ -203,6 +207,21 @@ def agrees(result: dict) -> bool:
     return not any(result[k] for k in ("missing_in_other", "missing_in_reference", "forget_events_mismatches",
                                        "n_seen_mismatches", "difficulty_null_mismatches",
                                        "difficulty_beyond_tolerance"))
+
+
+def median_ratios(runs: dict[str, list[Run]]) -> dict[str, float]:
+    """carto's median whole-process wall time over the rounds against duckdb-full's and the fastest
+    (by median) four-column query's: a check on the best-of-rounds headline."""
+    medians = {name: statistics.median(r.wall_s for r in rs) for name, rs in runs.items()
+               if rs and all(r.ok for r in rs)}
+    found = {}
+    if "carto" in medians and FULL in medians:
+        found[f"carto/{FULL} wall_s"] = medians["carto"] / medians[FULL]
+    fours = [n for n in DUCKDB if n in medians]
+    if "carto" in medians and fours:
+        fastest = min(fours, key=medians.get)
+        found[f"carto/{fastest} wall_s"] = medians["carto"] / medians[fastest]
+    return found
 
 
 def fastest_duckdb(best: dict[str, Run]) -> Run | None:
@@ -292,7 +311,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="carto-bench-") as tmp:
         outputs = {n: Path(tmp) / f"{n}.parquet" for n in names}
         for k in range(args.repeat):
-            for name in names:
+            for name in names[k % len(names):] + names[:k % len(names)]:  # rotated: see the docstring
                 source = carto_source()["sha256"] if name.startswith("carto") else None
                 run = run_contender(name, args.logs, outputs[name], args.timeout)
                 run.carto_sha256 = source
@@ -329,7 +348,10 @@ def main() -> int:
     for num, den, measure in INFO_RATIOS:
         value = ratio(best, num, den, measure)
         if value is not None:
-            print(f"  in-process, for reference: {num}/{den} {measure}: {value:.2f}")
+            print(f"  for reference: {num}/{den} {measure}: {value:.2f}")
+    medians = median_ratios(runs)
+    for name, value in medians.items():
+        print(f"  for reference, the medians of the rounds' wall times: {name}: {value:.2f}")
     sources = sorted({r.carto_sha256 for rs in runs.values() for r in rs if r.carto_sha256})
     if len(sources) > 1:
         print(f"WARNING: carto_cli changed during the benchmark (sources {', '.join(sources)}): "
@@ -355,7 +377,7 @@ def main() -> int:
         "timeout_s": args.timeout, "machine": info,
         "best": {n: asdict(r) for n, r in best.items()},
         "runs": {n: [asdict(r) for r in rs] for n, rs in runs.items()},
-        "goals": goals, "agreement": agreement, "full_agreement": full_agreement,
+        "goals": goals, "median_ratios": medians, "agreement": agreement, "full_agreement": full_agreement,
     }, default=str))
     return 0 if all(agrees(r) for r in agreement.values()) and (not full_agreement or agrees_full(full_agreement)) \
         else 1

@@ -28,6 +28,31 @@ def default_logs_dir(samples: int, epochs: int) -> Path:
     return DATA_ROOT / f"logs-{samples}x{epochs}"
 
 
+def quadrant_checks(thresholds: dict, suffix: str) -> dict:
+    """Polars expressions over two scores files joined on sample_id (the other's columns named with
+    `suffix`): the samples whose quadrants differ, and those of them not at one of carto's
+    `thresholds` (DuckDB's quantile_disc takes the lower middle value at an even count, Polars'
+    "nearest" quantile the upper one, so a sample exactly at a threshold may be placed apart)."""
+    import polars as pl
+
+    differ = pl.col("quadrant").ne_missing(pl.col(f"quadrant{suffix}"))
+    return {"quadrant_mismatches": differ.sum(),
+            "quadrant_mismatches_off_threshold": (differ & (pl.col("difficulty") != thresholds["difficulty"])
+                                                  & (pl.col("memorization") != thresholds["memorization"])).sum()}
+
+
+def encoding_tag() -> str:
+    """A short digest of the shim's Parquet encodings (`carto_cli.log.writer.column_encodings`), for
+    the names of generated logs: a log written with other encodings is not silently reused."""
+    import json
+
+    from carto_cli.log import schema
+    from carto_cli.log.writer import column_encodings
+
+    text = json.dumps(column_encodings(schema.LOG_SCHEMA), sort_keys=True)
+    return "enc" + hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

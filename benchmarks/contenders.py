@@ -22,6 +22,12 @@ process's peak RSS is its own.
   Cartography's confidence, variability and correctness, memorization, first learned epoch, the
   quadrant at the median thresholds), sorted by sample_id, in one query built on the bitmask one.
   The three above compute four columns; carto computes and writes thirteen.
+- duckdb-sketch: for a log with the shim's sketch (`bench_signal.py`), what an expert writes for
+  the columns `carto score` ranks by at its default: difficulty, forget events (the bitmask), the
+  `extractable` signal through list comprehensions over the sketch (the last late presentation's
+  hit runs by `arg_max` over (step, epoch, runs), each early presentation's sketched losses summed
+  per run with `list_transform`, the runs' sums added over the early presentations, the largest
+  divided by their count), the quadrants at the median thresholds, sorted by sample_id.
 - polars: a straightforward Polars group_by with `sort_by("step")` inside the aggregation.
 - carto / carto-bitmask / carto-general: `carto score LOGS --out OUT [--method bitmask|general]`
   (auto: the dense-id kernel where ids are dense; bitmask: the Polars hash kernel; general: the
@@ -110,6 +116,22 @@ FROM (
 """
 
 
+# The quadrants of a `scored` CTE (difficulty, memorization) at the median thresholds, sorted by
+# sample_id: the tail of duckdb-full and duckdb-sketch.
+QUADRANTS_SQL = """thresholds AS (
+    SELECT quantile_disc(difficulty, 0.5) AS d, quantile_disc(memorization, 0.5) AS m
+    FROM scored WHERE difficulty IS NOT NULL AND memorization IS NOT NULL
+)
+SELECT scored.*,
+       CASE WHEN difficulty IS NULL OR memorization IS NULL THEN NULL
+            WHEN difficulty > d AND memorization > m THEN 'noisy-outlier'
+            WHEN difficulty > d THEN 'ambiguous-hard'
+            WHEN memorization > m THEN 'hotspot-memorized'
+            ELSE 'stable-easy' END AS quadrant
+FROM scored, thresholds
+ORDER BY sample_id
+"""
+
 # Like for like: the scores file carto writes, every column of it, in SQL. The bitmask query's
 # aggregation (the fastest) with the other sums beside it, materialized once; the quadrant
 # thresholds are the medians over the samples that can be placed (quantile_disc: at an even count
@@ -140,19 +162,51 @@ scored AS MATERIALIZED (
            n_correct / n_seen AS correctness
     FROM per_sample
 ),
-thresholds AS (
-    SELECT quantile_disc(difficulty, 0.5) AS d, quantile_disc(memorization, 0.5) AS m
-    FROM scored WHERE difficulty IS NOT NULL AND memorization IS NOT NULL
-)
-SELECT scored.*,
-       CASE WHEN difficulty IS NULL OR memorization IS NULL THEN NULL
-            WHEN difficulty > d AND memorization > m THEN 'noisy-outlier'
-            WHEN difficulty > d THEN 'ambiguous-hard'
-            WHEN memorization > m THEN 'hotspot-memorized'
-            ELSE 'stable-easy' END AS quadrant
-FROM scored, thresholds
-ORDER BY sample_id
-"""
+""" + QUADRANTS_SQL
+
+
+# The sketched log's expert query (duckdb-sketch). Its sums are float64 sums of the float16 (or
+# float32) sketched losses, exact for float16 (multiples of 2^-24 below 2^16, a few per sum), so
+# its signal equals carto's fixed-point one on the shim's logs.
+DUCKDB_SKETCH_QUERY = f"""
+WITH presentations AS (
+    SELECT sample_id, epoch, step, loss, correct, top_pos, top_loss, hit_runs
+    FROM read_parquet({{glob}}) WHERE isfinite(loss)
+),
+per_sample AS MATERIALIZED (
+    SELECT sample_id,
+           avg(loss) FILTER (WHERE epoch < {EARLY_EPOCHS}) AS difficulty,
+           bit_or(1::UBIGINT << epoch::UBIGINT) AS s,
+           coalesce(bit_or(1::UBIGINT << epoch::UBIGINT) FILTER (WHERE correct), 0::UBIGINT) AS c
+    FROM presentations GROUP BY sample_id
+),
+last_runs AS MATERIALIZED (
+    SELECT sample_id, arg_max(hit_runs, (step, epoch, hit_runs)) AS runs
+    FROM presentations WHERE epoch >= {EARLY_EPOCHS} AND hit_runs IS NOT NULL GROUP BY sample_id
+),
+early AS (
+    SELECT e.sample_id,
+           list_transform(range(len(l.runs) // 2), lambda j: list_sum(list_transform(range(len(e.top_pos)),
+               lambda q: CASE WHEN e.top_pos[q + 1] >= l.runs[2 * j + 1]
+                                   AND e.top_pos[q + 1] < l.runs[2 * j + 1] + l.runs[2 * j + 2]
+                                   AND isfinite(e.top_loss[q + 1])
+                              THEN e.top_loss[q + 1]::DOUBLE ELSE 0.0 END))) AS per_run
+    FROM presentations e JOIN last_runs l USING (sample_id)
+    WHERE e.epoch < {EARLY_EPOCHS} AND e.top_pos IS NOT NULL AND e.top_loss IS NOT NULL
+),
+per_run AS (
+    SELECT sample_id, j, sum(total) AS total, count(*) AS n_early
+    FROM (SELECT sample_id, unnest(range(len(per_run))) AS j, unnest(per_run) AS total FROM early)
+    GROUP BY sample_id, j
+),
+signal AS (
+    SELECT sample_id, max(total) / any_value(n_early) AS memorization FROM per_run GROUP BY sample_id
+),
+scored AS MATERIALIZED (
+    SELECT p.sample_id, p.difficulty, bit_count(p.c & ~(p.c >> 1) & (p.s >> 1)) AS forget_events, g.memorization
+    FROM per_sample p LEFT JOIN signal g USING (sample_id)
+),
+""" + QUADRANTS_SQL
 
 
 def _duckdb(query: str) -> Callable[[Path, Path], dict]:
@@ -209,6 +263,7 @@ CONTENDERS: dict[str, tuple[tuple[str, ...], Callable[[Path, Path], dict]]] = {
     "duckdb-window": (("duckdb",), _duckdb(DUCKDB_WINDOW_QUERY)),
     "duckdb-bitmask": (("duckdb",), _duckdb(DUCKDB_BITMASK_QUERY)),
     "duckdb-full": (("duckdb",), _duckdb(DUCKDB_FULL_QUERY)),
+    "duckdb-sketch": (("duckdb",), _duckdb(DUCKDB_SKETCH_QUERY)),
     "polars": (("polars",), polars_group_by),
     "carto": (("carto_cli.cli",), _carto_cli()),
     "carto-bitmask": (("carto_cli.cli",), _carto_cli("--method", "bitmask")),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import assert_hand_scores, hand_rows, write_parts
 from hypothesis import given, settings
@@ -473,3 +475,77 @@ def test_ids_above_2_63_score_by_extractable(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
         got = dict(pl.read_parquet(out).select("sample_id", "memorization").iter_rows())
         assert got == {base + step * sid: value for sid, value in EXPECTED.items()}
+
+
+@pytest.mark.parametrize("built", ["compiled", "numpy"])
+def test_superseded_row_groups_are_skipped_and_change_nothing(tmp_path: Path, built: str, monkeypatch) -> None:
+    """The late pass reads row groups newest first and leaves unread those whose every sample
+    already has a later late presentation: the last epoch's rows are read, the earlier late
+    epochs' are not, whatever the samples missing from the last epoch, ties at one step across row
+    groups, or runs wider than uint16 (int32 runs)."""
+    from carto_cli.io.logs import open_logs, scan
+    from carto_cli.score import extract, extract_loops, signals
+
+    use_loops(built, monkeypatch)
+    monkeypatch.setattr(extract, "BATCH_ROWS", 50)
+    state = extract_loops.Numpy if built == "numpy" else extract_loops.Compiled
+    late_rows = []
+    real_late = state.late
+
+    def counting(self, idx, *args, **kwargs):
+        late_rows.append(len(idx))
+        return real_late(self, idx, *args, **kwargs)
+
+    monkeypatch.setattr(state, "late", counting)
+    rng = np.random.default_rng(11)
+    for runs_type, top in ((pa.uint16(), 40), (pa.int32(), 70_000)):
+        directory = tmp_path / str(runs_type)
+        directory.mkdir()
+        n, epochs = 400, 5
+        for epoch in range(epochs):
+            ids = rng.permutation(n)
+            if epoch == epochs - 1:
+                ids = ids[ids % 7 != 3]  # some samples miss the last epoch: their epoch-3 rows count
+            steps = epoch * 1000 + np.arange(len(ids)) // 4
+            if epoch == epochs - 2:
+                steps[-4:] = steps[-4:] + 1  # ... the last of them at the next epoch's first step
+            table = pa.table({
+                "sample_id": ids.astype(np.int64), "epoch": np.full(len(ids), epoch, dtype=np.int32),
+                "step": steps.astype(np.int64), "loss": rng.random(len(ids)).astype(np.float32),
+                "correct": rng.random(len(ids)) < 0.5,
+                "top_pos": pa.array([rng.integers(0, 60, 3).tolist() for _ in ids], type=pa.list_(pa.uint16())),
+                "top_loss": pa.array([np.round(rng.random(3) * 4, 2).tolist() for _ in ids],
+                                     type=pa.list_(pa.float16())),
+                "hit_runs": pa.array([rng.integers(0, top, 4).tolist() for _ in ids], type=pa.list_(runs_type)),
+            })
+            pq.write_table(table, directory / f"part-r00000-test-{epoch:06d}.parquet", row_group_size=100)
+        logset = open_logs([directory])
+        late_rows.clear()
+        got = extract.extractable(logset, early_epochs=2, drop_nonfinite=True)
+        lf = scan(logset, ["sample_id", "epoch", "step", "top_pos", "top_loss", "hit_runs"])
+        want = signals.extractable(lf, early_epochs=2).filter(pl.col("value").is_not_null())
+        assert got is not None and got.sort("sample_id").equals(want.sort("sample_id"))
+        all_late = sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(directory.glob("*.parquet"))[2:])
+        # epoch 4 and 3 read (each of epoch 3's row groups holds a sample missing from epoch 4), and
+        # at least 3 of epoch 2's 4 row groups left unread (the reader thread may ask of the first
+        # before epoch 3's last rows are in)
+        assert sum(late_rows) <= all_late - 300, (sum(late_rows), all_late)
+
+
+@pytest.mark.parametrize("built", ["compiled", "numpy"])
+def test_sums_that_could_leave_48_bits_score_by_the_definition(tmp_path: Path, built: str, monkeypatch) -> None:
+    """The compiled loops keep 48-bit sums: where n_early x k x the largest sketched loss could reach
+    2^47 fixed-point units (32,768 nats), both builds decline and `carto score` gives the
+    definition's values."""
+    from carto_cli.io.logs import open_logs
+    from carto_cli.score import extract
+
+    use_loops(built, monkeypatch)
+    rows = [dict(row, top_loss=[9000.0 if x == x else x for x in row["top_loss"]]) for row in sketch_rows()]
+    schema = {**SKETCH_SCHEMA, "top_loss": pl.List(pl.Float32)}
+    write_parts(tmp_path / "logs", rows, schema=schema)
+    assert extract.extractable(open_logs([tmp_path / "logs"]), early_epochs=2, drop_nonfinite=True) is None
+    out = tmp_path / "s.parquet"
+    assert runner.invoke(app, ["score", str(tmp_path / "logs"), "--out", str(out)]).exit_code == 0
+    got = dict(pl.read_parquet(out).select("sample_id", "memorization").iter_rows())
+    assert got == _definition(tmp_path / "logs") and any(v is not None and v > 1000 for v in got.values())

@@ -43,11 +43,17 @@ class ScoreResult:
 def score(logset: LogSet, params: ScoreParams = ScoreParams(), *, stream: bool = False) -> ScoreResult:
     """Per-sample scores (one row per sample, sorted by sample_id) of a checked log set. With
     `stream`, `scores` is a `StreamedScores` where the dense kernel allows it (`dense_stream`):
-    the same scores, made a chunk at a time as they are written."""
+    the same scores, made a chunk at a time as they are written. There, the `extractable` signal
+    is computed first (`extract`, by slot), so that its arrays are freed before the dense kernel's
+    are made: the two never coexist."""
     params = planner.resolve_signal(logset, params)
     plan = planner.plan(logset, params)
-    reduced = None
-    if plan.dense and stream and streamed.applies(logset):
+    reduced, signal = None, _NOT_YET
+    streaming = plan.dense and stream and streamed.applies(logset)
+    if streaming and params.memorization == "extractable":
+        signal = extract.extractable(logset, early_epochs=params.early_epochs,
+                                     drop_nonfinite=plan.kernel.drop_nonfinite, by_slot=True)
+    if streaming:
         reduced = dense_stream(logset, plan.kernel, never_learned=params.never_learned)
     elif plan.dense:
         reduced = dense_scores(logset, plan.kernel, never_learned=params.never_learned)
@@ -67,12 +73,19 @@ def score(logset: LogSet, params: ScoreParams = ScoreParams(), *, stream: bool =
         scores = finalize(state, never_learned=params.never_learned)
     result = scored(scores, plan, samples_general)
     if params.memorization != "forgets":
-        values = signal_values(logset.parts, plan, params)
+        if isinstance(scores, streamed.StreamedScores) and isinstance(signal, extract.Extracted):
+            scores.signal = signal
+            return result
+        values = signal.frame() if isinstance(signal, extract.Extracted) else signal_values(
+            logset.parts, plan, params, kernel=signal is _NOT_YET)
         if isinstance(scores, streamed.StreamedScores):
             scores.signal = values
         else:
             result.scores = with_signal(result.scores, values)
     return result
+
+
+_NOT_YET = object()  # `score`: the signal's kernel has not run (None: it ran and declined)
 
 
 def dense_stream(logset: LogSet, kernel: Kernel, *, never_learned: str
@@ -155,10 +168,11 @@ def full_state(kernel: Kernel, parts: list[LogPart], *, dense_ok: bool = True) -
     return kernel.state([str(p.path) for p in parts], passes=planner.passes(logset))
 
 
-def signal_values(parts: list[LogPart], plan: Plan, params: ScoreParams) -> pl.DataFrame:
+def signal_values(parts: list[LogPart], plan: Plan, params: ScoreParams, *, kernel: bool = True) -> pl.DataFrame:
     """sample_id -> `value` of the signal `params.memorization` over `parts`, which must hold every
-    row of their samples (a whole log, or one bucket of it)."""
-    if params.memorization == "extractable":  # the numpy kernel; the Polars definition where it declines
+    row of their samples (a whole log, or one bucket of it). `kernel=False`: the `extractable`
+    kernel already declined on them; the Polars definition runs at once."""
+    if params.memorization == "extractable" and kernel:  # the kernel; the Polars definition where it declines
         values = extract.extractable(LogSet(parts), early_epochs=params.early_epochs,
                                      drop_nonfinite=plan.kernel.drop_nonfinite)
         if values is not None:

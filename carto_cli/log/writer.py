@@ -240,11 +240,41 @@ class PartWriter:
         self.parts_written.append(final)
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """How carto writes a log part: zstd, with a CRC-32 checksum in each data page's header
+def write_parquet(table: pa.Table, path: Path, **options) -> None:
+    """How carto writes a log part: zstd, each column in the encoding that suits it
+    (`column_encodings`), with a CRC-32 checksum in each data page's header
     (`write_page_checksum`, Parquet's `crc` field), which a reader can verify
     (`pq.ParquetFile(..., page_checksum_verification=True)`) to find a flipped bit in a page instead of
     scoring the wrong value: a zstd page with a flipped bit can decompress without an error. The
     footer, page headers and the file's length are not covered: a damaged footer or header fails
-    to parse, a truncated file has no footer."""
-    pq.write_table(table, path, compression="zstd", write_page_checksum=True)
+    to parse, a truncated file has no footer. `options`: more of `pq.write_table`'s (the
+    benchmarks' row group size)."""
+    pq.write_table(table, path, compression="zstd", write_page_checksum=True, **column_encodings(table.schema),
+                   **options)
+
+
+def column_encodings(arrow_schema: pa.Schema) -> dict:
+    """`pq.write_table`'s per-column encoding options for a part (docs/logging.md, "Encodings"):
+
+    - float32 and float64 columns (loss, token_acc, tail_loss): BYTE_STREAM_SPLIT, which puts the
+      bytes of each position of the values together (sign and exponent apart from the noisy low
+      mantissa) before zstd, and no dictionary (a float rarely repeats): the loss and tail_loss
+      take about 2 bytes a presentation less each on the real logs (docs/benchmarks.md);
+    - the sketch's losses (top_loss, float16 lists): PLAIN. pyarrow decodes a dictionary of float16
+      values slowly (with them plain, the sketch's three columns read back with 34-42% less CPU on
+      the real logs), and the default signal reads them for every early presentation; DuckDB 2.0
+      reads no BYTE_STREAM_SPLIT float16;
+    - everything else as pyarrow does by default: dictionary-encoded where a part holds few
+      distinct values (ids, epochs, steps, positions and runs, the per-token losses).
+    Every reader decodes these (pyarrow, Polars, DuckDB); the values, so the scores, are unchanged.
+    """
+    dictionary, split = [], {}
+    for field in arrow_schema:
+        listed = pa.types.is_list(field.type) or pa.types.is_large_list(field.type)
+        value_type = field.type.value_type if listed else field.type
+        path = f"{field.name}.list.element" if listed else field.name
+        if not listed and (pa.types.is_float32(value_type) or pa.types.is_float64(value_type)):
+            split[path] = "BYTE_STREAM_SPLIT"
+        elif field.name != schema.TOP_LOSS:
+            dictionary.append(path)
+    return {"use_dictionary": dictionary, "column_encoding": split}

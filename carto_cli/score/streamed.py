@@ -32,6 +32,7 @@ from carto_cli.log import schema
 from carto_cli.score import compiled, dense
 from carto_cli.score.accumulators import MASK_BITS, N_BITS, Sums
 from carto_cli.score.dense_columns import frame, replace_rows
+from carto_cli.score.extract import Extracted
 
 CHUNK = 1 << 18  # samples per chunk: about 24 MB of score columns; the writer holds a few at once
 
@@ -52,7 +53,7 @@ class StreamedScores:
     early_epochs: int
     never_learned: str
     recount: pl.DataFrame | None = None  # `finalize` rows of the irregular samples
-    signal: pl.DataFrame | None = None  # sample_id -> value, replacing memorization
+    signal: pl.DataFrame | Extracted | None = None  # sample_id -> value, or by slot: replaces memorization
     _placed: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
 
     @property
@@ -79,7 +80,9 @@ class StreamedScores:
                 column = self.recount[name]
                 values[slots] = column.fill_null(0).to_numpy()
                 valid[slots] = column.is_not_null().to_numpy()
-        if self.signal is not None:
+        if self._by_slot():  # the signal's own arrays: read, never written
+            memorization, memorization_valid = self.signal.values, self.signal.valid
+        elif self.signal is not None:
             memorization_valid[:] = False
             slots = self._slots(self.signal[schema.SAMPLE_ID])
             memorization[slots] = self.signal["value"].fill_null(0).to_numpy()
@@ -90,7 +93,8 @@ class StreamedScores:
     def frames(self) -> Iterator[pl.DataFrame]:
         """The score columns of the samples, CHUNK slots at a time, ascending by sample_id."""
         width = len(self.sums.words)
-        signal = None if self.signal is None else _SignalLookup(self.signal, self.unsigned)
+        signal = None if self.signal is None else _SlotLookup(self.signal, self.first_id) if self._by_slot() \
+            else _SignalLookup(self.signal, self.unsigned)
         for lo in range(0, width, CHUNK):
             hi = min(lo + CHUNK, width)
             ranges, _, _ = compiled.survey(self.sums, n_bits=N_BITS, mask_bits=MASK_BITS,
@@ -127,6 +131,11 @@ class StreamedScores:
         return register_io_source(source, schema=frame(empty, self.unsigned).schema,
                                   explain_name="carto dense scores")
 
+    def _by_slot(self) -> bool:
+        """Whether the signal came by slot, over these very slots (`extract.Extracted`)."""
+        return (isinstance(self.signal, Extracted) and self.signal.first_id == self.first_id
+                and len(self.signal.values) == len(self.sums.words))
+
     def _place(self) -> tuple[np.ndarray, ...]:
         if self._placed is None:
             self._placed = compiled.place(self.sums, n_bits=N_BITS, mask_bits=MASK_BITS,
@@ -141,6 +150,20 @@ class StreamedScores:
         """The recounted rows of the samples at slots [lo, hi)."""
         first, last = self.first_id + lo, self.first_id + hi - 1
         return self.recount.filter(pl.col(schema.SAMPLE_ID).is_between(first, last))
+
+
+class _SlotLookup:
+    """A signal's values by slot (`extract.Extracted`), looked up by sample id."""
+
+    def __init__(self, signal: Extracted, first_id: int) -> None:
+        self.signal = signal
+        # the first id's int64 bits (a uint64 id of 2^63 or more wraps, as the ids below do)
+        self.base = np.array([first_id & (2**64 - 1)], dtype=np.uint64).view(np.int64)[0]
+
+    def at(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, validity) for `ids` (int64 bits, as `compiled.finish` writes sample_id)."""
+        slots = ids - self.base
+        return self.signal.values[slots], self.signal.valid[slots]
 
 
 class _SignalLookup:
