@@ -418,10 +418,6 @@ def test_usage_errors_of_the_carto_script_are_one_line_with_exit_2(argv: list[st
     assert "Traceback" not in done.stderr
 
 
-NOT_YET = pytest.mark.xfail(strict=True, reason="raised as OptionError (exit 1) by experiment/run.py, which the "
-                            "experiment's rework changes; ChoiceError makes it a usage error")
-
-
 @pytest.mark.parametrize(
     ("argv", "line"),
     [
@@ -441,8 +437,7 @@ NOT_YET = pytest.mark.xfail(strict=True, reason="raised as OptionError (exit 1) 
          "Error: --memorization must be one of"),
         (["score", "{log}", "--engine", "dask", "--out", "{tmp}/s.parquet"],
          "Error: --engine must be one of local, ray; got 'dask'; see `carto score --help`"),
-        pytest.param(["experiment", "--quick", "--regime", "nope", "--out", "{tmp}/exp"],
-                     "Error: --regime must be one of", marks=NOT_YET),
+        (["experiment", "--quick", "--regime", "nope", "--out", "{tmp}/exp"], "Error: --regime must be one of"),
     ],
 )
 def test_a_value_that_is_not_one_of_its_choices_is_a_usage_error(scored: Path, hand_log: Path, tmp_path: Path,

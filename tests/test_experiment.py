@@ -64,7 +64,7 @@ def test_arms_keep_what_they_should(quick_run):
 
 def test_progress_reaches_the_end(quick_run):
     _, _, calls = quick_run
-    assert calls[-1] == ("done", 10, 10)  # 1 development run + 9 arms
+    assert calls[-1] == ("done", 1 + len(ARMS), 1 + len(ARMS))  # 1 development run + every arm
     assert all(0 <= done <= total for _, done, total in calls)
 
 
@@ -135,7 +135,9 @@ def test_evaluation_passes_are_logged_without_changing_training(tmp_path):
     run = baseline_run(QUICK, data, 5, tmp_path)
     with_passes = train_and_evaluate(run)
     without = train_and_evaluate(replace(run, eval_log_dir=None, log_dir=tmp_path / "other"))
-    assert with_passes == without
+    cost = ("wall_s", "peak_rss_mib")  # what the runs cost differs; every number they measured must not
+    measured = {k: v for k, v in with_passes.items() if k not in cost}
+    assert measured == {k: v for k, v in without.items() if k not in cost}
     passes = pl.read_parquet(tmp_path / "eval_logs").sort("epoch", "sample_id")
     n = len(data.train)
     assert passes.height == QUICK.epochs * n
@@ -184,9 +186,9 @@ def test_a_regime_without_the_carto_arm_trains_no_development_seed(tmp_path):
     saved = sorted(p.stem for p in (tmp_path / "runs").glob("*.json"))
     assert saved == sorted(f"seed-0-{arm}" for arm in DATA_RICH.arms)
     assert set(results["headline"]) == set(DATA_RICH.arms[1:])
-    assert set(results["rank_vs_exposure"]) == {"paper", "default"}
+    assert set(results["rank_vs_exposure"]) == {"paper"}
     table = (tmp_path / "results.md").read_text()
-    assert "development seed" not in table and "| default |" in table
+    assert "development seed" not in table and "| signal |" in table
     # weights follow `carto weights` at its defaults: over the default scores
     weights = sorted((tmp_path / "seed0").glob("weights.parquet"))
     assert weights and (tmp_path / "seed0" / "scores-default.parquet").exists()
@@ -213,7 +215,11 @@ def test_without_a_development_seed_parallel_arms_start_after_their_own_baseline
 
 
 def test_an_unknown_regime_is_one_clear_error(tmp_path):
-    with pytest.raises(OptionError, match="--regime must be one of data-rich, small, data-rich-gpu"):
+    with pytest.raises(OptionError, match="--regime must be one of short, data-rich, small, data-rich-gpu"):
+        run_experiment(tmp_path, quick=False, seeds=1, frac=0.1, regime="huge")
+    from carto_cli.errors import ChoiceError
+
+    with pytest.raises(ChoiceError):  # a usage error: exit 2 on the command line
         run_experiment(tmp_path, quick=False, seeds=1, frac=0.1, regime="huge")
 
 
@@ -244,21 +250,16 @@ def test_the_gpu_regime_is_the_data_rich_one_with_a_larger_model():
 
 def test_arms_chooses_which_arms_run_and_refuses_unknown_ones(tmp_path):
     from carto_cli.experiment.config import QUICK
-
-    results = run_experiment(tmp_path, quick=True, seeds=1, frac=0.2, arms=("default-half", "default"))
-    assert tuple(results["arms"]) == ("baseline", "default", "default-half")  # ARMS order, baseline first
-    manifests = {arm: pl.read_parquet(tmp_path / "seed0" / f"manifest-{arm}.parquet")
-                 for arm in ("default", "default-half")}
-    n = manifests["default"].height
-    assert (~manifests["default"]["keep"]).sum() == int(0.2 * n)
-    assert (~manifests["default-half"]["keep"]).sum() == int(0.1 * n)
-    # the half prune is the head of the same ranking
-    half = set(manifests["default-half"].filter(~pl.col("keep"))["sample_id"])
-    assert half <= set(manifests["default"].filter(~pl.col("keep"))["sample_id"])
     from carto_cli.io import artifacts
 
-    _, provenance = artifacts.read(tmp_path / "seed0" / "manifest-default-half.parquet", "manifest")
-    assert provenance["parameters"] == {"frac": 0.1, "arm": "default-half"}  # the fraction it pruned
+    results = run_experiment(tmp_path, quick=True, seeds=1, frac=0.2, arms=("signal", "default-half", "default"))
+    assert tuple(results["arms"]) == ("baseline", "default", "default-half", "signal")  # ARMS order, baseline first
+    signal = pl.read_parquet(tmp_path / "seed0" / "manifest-signal.parquet")
+    assert (~signal["keep"]).sum() == int(0.2 * signal.height)  # the default signal's top 20%
+    for arm, frac in (("default", 0.2), ("default-half", 0.1)):  # every copy of whole findings, at most frac
+        manifest, provenance = artifacts.read(tmp_path / "seed0" / f"manifest-{arm}.parquet", "manifest")
+        assert provenance["parameters"] == {"frac": frac, "arm": arm}
+        assert (~manifest["keep"]).sum() <= int(frac * manifest.height)
     assert QUICK.arms[0] == "baseline"
     with pytest.raises(OptionError, match="--arms takes names from"):
         run_experiment(tmp_path, quick=True, seeds=1, frac=0.1, arms=("default", "everything"))

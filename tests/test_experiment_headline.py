@@ -57,6 +57,10 @@ def arm_metrics(seed: int, arm: str) -> dict:
         "exposure": sum(c["exposure"] for c in per_canary) / N_CANARIES,
         "exposure_skewnorm": sum(c["exposure_skewnorm"] for c in per_canary) / N_CANARIES,
         "val_ppl": BASE_PPL[seed] * (1 + rise),
+        "val_ppl_final": BASE_PPL[seed] * (1 + 2 * rise),
+        "val_row_nll": [math.log(BASE_PPL[seed] * (1 + rise))] * 5,
+        "rows_removed": 0 if arm in ("baseline", "weights") else 10,
+        "targets_removed": 0 if arm in ("baseline", "weights") else 480,
         "mia_auc": 0.5,
         "kept_copies": sum(c["kept_copies"] for c in per_canary) / N_CANARIES,
         "steps": 90,
@@ -187,6 +191,11 @@ def test_results_and_markdown_report_the_headline() -> None:
     assert "| +0.00% |" in baseline_row
     assert f"| `{EVALUATION}` | training | 75% [75%, 75%] | 0.800 [0.800, 0.800] | 60% |" in lines
     assert f"| `{TRAINING}` | evaluation | 50% [50%, 50%] | 0.700 [0.700, 0.700] |  |" in lines
+    # each arm against its own seed's baseline: canaries pooled over seeds (default: 1 of 4 + 2 + 0 = 6)
+    assert results["paired"]["default"]["extracted"] == [1, 6]
+    default_row = next(line for line in lines if line.startswith("| default | 1/6 |"))
+    assert default_row.startswith("| default | 1/6 | 83% | +0.0 [+0.0, +0.0] | +0.20% [+0.20%, +0.20%] | ±0.00% | "
+                                  "+0.40% [+0.40%, +0.40%] | 10 | 480 | holds |"), default_row
 
 
 def test_markdown_says_when_no_baseline_extracted_a_canary() -> None:

@@ -1,8 +1,8 @@
 """`carto experiment`: the command-line face of `carto_cli.experiment.run` (parse, call, print).
 
-    carto experiment --out exp/ --quick          # smoke run, every arm, 10-20 s
-    carto experiment --out exp/ --seeds 3        # the data-rich run, about 51 minutes on 2 cores
-    carto experiment --out exp/ --regime small   # the first reportable run's regime, about 35 minutes
+    carto experiment --out exp/ --quick          # smoke run, every arm, under a minute
+    carto experiment --out exp/ --seeds 5        # the short regime: carto's arms against the peers
+    carto experiment --out exp/ --regime data-rich   # an earlier protocol's regime (256-byte samples)
     carto experiment --out exp/ --device cuda    # on a GPU: the data-rich-gpu regime (a larger model)
 
 The experiment itself (torch, scipy, matplotlib) is imported only when the command runs, so the
@@ -38,10 +38,11 @@ def experiment_command(
         bool, typer.Option("--quick", help="A smoke run: tiny model, few samples, every arm, under a minute.")
     ] = False,
     regime: Annotated[
-        str | None, typer.Option("--regime", help="data-rich (256-byte samples, 3 epochs, 6 arms, ~51 min on 2 "
-                                 "cores), small (64-byte samples, 9 epochs, every arm, ~35 min) or data-rich-gpu "
-                                 "(data-rich with a 3.2M-parameter model, on a GPU) [default: data-rich, or "
-                                 "data-rich-gpu with --device cuda].", show_default=False)
+        str | None, typer.Option("--regime", help="short (64-byte samples, 12 canaries, carto's arms against "
+                                 "deduplication and the Goldfish loss, 10 arms), data-rich (256-byte samples, 3 "
+                                 "epochs, 6 arms), small (64-byte samples, 9 epochs) or data-rich-gpu (data-rich "
+                                 "with a 3.2M-parameter model, on a GPU) [default: short, or data-rich-gpu with "
+                                 "--device cuda].", show_default=False)
     ] = None,
     device: Annotated[
         str | None, typer.Option("--device", help="Where to train and evaluate: cpu or cuda [default: the "
@@ -49,8 +50,9 @@ def experiment_command(
     ] = None,
     arms: Annotated[
         str | None, typer.Option("--arms", help="Comma-separated arms to run instead of the regime's (the baseline "
-                                 "always runs): paper, default, default-half, carto, random, loss, weights, oracle.",
-                                 show_default=False)
+                                 "always runs): default, mask, default-half, random, oracle, dedup-exact, "
+                                 "dedup-exact-tuned, dedup-near, goldfish, goldfish-flagged, paper, signal, carto, "
+                                 "loss, weights.", show_default=False)
     ] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Reported seeds (fresh canaries each).")] = 3,
     first_seed: Annotated[
@@ -66,9 +68,9 @@ def experiment_command(
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print results.json on stdout.")] = False,
 ) -> None:
-    """Train the arms of a regime (baseline, paper, default, random, weights, oracle; the small regime
-    adds carto and loss) on CPython text with canaries; report extraction, exposure, validation
-    perplexity and membership AUC."""
+    """Train the arms of a regime on CPython text with canaries (the short regime: carto's findings
+    pruned or masked, random, the oracle, deduplication and the Goldfish loss); report each arm's
+    extraction, exposure and validation perplexity against its own seed's baseline."""
     run_experiment = _load()  # it checks the options (OptionError) before any work
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                TextColumn("{task.completed:.1f}/{task.total:.0f} runs"), TimeElapsedColumn()]
@@ -85,7 +87,7 @@ def experiment_command(
 
         chosen_arms = tuple(a.strip() for a in arms.split(",") if a.strip()) if arms else None
         if regime is None:  # a GPU runs the larger configuration unless a regime is named
-            regime = "data-rich-gpu" if device is not None and device.startswith("cuda") else "data-rich"
+            regime = "data-rich-gpu" if device is not None and device.startswith("cuda") else "short"
         results = run_experiment(out, quick=quick, regime=regime, arms=chosen_arms, seeds=seeds,
                                  first_seed=first_seed, frac=frac, device=device,
                                  jobs=jobs if jobs is not None else (os.cpu_count() or 1), progress=progress)

@@ -7,11 +7,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-# Every arm there is, in the order they run and are reported (`baseline` is always first);
-# `default-half` prunes half the fraction by the default signal (a cheaper prune, for the
-# perplexity side of the headline).
-ARMS = ("baseline", "paper", "default", "default-half", "carto", "random", "loss", "weights", "oracle")
-METRICS = ("extraction_rate", "exposure", "exposure_skewnorm", "val_ppl", "mia_auc", "kept_copies")
+# Every arm there is, in the order they run and are reported (`baseline` is always first).
+# carto's own: `default` prunes every copy of the private findings of `carto score --data` (whole
+# findings, strongest first, at most --frac of the rows), `mask` keeps every row and drops only the
+# findings' spans from the loss, `default-half` is `default` at half the fraction. The peers a user
+# would pick instead (`peers.py`): `dedup-exact` (ExactSubstr at the paper's L = 50 tokens),
+# `dedup-exact-tuned` (ExactSubstr at the L that catches these canaries: their length), `dedup-near`
+# (MinHash near-duplicates), `goldfish` (the Goldfish loss on every row) and `goldfish-flagged` (on
+# the rows carto flags only). References: `random` (--frac at random), `oracle` (exactly the
+# canaries' carriers). Earlier protocols' arms: `paper` (forget events), `signal` (the default
+# signal's top --frac, without the findings), `carto` (a ranking chosen on a development seed),
+# `loss` (difficulty), `weights` (`carto weights` drawn by a sampler).
+ARMS = ("baseline", "default", "mask", "default-half", "random", "oracle", "dedup-exact", "dedup-exact-tuned",
+        "dedup-near", "goldfish", "goldfish-flagged", "paper", "signal", "carto", "loss", "weights")
+PEER_ARMS = ("dedup-exact", "dedup-exact-tuned", "dedup-near", "goldfish", "goldfish-flagged")
+METRICS = ("extraction_rate", "exposure", "exposure_skewnorm", "val_ppl", "val_ppl_final", "mia_auc", "kept_copies",
+           "rows_removed", "targets_removed")
 DEV_SEED = 1000  # the development seed (canaries, split, init) that chooses carto's rule
 Progress = Callable[[str, float, int], None]  # (description, runs completed, runs in all)
 OnStep = Callable[[int, int], None] | None  # train_epochs' progress(step, total_steps)
@@ -37,6 +48,13 @@ class Config:
     threads: int | None = None  # torch intra-op threads while training; None leaves torch's choice
     arms: tuple[str, ...] = ARMS  # which arms run, baseline first; without `carto` no development seed trains
     device: str = "cpu"  # torch device of training and evaluation ("cuda": `carto experiment --device cuda`)
+    # Every arm is evaluated at an exponential moving average of its weights over about the last
+    # `ema_frac` of its steps (decay 1 - 1 / (ema_frac * steps)), and at its final weights (val_ppl_final).
+    ema_frac: float = 0.05
+    # Pruned arms keep the baseline's order of presentations, each pruned row's slot taken by a kept
+    # row drawn at random ("paired"), so that two arms differ only where their rows do; "shuffled":
+    # each arm draws its own order, as earlier protocols did.
+    order: str = "paired"
 
 
 # A smoke run: every arm end to end, 10-20 s on 2 shared CPU cores (it shows nothing: no canary is
@@ -58,7 +76,7 @@ QUICK = Config(corpus_bytes=30_000, sample_len=48, n_layer=1, n_head=2, n_embd=3
 # the one that separates arms; 512 references keep the evaluation near 7 s per arm.
 SMALL = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_embd=128, epochs=9,
                batch_size=64, lr=3e-3, repetitions=(12, 24, 48), per_count=5, n_references=512,
-               early_epochs=2, arms=tuple(arm for arm in ARMS if arm != "default-half"))
+               early_epochs=2, arms=("baseline", "paper", "signal", "carto", "random", "loss", "weights", "oracle"))
 
 # The data-rich regime (`--regime data-rich`, the default): closer to pretraining documents and
 # data-rich enough that a random 10% prune costs little perplexity. The whole shipped corpus
@@ -78,7 +96,7 @@ SMALL = Config(corpus_bytes=420_000, sample_len=64, n_layer=3, n_head=4, n_embd=
 # while another runs beside it; the 18 runs alone about 51 minutes (estimated from those times).
 DATA_RICH = Config(corpus_bytes=2_600_000, sample_len=256, n_layer=2, n_head=4, n_embd=96, epochs=3,
                    batch_size=16, lr=3e-3, repetitions=(256, 320), per_count=2, n_references=512,
-                   early_epochs=1, arms=("baseline", "paper", "default", "random", "weights", "oracle"))
+                   early_epochs=1, arms=("baseline", "paper", "signal", "random", "weights", "oracle"))
 # The GPU regime (`--regime data-rich-gpu`, what `--device cuda` runs by default): the data-rich
 # corpus, samples, epochs and canaries with a 12x larger model, 4 layers of d = 256 (3.2M
 # parameters), 8 heads, lr 2e-3 (below the small model's 3e-3, as nanoGPT-style recipes lower it
@@ -86,8 +104,19 @@ DATA_RICH = Config(corpus_bytes=2_600_000, sample_len=256, n_layer=2, n_head=4, 
 # CPU ones in docs/experiment-results/data-rich-gpu/. Two torch threads per run: the CPU side of a
 # GPU run is small, and several runs share the machine (--jobs).
 DATA_RICH_GPU = replace(DATA_RICH, n_layer=4, n_head=8, n_embd=256, lr=2e-3, threads=2, device="cuda")
-REGIMES = {"data-rich": DATA_RICH, "small": SMALL, "data-rich-gpu": DATA_RICH_GPU}
-DEFAULT = DATA_RICH
+# The short regime (`--regime short`, the default since the findings and the peers): many canaries
+# at lower shares, short samples, so that one seed says more than a few yes/no answers and a
+# protocol of five seeds x ten arms fits in about an hour here. 1.46 MB of the corpus in 64-byte
+# samples, a fifth held out (4,492 validation rows: a larger validation set than the other regimes,
+# for the perplexity half's power), 17,969 train rows; 12 canaries, 4 each at 64, 128 and 192
+# copies (1,536 carriers, 8.5% of the train rows: a 10% prune can remove every copy); the
+# data-rich regime's model (2 layers, d = 96), 3 epochs. One run is about 90-100 s at one thread.
+SHORT = Config(corpus_bytes=1_460_000, sample_len=64, n_layer=2, n_head=4, n_embd=96, epochs=3,
+               batch_size=64, lr=3e-3, repetitions=(64, 128, 192), per_count=4, n_references=512,
+               early_epochs=1, val_frac=0.2, threads=1,
+               arms=("baseline", "default", "mask", "random", "oracle", *PEER_ARMS))
+REGIMES = {"short": SHORT, "data-rich": DATA_RICH, "small": SMALL, "data-rich-gpu": DATA_RICH_GPU}
+DEFAULT = SHORT
 
 # Candidate memorization rankings for the `carto` arm, all existing `carto score` options:
 # (memorization signal, --correct-from, --threshold). The paper's own ranking (forget events with the

@@ -18,13 +18,14 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from carto_cli.engines import findings as findings_pass
 from carto_cli.engines import pipeline
 from carto_cli.experiment import metrics
 from carto_cli.experiment.arms import SeedData, arm_runs
 from carto_cli.experiment.canaries import CanarySet
 from carto_cli.experiment.config import DEFAULT_RANKING, DEV_SEED, PAPER_RANKING, RANKINGS, Config, ranking_name
 from carto_cli.export import manifests as export
-from carto_cli.io import artifacts, logs
+from carto_cli.io import artifacts, logs, tokens
 from carto_cli.score import rules
 
 
@@ -64,7 +65,8 @@ def prepare_arms(
     cfg: Config, data: SeedData, frac: float, seed: int, carto_ranking: tuple | None, work: Path
 ) -> dict:
     """Score one seed's baseline logs and set up the runs of its arms after the baseline, in
-    `cfg.arms` order (of paper, default, carto, random, loss, weights, oracle; `arms.arm_runs`)."""
+    `cfg.arms` order (`arms.arm_runs`): `carto score` at its defaults, and with `--data` (the seed's
+    train rows) and `--reference` (its validation rows) for the findings."""
     log_dir = work / "logs"
     rankings = (compare_rankings(cfg, data, frac, log_dir, work)
                 + compare_rankings(cfg, data, frac, work / "eval_logs", work, source="evaluation"))
@@ -72,9 +74,37 @@ def prepare_arms(
               "default": score(log_dir, score_params(cfg, *DEFAULT_RANKING), work / "scores-default.parquet")}
     if "carto" in cfg.arms:
         scored["carto"] = score(log_dir, score_params(cfg, *carto_ranking), work / "scores-carto.parquet")
-    return {"runs": arm_runs(cfg, data, frac, seed, scored, work), "rankings": rankings,
+    scored["findings"], findings = score_findings(cfg, data, work)
+    return {"runs": arm_runs(cfg, data, frac, seed, scored, findings, work), "rankings": rankings,
             "maps": {name: _map(s) for name, s in scored.items()},
-            "canary_ranks": {name: _canary_ranks(s, data.canaries) for name, s in scored.items()}}
+            "canary_ranks": {name: _canary_ranks(s, data.canaries) for name, s in scored.items()},
+            "findings": findings_summary(scored["findings"], findings, data)}
+
+
+def score_findings(cfg: Config, data: SeedData, work: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`carto score LOGS --data train.parquet --reference val.parquet` on the baseline's logs: the
+    rows written as a tokenized dataset (`input_ids`: the whole row; the logged targets are row[1:],
+    so label shift 1). Returns the scores (with `finding`) and the findings file's frame."""
+    train, val = work / "train.parquet", work / "val.parquet"
+    for rows, path in ((data.train, train), (data.val, val)):
+        frame = pl.DataFrame({"sample_id": np.arange(len(rows)), "input_ids": rows.astype(np.int16).tolist()})
+        frame.write_parquet(path)
+    request = findings_pass.FindingsRequest(data=tokens.open_tokens(train), out=work / "findings.parquet",
+                                            reference=tokens.open_tokens(val), label_shift=1)
+    out = work / "scores-findings.parquet"
+    pipeline.run_score(logs.open_logs([work / "logs"]), score_params(cfg, *DEFAULT_RANKING), out=out,
+                       inputs=[str(work / "logs")], findings=request)
+    return artifacts.read(out, "scores")[0], artifacts.read(work / "findings.parquet", "findings")[0]
+
+
+def findings_summary(scores: pl.DataFrame, findings: pl.DataFrame, data: SeedData) -> dict:
+    """What the findings pass found, against the canaries: findings (private, public), carriers,
+    and the share of canary copies among the carriers of a private finding."""
+    carriers = scores.filter(pl.col("finding").is_not_null())["sample_id"].to_numpy()
+    canary_rows = data.canaries.carriers
+    return {"findings": findings.height, "private": int((~findings["public"]).sum()),
+            "carriers": len(carriers), "canary_copies_found": float(np.isin(canary_rows, carriers).mean()),
+            "carriers_that_are_canary_copies": float(np.isin(carriers, canary_rows).mean()) if len(carriers) else None}
 
 
 def score_params(cfg: Config, memorization: str, correct_from: str, threshold: str | None) -> rules.ScoreParams:

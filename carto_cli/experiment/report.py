@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from carto_cli.experiment import paired
 from carto_cli.experiment.config import METRICS, Config
+from carto_cli.experiment.paired import summarise
 from carto_cli.version import __version__
 
 # ------------------------------------------------------------------------------------ results
@@ -22,7 +24,7 @@ def results(cfg: Config, quick: bool, frac: float, dev: dict | None, runs: list[
     arms = {}
     for arm in cfg.arms:
         seeds = [run["arms"][arm] for run in runs]
-        summary = {m: summarise([s[m] for s in seeds]) for m in METRICS}
+        summary = {m: summarise([s[m] for s in seeds]) for m in METRICS if all(m in s for s in seeds)}
         summary["steps"] = [s["steps"] for s in seeds]
         summary["extraction_by_repetitions"] = _by_repetitions(seeds)
         arms[arm] = summary
@@ -35,6 +37,12 @@ def results(cfg: Config, quick: bool, frac: float, dev: dict | None, runs: list[
         "carto_ranking": dev,
         "arms": arms,
         "headline": _headline(runs, cfg.arms),
+        "paired": (table := paired.compare(runs, cfg.arms)),
+        "goals": paired.goals(table),
+        "findings": [run.get("findings") for run in runs],
+        "cost": {arm: {"wall_s": summarise([run["arms"][arm].get("wall_s", float("nan")) for run in runs]),
+                       "peak_rss_mib": max(run["arms"][arm].get("peak_rss_mib", 0.0) for run in runs)}
+                 for arm in cfg.arms},
         "rankings": _rankings(runs),
         "rank_vs_exposure": {name: _rank_vs_exposure(runs, name) for name in runs[0]["canary_ranks"]
                              if name in cfg.arms},
@@ -101,15 +109,6 @@ def _finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def summarise(values: list[float]) -> dict:
-    """Per-seed values, their mean, and a 95% Student-t interval over seeds (None for one seed)."""
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return {"per_seed": values, "mean": mean, "ci95": None}
-    half = float(stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
-    return {"per_seed": values, "mean": mean, "ci95": [mean - half, mean + half]}
-
-
 def _by_repetitions(seeds: list[dict]) -> dict[str, float]:
     """Extraction rate per repetition count, over every seed's canaries."""
     hits: dict[int, list[bool]] = {}
@@ -144,7 +143,11 @@ def render_markdown(results: dict) -> str:
              f"{chosen['canary_recall']:.0%})."),
             "",
         ]
+    if "paired" in results:
+        lines += _paired_lines(results)
     lines += [
+        "## Every arm, every metric",
+        "",
         *_table(results["arms"]),
         "",
         ("Cells: mean over seeds [95% Student-t interval]. Exposure by rank is at most log2 of the "
@@ -187,7 +190,76 @@ def render_markdown(results: dict) -> str:
         lines.append(f"- `{name}` ranking: Spearman's rho between a canary's mean percentile in the ranking and its "
                      f"baseline skew-normal exposure {rho} over {entry['canaries']} canaries; mean percentile "
                      f"{entry['mean_percentile']:.2f}; {entry['canaries_untouched']} canaries kept every copy.")
+    if "cost" in results:
+        lines += _cost_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def _paired_lines(results: dict) -> list[str]:
+    """The comparison against each seed's baseline, the goals and what the runs cost."""
+    table, verdicts = results["paired"], results["goals"]
+    lines = [
+        "## Each arm against its own seed's baseline",
+        "",
+        ("Extraction: canaries whose secret greedy decoding reproduces, summed over every seed (cut = 1 - "
+         "arm / baseline). Perplexity: the paired change against the same seed's baseline, both evaluated at "
+         "the moving average of their weights; mean [95% t-interval over seeds]. Rows: the widest 95% "
+         "bootstrap interval of one seed's change over its validation rows (the measure's own noise). Final "
+         "weights: the same paired change at the last iterate. Removed: train rows, and target tokens removed "
+         "from training (with their rows, cut out, or dropped from the loss), mean per seed."),
+        "",
+        "| arm | extracted | cut | exposure change (bits) | perplexity change | rows | final weights | "
+        "rows removed | targets removed | headline |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, row in table.items():
+        hits, base = row["extracted"]
+        cut = "n/a" if row["extraction_cut"] is None else f"{row['extraction_cut']:.0%}"
+        widest = max((hi - lo for lo, hi in row["ppl_change_rows_ci95"]), default=0.0) / 2
+        lines.append(
+            f"| {arm} | {hits}/{base} | {cut} | {_cell(row['exposure_change'], '{:+.1f}')} | "
+            f"{_cell(row['ppl_change'], '{:+.2%}')} | ±{widest:.2%} | "
+            f"{_cell(row['ppl_change_final_weights'], '{:+.2%}')} | "
+            f"{row['rows_removed']:,.0f} | {row['targets_removed']:,.0f} | "
+            f"{'holds' if verdicts['headline'][arm]['holds'] else 'no'} |")
+    lines += ["", (f"Headline: the cut >= {paired.CUT_GOAL:.0%} and the perplexity interval's upper end < "
+                   f"+{paired.PPL_GOAL:.1%}."), ""]
+    if "power" in verdicts:
+        lo, hi = verdicts["power"]["random_ci95"]
+        lines += [f"Power: the random arm's interval is [{lo:+.2%}, {hi:+.2%}]: "
+                  f"{'within' if verdicts['power']['met'] else 'NOT within'} ±{paired.POWER_GOAL:.1%}.", ""]
+    for arm in paired.CARTO_GOALS:
+        if arm not in verdicts:
+            continue
+        v = verdicts[arm]
+        cut = "n/a" if v["cut"] is None else f"{v['cut']:.0%}"
+        vs_random = v["ppl_vs_random"]
+        peers = "; ".join(f"against {peer}: extraction {'as good or better' if w['cut'] else 'worse'}, perplexity "
+                          f"{'as good or better' if w['ppl'] else 'worse'}" for peer, w in v["against_peers"].items())
+        lines.append(
+            f"- `{arm}`: cut {cut} (goal >= {v['cut_goal']:.0%}: {'met' if v['cut_met'] else 'not met'}); "
+            + ("" if vs_random is None else f"perplexity against random's {_cell(vs_random, '{:+.2%}')} "
+               f"({'not above' if v['ppl_not_above_random'] else 'above'}); ")
+            + peers + ".")
+    lines += ["", "## What the findings pass found on each baseline", "",
+              "| seed | findings (private) | carriers | canary copies among the carriers | "
+              "carriers that are canary copies |",
+              "|---|---|---|---|---|"]
+    for seed, found in zip(results["seeds"], results["findings"]):
+        if found is None:
+            continue
+        share = found["carriers_that_are_canary_copies"]
+        lines.append(f"| {seed} | {found['findings']} ({found['private']}) | {found['carriers']:,} | "
+                     f"{found['canary_copies_found']:.1%} | {'n/a' if share is None else f'{share:.1%}'} |")
+    return [*lines, ""]
+
+
+def _cost_lines(results: dict) -> list[str]:
+    lines = ["", "## What the runs cost", "", "| arm | wall time per run (s) | peak RSS of its process (MiB) |",
+             "|---|---|---|"]
+    for arm, cost in results["cost"].items():
+        lines.append(f"| {arm} | {_cell(cost['wall_s'], '{:.0f}')} | {cost['peak_rss_mib']:,.0f} |")
+    return lines
 
 
 def _table(arms: dict) -> list[str]:
@@ -225,7 +297,11 @@ def plot(results: dict, first_run: dict, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    with_pareto = "paired" in results
+    fig, axes = plt.subplots(1, 3 + with_pareto, figsize=(16 + 5.5 * with_pareto, 4.8))
+    if with_pareto:
+        _pareto(axes[0], results)
+        axes = axes[1:]
     for name, arm in results["arms"].items():
         reps = arm["extraction_by_repetitions"]
         axes[0].plot([int(r) for r in reps], list(reps.values()), marker="o", label=name)
@@ -249,3 +325,22 @@ def plot(results: dict, first_run: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _pareto(ax, results: dict) -> None:
+    """Extraction rate against the paired perplexity change, one small point per arm and seed, a
+    large one per arm (its means): down and to the left is better."""
+    colours = {}
+    for index, (arm, row) in enumerate(results["paired"].items()):
+        colour = colours.setdefault(arm, f"C{index % 10}")
+        rates = results["arms"][arm]["extraction_rate"]["per_seed"]
+        changes = [100 * c for c in row["ppl_change"]["per_seed"]]
+        ax.scatter(changes, rates, s=14, alpha=0.45, color=colour)
+        ax.scatter([np.mean(changes)], [np.mean(rates)], s=70, color=colour, edgecolor="black", label=arm,
+                   marker="s" if arm in ("default", "mask") else "o")
+    base = results["arms"]["baseline"]["extraction_rate"]["mean"]
+    ax.axhline(base, color="grey", linestyle=":", linewidth=1, label="baseline extraction")
+    ax.axvline(100 * HEADLINE_PPL, color="grey", linestyle="--", linewidth=1, label="+0.5% perplexity")
+    ax.set(xlabel="validation perplexity change vs the seed's baseline (%)", ylabel="extraction rate",
+           title="every arm and seed (large: means)", ylim=(-0.05, 1.05))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))

@@ -1,48 +1,37 @@
-"""The GenDataCarto headline, re-run: does pruning 10% of the data by memorization cut canary
-extraction by over 40% at under 0.5% validation perplexity (Patel & Shanbhag 2025, arXiv 2509.00083)?
+"""carto against what a user would do instead: does removing (or masking) what the model memorized
+cut canary extraction at almost no cost in validation perplexity, and how do deduplication and the
+Goldfish loss do on the same runs? (The GenDataCarto headline, Patel & Shanbhag 2025, arXiv
+2509.00083: over 40% less extraction at under 0.5% perplexity.)
 
     from carto_cli.experiment.run import run_experiment
-    results = run_experiment("exp/", quick=True, seeds=1, frac=0.1)   # 10-20 s
-    results = run_experiment("exp/", quick=False, seeds=3, frac=0.1, jobs=2)  # data-rich, ~51 min
+    results = run_experiment("exp/", quick=True, seeds=1, frac=0.1)   # a smoke run, every arm
+    results = run_experiment("exp/", quick=False, seeds=6, frac=0.1, jobs=2, first_seed=30)  # the short regime
     # exp/results.json, exp/results.md, exp/results.png
 
 What runs (`carto experiment` on the command line):
 1. Corpus: CPython's own docs and sources (`corpus.cpython_text`), cut into byte windows and split
    into train and held-out validation rows. The regime (`config.REGIMES`) fixes the sizes and
-   which arms run: `data-rich` (the default: 256-byte samples, the whole corpus, 3 epochs) or
-   `small` (the first reportable run: 64-byte samples, 9 epochs, every arm).
+   which arms run: `short` (the default: 64-byte samples, 12 canaries, carto's arms and the
+   peers), `data-rich`, `small`, `data-rich-gpu`.
 2. Per seed, fresh canaries (`canaries.plant`) go into the train rows, and `baseline` trains from
    scratch with the `CartoLogger` logging every presentation.
-3. The baseline's logs are scored with `pipeline.run_score`, exactly as `carto score` does, and
-   every ranking comes from those scores only (the scoring path never sees the canaries):
-   - `paper`: the paper's rule (correct = greedy token accuracy >= 0.5, memorization = forget
-     events / transitions, never-learned = 0), pruned by memorization;
-   - `default`: `carto score` at its defaults (memorization = `extractable`, from the sketch the
-     shim logs by default), pruned by memorization: what a user gets;
-   - `carto`: the memorization ranking carto recommends for generative models, chosen once per
-     experiment on a development seed with its own canaries among forget events under other
-     correctness rules and the label-free signals token-drop, tail-var and extractable (see
-     `choose_ranking`);
-   - `default-half`: the same ranking, half the fraction (does a smaller prune keep the cut?);
-   - `random`: the same fraction at random; `loss`: the highest early loss (difficulty) first;
-   - `weights`: no pruning, `carto weights` at its defaults (`export.sample_weights` over the
-     `default` scores) drawn by a WeightedRandomSampler (`sampling.weighted_sampler`);
-   - `oracle`: removes exactly the samples that carry canaries, however many (13.3% in the
-     data-rich regime, 7.2% in the small one): an upper bound, not a method.
-   A regime without the `carto` arm trains no development seed.
-   With `--jobs` > 1 and no development seed, a seed's arms start as soon as its own baseline is
-   done; with one, every baseline trains first (the chosen ranking is needed by every seed).
+3. The baseline's logs are scored exactly as `carto score` does (`rankings.py`), at its defaults
+   and with `--data` (the seed's train rows) and `--reference` (its validation rows) for the
+   findings; the scoring path never sees the canaries. Every arm follows from those files only
+   (`arms.py` for carto's arms and the references, `peers.py` for deduplication and the Goldfish
+   loss; the arms are listed in `config.ARMS`).
 4. Every arm trains from scratch from the same initial weights with the same budget, the
-   baseline's E * N presentations: epochs over its own rows, the last one cut short where the
-   budget ends (E = 3 and frac 0.1: three epochs and a third); the weights arm draws E * N.
-5. Each arm is evaluated (`metrics`): canary extraction (greedy, exact), exposure against the
-   never-planted references (rank-based and skew-normal), validation perplexity, and the loss-based
-   membership AUC of canaries against references; plus the share of each canary's copies kept.
+   baseline's E * N presentations, paired with the baseline (`config.Config.order`): a pruned arm
+   keeps the baseline's order, its pruned rows' slots given to kept rows; a loss-masked arm keeps
+   the baseline's rows and order.
+5. Each arm is evaluated (`training.evaluate`, `metrics`) at the moving average of its weights:
+   canary extraction (greedy, exact), exposure against the never-planted references (rank-based
+   and skew-normal), validation perplexity (and each row's loss), the loss-based membership AUC;
+   plus the share of each canary's copies still taught, and the perplexity at the final weights.
+6. `paired.py` compares each arm with its own seed's baseline and states the goals; `report.py`
+   writes results.json, results.md and results.png.
 
-Where each part lives: this module checks the options and runs the steps above in order;
-`arms.py` makes each arm's run (its rows, epochs, presentations), `rankings.py` scores the
-baselines' logs and sets up the arms from them, `training.py` trains and evaluates one run,
-`executor.py` runs them (in turn or in worker processes), and `report.py` writes the results.
+`executor.py` runs the training runs (in turn or in worker processes).
 """
 
 from __future__ import annotations
@@ -53,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from carto_cli.errors import OptionError
+from carto_cli.errors import ChoiceError, OptionError
 from carto_cli.experiment.arms import baseline_run, prepare_seed
 from carto_cli.experiment.config import ARMS, DEV_SEED, QUICK, REGIMES, Config, Progress
 from carto_cli.experiment.corpus import cpython_text, to_bytes_samples
@@ -66,7 +55,7 @@ from carto_cli.export import manifests as export
 
 def run_experiment(
     out_dir: str | Path, *, quick: bool, seeds: int, frac: float, jobs: int = 1, first_seed: int = 0,
-    progress: Progress | None = None, regime: str = "data-rich", config: Config | None = None,
+    progress: Progress | None = None, regime: str = "short", config: Config | None = None,
     arms: tuple[str, ...] | None = None, device: str | None = None,
 ) -> dict:
     """Run every arm for `seeds` seeds; write results.json, results.md, results.png in `out_dir`.
@@ -77,7 +66,7 @@ def run_experiment(
     that many runs at once in worker processes (on a GPU they share it).
     """
     if regime not in REGIMES:
-        raise OptionError(f"--regime must be one of {', '.join(REGIMES)}; got '{regime}'")
+        raise ChoiceError(f"--regime must be one of {', '.join(REGIMES)}; got '{regime}'")
     cfg = config or (QUICK if quick else REGIMES[regime])
     if device is not None:
         cfg = replace(cfg, device=device)
@@ -85,7 +74,7 @@ def run_experiment(
     if arms is not None:
         unknown = [arm for arm in arms if arm not in ARMS]
         if unknown or not arms:
-            raise OptionError(f"--arms takes names from {', '.join(ARMS[1:])}; got '{','.join(arms)}'")
+            raise ChoiceError(f"--arms takes names from {', '.join(ARMS[1:])}; got '{','.join(arms)}'")
         cfg = replace(cfg, arms=tuple(arm for arm in ARMS if arm == "baseline" or arm in arms))
     if seeds < 1 or first_seed < 0 or first_seed + seeds > DEV_SEED:
         raise OptionError(f"--seeds {seeds} --first-seed {first_seed}: need --seeds >= 1, --first-seed >= 0 "
@@ -126,7 +115,8 @@ def run_experiment(
     for s, seed_arms in zip(reported, seeds_):
         by_arm = {"baseline": base[s], **{name: next(results) for name in cfg.arms[1:]}}
         runs.append({"seed": s, "arms": by_arm, "rankings": seed_arms["rankings"], "maps": seed_arms["maps"],
-                     "canary_ranks": seed_arms["canary_ranks"], "carriers": data[s].canaries.carriers.tolist()})
+                     "canary_ranks": seed_arms["canary_ranks"], "carriers": data[s].canaries.carriers.tolist(),
+                     "findings": seed_arms["findings"]})
         (work[s] / "canaries.json").write_text(json.dumps(data[s].canaries.to_dict(), indent=1) + "\n")
     results = report_results(cfg, quick, frac, dev, runs)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

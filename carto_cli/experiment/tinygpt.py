@@ -154,6 +154,9 @@ def train_epochs(
     progress: Callable[[int, int], None] | None = None,
     on_epoch_end: Callable[[int, int], None] | None = None,
     presentations: int | None = None,
+    order: np.ndarray | None = None,
+    target_keep: np.ndarray | None = None,
+    after_step: Callable[[], None] | None = None,
     weight_decay: float = 0.1,
     warmup_frac: float = 0.05,
     min_lr_frac: float = 0.1,
@@ -171,14 +174,26 @@ def train_epochs(
     after each step (step counts from 1), `on_epoch_end(epoch, steps so far)` after each epoch
     (e.g. for an evaluation pass; it must leave the model in training mode). With `presentations`
     (at most epochs * N), training stops after that many: the last epoch presents only the first
-    rows of its order, so a budget need not be a whole number of epochs. Returns steps,
-    final_train_loss (mean over the last epoch's presentations), seconds and tokens_per_s.
+    rows of its order, so a budget need not be a whole number of epochs.
+
+    `order` (presentations,) fixes the order instead: row indices, presented in turn, an epoch being
+    each N of them (the experiment's paired arms; `epochs` and `presentations` are then ignored).
+    `target_keep` (N, T) bool drops the targets where it is False from the loss (a loss mask: the
+    Goldfish loss, carto's mask); the loss is the mean over the kept targets, and the logger still
+    records every target. `after_step()` runs after each optimizer step (an average of the weights).
+    Returns steps, final_train_loss (mean over the last epoch's presentations), seconds and tokens_per_s.
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
     device = next(model.parameters()).device
     data = torch.as_tensor(train_samples, dtype=torch.long, device="cpu")  # (N, T + 1)
     n = data.shape[0]
+    keep = None if target_keep is None else torch.as_tensor(target_keep, dtype=torch.bool)  # (N, T)
+    if order is not None:
+        order = torch.as_tensor(np.asarray(order), dtype=torch.long)
+        if len(order) and not (0 <= int(order.min()) and int(order.max()) < n):
+            raise ValueError(f"order holds row indices outside [0, {n})")
+        epochs, presentations = -(-len(order) // n) if n else 0, len(order)
     budget = epochs * n if presentations is None else presentations
     if not 0 <= budget <= epochs * n:
         raise ValueError(f"presentations must be in [0, epochs * N = {epochs * n}]; got {presentations}")
@@ -198,15 +213,20 @@ def train_epochs(
         if seen <= 0:
             break
         epoch_loss.zero_()
-        order = torch.randperm(n, generator=generator)[:seen]  # (seen,)
+        epoch_order = (torch.randperm(n, generator=generator)[:seen] if order is None
+                       else order[epoch * n : epoch * n + seen])  # (seen,)
         for lo in range(0, seen, batch_size):
-            ids = order[lo : lo + batch_size]  # (B,) the batch's sample_ids
+            ids = epoch_order[lo : lo + batch_size]  # (B,) the batch's sample_ids
             batch = data[ids].to(device, non_blocking=True)  # (B, T + 1)
             x, y = batch[:, :-1], batch[:, 1:]  # (B, T) each: y is x shifted by one
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup, lr, min_lr_frac)
             logits = model(x)  # (B, T, V)
-            loss = _token_loss(logits, y)
+            if keep is None:
+                loss = _token_loss(logits, y)
+            else:  # the mean over the kept targets only (0 where a batch keeps none)
+                kept = keep[ids].to(device)  # (B, T)
+                loss = _token_loss(logits, y.masked_fill(~kept, -100), reduction="sum") / kept.sum().clamp(min=1)
             if logger is not None:
                 logger.record(ids, epoch=epoch, step=step, logits=logits, labels=y)
             optimizer.zero_grad(set_to_none=True)
@@ -214,6 +234,8 @@ def train_epochs(
             if grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
+            if after_step is not None:
+                after_step()
             epoch_loss += loss.detach() * len(ids)
             tokens += y.numel()
             step += 1
@@ -253,12 +275,30 @@ def eval_loss(model: GPT, samples: np.ndarray | torch.Tensor, *, batch_size: int
     return (total / max(1, data[:, 1:].numel())).item()
 
 
+@torch.no_grad()
+def row_losses(model: GPT, samples: np.ndarray | torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
+    """Each row's mean token cross-entropy (nats), (N,), of `model` on byte rows `samples` (N, T + 1):
+    the per-row figures behind a paired comparison of two models on the same rows."""
+    device = next(model.parameters()).device
+    data = torch.as_tensor(samples, dtype=torch.long, device="cpu")  # (N, T + 1)
+    was_training = model.training
+    model.eval()
+    out = []
+    for lo in range(0, data.shape[0], batch_size):
+        batch = data[lo : lo + batch_size].to(device)  # (B, T + 1)
+        logits = model(batch[:, :-1])  # (B, T, V)
+        nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")  # (B, T)
+        out.append(nll.mean(dim=1).double().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
 def _token_loss(
     logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Cross-entropy of logits (B, T, V) against targets (B, T), over all B * T tokens."""
+    """Cross-entropy of logits (B, T, V) against targets (B, T), over every target that is not -100."""
     return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction, ignore_index=-100
     )
 
 
