@@ -17,6 +17,7 @@ from carto_cli.experiment.corpus import cpython_text, to_bytes_samples
 from carto_cli.experiment.tinygpt import GPT, GPTConfig, train_epochs
 
 CFG = replace(QUICK, repetitions=(8, 16), per_count=2)
+T2 = 4.302652729749464  # Student-t 97.5% quantile, 2 degrees of freedom
 
 
 @pytest.fixture(scope="module")
@@ -130,5 +131,10 @@ def test_the_paired_comparison_pools_canaries_and_pairs_perplexity_by_seed():
     assert verdicts["headline"]["goldfish"]["holds"] is False  # every canary gone, but +5% perplexity
     assert verdicts["default"]["cut_met"] is False  # 67% < 80%
     assert verdicts["default"]["against_peers"]["goldfish"] == {"cut": False, "ppl": True}
-    lo, hi = verdicts["power"]["random_ci95"]  # +0.2%, +0.4%, +0.6%: mean +0.4%, too wide for +-0.3%
+    lo, hi = verdicts["power"]["random_ci95"]  # +0.2%, +0.4%, +0.6%: mean +0.4% +- 0.50%, wider than +-0.3%
+    assert verdicts["power"]["half_width"] == pytest.approx(T2 * 0.002 / np.sqrt(3))
     assert lo < 0 < 0.003 < hi and verdicts["power"]["met"] is False
+    runs = [{"arms": {**run["arms"], "random": {**run["arms"]["random"], "val_ppl": 10.0 * (1.004 + shift / 10)}}}
+            for run, shift in zip(runs, (0.001, 0.002, 0.003))]  # +0.41%, +0.42%, +0.43%: a narrow interval
+    power = paired.goals(paired.compare(runs, ("baseline", "random")))["power"]
+    assert power["met"] is True and power["random_ci95"][0] > 0.003  # resolved, though not inside +-0.3%

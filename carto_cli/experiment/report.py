@@ -123,7 +123,8 @@ def render_markdown(results: dict) -> str:
     base = results["arms"]["baseline"]
     dev = results["carto_ranking"]
     lines = [
-        f"# carto experiment: prune {results['frac']:.0%} of the data, then look for the canaries",
+        (f"# carto experiment: each arm against its own seed's baseline ({results['frac']:.0%} pruning budget), "
+         "then look for the canaries"),
         "",
         (f"carto {results['carto_version']}; seeds {results['seeds']}; "
         f"{'quick' if results['quick'] else 'default'} configuration: {results['config']}"),
@@ -226,8 +227,9 @@ def _paired_lines(results: dict) -> list[str]:
                    f"+{paired.PPL_GOAL:.1%}."), ""]
     if "power" in verdicts:
         lo, hi = verdicts["power"]["random_ci95"]
-        lines += [f"Power: the random arm's interval is [{lo:+.2%}, {hi:+.2%}]: "
-                  f"{'within' if verdicts['power']['met'] else 'NOT within'} ±{paired.POWER_GOAL:.1%}.", ""]
+        half = verdicts["power"]["half_width"]
+        lines += [f"Power: the random arm's interval is [{lo:+.2%}, {hi:+.2%}], ±{half:.2%}: "
+                  f"{'no wider' if verdicts['power']['met'] else 'wider'} than ±{paired.POWER_GOAL:.1%}.", ""]
     for arm in paired.CARTO_GOALS:
         if arm not in verdicts:
             continue
