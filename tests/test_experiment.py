@@ -300,3 +300,22 @@ def test_pooling_one_run_reproduces_its_own_summary(tmp_path):
     refused = subprocess.run([sys.executable, str(root / "scripts" / "pool_experiments.py"), str(path), str(other)],
                              capture_output=True, text=True)
     assert refused.returncode == 1 and "configurations differ" in refused.stderr
+
+
+def test_prune_precision_reads_a_runs_own_files(quick_run):
+    """scripts/prune_precision.py (the findings issue's done-when, measured on a run's fresh seeds)
+    reads only what the run wrote; on the quick run, whose baseline memorizes nothing, the default
+    arm prunes nothing and the table says so."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, results, _ = quick_run
+    script = Path(__file__).resolve().parent.parent / "scripts" / "prune_precision.py"
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, check=True)
+    extracted = sum(c["extracted"] for c in results["per_canary"]["baseline"][0])
+    canaries = len(results["per_canary"]["baseline"][0])
+    pruned = int((~pl.read_parquet(out / "seed0" / "manifest-default.parquet")["keep"]).sum())
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| 0 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == f"{extracted}/{canaries}" and cells[3] == f"{pruned:,}"
