@@ -5,11 +5,12 @@ which order, for how many presentations, and each row's share for `kept_copies`)
 
     data = prepare_seed(cfg, samples, seed)             # split, canaries planted
     base = baseline_run(cfg, data, seed, work)           # every row, logged
-    runs = arm_runs(cfg, data, frac, seed, scored, work)  # the other arms, from the baseline's scores
+    runs = arm_runs(cfg, data, frac, seed, scored, findings, work)  # the other arms, from its scores
 
 Training (`training.train_and_evaluate`) reads a `Run` and nothing else, so an arm that changes how
 its rows train (a loss mask, a Goldfish loss, deduplicated rows) is a field of `Run` and a case of
-`arm_runs`. Every arm trains the baseline's budget of E * N presentations (see `pruned_run`).
+`arm_runs` (the peers' arms are `peers.py`'s). Every arm trains the baseline's budget of E * N
+presentations, in the baseline's order where it keeps the rows (see `pruned_run`).
 """
 
 from __future__ import annotations
