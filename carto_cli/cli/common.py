@@ -15,6 +15,16 @@ LogArguments = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 ScoresOption = Annotated[Path, typer.Option("--scores", help="Scores file written by `carto score`.")]
+# A findings file to read beside the scores (`carto inspect`, `carto report`): marks.findings_for finds it.
+RecordedFindingsOption = Annotated[
+    Path | None,
+    typer.Option("--findings", help="Findings file written by `carto score --data` [default: the one the "
+                 "scores record, else findings.parquet beside them].", show_default=False),
+]
+TextColumnOption = Annotated[
+    str | None,
+    typer.Option("--text-column", help="The dataset's text column [default: found by name].", show_default=False),
+]
 
 
 def emit_json(payload: dict) -> None:

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from carto_cli.cli.common import RecordedFindingsOption, ScoresOption, TextColumnOption
 from carto_cli.cli.console import err
 from carto_cli.cli.lazy import lazy
 from carto_cli.errors import ChoiceError, OptionError
@@ -40,9 +41,7 @@ JSON_FIELDS = ("sample_id", "quadrant", "difficulty", "memorization", "forget_ev
 
 
 def inspect_command(
-    scores_path: Annotated[Path, typer.Option("--scores", help="Scores file written by `carto score`.")] = Path(
-        "scores.parquet"
-    ),
+    scores_path: ScoresOption = Path("scores.parquet"),
     data: Annotated[
         Path | None,
         typer.Option("--data", help="The training dataset (Parquet, JSONL, CSV or a datasets directory), "
@@ -63,19 +62,12 @@ def inspect_command(
         typer.Option("--finding", help="Only the samples that hold this finding (every copy; `carto findings` "
                      "lists them).", show_default=False),
     ] = None,
-    findings_path: Annotated[
-        Path | None,
-        typer.Option("--findings", help="Findings file written by `carto score --data` [default: the one the "
-                     "scores record, else findings.parquet beside them].", show_default=False),
-    ] = None,
+    findings_path: RecordedFindingsOption = None,
     by: Annotated[str, typer.Option("--by", help="Rank by this numeric score column, highest first.")] = (
         DEFAULT_BY
     ),
     top: Annotated[int, typer.Option("--top", help="Show the first K samples (0: all).")] = DEFAULT_TOP,
-    text_column: Annotated[
-        str | None,
-        typer.Option("--text-column", help="The dataset's text column [default: found by name].", show_default=False),
-    ] = None,
+    text_column: TextColumnOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the samples as a JSON list on stdout.")] = False,
 ) -> None:
     """Show the samples of a quadrant, an id list or a finding, ranked, with their scores and text."""

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from carto_cli.cli.common import JsonOption, RecordedFindingsOption, ScoresOption, TextColumnOption
 from carto_cli.cli.console import err
 from carto_cli.cli.lazy import lazy
 from carto_cli.errors import OptionError
@@ -29,8 +30,7 @@ SUFFIXES = (".html", ".htm")
 
 
 def report_command(
-    scores_path: Annotated[Path, typer.Option("--scores", help="Scores file written by `carto score`.")] = Path(
-        "scores.parquet"),
+    scores_path: ScoresOption = Path("scores.parquet"),
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write.")] = Path("report.html"),
     log_paths: Annotated[
         list[str] | None,
@@ -42,20 +42,13 @@ def report_command(
         typer.Option("--data", help="The training dataset (Parquet, JSONL, CSV or a datasets directory), "
                      "to show the top samples' texts.", show_default=False),
     ] = None,
-    text_column: Annotated[
-        str | None,
-        typer.Option("--text-column", help="The dataset's text column [default: found by name].", show_default=False),
-    ] = None,
-    findings_path: Annotated[
-        Path | None,
-        typer.Option("--findings", help="Findings file written by `carto score --data` [default: the one the "
-                     "scores record, else findings.parquet beside them].", show_default=False),
-    ] = None,
+    text_column: TextColumnOption = None,
+    findings_path: RecordedFindingsOption = None,
     frac: Annotated[float, typer.Option("--frac", help="Show what a prune of this fraction would remove, in [0, 1).")
                     ] = DEFAULT_FRAC,
     top: Annotated[int, typer.Option("--top", help="The first K samples of each quadrant (0: none).")
                    ] = DEFAULT_TOP,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Write one self-contained HTML page: map, quadrants, distributions, curves, exports, samples."""
     page.check_options(frac=frac, top=top)
