@@ -175,11 +175,9 @@ def copies_taught(data: SeedData, keep: np.ndarray) -> np.ndarray:
     """(N,) 1 for each row, 0 for a canary's copy whose every secret token is dropped from the loss
     (`keep` (N, T), target t = row token t + 1): for kept_copies, what a loss mask leaves taught."""
     share = np.ones(len(data.train))
-    for canary in data.canaries.canaries:
-        first = len(canary.prefix) - 1  # the target of the secret's first token
-        for row, offset in zip(canary.sample_ids, canary.offsets):
-            if not keep[row, offset + first : offset + first + len(canary.secret)].any():
-                share[row] = 0.0
+    for row, start, length in data.canaries.secret_spans():
+        if not keep[row, start - 1 : start - 1 + length].any():  # target t is row token t + 1
+            share[row] = 0.0
     return share
 
 

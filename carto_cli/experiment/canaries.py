@@ -68,6 +68,11 @@ class CanarySet:
         """Sorted sample_ids of every sample that carries a canary."""
         return np.sort(np.array([i for c in self.canaries for i in c.sample_ids], dtype=np.int64))
 
+    def secret_spans(self) -> list[tuple[int, int, int]]:
+        """(row, start, length) of every copy's secret: the row's token indices it occupies."""
+        return [(row, offset + len(c.prefix), len(c.secret))
+                for c in self.canaries for row, offset in zip(c.sample_ids, c.offsets)]
+
     def to_dict(self) -> dict:
         """A JSON-serialisable record of the canaries (with prefix and text) and the references."""
         return {

@@ -80,9 +80,7 @@ def secrets_kept(data: SeedData, removed: np.ndarray) -> np.ndarray:
     """(N,) 1 for each row, 0 for a canary's copy with any token of its secret cut out (`removed`
     (N, T + 1) over row tokens): for kept_copies, which copies deduplication left whole."""
     share = np.ones(len(data.train))
-    for canary in data.canaries.canaries:
-        first = len(canary.prefix)
-        for row, offset in zip(canary.sample_ids, canary.offsets):
-            if removed[row, offset + first : offset + first + len(canary.secret)].any():
-                share[row] = 0.0
+    for row, start, length in data.canaries.secret_spans():
+        if removed[row, start : start + length].any():
+            share[row] = 0.0
     return share

@@ -54,7 +54,7 @@ def train_and_evaluate(run: Run, on_step: OnStep = None) -> dict:
         train_epochs(model, rows, epochs=run.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=run.seed,
                      logger=logger, progress=on_step, on_epoch_end=on_epoch_end, presentations=run.presentations,
                      order=run.order, target_keep=run.target_keep, after_step=lambda: ema.update_parameters(model))
-    final_ppl = metrics.perplexity(model, run.data.val)
+    final_ppl = float(np.exp(row_losses(model, run.data.val).mean()))  # as evaluate computes val_ppl
     result = evaluate(ema.module, run.data, run.kept_share, steps=steps)
     return {**result, "val_ppl_final": final_ppl, "rows_removed": run.rows_removed,
             "targets_removed": run.targets_removed, "wall_s": time.perf_counter() - started,
